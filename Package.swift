@@ -1,0 +1,68 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Hearth",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "hearthd", targets: ["hearthd"]),
+        .executable(name: "hearth", targets: ["hearth"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+    ],
+    targets: [
+        // C: the spawn path (clone3 -> execve) and raw syscall shims.
+        .target(name: "CHearth", path: "Sources/CHearth"),
+        .systemLibrary(name: "CSeccomp", path: "Sources/CSeccomp", pkgConfig: "libseccomp",
+                       providers: [.apt(["libseccomp-dev"])]),
+        .systemLibrary(name: "CCap", path: "Sources/CCap", pkgConfig: "libcap",
+                       providers: [.apt(["libcap-dev"])]),
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
+                       providers: [.apt(["zlib1g-dev"])]),
+
+        // Spec, quantities, errors, API types: no I/O.
+        .target(name: "HearthCore"),
+        // OCI import, layer cache, whiteouts.
+        .target(name: "HearthImage", dependencies: [
+            "HearthCore", "CHearth", "CZlib",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+        // cgroups, seccomp -> BPF, capabilities, mount plan, SpawnPlan, running a replica.
+        .target(name: "HearthSandbox", dependencies: [
+            "HearthCore", "HearthImage", "CHearth", "CSeccomp", "CCap",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // HTTP API on the Unix socket.
+        .target(name: "HearthServer", dependencies: [
+            "HearthCore", "HearthImage", "HearthSandbox",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "NIOCore", package: "swift-nio"),
+        ]),
+        // Blocking HTTP/1.1 client over the Unix socket, for the CLI.
+        .target(name: "HearthClient", dependencies: ["HearthCore"]),
+
+        .executableTarget(name: "hearthd", dependencies: [
+            "HearthServer",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "hearth", dependencies: [
+            "HearthClient", "HearthCore",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .testTarget(name: "HearthCoreTests", dependencies: ["HearthCore"]),
+        .testTarget(name: "HearthImageTests", dependencies: ["HearthImage", "HearthCore"]),
+        .testTarget(name: "HearthSandboxTests", dependencies: ["HearthSandbox", "HearthCore"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

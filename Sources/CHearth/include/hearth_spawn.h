@@ -1,0 +1,169 @@
+/*
+ * The spawn path: one C function that turns a plain-data plan into an
+ * isolated child process. Swift builds the plan (every string, every fd, the
+ * seccomp BPF already compiled); the child runs raw syscalls only (no malloc,
+ * no stdio, no locks) from clone3 to execve, and reports a failure as
+ * (stage, errno) on a close-on-exec pipe.
+ */
+#ifndef HEARTH_SPAWN_H
+#define HEARTH_SPAWN_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Kinds of filesystem operation, executed in plan order in the child. */
+enum hearth_op_kind {
+    /* mount(source, target, fstype, flags, data). If flags has MS_BIND and
+     * MS_RDONLY, the bind is followed by a MS_REMOUNT|MS_BIND|flags remount
+     * so that the bind really is read-only. */
+    HEARTH_OP_MOUNT = 1,
+    /* mkdir(target, mode); EEXIST is not an error. */
+    HEARTH_OP_MKDIR = 2,
+    /* mknod(target, mode, dev) where mode includes S_IFCHR etc. EEXIST ok. */
+    HEARTH_OP_MKNOD = 3,
+    /* symlink(source, target); EEXIST is not an error. */
+    HEARTH_OP_SYMLINK = 4,
+    /* chdir(target); pivot_root(".", "."); umount2(".", MNT_DETACH);
+     * chdir("/"). Every op after this one sees the new root. */
+    HEARTH_OP_PIVOT = 5,
+    /* Mask target: bind source (normally /dev/null) over it when it is not
+     * a directory, an empty read-only tmpfs when it is. ENOENT is skipped. */
+    HEARTH_OP_MASK = 6,
+    /* Make target read-only: bind it onto itself (MS_REC) and remount
+     * MS_BIND|MS_REMOUNT|MS_RDONLY|flags. ENOENT is skipped. */
+    HEARTH_OP_READONLY = 7,
+    /* Write data (NUL-terminated) into a new file target with mode. */
+    HEARTH_OP_WRITE_FILE = 8,
+};
+
+struct hearth_op {
+    int32_t kind;            /* enum hearth_op_kind */
+    int32_t optional;        /* nonzero: ENOENT from this op is ignored */
+    const char *source;
+    const char *target;
+    const char *fstype;
+    const char *data;
+    unsigned long flags;     /* MS_* flags */
+    uint32_t mode;
+    uint64_t dev;            /* makedev(major, minor) for MKNOD */
+};
+
+struct hearth_fd_map {
+    int32_t source;          /* fd in the parent */
+    int32_t target;          /* fd number in the child */
+};
+
+struct hearth_rlimit {
+    int32_t resource;        /* RLIMIT_* */
+    uint64_t soft;
+    uint64_t hard;
+};
+
+struct hearth_spawn_plan {
+    /* CLONE_NEW* flags for clone3. CLONE_NEWCGROUP is handled specially:
+     * with cgroup_fd >= 0 it goes to clone3 (CLONE_INTO_CGROUP, cgroup v2);
+     * otherwise the child unshares it after the parent has written its pid
+     * into every cgroup_procs_fds (cgroup v1), so that the namespace is
+     * rooted at the replica's cgroup either way. */
+    uint64_t clone_flags;
+    int32_t cgroup_fd;                 /* v2: O_DIRECTORY fd of the leaf, or -1 */
+    const int32_t *cgroup_procs_fds;   /* v1: open cgroup.procs files (O_WRONLY) */
+    uint32_t cgroup_procs_count;
+
+    const struct hearth_op *ops;       /* filesystem plan, in order */
+    uint32_t op_count;
+
+    const char *hostname;              /* NULL: leave as is */
+    int32_t loopback_up;               /* bring `lo` up (new network namespace) */
+
+    const struct hearth_rlimit *rlimits;
+    uint32_t rlimit_count;
+
+    /* fds the child keeps, renumbered; every other fd is closed. */
+    const struct hearth_fd_map *fds;
+    uint32_t fd_count;
+
+    uint32_t uid, gid;
+    const uint32_t *groups;            /* supplementary groups */
+    uint32_t group_count;
+
+    /* Capabilities as raw bit masks (bit n = capability n). The bounding
+     * set is reduced to `bounding`; capset() sets the three others. The
+     * ambient set is cleared. */
+    uint64_t cap_bounding, cap_effective, cap_permitted, cap_inheritable;
+    int32_t last_cap;                  /* highest capability number the kernel knows */
+
+    int32_t no_new_privs;
+    /* struct sock_filter array; NULL or 0 length: no filter. */
+    const void *seccomp_filter;
+    uint32_t seccomp_filter_len;       /* number of sock_filter instructions */
+
+    const char *cwd;                   /* after pivot; NULL: "/" */
+    const char *path;                  /* executable to execve (inside the new root) */
+    char *const *argv;                 /* NULL-terminated */
+    char *const *envp;                 /* NULL-terminated */
+};
+
+/* Stages reported by the child. Op failures are reported as
+ * HEARTH_STAGE_OP_BASE + op index. */
+enum hearth_stage {
+    HEARTH_STAGE_CLONE = 1,
+    HEARTH_STAGE_CGROUP_PROCS = 2,
+    HEARTH_STAGE_SYNC = 3,
+    HEARTH_STAGE_UNSHARE_CGROUP = 4,
+    HEARTH_STAGE_MAKE_PRIVATE = 5,
+    HEARTH_STAGE_HOSTNAME = 6,
+    HEARTH_STAGE_LOOPBACK = 7,
+    HEARTH_STAGE_RLIMIT = 8,
+    HEARTH_STAGE_FDS = 9,
+    HEARTH_STAGE_SIGNALS = 10,
+    HEARTH_STAGE_CAPBSET = 11,
+    HEARTH_STAGE_SETGROUPS = 12,
+    HEARTH_STAGE_SETGID = 13,
+    HEARTH_STAGE_SETUID = 14,
+    HEARTH_STAGE_CAPSET = 15,
+    HEARTH_STAGE_AMBIENT = 16,
+    HEARTH_STAGE_NO_NEW_PRIVS = 17,
+    HEARTH_STAGE_SECCOMP = 18,
+    HEARTH_STAGE_CHDIR = 19,
+    HEARTH_STAGE_EXEC = 20,
+    HEARTH_STAGE_SETSID = 21,
+    HEARTH_STAGE_OP_BASE = 1000,
+};
+
+struct hearth_spawn_result {
+    pid_t pid;           /* > 0 when the child was created */
+    int32_t pidfd;       /* O_CLOEXEC pidfd of the child, or -1 */
+    int32_t stage;       /* 0 on success, else enum hearth_stage / OP_BASE + i */
+    int32_t error;       /* errno of the failed stage */
+};
+
+/*
+ * Create the child described by `plan` and wait until it has either called
+ * execve successfully (returns 0; result->pid and ->pidfd are set) or failed
+ * at some stage (returns -1; result->stage and ->error say where and why;
+ * the child has been reaped, result->pid is its former pid or 0).
+ * Safe to call from any thread of a multi-threaded process.
+ */
+int hearth_spawn(const struct hearth_spawn_plan *plan, struct hearth_spawn_result *result);
+
+/* Small raw-syscall shims Swift cannot call directly (variadic syscall()). */
+int hearth_pidfd_open(pid_t pid, unsigned int flags);
+int hearth_pidfd_send_signal(int pidfd, int sig);
+/* waitid(P_PIDFD, ...): returns 0 and fills status/code (CLD_EXITED: exit
+ * status; CLD_KILLED/CLD_DUMPED: signal number), or -1 with errno. With
+ * nohang, returns 1 when the child has not exited yet. */
+int hearth_pidfd_wait(int pidfd, int nohang, int *code, int *status);
+int hearth_openat2(int dirfd, const char *path, int flags, int mode, uint64_t resolve);
+int hearth_close_range(unsigned int first, unsigned int last, unsigned int flags);
+int hearth_memfd_create(const char *name, unsigned int flags);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,1 @@
+#include "hearth_spawn.h"
