@@ -1,0 +1,378 @@
+import Foundation
+import Glibc
+import HearthCore
+import HearthImage
+import Synchronization
+
+public enum NetworkMode: String, Sendable, Codable {
+    case none, host
+}
+
+/// A host path mounted into a replica.
+public struct BindMount: Sendable {
+    public var source: String
+    public var target: String
+    public var readOnly: Bool
+    public init(source: String, target: String, readOnly: Bool) {
+        self.source = source; self.target = target; self.readOnly = readOnly
+    }
+}
+
+/// What one replica is: its image, command, limits and isolation settings.
+public struct ReplicaSpec: Sendable {
+    public var name: String
+    public var image: ResolvedImage
+    public var argv: [String]
+    public var env: [String] = []
+    public var workdir: String?
+    public var limits: CgroupLimits
+    public var network: NetworkMode = .none
+    /// nil: unconfined.
+    public var seccomp: SeccompProfile? = SeccompProfile.default
+    public var capabilities: CapabilitySet = .dockerDefault
+    public var mounts: [BindMount] = []
+    /// Extra pipes for the child: (fd in the daemon, fd number in the replica).
+    public var extraFDs: [(source: Int32, target: Int32)] = []
+
+    public init(name: String, image: ResolvedImage, argv: [String], limits: CgroupLimits) {
+        self.name = name; self.image = image; self.argv = argv; self.limits = limits
+    }
+}
+
+/// Output of a replica's command, as it arrives.
+public enum OutputChunk: Sendable {
+    case stdout([UInt8])
+    case stderr([UInt8])
+}
+
+/// The masked and read-only paths Docker applies.
+enum ContainerPaths {
+    static let masked = [
+        "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+        "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+    ]
+    static let readOnly = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+    static let defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    /// Where hearth-init (and later the worker) is mounted read-only.
+    static let runtimeMount = "/.hearth"
+}
+
+/// Builds replicas: directories, cgroup, plan, spawn; and tears them down.
+public final class SandboxRuntime: Sendable {
+    public let stateRoot: String
+    public let replicasDir: String
+    public let runtimeDir: String
+    public let cgroups: CgroupManager
+    public let seccomp: SeccompCompiler
+    private let counter = Atomic<Int>(0)
+    private let bootID: String
+
+    /// - Parameters:
+    ///   - initBinary: the static hearth-init to copy into the runtime directory.
+    public init(stateRoot: String, initBinary: String, cgroupSubtree: String) throws {
+        self.stateRoot = stateRoot
+        replicasDir = stateRoot + "/replicas"
+        runtimeDir = stateRoot + "/runtime"
+        cgroups = try CgroupManager(subtree: cgroupSubtree)
+        seccomp = SeccompCompiler()
+        var rnd: UInt32 = 0
+        _ = getrandom(&rnd, 4, 0)
+        bootID = String(rnd & 0xffffff, radix: 16)
+        try FileTree.makeDirectory(stateRoot, mode: 0o711)
+        try FileTree.makeDirectory(replicasDir, mode: 0o700)
+        try installInit(from: initBinary)
+    }
+
+    /// Removes what a crashed predecessor left: replica directories (and any
+    /// mount under them), cgroups and their processes.
+    public func cleanupStale() throws {
+        try cgroups.cleanupStale()
+        for mount in FileTree.mountPoints(under: replicasDir).sorted(by: >) {
+            _ = umount2(mount, Int32(MNT_DETACH))
+        }
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: replicasDir)) ?? [] {
+            try FileTree.removeAll(replicasDir + "/" + entry)
+        }
+    }
+
+    public func prepare() throws {
+        try cgroups.prepare()
+    }
+
+    private func installInit(from source: String) throws {
+        try FileTree.makeDirectory(runtimeDir, mode: 0o755)
+        let dest = runtimeDir + "/hearth-init"
+        let tmp = dest + ".tmp"
+        guard let data = FileManager.default.contents(atPath: source) else {
+            throw HearthError(.unavailable, "hearth-init not found at \(source); build it with scripts/setup or pass --init PATH")
+        }
+        unlink(tmp)
+        guard FileManager.default.createFile(atPath: tmp, contents: data, attributes: [.posixPermissions: 0o555]) else {
+            throw SystemError.current("write", tmp)
+        }
+        if rename(tmp, dest) != 0 { throw SystemError.current("rename", dest) }
+    }
+
+    public func newReplicaName(prefix: String) -> String {
+        let n = counter.wrappingAdd(1, ordering: .relaxed).newValue
+        return "\(prefix)-\(bootID)-\(n)"
+    }
+
+    /// Builds and starts a replica. Blocking: call via `Blocking.run`.
+    public func start(_ spec: ReplicaSpec) throws -> RunningReplica {
+        let dir = replicasDir + "/" + spec.name
+        let upper = dir + "/upper", work = dir + "/work", rootfs = dir + "/rootfs"
+        var cleanup: [() -> Void] = []
+        func fail(_ e: any Error) -> any Error {
+            for c in cleanup.reversed() { c() }
+            return e
+        }
+        do {
+            try FileTree.makeDirectory(dir, mode: 0o700)
+            cleanup.append { try? FileTree.removeAll(dir) }
+            for d in [upper, work, rootfs] { try FileTree.makeDirectory(d, mode: 0o755) }
+            try writeEtcFiles(upper: upper, spec: spec)
+
+            let cgroup = try cgroups.create(name: spec.name, limits: spec.limits)
+            cleanup.append { cgroup.killAll(); try? cgroup.remove() }
+
+            let filter = try spec.seccomp.map { try seccomp.compile($0) } ?? []
+            var plan = SpawnPlan(path: ContainerPaths.runtimeMount + "/hearth-init",
+                                 argv: ["hearth-init"] + spec.argv, envp: environment(for: spec))
+            plan.ops = mountOps(spec: spec, rootfs: rootfs, upper: upper, work: work)
+            plan.hostname = spec.name
+            if spec.network == .host {
+                plan.cloneFlags &= ~CloneFlags.newnet
+                plan.loopbackUp = false
+            }
+            plan.rlimits = [(Int32(RLIMIT_NOFILE.rawValue), 1 << 20, 1 << 20)]
+            plan.capBounding = spec.capabilities.mask
+            plan.capEffective = spec.capabilities.mask
+            plan.capPermitted = spec.capabilities.mask
+            plan.capInheritable = 0
+            plan.lastCap = CapabilitySet.lastCap()
+            plan.noNewPrivs = true
+            plan.seccompFilter = filter
+            plan.cwd = spec.workdir ?? (spec.image.workingDir.isEmpty ? "/" : spec.image.workingDir)
+            let (uid, gid) = try parseUser(spec.image.user)
+            plan.uid = uid
+            plan.gid = gid
+
+            // stdin is /dev/null; stdout and stderr are pipes we read.
+            let devnull = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            guard devnull >= 0 else { throw SystemError.current("open", "/dev/null") }
+            defer { close(devnull) }
+            let out = try Pipe.make(), err = try Pipe.make()
+            plan.fds = [(devnull, 0), (out.write, 1), (err.write, 2)] + spec.extraFDs
+
+            let attach = try cgroup.openForSpawn()
+            plan.cgroupFD = attach.cgroupFD
+            plan.cgroupProcsFDs = attach.procsFDs
+            if attach.cgroupFD < 0 {
+                // cgroup v1: the child unshares its cgroup namespace itself
+                // once the parent has moved it (see hearth_spawn.h).
+            }
+            let spawned: SpawnPlan.Spawned
+            do {
+                spawned = try plan.spawn()
+            } catch {
+                attach.close()
+                close(out.read); close(out.write); close(err.read); close(err.write)
+                throw error
+            }
+            attach.close()
+            close(out.write); close(err.write)
+            return RunningReplica(name: spec.name, dir: dir, pid: spawned.pid, pidfd: spawned.pidfd, cgroup: cgroup,
+                                  stdoutFD: out.read, stderrFD: err.read, memoryLimit: spec.limits.memoryLimit)
+        } catch {
+            throw fail(error)
+        }
+    }
+
+    private func environment(for spec: ReplicaSpec) -> [String] {
+        var order: [String] = []
+        var values: [String: String] = [:]
+        func set(_ kv: String) {
+            let key = kv.split(separator: "=", maxSplits: 1).first.map(String.init) ?? kv
+            if values[key] == nil { order.append(key) }
+            values[key] = kv
+        }
+        for kv in spec.image.env { set(kv) }
+        if values["PATH"] == nil { set("PATH=" + ContainerPaths.defaultPath) }
+        if values["HOME"] == nil { set("HOME=/root") }
+        set("HOSTNAME=" + spec.name)
+        for kv in spec.env { set(kv) }
+        return order.compactMap { values[$0] }
+    }
+
+    private func parseUser(_ user: String) throws -> (UInt32, UInt32) {
+        if user.isEmpty || user == "root" || user == "0" { return (0, 0) }
+        let parts = user.split(separator: ":", maxSplits: 1).map(String.init)
+        guard let uid = UInt32(parts[0]) else {
+            throw HearthError(.invalidImage, "image user \"\(user)\": only numeric uid[:gid] is supported")
+        }
+        let gid = parts.count > 1 ? UInt32(parts[1]) : uid
+        guard let gid else { throw HearthError(.invalidImage, "image user \"\(user)\": gid must be numeric") }
+        return (uid, gid)
+    }
+
+    /// /etc/hostname, /etc/hosts and /etc/resolv.conf go straight into the
+    /// upper directory: no bind mounts needed, and the image is untouched.
+    private func writeEtcFiles(upper: String, spec: ReplicaSpec) throws {
+        try FileTree.makeDirectory(upper + "/etc", mode: 0o755)
+        try FileTree.writeFile(upper + "/etc/hostname", "\(spec.name)\n")
+        try FileTree.writeFile(upper + "/etc/hosts", """
+            127.0.0.1\tlocalhost
+            ::1\tlocalhost ip6-localhost ip6-loopback
+            127.0.1.1\t\(spec.name)
+
+            """)
+        let resolv: String
+        if spec.network == .host, let host = try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8) {
+            resolv = host
+        } else {
+            resolv = "# network: none (loopback only)\n"
+        }
+        try FileTree.writeFile(upper + "/etc/resolv.conf", resolv)
+    }
+
+    private func mountOps(spec: ReplicaSpec, rootfs r: String, upper: String, work: String) -> [FSOp] {
+        let lower = spec.image.layerPaths.reversed().joined(separator: ":")
+        var ops: [FSOp] = [
+            // volatile: replicas are disposable, so overlay may skip syncs.
+            .mount("overlay", on: r, data: "lowerdir=\(lower),upperdir=\(upper),workdir=\(work),volatile"),
+            .mkdir(r + "/proc", mode: 0o555), .mkdir(r + "/dev"), .mkdir(r + "/sys", mode: 0o555),
+            .mkdir(r + ContainerPaths.runtimeMount),
+            .mount("proc", on: r + "/proc", flags: MountFlags.nosuid | MountFlags.nodev | MountFlags.noexec),
+            .mount("tmpfs", on: r + "/dev", flags: MountFlags.nosuid, data: "mode=755,size=65536k"),
+        ]
+        for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+                                     ("urandom", 1, 9), ("tty", 5, 0)] {
+            ops.append(.charDevice(r + "/dev/" + name, major: UInt32(major), minor: UInt32(minor)))
+        }
+        ops += [
+            .mkdir(r + "/dev/pts"),
+            .mount("devpts", on: r + "/dev/pts", flags: MountFlags.nosuid | MountFlags.noexec,
+                   data: "newinstance,ptmxmode=0666,mode=0620"),
+            .symlink("pts/ptmx", at: r + "/dev/ptmx"),
+            .mkdir(r + "/dev/shm", mode: 0o1777),
+            .mount("tmpfs", source: "shm", on: r + "/dev/shm",
+                   flags: MountFlags.nosuid | MountFlags.nodev | MountFlags.noexec, data: "mode=1777,size=65536k"),
+            .symlink("/proc/self/fd", at: r + "/dev/fd"),
+            .symlink("/proc/self/fd/0", at: r + "/dev/stdin"),
+            .symlink("/proc/self/fd/1", at: r + "/dev/stdout"),
+            .symlink("/proc/self/fd/2", at: r + "/dev/stderr"),
+            .mount("sysfs", on: r + "/sys",
+                   flags: MountFlags.rdonly | MountFlags.nosuid | MountFlags.nodev | MountFlags.noexec),
+            .bind(runtimeDir, on: r + ContainerPaths.runtimeMount, readOnly: true,
+                  flags: MountFlags.nosuid | MountFlags.nodev),
+        ]
+        for m in spec.mounts {
+            ops.append(.mkdir(r + m.target))
+            ops.append(.bind(m.source, on: r + m.target, readOnly: m.readOnly, flags: MountFlags.nosuid | MountFlags.nodev))
+        }
+        ops.append(.pivot(r))
+        ops += ContainerPaths.masked.map(FSOp.mask)
+        ops += ContainerPaths.readOnly.map(FSOp.readOnly)
+        return ops
+    }
+}
+
+/// A started replica: its init process, cgroup, output pipes and directory.
+public final class RunningReplica: Sendable {
+    public let name: String
+    public let dir: String
+    public let pid: Int32
+    public let pidfd: Int32
+    public let cgroup: ReplicaCgroup
+    public let memoryLimit: Int64?
+    private let stdoutFD: Int32
+    private let stderrFD: Int32
+    private let tornDown = Atomic<Bool>(false)
+
+    init(name: String, dir: String, pid: Int32, pidfd: Int32, cgroup: ReplicaCgroup, stdoutFD: Int32,
+         stderrFD: Int32, memoryLimit: Int64?) {
+        self.name = name; self.dir = dir; self.pid = pid; self.pidfd = pidfd; self.cgroup = cgroup
+        self.stdoutFD = stdoutFD; self.stderrFD = stderrFD; self.memoryLimit = memoryLimit
+    }
+
+    /// stdout and stderr as they arrive; finishes when both reach EOF.
+    public func output() -> AsyncStream<OutputChunk> {
+        AsyncStream { continuation in
+            let open = Atomic<Int>(2)
+            for (fd, isErr) in [(stdoutFD, false), (stderrFD, true)] {
+                let reader = PipeReader(fd: fd) { bytes in
+                    if let bytes {
+                        continuation.yield(isErr ? .stderr(bytes) : .stdout(bytes))
+                    } else if open.subtract(1, ordering: .relaxed).newValue == 0 {
+                        continuation.finish()
+                    }
+                }
+                do { try reader.start() } catch {
+                    if open.subtract(1, ordering: .relaxed).newValue == 0 { continuation.finish() }
+                }
+            }
+        }
+    }
+
+    public func wait() async -> ExitStatus {
+        await ProcessReaper.wait(pidfd: pidfd)
+    }
+
+    public func signal(_ sig: Int32) {
+        _ = hearth_pidfd_send_signal_swift(pidfd, sig)
+    }
+
+    /// Kills everything left in the cgroup, removes it and the replica
+    /// directory. Idempotent; blocking.
+    public func teardown() {
+        guard !tornDown.exchange(true, ordering: .relaxed) else { return }
+        cgroup.killAll()
+        try? cgroup.remove()
+        close(pidfd)
+        try? FileTree.removeAll(dir)
+    }
+}
+
+/// Reads a non-blocking pipe on the event thread; hands each chunk on, then
+/// nil at EOF, and closes the fd.
+final class PipeReader: Sendable {
+    let fd: Int32
+    let onData: @Sendable ([UInt8]?) -> Void
+
+    init(fd: Int32, onData: @escaping @Sendable ([UInt8]?) -> Void) {
+        self.fd = fd
+        self.onData = onData
+    }
+
+    func start() throws {
+        let flags = fcntl(fd, F_GETFL)
+        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+        let fd = self.fd, onData = self.onData
+        try EventThread.shared.watch(fd) { _ in
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if n > 0 {
+                    onData(Array(buf[0..<n]))
+                    if n < buf.count { return .keep }
+                    continue
+                }
+                if n < 0 && (errno == EAGAIN || errno == EINTR) { return .keep }
+                // EOF or a hard error: either way this pipe is done.
+                EventThread.shared.unwatch(fd)
+                close(fd)
+                onData(nil)
+                return .remove
+            }
+        }
+    }
+}
+
+enum Pipe {
+    static func make() throws -> (read: Int32, write: Int32) {
+        var fds: [Int32] = [-1, -1]
+        guard pipe2(&fds, O_CLOEXEC) == 0 else { throw SystemError.current("pipe2", "") }
+        return (fds[0], fds[1])
+    }
+}

@@ -1,0 +1,227 @@
+import Foundation
+import Glibc
+import HearthCore
+import HearthImage
+import HearthSandbox
+import Hummingbird
+import Logging
+import NIOCore
+
+/// The versioned HTTP API. Every error is JSON: {"error": {"code", "message"}}.
+struct API: Sendable {
+    let runtime: SandboxRuntime
+    let images: ImageStore
+    let registry: ReplicaRegistry
+    let logger: Logger
+
+    static let maxRequestBody = 4 << 20
+
+    func register(on router: Router<BasicRequestContext>) {
+        router.get("/v1/version") { _, _ in
+            try json(VersionInfo(version: Daemon.version, api: HearthDefaults.apiVersion,
+                                 cgroup: "\(runtime.cgroups.version)", pid: getpid()))
+        }
+        router.get("/v1/images") { _, _ in
+            do {
+                let list = try await Blocking.run { try images.list() }
+                return try json(list)
+            } catch { return errorResponse(error) }
+        }
+        router.post("/v1/images/import") { request, _ in
+            do {
+                let body = try await request.body.collect(upTo: Self.maxRequestBody)
+                let req = try decode(ImageImportRequest.self, body, what: "image import request")
+                return importResponse(req)
+            } catch { return errorResponse(error) }
+        }
+        router.delete("/v1/images/**") { _, context in
+            let name = context.parameters.getCatchAll().joined(separator: "/")
+            do {
+                try await Blocking.run { try images.remove(name: name) }
+                return Response(status: .noContent)
+            } catch { return errorResponse(error) }
+        }
+        router.post("/v1/sandboxes") { request, _ in
+            do {
+                let body = try await request.body.collect(upTo: Self.maxRequestBody)
+                let req = try decode(SandboxRequest.self, body, what: "sandbox request")
+                return try await sandbox(req)
+            } catch { return errorResponse(error) }
+        }
+    }
+
+    // MARK: images
+
+    private func importResponse(_ req: ImageImportRequest) -> Response {
+        let (events, cont) = AsyncStream<ImageImportEvent>.makeStream()
+        let images = self.images
+        Blocking.queue.async {
+            do {
+                let summary = try images.importImage(path: req.path, name: req.name) { p in
+                    cont.yield(ImageImportEvent(event: "progress", layer: p.layer, layers: p.layers,
+                                                bytes: p.bytes, totalBytes: p.totalBytes))
+                }
+                cont.yield(ImageImportEvent(event: "done", image: summary))
+            } catch {
+                let e = HearthError.wrap(error)
+                cont.yield(ImageImportEvent(event: "error", error: .init(code: e.code.rawValue, message: e.message)))
+            }
+            cont.finish()
+        }
+        return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: ResponseBody { writer in
+            let encoder = JSONEncoder()
+            for await e in events {
+                var line = (try? encoder.encode(e)) ?? Data()
+                line.append(10)
+                try await writer.write(ByteBuffer(bytes: line))
+            }
+            try await writer.finish(nil)
+        })
+    }
+
+    // MARK: sandboxes
+
+    private func sandbox(_ req: SandboxRequest) async throws -> Response {
+        let started = ContinuousClock.now
+        guard !req.argv.isEmpty else { throw HearthError.invalid("argv: empty; give the command to run after --") }
+        var limits = CgroupLimits(pidsMax: req.pids ?? HearthDefaults.pidsMax)
+        if let pids = req.pids, pids < 1 {
+            throw HearthError.invalid("pids: \(pids) is not allowed; the process limit must be at least 1")
+        }
+        if let m = req.memory { limits.memoryLimit = try Quantity.parseMemory(m, field: "memory") }
+        if let c = req.cpus {
+            let milli = try Quantity.parseCPU(c, field: "cpus")
+            limits.cpuLimitMilli = milli
+            limits.cpuRequestMilli = milli
+        }
+        let network: NetworkMode
+        switch req.network ?? "none" {
+        case "none": network = .none
+        case "host": network = .host
+        case let other: throw HearthError.invalid("network: \"\(other)\" is not a network mode; use none or host")
+        }
+        let profile: SeccompProfile?
+        switch req.seccomp ?? "default" {
+        case "default": profile = SeccompProfile.default
+        case "unconfined": profile = nil
+        case "profile":
+            guard let text = req.seccompProfile else {
+                throw HearthError.invalid("seccompProfile: missing; seccomp \"profile\" needs the profile's JSON")
+            }
+            profile = try SeccompProfile.parse(Data(text.utf8))
+        case let other:
+            throw HearthError.invalid("seccomp: \"\(other)\" is not allowed; use default, unconfined or a profile file")
+        }
+        for kv in req.env ?? [] where !kv.contains("=") || kv.hasPrefix("=") {
+            throw HearthError.invalid("env: \"\(kv)\" is not KEY=VALUE")
+        }
+        try registry.admit()
+        let imageRef = req.image ?? HearthDefaults.image
+        let runtime = self.runtime, images = self.images
+        let name = runtime.newReplicaName(prefix: "sbx")
+        let replica = try await Blocking.run { () throws -> RunningReplica in
+            let image = try images.resolve(imageRef)
+            var spec = ReplicaSpec(name: name, image: image, argv: req.argv, limits: limits)
+            spec.env = req.env ?? []
+            spec.workdir = req.workdir
+            spec.network = network
+            spec.seccomp = profile
+            return try runtime.start(spec)
+        }
+        registry.add(replica)
+        let startMicros = Int64((ContinuousClock.now - started).inMicroseconds)
+        let registry = self.registry, logger = self.logger
+        logger.debug("sandbox \(name) started in \(startMicros) µs")
+
+        return Response(status: .ok, headers: [.contentType: "application/vnd.hearth.stream"], body: ResponseBody { writer in
+            defer { registry.remove(name) }
+            do {
+                try await writer.write(frame(.event, SandboxEvent(event: "started", replica: name, startMicros: startMicros)))
+                for await chunk in replica.output() {
+                    switch chunk {
+                    case .stdout(let b): try await writer.write(frame(.stdout, b))
+                    case .stderr(let b): try await writer.write(frame(.stderr, b))
+                    }
+                }
+                let status = await replica.wait()
+                let oom = replica.cgroup.oomKilled()
+                var event = SandboxEvent(event: "exit", replica: name)
+                switch status {
+                case .exited(let c): event.exitCode = c
+                case .signaled(let s): event.signal = s; event.exitCode = 128 + s
+                }
+                if oom {
+                    event.oomKilled = true
+                    event.exitCode = 137
+                    let limit = replica.memoryLimit.map(Quantity.formatMemory) ?? "none"
+                    event.memoryLimit = limit
+                    event.message = "killed: out of memory, limit \(limit)"
+                }
+                _ = try? await Blocking.run { replica.teardown() }
+                try await writer.write(frame(.event, event))
+                try await writer.finish(nil)
+            } catch {
+                // The client went away: the replica goes too.
+                replica.signal(SIGKILL)
+                _ = await replica.wait()
+                _ = try? await Blocking.run { replica.teardown() }
+                throw error
+            }
+        })
+    }
+
+    // MARK: helpers
+
+    private func frame(_ kind: StreamFrameKind, _ payload: [UInt8]) -> ByteBuffer {
+        var buf = ByteBuffer()
+        buf.reserveCapacity(5 + payload.count)
+        buf.writeInteger(kind.rawValue)
+        buf.writeInteger(UInt32(payload.count), endianness: .big)
+        buf.writeBytes(payload)
+        return buf
+    }
+
+    private func frame(_ kind: StreamFrameKind, _ event: SandboxEvent) -> ByteBuffer {
+        frame(kind, Array((try? JSONEncoder().encode(event)) ?? Data()))
+    }
+}
+
+private func decode<T: Decodable>(_ type: T.Type, _ body: ByteBuffer, what: String) throws -> T {
+    do {
+        return try JSONDecoder().decode(T.self, from: Data(buffer: body))
+    } catch let DecodingError.keyNotFound(key, _) {
+        throw HearthError.invalid("\(what): field \"\(key.stringValue)\" is required")
+    } catch let DecodingError.typeMismatch(_, ctx) {
+        let path = ctx.codingPath.map(\.stringValue).joined(separator: ".")
+        throw HearthError.invalid("\(what): field \"\(path)\" has the wrong type: \(ctx.debugDescription)")
+    } catch {
+        throw HearthError.invalid("\(what): body is not valid JSON: \(error)")
+    }
+}
+
+func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) throws -> Response {
+    let data = try JSONEncoder().encode(value)
+    return Response(status: status, headers: [.contentType: "application/json"],
+                    body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+}
+
+func errorResponse(_ error: any Error) -> Response {
+    let e = HearthError.wrap(error)
+    let status: HTTPResponse.Status
+    switch e.code {
+    case .invalidArgument, .invalidImage, .unsafeLayer: status = .badRequest
+    case .notFound, .imageNotFound: status = .notFound
+    case .conflict: status = .conflict
+    case .unavailable: status = .serviceUnavailable
+    case .spawnFailed, .system, .internal: status = .internalServerError
+    }
+    let body = APIErrorBody(code: e.code.rawValue, message: e.message)
+    return (try? json(body, status: status)) ?? Response(status: status)
+}
+
+extension Duration {
+    var inMicroseconds: Double {
+        let (s, atto) = components
+        return Double(s) * 1e6 + Double(atto) / 1e12
+    }
+}

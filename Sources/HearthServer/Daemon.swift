@@ -1,0 +1,149 @@
+import Foundation
+import Glibc
+import HearthCore
+import HearthImage
+import HearthSandbox
+import Hummingbird
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+public struct DaemonOptions: Sendable {
+    public var stateRoot: String = HearthDefaults.stateRoot
+    public var socketPath: String = HearthDefaults.socketPath
+    public var initBinary: String
+    /// Name of the cgroup subtree; distinct per state root so that daemons
+    /// on different roots (tests) never clean up each other's replicas.
+    public var cgroupSubtree: String?
+    public var shutdownDeadline: Duration = .seconds(10)
+    public var logLevel: Logger.Level = .info
+
+    public init(initBinary: String) { self.initBinary = initBinary }
+}
+
+/// hearthd: owns the state root (lock), the image store, the sandbox
+/// runtime and the HTTP API on the Unix socket.
+public enum Daemon {
+    public static let version = "0.1.0"
+
+    public static func run(_ options: DaemonOptions) async throws {
+        var logger = Logger(label: "hearthd")
+        logger.logLevel = options.logLevel
+
+        guard geteuid() == 0 else {
+            throw HearthError(.unavailable, "hearthd must run as root (it creates namespaces, mounts and cgroups)")
+        }
+        try FileTree.makeDirectory(options.stateRoot, mode: 0o711)
+        let lock = try StateLock(root: options.stateRoot)
+        defer { lock.release() }
+        try refuseLiveSocket(options.socketPath)
+
+        let subtree = options.cgroupSubtree ?? defaultSubtree(for: options.stateRoot)
+        let runtime = try SandboxRuntime(stateRoot: options.stateRoot, initBinary: options.initBinary,
+                                         cgroupSubtree: subtree)
+        try runtime.prepare()
+        try runtime.cleanupStale()
+        let images = try ImageStore(root: options.stateRoot)
+        let registry = ReplicaRegistry()
+        logger.info("state root \(options.stateRoot), cgroup \(runtime.cgroups.version) subtree \(subtree)")
+
+        let api = API(runtime: runtime, images: images, registry: registry, logger: logger)
+        let router = Router()
+        api.register(on: router)
+
+        let socketDir = (options.socketPath as NSString).deletingLastPathComponent
+        if !socketDir.isEmpty { try? FileManager.default.createDirectory(atPath: socketDir, withIntermediateDirectories: true) }
+        let socketPath = options.socketPath
+        let app = Application(
+            router: router,
+            configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: "hearthd"),
+            onServerRunning: { _ in
+                secureSocket(socketPath, logger: logger)
+                logger.info("hearthd \(version) listening on \(socketPath)")
+            },
+            logger: logger
+        )
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [
+                    .init(service: app),
+                    .init(service: DrainService(registry: registry, deadline: options.shutdownDeadline, logger: logger)),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        try await group.run()
+        try? runtime.cleanupStale()
+        unlink(socketPath)
+        logger.info("hearthd stopped")
+    }
+
+    static func defaultSubtree(for root: String) -> String {
+        if root == HearthDefaults.stateRoot { return "hearth" }
+        // FNV-1a of the path: stable across runs, short enough for a cgroup name.
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in root.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return "hearth-" + String(h & 0xffff_ffff, radix: 16)
+    }
+
+    /// Mode 0660, group `hearth` when that group exists.
+    static func secureSocket(_ path: String, logger: Logger) {
+        var gid: gid_t = 0
+        if let gr = getgrnam("hearth") { gid = gr.pointee.gr_gid }
+        if chown(path, 0, gid) != 0 { logger.warning("chown \(path): \(ErrnoName.name(errno))") }
+        if chmod(path, 0o660) != 0 { logger.warning("chmod \(path): \(ErrnoName.name(errno))") }
+    }
+
+    /// Hummingbird removes an existing socket file before binding; make sure
+    /// it does not belong to a daemon that is still alive.
+    static func refuseLiveSocket(_ path: String) throws {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if rc == 0 {
+            throw HearthError(.conflict, "socket \(path) is in use by another running hearthd; stop it or pass --socket PATH")
+        }
+    }
+}
+
+/// An exclusive flock on <root>/hearthd.lock for the daemon's lifetime.
+final class StateLock {
+    let fd: Int32
+    let path: String
+
+    init(root: String) throws {
+        path = root + "/hearthd.lock"
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SystemError.current("open", path) }
+        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            let err = errno
+            var buf = [UInt8](repeating: 0, count: 32)
+            let n = pread(fd, &buf, 31, 0)
+            let holder = n > 0 ? String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "?"
+            close(fd)
+            if err == EWOULDBLOCK {
+                throw HearthError(.conflict, "another hearthd (pid \(holder)) is running on state root \(root) (lock \(path) is held)")
+            }
+            throw SystemError("flock", path, errno: err)
+        }
+        let pid = Array("\(getpid())\n".utf8)
+        _ = ftruncate(fd, 0)
+        _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+    }
+
+    func release() {
+        _ = ftruncate(fd, 0)
+        close(fd)
+    }
+}

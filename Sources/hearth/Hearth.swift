@@ -1,0 +1,60 @@
+import ArgumentParser
+import Foundation
+import HearthClient
+import HearthCore
+
+@main
+struct Hearth: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hearth",
+        abstract: "Hearth: warm, isolated Python replicas on one machine.",
+        discussion: "Talks to hearthd over its Unix socket (HEARTH_SOCKET, default \(HearthDefaults.socketPath)).",
+        subcommands: [Sandbox.self, ImageCommand.self, Version.self]
+    )
+}
+
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: "hearthd's socket (default: $HEARTH_SOCKET or \(HearthDefaults.socketPath)).")
+    var socket: String?
+
+    var client: UnixHTTPClient {
+        UnixHTTPClient(socketPath: socket ?? ProcessInfo.processInfo.environment["HEARTH_SOCKET"] ?? HearthDefaults.socketPath)
+    }
+}
+
+/// Prints "hearth: message" and exits with `code`.
+func fail(_ message: String, code: Int32 = 1) -> ExitCode {
+    FileHandle.standardError.write(Data("hearth: \(message)\n".utf8))
+    return ExitCode(code)
+}
+
+func failure(_ error: any Error, code: Int32 = 1) -> ExitCode {
+    switch error {
+    case let e as ExitCode: return e
+    case let e as HearthError: return fail(e.message, code: code)
+    case let e as SystemError: return fail(e.description, code: code)
+    default: return fail(String(describing: error), code: code)
+    }
+}
+
+/// Decodes an API error body, or describes the status.
+func apiError(_ response: UnixHTTPClient.Response) -> HearthError {
+    if let body = try? JSONDecoder().decode(APIErrorBody.self, from: Data(response.body)) {
+        return HearthError(HearthError.Code(rawValue: body.error.code) ?? .internal, body.error.message)
+    }
+    return HearthError(.internal, "hearthd answered HTTP \(response.status): \(String(decoding: response.body.prefix(500), as: UTF8.self))")
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show the daemon's version.")
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        do {
+            let r = try global.client.request("GET", "/v1/version")
+            guard r.status == 200 else { throw apiError(r) }
+            let v = try JSONDecoder().decode(VersionInfo.self, from: Data(r.body))
+            print("hearthd \(v.version) (API \(v.api), cgroup \(v.cgroup), pid \(v.pid))")
+        } catch { throw failure(error) }
+    }
+}

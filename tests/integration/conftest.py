@@ -1,0 +1,142 @@
+"""A real hearthd on a temporary state root and socket, shared by the session.
+
+Every test talks to it through the real `hearth` CLI. After each test the
+fixture checks that nothing is left behind: no mount under the state root,
+no replica directory, no cgroup under the daemon's subtree, no stray process.
+"""
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BIN = pathlib.Path(os.environ.get("HEARTH_BIN", REPO / ".build" / "release"))
+LAYOUT = pathlib.Path(os.environ.get("HEARTH_IMAGE_LAYOUT", REPO / "rootfs" / "out" / "python-3.11"))
+IMAGE = "hearth/python:3.11"
+
+
+def _cgroup_dirs(subtree):
+    """Directories named `subtree` in any cgroup hierarchy (v1 or v2)."""
+    found = []
+    for top, dirs, _ in os.walk("/sys/fs/cgroup"):
+        if top.count("/") > 9:
+            dirs[:] = []
+            continue
+        for d in dirs:
+            if d == subtree:
+                found.append(os.path.join(top, d))
+    return found
+
+
+class Daemon:
+    def __init__(self, root, socket, subtree, log):
+        self.root = root
+        self.socket = socket
+        self.subtree = subtree
+        self.log = log
+        self.proc = None
+
+    def start(self):
+        self.logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [str(BIN / "hearthd"), "--root", self.root, "--socket", self.socket,
+             "--init", str(BIN / "hearth-init"), "--cgroup-name", self.subtree, "--shutdown-timeout", "3"],
+            stdout=self.logf, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("hearthd exited early:\n" + pathlib.Path(self.log).read_text()[-3000:])
+            if self.hearth("version", check=False).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("hearthd did not come up:\n" + pathlib.Path(self.log).read_text()[-3000:])
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
+    def hearth(self, *args, check=True, timeout=120, input=None):
+        env = dict(os.environ, HEARTH_SOCKET=self.socket)
+        r = subprocess.run([str(BIN / "hearth"), *args], capture_output=True, env=env, timeout=timeout, input=input)
+        if check and r.returncode != 0:
+            raise AssertionError(f"hearth {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout.decode(errors='replace')}\nstderr: {r.stderr.decode(errors='replace')}")
+        return r
+
+    def sandbox(self, *cmd, opts=(), check=False, timeout=120):
+        return self.hearth("sandbox", *opts, "--", *cmd, check=check, timeout=timeout)
+
+    def py(self, code, opts=(), check=False, timeout=120):
+        return self.sandbox("python3", "-c", code, opts=opts, check=check, timeout=timeout)
+
+    # What must be empty between tests.
+    def leftovers(self):
+        problems = []
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                mp = line.split()[4]
+                if mp.startswith(self.root + "/replicas"):
+                    problems.append(f"mount left: {mp}")
+        rdir = pathlib.Path(self.root, "replicas")
+        if rdir.exists():
+            for p in rdir.iterdir():
+                problems.append(f"replica directory left: {p}")
+        for d in _cgroup_dirs(self.subtree):
+            for sub in os.listdir(d):
+                if os.path.isdir(os.path.join(d, sub)):
+                    problems.append(f"cgroup left: {d}/{sub}")
+        # Processes whose root is under our replicas directory.
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                root = os.readlink(f"/proc/{pid}/root")
+                cg = pathlib.Path(f"/proc/{pid}/cgroup").read_text()
+            except OSError:
+                continue
+            if root.startswith(self.root) or f"/{self.subtree}/" in cg:
+                problems.append(f"process left: pid {pid} root {root}")
+        return problems
+
+
+@pytest.fixture(scope="session")
+def daemon():
+    if os.geteuid() != 0:
+        pytest.skip("integration tests need root")
+    for b in ("hearthd", "hearth", "hearth-init"):
+        if not (BIN / b).exists():
+            pytest.fail(f"{BIN / b} is missing: run scripts/setup first")
+    if not (LAYOUT / "index.json").exists():
+        pytest.fail(f"default image layout {LAYOUT} is missing: run rootfs/build first")
+    base = tempfile.mkdtemp(prefix="hearth-it-", dir="/var/tmp")
+    d = Daemon(root=os.path.join(base, "root"), socket=os.path.join(base, "hearthd.sock"),
+               subtree=f"hearth-it-{os.getpid()}", log=os.path.join(base, "hearthd.log"))
+    d.start()
+    d.hearth("image", "import", str(LAYOUT), "--name", IMAGE, timeout=600)
+    yield d
+    d.stop()
+    problems = d.leftovers()
+    shutil.rmtree(base, ignore_errors=True)
+    assert not problems, problems
+
+
+@pytest.fixture
+def hearth(daemon):
+    """The session daemon, checked for leftovers after the test."""
+    yield daemon
+    deadline = time.time() + 5
+    problems = daemon.leftovers()
+    while problems and time.time() < deadline:
+        time.sleep(0.1)
+        problems = daemon.leftovers()
+    assert not problems, problems
