@@ -1,0 +1,208 @@
+import Foundation
+import Glibc
+import HearthCore
+
+/// Hearth's cgroup subtree under the daemon's own cgroup: `<own>/<subtree>`
+/// on v2, `<mount>/<own>/<subtree>` in each v1 hierarchy (cpu, memory,
+/// pids, and cpuacct when mounted). Never touches the host's mounts or
+/// anything outside its own cgroup. Blocking file I/O: call off the
+/// cooperative pool.
+public final class CgroupManager: Sendable {
+    public let version: CgroupVersion
+    /// Name of the subtree directory; several daemons (or test runs) on one
+    /// host keep apart by using different names.
+    public let subtree: String
+    /// Own cgroup per hierarchy: the base under which the subtree lives.
+    let hierarchies: [CgroupHierarchy]
+
+    /// v2 controllers Hearth enables for replicas.
+    static let v2Controllers = ["cpu", "memory", "pids"]
+
+    /// Detects the cgroup layout from /proc/self/mountinfo and
+    /// /proc/self/cgroup; creates nothing yet (see `prepare()`).
+    public convenience init(subtree: String = "hearth") throws {
+        try self.init(subtree: subtree, layout: CgroupDiscovery.detect())
+    }
+
+    init(subtree: String, layout: CgroupLayout) throws {
+        try Self.validate(component: subtree, field: "cgroup subtree")
+        self.subtree = subtree
+        self.version = layout.version
+        var hierarchies = layout.hierarchies
+        // A daemon that prepare() already moved into its leaf (or one
+        // re-executed in place) sees the leaf as its own cgroup; the base is
+        // its parent, else the subtree would nest inside the leaf.
+        if version == .v2, var h = hierarchies.first, h.directory.hasSuffix("/" + Self.daemonLeafName(subtree)) {
+            h.directory = (h.directory as NSString).deletingLastPathComponent
+            h.cgroupPath = (h.cgroupPath as NSString).deletingLastPathComponent
+            hierarchies[0] = h
+        }
+        self.hierarchies = hierarchies
+    }
+
+    private static func daemonLeafName(_ subtree: String) -> String { subtree + "-daemon" }
+
+    /// The subtree directory in each hierarchy.
+    public var subtreePaths: [String] { hierarchies.map { $0.directory + "/" + subtree } }
+
+    /// Creates the subtree, ready for replicas.
+    ///
+    /// v2: a cgroup with processes may not enable controllers for its
+    /// children (the "no internal processes" rule), so unless the daemon
+    /// sits in the root cgroup, every process of its cgroup first moves
+    /// into the leaf `<own>/<subtree>-daemon`. Then +cpu +memory +pids go
+    /// into `<own>/cgroup.subtree_control` and into `<own>/<subtree>`'s.
+    /// v1: creates `<subtree>` in each hierarchy. Idempotent.
+    public func prepare() throws {
+        switch version {
+        case .v2: try prepareV2()
+        case .v1:
+            for dir in subtreePaths { try CgroupFiles.mkdir(dir) }
+        }
+    }
+
+    private func prepareV2() throws {
+        guard let base = hierarchies.first?.directory else { return }
+        let available = try words(base + "/cgroup.controllers")
+        for controller in Self.v2Controllers where !available.contains(controller) {
+            throw HearthError(.unavailable,
+                "cgroup v2: controller \"\(controller)\" is not available in \(base)/cgroup.controllers "
+                + "(it lists: \(available.isEmpty ? "nothing" : available.sorted().joined(separator: " "))); "
+                + "the cpu, memory and pids controllers must be delegated to hearthd's cgroup")
+        }
+        let enabled = try words(base + "/cgroup.subtree_control")
+        let missing = Self.v2Controllers.filter { !enabled.contains($0) }
+        if !missing.isEmpty {
+            // cgroup.type exists on every cgroup but the root, and the root
+            // is exempt from the no-internal-processes rule.
+            if CgroupFiles.exists(base + "/cgroup.type") { try moveProcessesToDaemonLeaf(base) }
+            for controller in missing { try CgroupFiles.write(base + "/cgroup.subtree_control", "+" + controller) }
+        }
+        let root = base + "/" + subtree
+        try CgroupFiles.mkdir(root)
+        try enableControllers(in: root)
+    }
+
+    /// Moves every process of `base` (the daemon and whatever its service
+    /// started alongside) into `<base>/<subtree>-daemon`. Writing a pid to
+    /// cgroup.procs moves all of its threads.
+    private func moveProcessesToDaemonLeaf(_ base: String) throws {
+        let leaf = base + "/" + Self.daemonLeafName(subtree)
+        try CgroupFiles.mkdir(leaf)
+        for pid in CgroupFiles.procs(base) {
+            do {
+                try CgroupFiles.write(leaf + "/cgroup.procs", "\(pid)")
+            } catch let error as SystemError where error.errno == ESRCH {
+                continue  // exited meanwhile
+            }
+        }
+    }
+
+    private func enableControllers(in dir: String) throws {
+        let enabled = try words(dir + "/cgroup.subtree_control")
+        for controller in Self.v2Controllers where !enabled.contains(controller) {
+            try CgroupFiles.write(dir + "/cgroup.subtree_control", "+" + controller)
+        }
+    }
+
+    private func words(_ path: String) throws -> Set<String> {
+        Set(try CgroupFiles.read(path).split(whereSeparator: { $0 == " " || $0.isNewline }).map(String.init))
+    }
+
+    /// Kills every process in, and removes every cgroup under, the subtree:
+    /// what a crashed predecessor left behind. The subtree directory itself
+    /// stays. A missing subtree is not an error.
+    public func cleanupStale() throws {
+        let roots = subtreePaths.filter { CgroupFiles.exists($0) }
+        guard !roots.isEmpty else { return }
+        switch version {
+        case .v2:
+            for root in roots { CgroupTeardown.killV2(root) }
+        case .v1:
+            CgroupTeardown.killLoop(roots.flatMap { [$0] + CgroupTeardown.descendants(of: $0) })
+        }
+        var firstError: (any Error)?
+        for root in roots {
+            do { try CgroupTeardown.removeDescendants(of: root) } catch { firstError = firstError ?? error }
+        }
+        if let firstError { throw firstError }
+    }
+
+    /// `cleanupStale()`, then removes the subtree directories too (daemon
+    /// shutdown, tests). The v2 daemon leaf stays: the daemon is in it.
+    public func removeSubtree() throws {
+        try cleanupStale()
+        for dir in subtreePaths { try CgroupFiles.rmdir(dir) }
+    }
+
+    /// Creates the replica cgroup `<subtree>/<name>` with `limits` applied.
+    /// `name` may nest (`env/replica`): parents are created as needed and
+    /// pruned again by `ReplicaCgroup.remove()`. An existing cgroup of that
+    /// name is a conflict (it may be a live replica). On failure nothing
+    /// created here is left behind.
+    public func create(name: String, limits: CgroupLimits) throws -> ReplicaCgroup {
+        let components = name.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        for component in components { try Self.validate(component: component, field: "cgroup name \"\(name)\"") }
+        for root in subtreePaths where !CgroupFiles.exists(root) {
+            throw HearthError(.unavailable, "cgroup subtree \(root) does not exist; CgroupManager.prepare() creates it")
+        }
+
+        var created = [String]()
+        func rollback() {
+            for dir in created.reversed() {
+                _ = Glibc.rmdir(dir)
+                if let root = subtreePaths.first(where: { dir.hasPrefix($0 + "/") }) {
+                    CgroupTeardown.pruneParents(of: dir, stop: root)
+                }
+            }
+        }
+        do {
+            for root in subtreePaths {
+                var dir = root
+                for parent in components.dropLast() {
+                    dir += "/" + parent
+                    try CgroupFiles.mkdir(dir)
+                    if version == .v2 { try enableControllers(in: dir) }
+                }
+                let leaf = dir + "/" + (components.last ?? name)
+                guard try CgroupFiles.mkdir(leaf) else {
+                    throw HearthError(.conflict, "cgroup \(leaf) already exists")
+                }
+                created.append(leaf)
+            }
+            let replica = ReplicaCgroup(name: name, version: version, paths: created,
+                                        controllers: hierarchies.map(\.controllers), subtreeRoots: subtreePaths)
+            try apply(limits, to: replica)
+            return replica
+        } catch {
+            rollback()
+            throw error
+        }
+    }
+
+    private func apply(_ limits: CgroupLimits, to replica: ReplicaCgroup) throws {
+        for setting in limits.files(for: version) {
+            guard let dir = replica.directory(for: setting.controller) else {
+                if setting.optional { continue }
+                throw HearthError(.unavailable, "cgroup v1: no \(setting.controller) hierarchy for \(setting.file)")
+            }
+            let file = dir + "/" + setting.file
+            if setting.optional && !CgroupFiles.exists(file) { continue }
+            try CgroupFiles.write(file, setting.value)
+        }
+    }
+
+    /// One path component: letters, digits, `_`, `-`, `.`; not `.`/`..`; at
+    /// most 128 bytes. Keeps names from escaping the subtree or colliding
+    /// with control files' structure.
+    static func validate(component: String, field: String) throws {
+        let allowed = component.utf8.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a)
+                || c == UInt8(ascii: "_") || c == UInt8(ascii: "-") || c == UInt8(ascii: ".")
+        }
+        guard !component.isEmpty, component.utf8.count <= 128, allowed, component != ".", component != ".." else {
+            throw HearthError.invalid(
+                "\(field): \"\(component)\" is not a valid cgroup name; use 1 to 128 letters, digits, '_', '-' or '.'")
+        }
+    }
+}

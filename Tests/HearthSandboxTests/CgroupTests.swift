@@ -1,0 +1,349 @@
+import Foundation
+import Glibc
+import HearthCore
+import XCTest
+
+@testable import HearthSandbox
+
+/// Pure tests of the limits mapping and of layout discovery.
+final class CgroupLimitsTests: XCTestCase {
+    func testSharesAndWeight() {
+        XCTAssertEqual(CgroupLimits.shares(milli: 1000), 1024)
+        XCTAssertEqual(CgroupLimits.shares(milli: 500), 512)
+        XCTAssertEqual(CgroupLimits.shares(milli: 250), 256)
+        XCTAssertEqual(CgroupLimits.shares(milli: 1), 2)  // kernel minimum
+        XCTAssertEqual(CgroupLimits.shares(milli: 1_000_000), 262_144)  // kernel maximum
+
+        let table: [(UInt64, UInt64)] = [
+            (0, 1), (2, 1), (3, 2), (128, 21), (512, 59), (1024, 100), (2048, 174), (4096, 303),
+            (262_144, 10_000), (1_000_000, 10_000),
+        ]
+        for (shares, weight) in table {
+            XCTAssertEqual(CgroupLimits.cpuWeight(shares: shares), weight, "shares \(shares)")
+        }
+    }
+
+    func testRequestAloneBecomesTheLimit() {
+        let limits = CgroupLimits(cpuRequestMilli: 500, memoryRequest: 64 << 20)
+        XCTAssertEqual(limits.cpuLimitMilli, 500)
+        XCTAssertEqual(limits.cpuRequestMilli, 500)
+        XCTAssertEqual(limits.memoryLimit, 64 << 20)
+        XCTAssertEqual(limits.memoryRequest, 64 << 20)
+        XCTAssertEqual(limits.pidsMax, 4096)
+
+        let limitOnly = CgroupLimits(cpuLimitMilli: 2000, memoryLimit: 1 << 30)
+        XCTAssertNil(limitOnly.cpuRequestMilli)
+        XCTAssertNil(limitOnly.memoryRequest)
+    }
+
+    func testV1Files() {
+        let limits = CgroupLimits(cpuLimitMilli: 1500, cpuRequestMilli: 500, memoryLimit: 256 << 20,
+                                  memoryRequest: 128 << 20, pidsMax: 100)
+        XCTAssertEqual(limits.v1Files(), [
+            CgroupFileValue("cpu.cfs_period_us", "100000"),
+            CgroupFileValue("cpu.cfs_quota_us", "150000"),
+            CgroupFileValue("cpu.shares", "512"),
+            CgroupFileValue("memory.limit_in_bytes", "268435456"),
+            CgroupFileValue("memory.memsw.limit_in_bytes", "268435456", optional: true),
+            CgroupFileValue("memory.soft_limit_in_bytes", "134217728"),
+            CgroupFileValue("pids.max", "100"),
+        ])
+        XCTAssertEqual(CgroupLimits().v1Files(), [CgroupFileValue("pids.max", "4096")])
+        XCTAssertEqual(CgroupLimits(pidsMax: 0).v1Files(), [CgroupFileValue("pids.max", "max")])
+        XCTAssertEqual(limits.v1Files().map(\.controller), ["cpu", "cpu", "cpu", "memory", "memory", "memory", "pids"])
+    }
+
+    func testV2Files() {
+        let limits = CgroupLimits(cpuLimitMilli: 1500, cpuRequestMilli: 1000, memoryLimit: 256 << 20,
+                                  memoryRequest: 128 << 20, pidsMax: 100)
+        XCTAssertEqual(limits.v2Files(), [
+            CgroupFileValue("cpu.max", "150000 100000"),
+            CgroupFileValue("cpu.weight", "100"),
+            CgroupFileValue("memory.max", "268435456"),
+            CgroupFileValue("memory.swap.max", "0", optional: true),
+            CgroupFileValue("memory.oom.group", "1"),
+            CgroupFileValue("memory.low", "134217728"),
+            CgroupFileValue("pids.max", "100"),
+        ])
+        XCTAssertEqual(CgroupLimits().v2Files(), [CgroupFileValue("pids.max", "4096")])
+        // Quotas below the kernel's 1 ms minimum are raised to it.
+        XCTAssertEqual(CgroupLimits(cpuLimitMilli: 5).v2Files().first, CgroupFileValue("cpu.max", "1000 100000"))
+        XCTAssertEqual(CgroupLimits(cpuLimitMilli: 5).files(for: .v1)[1], CgroupFileValue("cpu.cfs_quota_us", "1000"))
+    }
+}
+
+final class CgroupDiscoveryTests: XCTestCase {
+    /// This project's build machines: hybrid, v1 cpu/memory/pids, an empty
+    /// cgroup2 at /sys/fs/cgroup/unified, memory cgroup nested.
+    let hybridMountinfo = """
+    31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+    32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+    33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+    35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+    39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+    40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+    41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+    """
+    let hybridCgroup = """
+    9:name=systemd:/
+    8:pids:/
+    4:memory:/process_api/abc
+    2:cpuacct:/
+    1:cpu:/
+    0::/
+    """
+
+    func testHybridHostIsV1() throws {
+        let layout = try CgroupDiscovery.layout(mountinfo: hybridMountinfo, procCgroup: hybridCgroup)
+        XCTAssertEqual(layout.version, .v1)
+        XCTAssertEqual(layout.hierarchies.map(\.controllers), [["cpu"], ["memory"], ["pids"], ["cpuacct"]])
+        XCTAssertEqual(layout.hierarchies.map(\.directory), [
+            "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/memory/process_api/abc", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpuacct",
+        ])
+    }
+
+    func testCoMountedCpuCpuacct() throws {
+        let mountinfo = """
+        25 24 0:22 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+        26 24 0:23 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+        27 24 0:24 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
+        """
+        let cgroup = "3:cpu,cpuacct:/docker/x\n2:memory:/docker/x\n1:pids:/docker/x\n"
+        let layout = try CgroupDiscovery.layout(mountinfo: mountinfo, procCgroup: cgroup)
+        XCTAssertEqual(layout.version, .v1)
+        XCTAssertEqual(layout.hierarchies.map(\.controllers), [["cpu", "cpuacct"], ["memory"], ["pids"]])
+        XCTAssertEqual(layout.hierarchies[0].directory, "/sys/fs/cgroup/cpu,cpuacct/docker/x")
+    }
+
+    func testV1MissingControllerIsNamed() {
+        let mountinfo = "26 24 0:23 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+            + "25 24 0:22 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"
+        XCTAssertThrowsError(try CgroupDiscovery.layout(mountinfo: mountinfo, procCgroup: "2:memory:/\n1:cpu:/\n3:pids:/\n")) {
+            XCTAssertTrue("\($0)".contains("no pids hierarchy is mounted"), "\($0)")
+        }
+    }
+
+    func testPureV2Host() throws {
+        let mountinfo = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n"
+        let layout = try CgroupDiscovery.layout(mountinfo: mountinfo, procCgroup: "0::/system.slice/hearthd.service\n")
+        XCTAssertEqual(layout.version, .v2)
+        XCTAssertEqual(layout.hierarchies.map(\.directory), ["/sys/fs/cgroup/system.slice/hearthd.service"])
+    }
+
+    func testV2InsideACgroupNamespaceAndBindMountedSubtree() throws {
+        let ns = try CgroupDiscovery.layout(
+            mountinfo: "700 690 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n", procCgroup: "0::/\n")
+        XCTAssertEqual(ns.hierarchies.first?.directory, "/sys/fs/cgroup")
+        // A mount of a sub-hierarchy: paths are relative to its root.
+        let bind = try CgroupDiscovery.layout(
+            mountinfo: "700 690 0:26 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+            procCgroup: "0::/kubepods/pod1/ctr\n")
+        XCTAssertEqual(bind.hierarchies.first?.directory, "/sys/fs/cgroup/ctr")
+    }
+
+    func testMountinfoEscapesAndDeletedCgroups() {
+        XCTAssertEqual(CgroupDiscovery.unescape(#"/mnt/with\040space"#), "/mnt/with space")
+        XCTAssertEqual(CgroupDiscovery.unescape(#"/a\134b"#), #"/a\b"#)
+        XCTAssertEqual(CgroupDiscovery.parseProcCgroup("0::/gone (deleted)\n").v2, "/gone")
+        XCTAssertTrue(CgroupDiscovery.isPrefix("/", of: "/x"))
+        XCTAssertTrue(CgroupDiscovery.isPrefix("/a", of: "/a/b"))
+        XCTAssertFalse(CgroupDiscovery.isPrefix("/a", of: "/ab"))
+    }
+
+    func testNamesAreValidated() {
+        XCTAssertNoThrow(try CgroupManager.validate(component: "env-1.replica_2", field: "x"))
+        for bad in ["", ".", "..", "a b", "a/b", String(repeating: "x", count: 129), "ünicode"] {
+            XCTAssertThrowsError(try CgroupManager.validate(component: bad, field: "cgroup name"), bad)
+        }
+    }
+}
+
+/// Real cgroups on this machine. Root only; on a cgroup v2 host only with
+/// HEARTH_CGROUP_V2_TESTS=1, because prepare() there moves the test process
+/// (and its cgroup's other processes) into a leaf, as it does for hearthd.
+final class CgroupRootTests: XCTestCase {
+    var manager: CgroupManager!
+
+    override func setUpWithError() throws {
+        guard getuid() == 0 else { throw XCTSkip("cgroup tests need root") }
+        let subtree = "hearth-test-" + UUID().uuidString.prefix(8).lowercased()
+        let m = try CgroupManager(subtree: subtree)
+        if m.version == .v2 && ProcessInfo.processInfo.environment["HEARTH_CGROUP_V2_TESTS"] != "1" {
+            throw XCTSkip("cgroup v2 host: set HEARTH_CGROUP_V2_TESTS=1 to let the test move itself into a leaf")
+        }
+        try m.prepare()
+        manager = m
+    }
+
+    override func tearDownWithError() throws {
+        try manager?.removeSubtree()
+        if let manager {
+            for dir in manager.subtreePaths { XCTAssertFalse(FileManager.default.fileExists(atPath: dir), dir) }
+        }
+    }
+
+    private func value(_ dir: String?, _ file: String) -> String? {
+        guard let dir else { return nil }
+        return CgroupFiles.readIfPresent(dir + "/" + file)?.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Starts `/bin/sh -c script`, held on a read of stdin until `release`.
+    private func startHeld(_ script: String) throws -> (Process, Pipe) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "read _; " + script]
+        let stdin = Pipe()
+        process.standardInput = stdin
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        return (process, stdin)
+    }
+
+    private func release(_ pipe: Pipe) { pipe.fileHandleForWriting.write(Data("go\n".utf8)) }
+
+    /// Waits for exit with a bound, so a failure cannot hang the suite.
+    private func waitExit(_ process: Process, timeout: Double = 10) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        return !process.isRunning
+    }
+
+    func testReplicaLimitsPlacementKillAndRemove() throws {
+        let limits = CgroupLimits(cpuLimitMilli: 500, cpuRequestMilli: 250, memoryLimit: 64 << 20,
+                                  memoryRequest: 32 << 20, pidsMax: 64)
+        let replica = try manager.create(name: "r1", limits: limits)
+        XCTAssertEqual(replica.paths.count, manager.subtreePaths.count)
+
+        if manager.version == .v1 {
+            let cpu = replica.directory(for: "cpu"), memory = replica.directory(for: "memory")
+            XCTAssertEqual(value(cpu, "cpu.cfs_period_us"), "100000")
+            XCTAssertEqual(value(cpu, "cpu.cfs_quota_us"), "50000")
+            XCTAssertEqual(value(cpu, "cpu.shares"), "256")
+            XCTAssertEqual(value(memory, "memory.limit_in_bytes"), "67108864")
+            if let memsw = value(memory, "memory.memsw.limit_in_bytes") { XCTAssertEqual(memsw, "67108864") }
+            XCTAssertEqual(value(memory, "memory.soft_limit_in_bytes"), "33554432")
+            XCTAssertEqual(value(replica.directory(for: "pids"), "pids.max"), "64")
+        } else {
+            let leaf = replica.paths.first
+            XCTAssertEqual(value(leaf, "cpu.max"), "50000 100000")
+            XCTAssertEqual(value(leaf, "cpu.weight"), "\(CgroupLimits.cpuWeight(shares: 256))")
+            XCTAssertEqual(value(leaf, "memory.max"), "67108864")
+            XCTAssertEqual(value(leaf, "memory.low"), "33554432")
+            XCTAssertEqual(value(leaf, "memory.oom.group"), "1")
+            XCTAssertEqual(value(leaf, "pids.max"), "64")
+        }
+
+        // Place a process the way the spawn path does: through the fds.
+        let (process, stdin) = try startHeld("exec sleep 1000")
+        let handle = try replica.openForSpawn()
+        if manager.version == .v1 {
+            XCTAssertEqual(handle.cgroupFD, -1)
+            XCTAssertEqual(handle.procsFDs.count, replica.paths.count)
+            for (fd, dir) in zip(handle.procsFDs, replica.paths) {
+                try CgroupFiles.write(fd: fd, "\(process.processIdentifier)", path: dir + "/cgroup.procs")
+            }
+        } else {
+            XCTAssertGreaterThanOrEqual(handle.cgroupFD, 0)
+            XCTAssertEqual(handle.procsFDs, [])
+            try replica.add(pid: process.processIdentifier)
+        }
+        handle.close()
+        handle.close()  // idempotent
+        release(stdin)
+        usleep(50_000)
+        XCTAssertEqual(replica.pids(), [process.processIdentifier])
+        let own = try String(contentsOfFile: "/proc/\(process.processIdentifier)/cgroup", encoding: .utf8)
+        XCTAssertTrue(own.contains(manager.subtree + "/r1"), own)
+
+        let usage = replica.usage()
+        XCTAssertGreaterThan(usage.memoryBytes, 0)
+        XCTAssertFalse(replica.oomKilled())
+
+        // The same name again is a conflict, and leaves the first intact.
+        XCTAssertThrowsError(try manager.create(name: "r1", limits: limits)) {
+            XCTAssertEqual(($0 as? HearthError)?.code, .conflict, "\($0)")
+        }
+        XCTAssertEqual(replica.pids(), [process.processIdentifier])
+
+        replica.killAll()
+        XCTAssertEqual(replica.pids(), [])
+        XCTAssertTrue(waitExit(process))
+        XCTAssertEqual(process.terminationReason, .uncaughtSignal)
+        XCTAssertEqual(process.terminationStatus, SIGKILL)
+
+        try replica.remove()
+        for dir in replica.paths { XCTAssertFalse(FileManager.default.fileExists(atPath: dir), dir) }
+        try replica.remove()  // already gone: fine
+    }
+
+    func testOOMKillIsDetected() throws {
+        let replica = try manager.create(name: "oom", limits: CgroupLimits(memoryLimit: 32 << 20))
+        defer { replica.killAll(); try? replica.remove() }
+        // dd's 256 MiB buffer is filled from /dev/zero: far over the limit.
+        let (process, stdin) = try startHeld("exec dd if=/dev/zero of=/dev/null bs=256M count=1")
+        try replica.add(pid: process.processIdentifier)
+        release(stdin)
+        XCTAssertTrue(waitExit(process))
+        XCTAssertEqual(process.terminationReason, .uncaughtSignal)
+        XCTAssertEqual(process.terminationStatus, SIGKILL)
+        XCTAssertTrue(replica.oomKilled())
+        XCTAssertNotNil(replica.usage().memoryPeak)
+    }
+
+    func testWriteErrorNamesFileValueAndErrno() throws {
+        let replica = try manager.create(name: "err", limits: CgroupLimits())
+        defer { try? replica.remove() }
+        let dir = replica.directory(for: "pids") ?? ""
+        XCTAssertThrowsError(try CgroupFiles.write(dir + "/pids.max", "lots")) { error in
+            XCTAssertEqual("\(error)", "write cgroup \(dir)/pids.max (\"lots\"): EINVAL (Invalid argument)")
+        }
+    }
+
+    func testCreateRollsBackWhenTheKernelRefusesALimit() throws {
+        // v1 refuses a child CFS quota above its parent's; v2 has no such rule.
+        guard manager.version == .v1 else { throw XCTSkip("needs cgroup v1") }
+        guard let cpuRoot = manager.subtreePaths.first(where: { $0.contains("/cpu") }) else { return }
+        try CgroupFiles.write(cpuRoot + "/cpu.cfs_quota_us", "100000")
+        defer { try? CgroupFiles.write(cpuRoot + "/cpu.cfs_quota_us", "-1") }
+        XCTAssertThrowsError(try manager.create(name: "big", limits: CgroupLimits(cpuLimitMilli: 2000))) { error in
+            XCTAssertEqual("\(error)", "write cgroup \(cpuRoot)/big/cpu.cfs_quota_us (\"200000\"): EINVAL (Invalid argument)")
+        }
+        for root in manager.subtreePaths { XCTAssertEqual(CgroupFiles.childDirectories(root), [], root) }
+        // Same name, acceptable limits: fine.
+        try manager.create(name: "big", limits: CgroupLimits(cpuLimitMilli: 1000)).remove()
+    }
+
+    func testNestedNamesAndCleanupStale() throws {
+        let a = try manager.create(name: "env/a", limits: CgroupLimits(pidsMax: 16))
+        let b = try manager.create(name: "b", limits: CgroupLimits())
+        let (sleeper, stdin) = try startHeld("exec sleep 1000")
+        try a.add(pid: sleeper.processIdentifier)
+        release(stdin)
+        let (other, stdin2) = try startHeld("exec sleep 1000")
+        try b.add(pid: other.processIdentifier)
+        release(stdin2)
+
+        // A new manager (a restarted daemon) sweeps what the old one left.
+        let successor = try CgroupManager(subtree: manager.subtree)
+        try successor.cleanupStale()
+        XCTAssertTrue(waitExit(sleeper))
+        XCTAssertTrue(waitExit(other))
+        for root in successor.subtreePaths {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: root), root)
+            XCTAssertEqual(CgroupFiles.childDirectories(root), [], root)
+        }
+        // Idempotent, and prepare() after it works.
+        try successor.cleanupStale()
+        try successor.prepare()
+    }
+
+    func testRemovePrunesEmptyParents() throws {
+        let a = try manager.create(name: "env/a", limits: CgroupLimits())
+        let b = try manager.create(name: "env/b", limits: CgroupLimits())
+        try a.remove()
+        for root in manager.subtreePaths { XCTAssertEqual(CgroupFiles.childDirectories(root), ["env"]) }
+        try b.remove()
+        for root in manager.subtreePaths { XCTAssertEqual(CgroupFiles.childDirectories(root), []) }
+    }
+}
