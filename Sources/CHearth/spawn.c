@@ -617,16 +617,13 @@ static int child_fds(struct hs_child *c)
             return tmp[i];
     }
     for (i = 0; i < p->fd_count; i++) {
-        /* dup3 without O_CLOEXEC: the target survives execve. */
-        while ((r = RAW(SYS_dup3, tmp[i], p->fds[i].target, 0)) == -EINTR || r == -EBUSY)
-            ;
-        if (r < 0)
+        /* dup3 without O_CLOEXEC: the target survives execve. (dup3 does
+         * not sleep interruptibly; EBUSY needs a second thread.) */
+        if ((r = RAW(SYS_dup3, tmp[i], p->fds[i].target, 0)) < 0)
             return (int)r;
     }
     if (ep != maxt + 1) {
-        while ((r = RAW(SYS_dup3, ep, maxt + 1, O_CLOEXEC)) == -EINTR || r == -EBUSY)
-            ;
-        if (r < 0)
+        if ((r = RAW(SYS_dup3, ep, maxt + 1, O_CLOEXEC)) < 0)
             return (int)r;
         ep = maxt + 1;
         c->err_fd = ep;
