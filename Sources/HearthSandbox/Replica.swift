@@ -145,7 +145,12 @@ public final class SandboxRuntime: Sendable {
                 plan.cloneFlags &= ~CloneFlags.newnet
                 plan.loopbackUp = false
             }
-            plan.rlimits = [(Int32(RLIMIT_NOFILE.rawValue), 1 << 20, 1 << 20)]
+            // Raising the hard limit needs CAP_SYS_RESOURCE, which the daemon
+            // may not have: give replicas the daemon's own hard limit.
+            var nofile = rlimit()
+            getrlimit(RLIMIT_NOFILE, &nofile)
+            let files = UInt64(min(nofile.rlim_max, 1 << 20))
+            plan.rlimits = [(Int32(RLIMIT_NOFILE.rawValue), files, files)]
             plan.capBounding = spec.capabilities.mask
             plan.capEffective = spec.capabilities.mask
             plan.capPermitted = spec.capabilities.mask

@@ -245,7 +245,9 @@ def test_masked_and_readonly_paths(hearth):
         print(json.dumps(res))
     """)
     for f in ("/proc/kcore", "/proc/keys", "/proc/timer_list"):
-        assert p[f] == 0, f"{f} is readable: {p[f]}"
+        # Masked reads as empty; some kernels (this one: kcore) have no such file at all.
+        assert p[f] in (0, -2), f"{f} is readable: {p[f]}"
+    assert p["/proc/keys"] == 0 and p["/proc/timer_list"] == 0, p
     assert p["proc_sys"] in (30, 13), p  # EROFS (or EACCES)
     assert p["sys"] in (30, 13), p
     assert p["sys_mkdir"] in (30, 13), p
