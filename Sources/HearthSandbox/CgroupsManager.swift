@@ -75,8 +75,18 @@ public final class CgroupManager: Sendable {
         if !missing.isEmpty {
             // cgroup.type exists on every cgroup but the root, and the root
             // is exempt from the no-internal-processes rule.
-            if CgroupFiles.exists(base + "/cgroup.type") { try moveProcessesToDaemonLeaf(base) }
-            for controller in missing { try CgroupFiles.write(base + "/cgroup.subtree_control", "+" + controller) }
+            let isRoot = !CgroupFiles.exists(base + "/cgroup.type")
+            var attempt = 0
+            while true {
+                attempt += 1
+                if !isRoot { try moveProcessesToDaemonLeaf(base) }
+                do {
+                    for controller in missing { try CgroupFiles.write(base + "/cgroup.subtree_control", "+" + controller) }
+                    break
+                } catch let error as SystemError where error.errno == EBUSY && !isRoot && attempt < 3 {
+                    continue  // a process appeared in base (a fork) after the move: move again
+                }
+            }
         }
         let root = base + "/" + subtree
         try CgroupFiles.mkdir(root)
@@ -157,19 +167,7 @@ public final class CgroupManager: Sendable {
             }
         }
         do {
-            for root in subtreePaths {
-                var dir = root
-                for parent in components.dropLast() {
-                    dir += "/" + parent
-                    try CgroupFiles.mkdir(dir)
-                    if version == .v2 { try enableControllers(in: dir) }
-                }
-                let leaf = dir + "/" + (components.last ?? name)
-                guard try CgroupFiles.mkdir(leaf) else {
-                    throw HearthError(.conflict, "cgroup \(leaf) already exists")
-                }
-                created.append(leaf)
-            }
+            for root in subtreePaths { created.append(try makeLeaf(root: root, components: components)) }
             let replica = ReplicaCgroup(name: name, version: version, paths: created,
                                         controllers: hierarchies.map(\.controllers), subtreeRoots: subtreePaths)
             try apply(limits, to: replica)
@@ -177,6 +175,46 @@ public final class CgroupManager: Sendable {
         } catch {
             rollback()
             throw error
+        }
+    }
+
+    /// mkdir of the parents (with controllers enabled on v2) and the leaf.
+    /// A concurrent `remove()` of a sibling may prune a parent between its
+    /// mkdir and the leaf's (ENOENT from mkdir); the chain is then made
+    /// again. On failure, parents made here are removed again.
+    private func makeLeaf(root: String, components: [String]) throws -> String {
+        var attempt = 0
+        while true {
+            attempt += 1
+            var made = [String]()
+            var mkdirFailed = false
+            func mkdir(_ dir: String) throws -> Bool {
+                do {
+                    let new = try CgroupFiles.mkdir(dir)
+                    if new { made.append(dir) }
+                    return new
+                } catch {
+                    mkdirFailed = true
+                    throw error
+                }
+            }
+            do {
+                var dir = root
+                for parent in components.dropLast() {
+                    dir += "/" + parent
+                    _ = try mkdir(dir)
+                    if version == .v2 { try enableControllers(in: dir) }
+                }
+                let leaf = dir + "/" + (components.last ?? "")
+                guard try mkdir(leaf) else { throw HearthError(.conflict, "cgroup \(leaf) already exists") }
+                return leaf
+            } catch {
+                for dir in made.reversed() { _ = Glibc.rmdir(dir) }
+                if let e = error as? SystemError, e.errno == ENOENT, mkdirFailed, components.count > 1, attempt < 5 {
+                    continue
+                }
+                throw error
+            }
         }
     }
 
@@ -193,8 +231,8 @@ public final class CgroupManager: Sendable {
     }
 
     /// One path component: letters, digits, `_`, `-`, `.`; not `.`/`..`; at
-    /// most 128 bytes. Keeps names from escaping the subtree or colliding
-    /// with control files' structure.
+    /// most 128 bytes. Keeps names inside the subtree, and free of what
+    /// /proc/<pid>/cgroup and mountinfo would have to escape.
     static func validate(component: String, field: String) throws {
         let allowed = component.utf8.allSatisfy { c in
             (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a)

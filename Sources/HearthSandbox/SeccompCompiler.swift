@@ -1,3 +1,4 @@
+import CHearth
 import CSeccomp
 import Foundation
 import Glibc
@@ -138,40 +139,23 @@ public final class SeccompCompiler: Sendable {
         }
     }
 
-    /// libseccomp 2.5.4 can only export to an fd, so export into an
-    /// anonymous file and read it back.
+    /// libseccomp 2.5.4 can only export to an fd (no
+    /// seccomp_export_bpf_mem), so export into a memfd and read it back.
     private static func export(_ ctx: scmp_filter_ctx) throws -> [UInt8] {
-        let fd = try anonymousFile()
+        let fd = hearth_memfd_create("hearth-seccomp", 1 /* MFD_CLOEXEC */)
+        guard fd >= 0 else { throw SystemError.current("seccomp: memfd_create", "") }
         defer { close(fd) }
         try check(seccomp_export_bpf(ctx, fd), "export BPF")
-        guard lseek(fd, 0, SEEK_SET) == 0 else { throw SystemError.current("seccomp: lseek", "export file") }
+        guard lseek(fd, 0, SEEK_SET) == 0 else { throw SystemError.current("seccomp: lseek", "memfd") }
         var bytes = [UInt8]()
         var buffer = [UInt8](repeating: 0, count: 16_384)
         while true {
             let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
-            if n < 0 { throw SystemError.current("seccomp: read", "export file") }
+            if n < 0 { throw SystemError.current("seccomp: read", "memfd") }
             if n == 0 { return bytes }
             bytes.append(contentsOf: buffer[0..<n])
         }
-    }
-
-    /// An unlinked read/write file. O_TMPFILE (never visible in the
-    /// filesystem) where the filesystem supports it, else mkstemp + unlink.
-    /// Glibc's Swift overlay exposes neither memfd_create nor O_TMPFILE.
-    private static func anonymousFile() throws -> Int32 {
-        let oTmpfile: Int32 = 0o20_000_000 | O_DIRECTORY  // O_TMPFILE on x86_64 and aarch64
-        let dirs = ["/dev/shm", ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp", "/tmp"]
-        for dir in dirs {
-            let fd = open(dir, O_RDWR | O_CLOEXEC | oTmpfile, 0o600)
-            if fd >= 0 { return fd }
-        }
-        var template = Array("/tmp/hearth-seccomp-XXXXXX".utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { buf in buf.baseAddress.map { mkstemp($0) } ?? -1 }
-        guard fd >= 0 else { throw SystemError.current("seccomp: create export file", "/tmp") }
-        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        template.withUnsafeBufferPointer { buf in _ = buf.baseAddress.map { unlink($0) } }
-        return fd
     }
 
     /// libseccomp returns -errno. Rules are the profile's fault; the rest

@@ -150,6 +150,19 @@ final class CgroupDiscoveryTests: XCTestCase {
         XCTAssertFalse(CgroupDiscovery.isPrefix("/a", of: "/ab"))
     }
 
+    func testV2DaemonAlreadyInItsLeafUsesTheParent() throws {
+        let layout = CgroupLayout(version: .v2, hierarchies: [
+            CgroupHierarchy(controllers: [], mountPoint: "/sys/fs/cgroup", mountRoot: "/",
+                            cgroupPath: "/system.slice/hearthd.service/hearth-daemon",
+                            directory: "/sys/fs/cgroup/system.slice/hearthd.service/hearth-daemon"),
+        ])
+        let manager = try CgroupManager(subtree: "hearth", layout: layout)
+        XCTAssertEqual(manager.subtreePaths, ["/sys/fs/cgroup/system.slice/hearthd.service/hearth"])
+        XCTAssertEqual(try CgroupManager(subtree: "other", layout: layout).subtreePaths,
+                       ["/sys/fs/cgroup/system.slice/hearthd.service/hearth-daemon/other"])
+        XCTAssertThrowsError(try CgroupManager(subtree: "../x", layout: layout))
+    }
+
     func testNamesAreValidated() {
         XCTAssertNoThrow(try CgroupManager.validate(component: "env-1.replica_2", field: "x"))
         for bad in ["", ".", "..", "a b", "a/b", String(repeating: "x", count: 129), "ünicode"] {
@@ -345,5 +358,97 @@ final class CgroupRootTests: XCTestCase {
         for root in manager.subtreePaths { XCTAssertEqual(CgroupFiles.childDirectories(root), ["env"]) }
         try b.remove()
         for root in manager.subtreePaths { XCTAssertEqual(CgroupFiles.childDirectories(root), []) }
+    }
+}
+
+/// The v2 code paths that need no controllers, on a hybrid host's
+/// controller-less cgroup2 hierarchy (this project's build machines):
+/// the missing-controller error, rollback, placement, cgroup.kill, usage
+/// and removal. Root only; skipped where there is no such hierarchy.
+final class CgroupV2OnHybridTests: XCTestCase {
+    var layout: CgroupLayout!
+    var root: String!
+
+    override func setUpWithError() throws {
+        guard getuid() == 0 else { throw XCTSkip("cgroup tests need root") }
+        let mountinfo = try CgroupFiles.read("/proc/self/mountinfo")
+        let own = try CgroupFiles.read("/proc/self/cgroup")
+        guard try CgroupDiscovery.layout(mountinfo: mountinfo, procCgroup: own).version == .v1,
+              let path = CgroupDiscovery.parseProcCgroup(own).v2,
+              let mount = CgroupDiscovery.parseMountinfo(mountinfo).first(where: { $0.isV2 && CgroupDiscovery.isPrefix($0.root, of: path) })
+        else { throw XCTSkip("needs a hybrid host with a cgroup2 mount") }
+        let directory = CgroupDiscovery.join(mount.mountPoint, below: mount.root, path)
+        layout = CgroupLayout(version: .v2, hierarchies: [
+            CgroupHierarchy(controllers: [], mountPoint: mount.mountPoint, mountRoot: mount.root,
+                            cgroupPath: path, directory: directory),
+        ])
+        root = directory + "/hearth-test-" + UUID().uuidString.prefix(8).lowercased()
+    }
+
+    override func tearDown() {
+        if let root, FileManager.default.fileExists(atPath: root) {
+            CgroupTeardown.killV2(root)
+            try? CgroupTeardown.removeDescendants(of: root)
+            _ = Glibc.rmdir(root)
+        }
+    }
+
+    func testMissingControllerIsNamed() throws {
+        let available = try CgroupFiles.read(layout.hierarchies[0].directory + "/cgroup.controllers")
+        guard !available.contains("pids") else { throw XCTSkip("this cgroup2 hierarchy has controllers") }
+        let manager = try CgroupManager(subtree: (root as NSString).lastPathComponent, layout: layout)
+        XCTAssertThrowsError(try manager.prepare()) { error in
+            XCTAssertEqual((error as? HearthError)?.code, .unavailable)
+            XCTAssertTrue("\(error)".hasPrefix(#"cgroup v2: controller "cpu" is not available in \#(self.layout.hierarchies[0].directory)/cgroup.controllers"#), "\(error)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: root))
+    }
+
+    func testCreateRollsBackWhenALimitFileIsMissing() throws {
+        let manager = try CgroupManager(subtree: (root as NSString).lastPathComponent, layout: layout)
+        try CgroupFiles.mkdir(root)
+        XCTAssertThrowsError(try manager.create(name: "r", limits: CgroupLimits())) { error in
+            XCTAssertEqual("\(error)", "write cgroup \(self.root!)/r/pids.max (\"4096\"): ENOENT (No such file or directory)")
+        }
+        XCTAssertEqual(CgroupFiles.childDirectories(root), [])
+        // A nested name fails earlier, enabling controllers in the parent;
+        // the parent made for it goes too.
+        XCTAssertThrowsError(try manager.create(name: "env/r", limits: CgroupLimits())) { error in
+            XCTAssertEqual("\(error)", "write cgroup \(self.root!)/env/cgroup.subtree_control (\"+cpu\"): ENOENT (No such file or directory)")
+        }
+        XCTAssertEqual(CgroupFiles.childDirectories(root), [])
+    }
+
+    func testPlacementKillUsageAndRemove() throws {
+        try CgroupFiles.mkdir(root)
+        try CgroupFiles.mkdir(root + "/r")
+        let replica = ReplicaCgroup(name: "r", version: .v2, paths: [root + "/r"], controllers: [[]], subtreeRoots: [root])
+        let handle = try replica.openForSpawn()
+        XCTAssertGreaterThanOrEqual(handle.cgroupFD, 0)
+        XCTAssertEqual(fcntl(handle.cgroupFD, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC)
+        handle.close()
+
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "read _; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec sleep 1000"]
+        let stdin = Pipe()
+        process.standardInput = stdin
+        try process.run()
+        try replica.add(pid: process.processIdentifier)
+        stdin.fileHandleForWriting.write(Data("go\n".utf8))
+        XCTAssertEqual(replica.pids(), [process.processIdentifier])
+        usleep(200_000)
+        XCTAssertGreaterThan(replica.usage().cpuNanos, 0)
+        XCTAssertFalse(replica.oomKilled())  // no memory.events without the controller
+
+        replica.killAll()  // cgroup.kill
+        XCTAssertEqual(replica.pids(), [])
+        let deadline = Date().addingTimeInterval(10)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        XCTAssertEqual(process.terminationReason, .uncaughtSignal)
+        XCTAssertEqual(process.terminationStatus, SIGKILL)
+        try replica.remove()
+        XCTAssertFalse(FileManager.default.fileExists(atPath: root + "/r"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: root))  // the subtree root is not pruned
     }
 }
