@@ -7,21 +7,21 @@ import HearthCore
 /// (bit n = capability n), which is what the spawn plan hands to
 /// `capset` and the bounding-set loop.
 public struct CapabilitySet: Sendable, Hashable, CustomStringConvertible {
-    public var rawValue: UInt64
+    public var mask: UInt64
 
-    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    public init(mask: UInt64) { self.mask = mask }
 
-    public static let empty = CapabilitySet(rawValue: 0)
+    public static let empty = CapabilitySet(mask: 0)
 
     /// Docker's default set: CHOWN, DAC_OVERRIDE, FSETID, FOWNER, MKNOD,
     /// NET_RAW, SETGID, SETUID, SETFCAP, SETPCAP, NET_BIND_SERVICE,
     /// SYS_CHROOT, KILL, AUDIT_WRITE.
-    public static let dockerDefault = CapabilitySet(rawValue: 0x0000_0000_a804_25fb)
+    public static let dockerDefault = CapabilitySet(mask: 0x0000_0000_a804_25fb)
 
     /// Every capability this kernel knows (0 through `lastCap()`).
     public static var all: CapabilitySet {
         let last = min(max(lastCap(), 0), 63)
-        return CapabilitySet(rawValue: last == 63 ? UInt64.max : (UInt64(1) << UInt64(last + 1)) - 1)
+        return CapabilitySet(mask: last == 63 ? UInt64.max : (UInt64(1) << UInt64(last + 1)) - 1)
     }
 
     /// Parses names such as `CAP_NET_ADMIN`, `net_admin` (case-insensitive,
@@ -39,21 +39,21 @@ public struct CapabilitySet: Sendable, Hashable, CustomStringConvertible {
     public func applying(add: [String], drop: [String]) throws -> CapabilitySet {
         let adds = try Self.parse(add, field: "capabilities.add")
         let drops = try Self.parse(drop, field: "capabilities.drop")
-        if adds.all { return CapabilitySet(rawValue: Self.all.rawValue & ~drops.set.rawValue) }
+        if adds.all { return CapabilitySet(mask: Self.all.mask & ~drops.set.mask) }
         if drops.all { return adds.set }
-        return CapabilitySet(rawValue: (rawValue & ~drops.set.rawValue) | adds.set.rawValue)
+        return CapabilitySet(mask: (mask & ~drops.set.mask) | adds.set.mask)
     }
 
     public func contains(_ capability: Int32) -> Bool {
-        capability >= 0 && capability < 64 && rawValue & (UInt64(1) << UInt64(capability)) != 0
+        capability >= 0 && capability < 64 && mask & (UInt64(1) << UInt64(capability)) != 0
     }
 
-    public var isEmpty: Bool { rawValue == 0 }
+    public var isEmpty: Bool { mask == 0 }
 
     /// `CAP_*` names in capability-number order, for display.
     public var names: [String] {
         (0..<64).compactMap { bit -> String? in
-            guard rawValue & (UInt64(1) << UInt64(bit)) != 0 else { return nil }
+            guard mask & (UInt64(1) << UInt64(bit)) != 0 else { return nil }
             return bit < Self.table.count ? "CAP_" + Self.table[bit] : "CAP_\(bit)"
         }
     }
@@ -105,6 +105,6 @@ public struct CapabilitySet: Sendable, Hashable, CustomStringConvertible {
             }
             mask |= UInt64(1) << UInt64(bit)
         }
-        return (CapabilitySet(rawValue: mask), all)
+        return (CapabilitySet(mask: mask), all)
     }
 }

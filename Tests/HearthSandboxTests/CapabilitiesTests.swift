@@ -5,7 +5,7 @@ import XCTest
 
 final class CapabilitiesTests: XCTestCase {
     func testDockerDefaultMask() throws {
-        XCTAssertEqual(CapabilitySet.dockerDefault.rawValue, 0x0000_0000_a804_25fb)
+        XCTAssertEqual(CapabilitySet.dockerDefault.mask, 0x0000_0000_a804_25fb)
         let byName = try CapabilitySet(names: [
             "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP",
             "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
@@ -17,7 +17,7 @@ final class CapabilitiesTests: XCTestCase {
     }
 
     func testNamesAreCaseInsensitiveWithOptionalPrefix() throws {
-        let bit12 = CapabilitySet(rawValue: 1 << 12)
+        let bit12 = CapabilitySet(mask: 1 << 12)
         XCTAssertEqual(try CapabilitySet(names: ["CAP_NET_ADMIN"]), bit12)
         XCTAssertEqual(try CapabilitySet(names: ["NET_ADMIN"]), bit12)
         XCTAssertEqual(try CapabilitySet(names: ["cap_net_admin"]), bit12)
@@ -59,14 +59,14 @@ final class CapabilitiesTests: XCTestCase {
         let netRaw = try CapabilitySet(names: ["NET_RAW"])
 
         XCTAssertEqual(try base.applying(add: [], drop: []), base)
-        XCTAssertEqual(try base.applying(add: ["NET_ADMIN"], drop: []).rawValue, base.rawValue | netAdmin.rawValue)
-        XCTAssertEqual(try base.applying(add: [], drop: ["cap_net_raw"]).rawValue, base.rawValue & ~netRaw.rawValue)
+        XCTAssertEqual(try base.applying(add: ["NET_ADMIN"], drop: []).mask, base.mask | netAdmin.mask)
+        XCTAssertEqual(try base.applying(add: [], drop: ["cap_net_raw"]).mask, base.mask & ~netRaw.mask)
         // Drop ALL, then add: only what is added.
         XCTAssertEqual(try base.applying(add: ["NET_BIND_SERVICE"], drop: ["ALL"]), try CapabilitySet(names: ["NET_BIND_SERVICE"]))
         XCTAssertEqual(try base.applying(add: [], drop: ["ALL"]), .empty)
         // Add ALL: everything but the drops.
-        XCTAssertEqual(try base.applying(add: ["ALL"], drop: ["SYS_ADMIN"]).rawValue,
-                       CapabilitySet.all.rawValue & ~(UInt64(1) << 21))
+        XCTAssertEqual(try base.applying(add: ["ALL"], drop: ["SYS_ADMIN"]).mask,
+                       CapabilitySet.all.mask & ~(UInt64(1) << 21))
         // Both added and dropped (without ALL): the add wins, as in Docker.
         XCTAssertTrue(try base.applying(add: ["NET_RAW"], drop: ["NET_RAW"]).contains(13))
     }
