@@ -13,6 +13,7 @@ public struct APIErrorBody: Codable, Sendable {
     public struct Detail: Codable, Sendable {
         public var code: String
         public var message: String
+        public init(code: String, message: String) { self.code = code; self.message = message }
     }
     public var error: Detail
     public init(code: String, message: String) { error = Detail(code: code, message: message) }

@@ -1,3 +1,4 @@
+import CHearth
 import Foundation
 import Glibc
 import HearthCore
@@ -16,7 +17,7 @@ public final class EventThread: Sendable {
     private let handlers = Mutex<[Int32: Handler]>([:])
 
     private init() {
-        epfd = epoll_create1(Int32(EPOLL_CLOEXEC))
+        epfd = hearth_epoll_create()
         let thread = Thread { [self] in self.loop() }
         thread.name = "hearth-events"
         thread.start()
@@ -27,10 +28,7 @@ public final class EventThread: Sendable {
     /// after removal.
     public func watch(_ fd: Int32, handler: @escaping Handler) throws {
         handlers.withLock { $0[fd] = handler }
-        var ev = epoll_event()
-        ev.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue
-        ev.data.fd = fd
-        if epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0 {
+        if hearth_epoll_add(epfd, fd) != 0 {
             let err = errno
             _ = handlers.withLock { $0.removeValue(forKey: fd) }
             throw SystemError("epoll_ctl add fd", "\(fd)", errno: err)
@@ -40,20 +38,21 @@ public final class EventThread: Sendable {
     /// Stops watching `fd` (idempotent).
     public func unwatch(_ fd: Int32) {
         let had = handlers.withLock { $0.removeValue(forKey: fd) != nil }
-        if had { epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil) }
+        if had { _ = hearth_epoll_del(epfd, fd) }
     }
 
     private func loop() {
-        var events = [epoll_event](repeating: epoll_event(), count: 64)
+        var fds = [Int32](repeating: -1, count: 64)
+        var events = [UInt32](repeating: 0, count: 64)
         while true {
-            let n = events.withUnsafeMutableBufferPointer { epoll_wait(epfd, $0.baseAddress, 64, -1) }
+            let n = hearth_epoll_wait(epfd, &fds, &events, 64, -1)
             if n < 0 {
                 if errno == EINTR { continue }
                 return
             }
             for i in 0..<Int(n) {
-                let fd = events[i].data.fd
-                let mask = events[i].events
+                let fd = fds[i]
+                let mask = events[i]
                 guard let handler = handlers.withLock({ $0[fd] }) else { continue }
                 if handler(mask) == .remove { unwatch(fd) }
             }

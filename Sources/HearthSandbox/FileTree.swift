@@ -1,3 +1,4 @@
+import CHearth
 import Foundation
 import Glibc
 import HearthCore
@@ -35,18 +36,7 @@ public enum FileTree {
     /// rm -rf that never follows symlinks and never crosses into another
     /// filesystem (a stray mount under a replica is left alone, not emptied).
     public static func removeAll(_ path: String) throws {
-        var st = stat()
-        if lstat(path, &st) != 0 {
-            if errno == ENOENT { return }
-            throw SystemError.current("lstat", path)
-        }
-        let rc = nftw(path, { p, _, _, _ in
-            guard let p else { return 0 }
-            if remove(p) != 0 && errno != ENOENT { return 0 }
-            return 0
-        }, 64, FTW_DEPTH | FTW_PHYS | FTW_MOUNT)
-        if rc != 0 { throw SystemError.current("remove", path) }
-        if lstat(path, &st) == 0 { throw SystemError("remove", path, errno: ENOTEMPTY) }
+        if hearth_remove_tree(path) != 0 { throw SystemError.current("remove", path) }
     }
 
     /// Mount points at or below `prefix`, from /proc/self/mountinfo.

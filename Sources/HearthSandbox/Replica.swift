@@ -1,3 +1,4 @@
+import CHearth
 import Foundation
 import Glibc
 import HearthCore
@@ -75,9 +76,7 @@ public final class SandboxRuntime: Sendable {
         runtimeDir = stateRoot + "/runtime"
         cgroups = try CgroupManager(subtree: cgroupSubtree)
         seccomp = SeccompCompiler()
-        var rnd: UInt32 = 0
-        _ = getrandom(&rnd, 4, 0)
-        bootID = String(rnd & 0xffffff, radix: 16)
+        bootID = String(UInt32.random(in: 0..<0x100_0000), radix: 16)
         try FileTree.makeDirectory(stateRoot, mode: 0o711)
         try FileTree.makeDirectory(replicasDir, mode: 0o700)
         try installInit(from: initBinary)
@@ -148,7 +147,7 @@ public final class SandboxRuntime: Sendable {
             // Raising the hard limit needs CAP_SYS_RESOURCE, which the daemon
             // may not have: give replicas the daemon's own hard limit.
             var nofile = rlimit()
-            getrlimit(RLIMIT_NOFILE, &nofile)
+            getrlimit(Int32(RLIMIT_NOFILE.rawValue), &nofile)
             let files = UInt64(min(nofile.rlim_max, 1 << 20))
             plan.rlimits = [(Int32(RLIMIT_NOFILE.rawValue), files, files)]
             plan.capBounding = spec.capabilities.mask
@@ -377,7 +376,7 @@ final class PipeReader: Sendable {
 enum Pipe {
     static func make() throws -> (read: Int32, write: Int32) {
         var fds: [Int32] = [-1, -1]
-        guard pipe2(&fds, O_CLOEXEC) == 0 else { throw SystemError.current("pipe2", "") }
+        guard hearth_pipe2(&fds, O_CLOEXEC) == 0 else { throw SystemError.current("pipe2", "") }
         return (fds[0], fds[1])
     }
 }

@@ -64,7 +64,7 @@ struct API: Sendable {
                 cont.yield(ImageImportEvent(event: "done", image: summary))
             } catch {
                 let e = HearthError.wrap(error)
-                cont.yield(ImageImportEvent(event: "error", error: .init(code: e.code.rawValue, message: e.message)))
+                cont.yield(ImageImportEvent(event: "error", error: APIErrorBody.Detail(code: e.code.rawValue, message: e.message)))
             }
             cont.finish()
         }
@@ -84,16 +84,13 @@ struct API: Sendable {
     private func sandbox(_ req: SandboxRequest) async throws -> Response {
         let started = ContinuousClock.now
         guard !req.argv.isEmpty else { throw HearthError.invalid("argv: empty; give the command to run after --") }
-        var limits = CgroupLimits(pidsMax: req.pids ?? HearthDefaults.pidsMax)
         if let pids = req.pids, pids < 1 {
             throw HearthError.invalid("pids: \(pids) is not allowed; the process limit must be at least 1")
         }
-        if let m = req.memory { limits.memoryLimit = try Quantity.parseMemory(m, field: "memory") }
-        if let c = req.cpus {
-            let milli = try Quantity.parseCPU(c, field: "cpus")
-            limits.cpuLimitMilli = milli
-            limits.cpuRequestMilli = milli
-        }
+        let memory = try req.memory.map { try Quantity.parseMemory($0, field: "memory") }
+        let cpu = try req.cpus.map { try Quantity.parseCPU($0, field: "cpus") }
+        let limits = CgroupLimits(cpuLimitMilli: cpu, cpuRequestMilli: cpu, memoryLimit: memory,
+                                  pidsMax: req.pids ?? HearthDefaults.pidsMax)
         let network: NetworkMode
         switch req.network ?? "none" {
         case "none": network = .none
@@ -108,7 +105,7 @@ struct API: Sendable {
             guard let text = req.seccompProfile else {
                 throw HearthError.invalid("seccompProfile: missing; seccomp \"profile\" needs the profile's JSON")
             }
-            profile = try SeccompProfile.parse(Data(text.utf8))
+            profile = try SeccompProfile.parse(json: Data(text.utf8))
         case let other:
             throw HearthError.invalid("seccomp: \"\(other)\" is not allowed; use default, unconfined or a profile file")
         }

@@ -54,12 +54,13 @@ public enum Daemon {
         let socketDir = (options.socketPath as NSString).deletingLastPathComponent
         if !socketDir.isEmpty { try? FileManager.default.createDirectory(atPath: socketDir, withIntermediateDirectories: true) }
         let socketPath = options.socketPath
+        let log = logger
         let app = Application(
             router: router,
             configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: "hearthd"),
             onServerRunning: { _ in
-                secureSocket(socketPath, logger: logger)
-                logger.info("hearthd \(version) listening on \(socketPath)")
+                secureSocket(socketPath, logger: log)
+                log.info("hearthd \(version) listening on \(socketPath)")
             },
             logger: logger
         )

@@ -1,0 +1,4 @@
+/* Umbrella header of the CHearth module. */
+#include "hearth_spawn.h"
+#include "hearth_fs.h"
+#include "hearth_sys.h"

@@ -1,0 +1,29 @@
+/*
+ * Daemon-side shims for calls the Swift Glibc module does not export
+ * (epoll, pipe2, nftw). Not used by the spawn path's child.
+ */
+#ifndef HEARTH_SYS_H
+#define HEARTH_SYS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+int hearth_epoll_create(void);
+/* Watches fd for EPOLLIN|EPOLLRDHUP (level-triggered); data is the fd. */
+int hearth_epoll_add(int epfd, int fd);
+int hearth_epoll_del(int epfd, int fd);
+/* Waits; fills fds[i]/events[i] for up to max ready fds; returns the count. */
+int hearth_epoll_wait(int epfd, int32_t *fds, uint32_t *events, int max, int timeout_ms);
+int hearth_pipe2(int32_t fds[2], int flags);
+/* rm -rf without following symlinks or crossing mount points; -1/errno on
+ * the first failure. ENOENT for the top path is success. */
+int hearth_remove_tree(const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
