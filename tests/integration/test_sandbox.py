@@ -50,7 +50,7 @@ def test_unknown_image_is_refused(hearth):
 def test_bad_quantities_are_refused(hearth):
     r = hearth.sandbox("/bin/true", opts=("--memory", "lots"))
     assert r.returncode == 125 and "memory" in err(r) and "lots" in err(r)
-    r = hearth.sandbox("/bin/true", opts=("--cpus", "-1"))
+    r = hearth.sandbox("/bin/true", opts=("--cpus=-1",))
     assert r.returncode == 125 and "cpus" in err(r)
     r = hearth.sandbox("/bin/true", opts=("--network", "bridge"))
     assert r.returncode == 125 and "network" in err(r) and "bridge" in err(r)
