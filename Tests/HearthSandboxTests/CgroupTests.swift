@@ -201,11 +201,11 @@ final class CgroupRootTests: XCTestCase {
     }
 
     /// Starts `/bin/sh -c script`, held on a read of stdin until `release`.
-    private func startHeld(_ script: String) throws -> (Process, Pipe) {
-        let process = Process()
+    private func startHeld(_ script: String) throws -> (Foundation.Process, Foundation.Pipe) {
+        let process = Foundation.Process()
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
         process.arguments = ["-c", "read _; " + script]
-        let stdin = Pipe()
+        let stdin = Foundation.Pipe()
         process.standardInput = stdin
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
@@ -213,10 +213,10 @@ final class CgroupRootTests: XCTestCase {
         return (process, stdin)
     }
 
-    private func release(_ pipe: Pipe) { pipe.fileHandleForWriting.write(Data("go\n".utf8)) }
+    private func release(_ pipe: Foundation.Pipe) { pipe.fileHandleForWriting.write(Data("go\n".utf8)) }
 
     /// Waits for exit with a bound, so a failure cannot hang the suite.
-    private func waitExit(_ process: Process, timeout: Double = 10) -> Bool {
+    private func waitExit(_ process: Foundation.Process, timeout: Double = 10) -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
         while process.isRunning && Date() < deadline { usleep(10_000) }
         return !process.isRunning
@@ -282,7 +282,7 @@ final class CgroupRootTests: XCTestCase {
         replica.killAll()
         XCTAssertEqual(replica.pids(), [])
         XCTAssertTrue(waitExit(process))
-        XCTAssertEqual(process.terminationReason, .uncaughtSignal)
+        XCTAssertEqual(process.terminationReason, Foundation.Process.TerminationReason.uncaughtSignal)
         XCTAssertEqual(process.terminationStatus, SIGKILL)
 
         try replica.remove()
@@ -298,7 +298,7 @@ final class CgroupRootTests: XCTestCase {
         try replica.add(pid: process.processIdentifier)
         release(stdin)
         XCTAssertTrue(waitExit(process))
-        XCTAssertEqual(process.terminationReason, .uncaughtSignal)
+        XCTAssertEqual(process.terminationReason, Foundation.Process.TerminationReason.uncaughtSignal)
         XCTAssertEqual(process.terminationStatus, SIGKILL)
         XCTAssertTrue(replica.oomKilled())
         XCTAssertNotNil(replica.usage().memoryPeak)
@@ -428,10 +428,10 @@ final class CgroupV2OnHybridTests: XCTestCase {
         XCTAssertEqual(fcntl(handle.cgroupFD, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC)
         handle.close()
 
-        let process = Process()
+        let process = Foundation.Process()
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
         process.arguments = ["-c", "read _; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec sleep 1000"]
-        let stdin = Pipe()
+        let stdin = Foundation.Pipe()
         process.standardInput = stdin
         try process.run()
         try replica.add(pid: process.processIdentifier)
@@ -445,7 +445,7 @@ final class CgroupV2OnHybridTests: XCTestCase {
         XCTAssertEqual(replica.pids(), [])
         let deadline = Date().addingTimeInterval(10)
         while process.isRunning && Date() < deadline { usleep(10_000) }
-        XCTAssertEqual(process.terminationReason, .uncaughtSignal)
+        XCTAssertEqual(process.terminationReason, Foundation.Process.TerminationReason.uncaughtSignal)
         XCTAssertEqual(process.terminationStatus, SIGKILL)
         try replica.remove()
         XCTAssertFalse(FileManager.default.fileExists(atPath: root + "/r"))
