@@ -99,7 +99,10 @@ final class LayerUnpacker {
 
     /// Whether a symlink at `linkDirectory` pointing to `target` climbs above
     /// the layer root, resolving lexically: relative targets from the link's
-    /// directory, absolute ones from the layer root.
+    /// directory, absolute ones from the layer root. Defence in depth: a
+    /// chain of links can still point anywhere once followed, so the real
+    /// guarantee is that nothing on the host follows links inside a layer
+    /// (this unpacker never does; a replica resolves them in its own root).
     static func symlinkEscapes(linkDirectory: some Collection<[UInt8]>, target: [UInt8]) -> Bool {
         var depth = target.first == UInt8(ascii: "/") ? 0 : linkDirectory.count
         for part in target.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true) {

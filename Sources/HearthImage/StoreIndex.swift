@@ -33,7 +33,7 @@ struct StoreIndex: Codable, Sendable, Equatable {
 
     func save(_ path: String) throws {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
         let data: Data
         do {
             data = try encoder.encode(self)

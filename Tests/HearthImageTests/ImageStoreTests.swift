@@ -421,6 +421,21 @@ final class ImageStoreTests: ImageTestCase {
         }, "the deletion became a 0:0 whiteout")
     }
 
+    /// What a crashed predecessor left in tmp/ is removed when a store opens;
+    /// entries of live processes are not.
+    func testStaleScratchRemovedOnOpen() throws {
+        _ = try ImageStore(root: storeRoot)
+        let dead = storeRoot + "/tmp/99999999-1-layer-abc"   // above pid_max: no such process
+        let live = storeRoot + "/tmp/1-1-layer-abc"          // pid 1 exists
+        for dir in [dead, live] {
+            try FileManager.default.createDirectory(atPath: dir + "/usr/bin", withIntermediateDirectories: true)
+            XCTAssertEqual(symlink("/etc", dir + "/usr/bin/etc"), 0)
+        }
+        _ = try ImageStore(root: storeRoot)
+        XCTAssertEqual(directoryEntries(storeRoot + "/tmp"), ["1-1-layer-abc"])
+        XCTAssertNotNil(lstatPath("/etc/passwd"), "removal does not follow symlinks")
+    }
+
     /// Imports the default image (rootfs/build) when it has been built;
     /// HEARTH_TEST_DEFAULT_IMAGE names its layout.
     func testDefaultImageIfBuilt() throws {
