@@ -37,6 +37,11 @@ struct API: Sendable {
         router.delete("/v1/images/**") { _, context in
             let name = context.parameters.getCatchAll().joined(separator: "/")
             do {
+                let full = name.contains(":") ? name : name + ":latest"
+                let users = registry.users(ofImage: full)
+                if !users.isEmpty {
+                    throw HearthError(.conflict, "image \"\(full)\" is in use by \(users.count) running replica(s) (\(users.joined(separator: ", "))); remove it when they have finished")
+                }
                 try await Blocking.run { try images.remove(name: name) }
                 return Response(status: .noContent)
             } catch { return errorResponse(error) }
@@ -116,16 +121,16 @@ struct API: Sendable {
         let imageRef = req.image ?? HearthDefaults.image
         let runtime = self.runtime, images = self.images
         let name = runtime.newReplicaName(prefix: "sbx")
-        let replica = try await Blocking.run { () throws -> RunningReplica in
+        let (replica, imageName) = try await Blocking.run { () throws -> (RunningReplica, String) in
             let image = try images.resolve(imageRef)
             var spec = ReplicaSpec(name: name, image: image, argv: req.argv, limits: limits)
             spec.env = req.env ?? []
             spec.workdir = req.workdir
             spec.network = network
             spec.seccomp = profile
-            return try runtime.start(spec)
+            return (try runtime.start(spec), image.name)
         }
-        registry.add(replica)
+        registry.add(replica, image: imageName)
         let startMicros = Int64((ContinuousClock.now - started).inMicroseconds)
         let registry = self.registry, logger = self.logger
         logger.debug("sandbox \(name) started in \(startMicros) µs")

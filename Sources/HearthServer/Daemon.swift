@@ -76,6 +76,7 @@ public enum Daemon {
         )
         try await group.run()
         try? runtime.cleanupStale()
+        try? runtime.cgroups.removeSubtree()
         unlink(socketPath)
         logger.info("hearthd stopped")
     }

@@ -10,6 +10,9 @@ import Synchronization
 public final class ReplicaRegistry: Sendable {
     private struct State {
         var replicas: [String: RunningReplica] = [:]
+        /// Image name of each replica, so an image in use is not removed
+        /// from under a mounted overlay.
+        var images: [String: String] = [:]
         var draining = false
     }
     private let state = Mutex(State())
@@ -23,8 +26,24 @@ public final class ReplicaRegistry: Sendable {
         }
     }
 
-    public func add(_ r: RunningReplica) { state.withLock { $0.replicas[r.name] = r } }
-    public func remove(_ name: String) { _ = state.withLock { $0.replicas.removeValue(forKey: name) } }
+    public func add(_ r: RunningReplica, image: String) {
+        state.withLock {
+            $0.replicas[r.name] = r
+            $0.images[r.name] = image
+        }
+    }
+
+    public func remove(_ name: String) {
+        state.withLock {
+            $0.replicas.removeValue(forKey: name)
+            $0.images.removeValue(forKey: name)
+        }
+    }
+
+    /// Replicas running on image `name` (as resolved: NAME:TAG).
+    public func users(ofImage name: String) -> [String] {
+        state.withLock { s in s.images.filter { $0.value == name }.map(\.key).sorted() }
+    }
     public var count: Int { state.withLock { $0.replicas.count } }
 
     /// Stops admitting, waits up to `deadline` for running replicas to end,

@@ -1,5 +1,9 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import HearthClient
 import HearthCore
 
@@ -24,7 +28,7 @@ struct GlobalOptions: ParsableArguments {
 
 /// Prints "hearth: message" and exits with `code`.
 func fail(_ message: String, code: Int32 = 1) -> ExitCode {
-    FileHandle.standardError.write(Data("hearth: \(message)\n".utf8))
+    writeAll(2, Array("hearth: \(message)\n".utf8))
     return ExitCode(code)
 }
 

@@ -1,5 +1,9 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Glibc
 import HearthClient
 import HearthCore
@@ -23,7 +27,7 @@ struct ImageCommand: ParsableCommand {
             let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
             let showProgress = isatty(1) == 1
             do {
-                let body = try JSONEncoder().encode(ImageImportRequest(path: (absolute as NSString).standardizingPath, name: name))
+                let body = try JSONEncoder().encode(ImageImportRequest(path: normalizePath(absolute), name: name))
                 var pending: [UInt8] = []
                 var result: ImageSummary?
                 var failure: HearthError?
@@ -39,8 +43,8 @@ struct ImageCommand: ParsableCommand {
                         switch e.event {
                         case "progress" where showProgress:
                             let mb = Double(e.bytes ?? 0) / 1_048_576
-                            let total = e.totalBytes.map { String(format: " / %.1f MiB", Double($0) / 1_048_576) } ?? ""
-                            let line = String(format: "\r\u{1B}[Kimporting: layer %d/%d, %.1f MiB", e.layer ?? 0, e.layers ?? 0, mb) + total
+                            let total = e.totalBytes.map { " / " + oneDecimal(Double($0) / 1_048_576) + " MiB" } ?? ""
+                            let line = "\r\u{1B}[Kimporting: layer \(e.layer ?? 0)/\(e.layers ?? 0), \(oneDecimal(mb)) MiB" + total
                             writeAll(1, Array(line.utf8))
                         case "done": result = e.image
                         case "error":
@@ -86,8 +90,7 @@ struct ImageCommand: ParsableCommand {
 
         func run() throws {
             do {
-                let escaped = name.split(separator: "/").map { $0.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? String($0) }
-                let r = try global.client.request("DELETE", "/v1/images/" + escaped.joined(separator: "/"))
+                let r = try global.client.request("DELETE", "/v1/images/" + percentEncodePath(name))
                 guard r.status == 204 || r.status == 200 else { throw apiError(r) }
                 print("removed \(name)")
             } catch { throw failure(error) }
@@ -99,7 +102,38 @@ func formatBytes(_ n: Int64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"]
     var v = Double(n), i = 0
     while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
-    return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
+    return i == 0 ? "\(n) B" : "\(oneDecimal(v)) \(units[i])"
+}
+
+func oneDecimal(_ v: Double) -> String {
+    let tenths = Int((v * 10).rounded())
+    return "\(tenths / 10).\(tenths % 10)"
+}
+
+/// "/a/./b/../c" → "/a/c" (lexically, as the daemon will see it).
+func normalizePath(_ path: String) -> String {
+    var parts: [Substring] = []
+    for c in path.split(separator: "/") {
+        if c == "." { continue }
+        if c == ".." { _ = parts.popLast(); continue }
+        parts.append(c)
+    }
+    return "/" + parts.joined(separator: "/")
+}
+
+/// Keeps unreserved characters, "/" and ":"; percent-encodes the rest.
+func percentEncodePath(_ s: String) -> String {
+    var out = ""
+    for b in s.utf8 {
+        let c = Character(Unicode.Scalar(b))
+        if c.isASCII && (c.isLetter || c.isNumber || "-._~/:".contains(c)) {
+            out.append(c)
+        } else {
+            let hex = String(b, radix: 16, uppercase: true)
+            out += "%" + (hex.count == 1 ? "0" + hex : hex)
+        }
+    }
+    return out
 }
 
 func printTable(_ rows: [[String]]) {
@@ -107,7 +141,7 @@ func printTable(_ rows: [[String]]) {
     var widths = first.map(\.count)
     for r in rows { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
     for r in rows {
-        let line = r.enumerated().map { i, c in i == r.count - 1 ? c : c.padding(toLength: widths[i] + 2, withPad: " ", startingAt: 0) }
+        let line = r.enumerated().map { i, c in i == r.count - 1 ? c : c + String(repeating: " ", count: widths[i] + 2 - c.count) }
         print(line.joined())
     }
 }

@@ -1,5 +1,9 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Glibc
 import HearthClient
 import HearthCore
@@ -72,7 +76,7 @@ struct Sandbox: ParsableCommand {
             throw HearthError(.unavailable, "hearthd ended the sandbox stream without an exit status")
         }
         if let message = e.message, e.oomKilled == true {
-            FileHandle.standardError.write(Data("hearth: \(message)\n".utf8))
+            writeAll(2, Array("hearth: \(message)\n".utf8))
         }
         return e.exitCode ?? 125
     }
