@@ -40,6 +40,15 @@ public struct ReplicaSpec: Sendable {
     }
 }
 
+public struct StartPhase: Sendable, CustomStringConvertible {
+    public var name: String
+    public var duration: Duration
+    public var description: String {
+        let (s, atto) = duration.components
+        return "\(name) \((s * 1_000_000) + atto / 1_000_000_000_000) µs"
+    }
+}
+
 /// Output of a replica's command, as it arrives.
 public enum OutputChunk: Sendable {
     case stdout([UInt8])
@@ -119,6 +128,7 @@ public final class SandboxRuntime: Sendable {
 
     /// Builds and starts a replica. Blocking: call via `Blocking.run`.
     public func start(_ spec: ReplicaSpec) throws -> RunningReplica {
+        let t0 = ContinuousClock.now
         let dir = replicasDir + "/" + spec.name
         let upper = dir + "/upper", work = dir + "/work", rootfs = dir + "/rootfs"
         var cleanup: [() -> Void] = []
@@ -132,7 +142,9 @@ public final class SandboxRuntime: Sendable {
             for d in [upper, work, rootfs] { try FileTree.makeDirectory(d, mode: 0o755) }
             try writeEtcFiles(upper: upper, spec: spec)
 
+            let t1 = ContinuousClock.now
             let cgroup = try cgroups.create(name: spec.name, limits: spec.limits)
+            let t2 = ContinuousClock.now
             cleanup.append { cgroup.killAll(); try? cgroup.remove() }
 
             let filter = try spec.seccomp.map { try seccomp.compile($0) } ?? []
@@ -177,6 +189,7 @@ public final class SandboxRuntime: Sendable {
                 // once the parent has moved it (see hearth_spawn.h).
             }
             let spawned: SpawnPlan.Spawned
+            let t3 = ContinuousClock.now
             do {
                 spawned = try plan.spawn()
             } catch {
@@ -186,8 +199,11 @@ public final class SandboxRuntime: Sendable {
             }
             attach.close()
             close(out.write); close(err.write)
+            let t4 = ContinuousClock.now
+            let phases: KeyValuePairs<String, Duration> = ["dirs": t1 - t0, "cgroup": t2 - t1, "plan": t3 - t2, "spawn": t4 - t3]
             return RunningReplica(name: spec.name, dir: dir, pid: spawned.pid, pidfd: spawned.pidfd, cgroup: cgroup,
-                                  stdoutFD: out.read, stderrFD: err.read, memoryLimit: spec.limits.memoryLimit)
+                                  stdoutFD: out.read, stderrFD: err.read, memoryLimit: spec.limits.memoryLimit,
+                                  startPhases: phases.map { StartPhase(name: $0.key, duration: $0.value) })
         } catch {
             throw fail(error)
         }
@@ -290,14 +306,17 @@ public final class RunningReplica: Sendable {
     public let pidfd: Int32
     public let cgroup: ReplicaCgroup
     public let memoryLimit: Int64?
+    /// Where the start time went (directories, cgroup, plan, spawn).
+    public let startPhases: [StartPhase]
     private let stdoutFD: Int32
     private let stderrFD: Int32
     private let tornDown = Atomic<Bool>(false)
 
     init(name: String, dir: String, pid: Int32, pidfd: Int32, cgroup: ReplicaCgroup, stdoutFD: Int32,
-         stderrFD: Int32, memoryLimit: Int64?) {
+         stderrFD: Int32, memoryLimit: Int64?, startPhases: [StartPhase]) {
         self.name = name; self.dir = dir; self.pid = pid; self.pidfd = pidfd; self.cgroup = cgroup
         self.stdoutFD = stdoutFD; self.stderrFD = stderrFD; self.memoryLimit = memoryLimit
+        self.startPhases = startPhases
     }
 
     /// stdout and stderr as they arrive; finishes when both reach EOF.

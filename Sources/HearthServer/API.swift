@@ -133,7 +133,7 @@ struct API: Sendable {
         registry.add(replica, image: imageName)
         let startMicros = Int64((ContinuousClock.now - started).inMicroseconds)
         let registry = self.registry, logger = self.logger
-        logger.debug("sandbox \(name) started in \(startMicros) µs")
+        logger.debug("sandbox \(name) started in \(startMicros) µs: \(replica.startPhases.map(\.description).joined(separator: ", "))")
 
         return Response(status: .ok, headers: [.contentType: "application/vnd.hearth.stream"], body: ResponseBody { writer in
             defer { registry.remove(name) }
@@ -159,7 +159,9 @@ struct API: Sendable {
                     event.memoryLimit = limit
                     event.message = "killed: out of memory, limit \(limit)"
                 }
+                let exited = ContinuousClock.now
                 _ = try? await Blocking.run { replica.teardown() }
+                logger.debug("sandbox \(name): \(status), teardown \(Int((ContinuousClock.now - exited).inMicroseconds)) µs")
                 try await writer.write(frame(.event, event))
                 try await writer.finish(nil)
             } catch {
