@@ -1,0 +1,177 @@
+"""hearthd's own lifecycle: the state-root lock, crash recovery, graceful
+shutdown, the API's error shapes and the image store through the CLI."""
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import BIN, IMAGE, LAYOUT, Daemon
+
+
+@pytest.fixture(scope="module")
+def own():
+    """A daemon of this module's own, restarted by the tests."""
+    if os.geteuid() != 0:
+        pytest.skip("integration tests need root")
+    base = tempfile.mkdtemp(prefix="hearth-lc-", dir="/var/tmp")
+    d = Daemon(root=os.path.join(base, "root"), socket=os.path.join(base, "hearthd.sock"),
+               subtree=f"hearth-lc-{os.getpid()}", log=os.path.join(base, "hearthd.log"))
+    d.start()
+    d.hearth("image", "import", str(LAYOUT), "--name", IMAGE, timeout=600)
+    yield d
+    d.stop()
+    problems = d.leftovers()
+    shutil.rmtree(base, ignore_errors=True)
+    assert not problems, problems
+
+
+def api(sock, method, path, body=None):
+    """One raw HTTP/1.1 request on the Unix socket: (status, parsed JSON or text)."""
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    raw = b""
+    while chunk := s.recv(65536):
+        raw += chunk
+    s.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    if b"chunked" in head.lower():
+        out = b""
+        while rest:
+            size, _, rest = rest.partition(b"\r\n")
+            n = int(size, 16)
+            if n == 0:
+                break
+            out += rest[:n]
+            rest = rest[n + 2:]
+        rest = out
+    try:
+        return status, json.loads(rest)
+    except ValueError:
+        return status, rest
+
+
+def test_second_daemon_on_same_root_refuses(own):
+    r = subprocess.run([str(BIN / "hearthd"), "--root", own.root, "--socket", own.socket + "2",
+                        "--init", str(BIN / "hearth-init"), "--cgroup-name", own.subtree],
+                       capture_output=True, timeout=30)
+    assert r.returncode != 0
+    assert b"another hearthd" in r.stderr and own.root.encode() in r.stderr, r.stderr
+
+
+def test_daemon_refuses_a_live_socket(own):
+    other = tempfile.mkdtemp(prefix="hearth-lc2-", dir="/var/tmp")
+    try:
+        r = subprocess.run([str(BIN / "hearthd"), "--root", other, "--socket", own.socket,
+                            "--init", str(BIN / "hearth-init")], capture_output=True, timeout=30)
+        assert r.returncode != 0 and b"in use by another running hearthd" in r.stderr, r.stderr
+        assert own.hearth("version").returncode == 0
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+
+
+def test_cli_names_the_socket_when_daemon_is_down(tmp_path):
+    env = dict(os.environ, HEARTH_SOCKET=str(tmp_path / "nope.sock"))
+    r = subprocess.run([str(BIN / "hearth"), "version"], capture_output=True, env=env)
+    assert r.returncode != 0
+    assert b"hearthd is not running" in r.stderr and b"nope.sock" in r.stderr
+
+
+def test_api_errors_are_json_with_stable_codes(own):
+    status, body = api(own.socket, "POST", "/v1/sandboxes", b"{not json")
+    assert status == 400 and body["error"]["code"] == "invalid_argument"
+    status, body = api(own.socket, "POST", "/v1/sandboxes", {"image": IMAGE})
+    assert status == 400 and "argv" in body["error"]["message"]
+    status, body = api(own.socket, "POST", "/v1/sandboxes", {"argv": ["/bin/true"], "memory": "12Qi"})
+    assert status == 400 and "memory" in body["error"]["message"] and "12Qi" in body["error"]["message"]
+    status, body = api(own.socket, "POST", "/v1/sandboxes", {"argv": ["/bin/true"], "image": "nope:1"})
+    assert status == 404 and body["error"]["code"] == "image_not_found"
+    status, body = api(own.socket, "DELETE", "/v1/images/nope:1")
+    assert status == 404 and body["error"]["code"] == "image_not_found"
+    status, body = api(own.socket, "GET", "/v1/version")
+    assert status == 200 and body["api"] == "v1"
+
+
+def test_image_commands(own, tmp_path):
+    r = own.hearth("image", "import", str(tmp_path / "missing"), "--name", "x:1", check=False)
+    assert r.returncode != 0 and b"missing" in r.stderr
+    garbage = tmp_path / "garbage.tar"
+    garbage.write_bytes(b"this is not a tar archive" * 100)
+    r = own.hearth("image", "import", str(garbage), "--name", "x:1", check=False)
+    assert r.returncode != 0 and r.stderr.strip(), r.stderr
+    # A second name for the same image shares its layers; removing it keeps them.
+    own.hearth("image", "import", str(LAYOUT), "--name", "copy:1")
+    ls = json.loads(own.hearth("image", "ls", "--json").stdout)
+    names = {i["name"]: i for i in ls}
+    assert names["copy:1"]["id"] == names[IMAGE]["id"]
+    own.hearth("image", "rm", "copy:1")
+    assert own.sandbox("/bin/true").returncode == 0
+    r = own.hearth("image", "rm", "copy:1", check=False)
+    assert r.returncode != 0 and b"copy:1" in r.stderr
+
+
+def test_image_in_use_is_not_removed(own):
+    own.hearth("image", "import", str(LAYOUT), "--name", "busy:1")
+    env = dict(os.environ, HEARTH_SOCKET=own.socket)
+    p = subprocess.Popen([str(BIN / "hearth"), "sandbox", "--image", "busy:1", "--", "sleep", "3"], env=env)
+    try:
+        time.sleep(1.0)
+        r = own.hearth("image", "rm", "busy:1", check=False)
+        assert r.returncode != 0 and b"in use" in r.stderr, r.stderr
+    finally:
+        assert p.wait(30) == 0
+    own.hearth("image", "rm", "busy:1")
+
+
+def test_crash_recovery_cleans_up(own):
+    """SIGKILL the daemon with a replica running; the next start removes it."""
+    env = dict(os.environ, HEARTH_SOCKET=own.socket)
+    p = subprocess.Popen([str(BIN / "hearth"), "sandbox", "--", "sleep", "300"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 20
+    while time.time() < deadline and not own.leftovers():
+        time.sleep(0.1)
+    assert own.leftovers(), "the sandbox never started"
+    own.stop(signal.SIGKILL)
+    p.wait(30)
+    assert own.leftovers(), "a replica should outlive a SIGKILLed daemon until the next start"
+    own.start()
+    assert own.leftovers() == []
+    assert own.sandbox("/bin/true").returncode == 0
+
+
+def test_sigterm_lets_running_sandboxes_finish(own):
+    env = dict(os.environ, HEARTH_SOCKET=own.socket)
+    p = subprocess.Popen([str(BIN / "hearth"), "sandbox", "--", "sh", "-c", "sleep 1; echo finished"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    assert own.stop(signal.SIGTERM) == 0
+    out, err = p.communicate(30)
+    assert p.returncode == 0 and out == b"finished\n", (p.returncode, out, err)
+    assert own.leftovers() == []
+    assert not os.path.exists(own.socket)
+    own.start()
+
+
+def test_sigterm_kills_sandboxes_past_the_deadline(own):
+    env = dict(os.environ, HEARTH_SOCKET=own.socket)
+    p = subprocess.Popen([str(BIN / "hearth"), "sandbox", "--", "sleep", "300"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    t = time.time()
+    assert own.stop(signal.SIGTERM) == 0    # --shutdown-timeout 3
+    assert time.time() - t < 20
+    p.wait(30)
+    assert p.returncode != 0
+    assert own.leftovers() == []
+    own.start()
