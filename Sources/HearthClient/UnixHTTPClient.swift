@@ -63,7 +63,7 @@ public struct UnixHTTPClient: Sendable {
             if line.isEmpty { break }
             guard let colon = line.firstIndex(of: ":") else { continue }
             let name = String(line[..<colon])
-            let value = String(line[line.index(after: colon)...]).trimmingCharacters()
+            let value = String(line[line.index(after: colon)...]).trimmingSpaces()
             headers.append((name, value))
         }
         let response = Response(status: status, headers: headers, body: [])
@@ -73,7 +73,7 @@ public struct UnixHTTPClient: Sendable {
             while true {
                 let sizeLine = try reader.readLine()
                 let hex = sizeLine.split(separator: ";").first.map(String.init) ?? ""
-                guard let size = Int(hex.trimmingCharacters(), radix: 16) else {
+                guard let size = Int(hex.trimmingSpaces(), radix: 16) else {
                     throw HearthError(.internal, "hearthd sent a malformed chunk size: \(sizeLine)")
                 }
                 if size == 0 {
@@ -200,14 +200,5 @@ struct SocketReader {
         let out = Array(buffer[start..<end])
         start = end
         return out
-    }
-}
-
-extension String {
-    func trimmingCharacters() -> String {
-        var s = Substring(self)
-        while let f = s.first, f == " " || f == "\t" { s.removeFirst() }
-        while let l = s.last, l == " " || l == "\t" { s.removeLast() }
-        return String(s)
     }
 }

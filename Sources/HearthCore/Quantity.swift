@@ -81,7 +81,8 @@ public enum Quantity {
 }
 
 extension String {
-    func trimmingSpaces() -> String {
+    /// Drops leading and trailing spaces and tabs (no Foundation needed).
+    public func trimmingSpaces() -> String {
         var s = Substring(self)
         while let f = s.first, f == " " || f == "\t" { s.removeFirst() }
         while let l = s.last, l == " " || l == "\t" { s.removeLast() }

@@ -109,8 +109,9 @@ class Daemon:
         return problems
 
 
-@pytest.fixture(scope="session")
-def daemon():
+def running_daemon(prefix):
+    """A daemon on a fresh state root with the default image imported;
+    stopped and checked for leftovers at the end."""
     if os.geteuid() != 0:
         pytest.skip("integration tests need root")
     for b in ("hearthd", "hearth", "hearth-init"):
@@ -118,9 +119,9 @@ def daemon():
             pytest.fail(f"{BIN / b} is missing: run scripts/setup first")
     if not (LAYOUT / "index.json").exists():
         pytest.fail(f"default image layout {LAYOUT} is missing: run rootfs/build first")
-    base = tempfile.mkdtemp(prefix="hearth-it-", dir="/var/tmp")
+    base = tempfile.mkdtemp(prefix=f"{prefix}-", dir="/var/tmp")
     d = Daemon(root=os.path.join(base, "root"), socket=os.path.join(base, "hearthd.sock"),
-               subtree=f"hearth-it-{os.getpid()}", log=os.path.join(base, "hearthd.log"))
+               subtree=f"{prefix}-{os.getpid()}", log=os.path.join(base, "hearthd.log"))
     d.start()
     d.hearth("image", "import", str(LAYOUT), "--name", IMAGE, timeout=600)
     yield d
@@ -128,6 +129,11 @@ def daemon():
     problems = d.leftovers()
     shutil.rmtree(base, ignore_errors=True)
     assert not problems, problems
+
+
+@pytest.fixture(scope="session")
+def daemon():
+    yield from running_daemon("hearth-it")
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 shutdown, the API's error shapes and the image store through the CLI."""
 import json
 import os
-import pathlib
 import shutil
 import signal
 import socket
@@ -12,24 +11,13 @@ import time
 
 import pytest
 
-from conftest import BIN, IMAGE, LAYOUT, Daemon
+from conftest import BIN, IMAGE, LAYOUT, running_daemon
 
 
 @pytest.fixture(scope="module")
 def own():
     """A daemon of this module's own, restarted by the tests."""
-    if os.geteuid() != 0:
-        pytest.skip("integration tests need root")
-    base = tempfile.mkdtemp(prefix="hearth-lc-", dir="/var/tmp")
-    d = Daemon(root=os.path.join(base, "root"), socket=os.path.join(base, "hearthd.sock"),
-               subtree=f"hearth-lc-{os.getpid()}", log=os.path.join(base, "hearthd.log"))
-    d.start()
-    d.hearth("image", "import", str(LAYOUT), "--name", IMAGE, timeout=600)
-    yield d
-    d.stop()
-    problems = d.leftovers()
-    shutil.rmtree(base, ignore_errors=True)
-    assert not problems, problems
+    yield from running_daemon("hearth-lc")
 
 
 def api(sock, method, path, body=None):

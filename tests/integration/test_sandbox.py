@@ -6,7 +6,6 @@ import pathlib
 import textwrap
 import uuid
 
-import pytest
 
 DOCKER_DEFAULT_CAPS = 0x00000000A80425FB
 
