@@ -15,6 +15,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
         // C: the spawn path (clone3 -> execve) and raw syscall shims.
@@ -27,7 +28,7 @@ let package = Package(
                        providers: [.apt(["zlib1g-dev"])]),
 
         // Spec, quantities, errors, API types: no I/O.
-        .target(name: "HearthCore"),
+        .target(name: "HearthCore", dependencies: [.product(name: "Yams", package: "Yams")]),
         // OCI import, layer cache, whiteouts.
         .target(name: "HearthImage", dependencies: [
             "HearthCore", "CHearth", "CZlib",
@@ -39,9 +40,15 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Environments, warm replicas, the task channel, scheduler, code bundles, secrets.
+        .target(name: "HearthPool", dependencies: [
+            "HearthCore", "HearthImage", "HearthSandbox", "CHearth",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // HTTP API on the Unix socket.
         .target(name: "HearthServer", dependencies: [
-            "HearthCore", "HearthImage", "HearthSandbox",
+            "HearthCore", "HearthImage", "HearthSandbox", "HearthPool",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -67,6 +74,7 @@ let package = Package(
         .testTarget(name: "HearthCoreTests", dependencies: ["HearthCore"]),
         .testTarget(name: "HearthImageTests", dependencies: ["HearthImage", "HearthCore"]),
         .testTarget(name: "HearthSandboxTests", dependencies: ["HearthSandbox", "HearthCore"]),
+        .testTarget(name: "HearthPoolTests", dependencies: ["HearthPool", "HearthCore", "HearthSandbox"]),
     ],
     swiftLanguageModes: [.v6]
 )
