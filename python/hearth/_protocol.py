@@ -1,0 +1,355 @@
+"""Hearth task channel: frames and value encoding (protocol version 1).
+
+Shared by the worker (``hearth._worker``) and the SDK. Standard library only,
+CPython >= 3.8, no side effects on import.
+
+Frames
+------
+A frame is a 4-byte big-endian unsigned length N followed by N bytes: one
+UTF-8 JSON object (no BOM; NaN/Infinity literals are refused). Both sides
+enforce a maximum N, ``DEFAULT_MAX_FRAME`` (64 MiB) unless the environment
+variable ``HEARTH_MAX_FRAME`` gives another number of bytes (decimal; values
+below ``MIN_MAX_FRAME`` = 4096 are raised to it, values above 2**32-1 lowered
+to it, anything unparsable means the default).
+
+Values
+------
+``encode_value`` turns a Python value into something ``json.dumps`` writes;
+``decode_value`` is its inverse. Rules, applied recursively:
+
+* ``None``, ``bool``, ``str``, ``int`` in [-2**63, 2**63-1] and finite
+  ``float`` travel as themselves. Only these exact types: subclasses (IntEnum,
+  numpy.float64, a str subclass, ...) are pickled so they come back as what
+  they were.
+* ``list`` and ``tuple`` (exact types) travel as JSON arrays of encoded
+  items; a tuple comes back as a list. A namedtuple is a tuple subclass and is
+  pickled.
+* ``dict`` (exact type) whose keys are all ``str`` travels as a JSON object of
+  encoded values. A dict with any non-str key is pickled whole.
+* A dict with exactly one key that starts with ``"$"`` would be mistaken for
+  a marker, so it is escaped: ``{"$dict": {<key>: <encoded value>}}``. The
+  object inside ``$dict`` is taken literally (its own single ``$`` key is not
+  a marker); its values are decoded as usual.
+* Anything else (NaN, infinities, big ints, bytes, set, frozenset, complex,
+  datetime, Decimal, dataclasses, instances of user classes, numpy arrays,
+  ...) travels as ``{"$pickle": "<base64 (standard alphabet, padded) of
+  pickle.dumps(value, protocol=4)>"}``.
+* A value nested more than ``MAX_DEPTH`` levels deep (which includes every
+  self-referencing structure) is pickled whole at the top.
+
+Markers on decode: an object with exactly one key ``"$pickle"`` whose value is a
+string is unpickled (only if ``unpickle=True``; otherwise it is left as the
+marker dict); exactly one key ``"$dict"`` whose value is an object is the
+escape above. Any other object, including single-key objects with unknown
+``"$..."`` keys, is a plain dict (encoders always escape those, so new markers
+can be added later).
+
+JSON cannot preserve identity: a list referenced twice comes back as two equal
+lists. Pickled parts are pickled one by one, so identity between two separately
+pickled parts is lost too.
+"""
+
+import json
+import os
+import struct
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "DEFAULT_MAX_FRAME",
+    "MIN_MAX_FRAME",
+    "MAX_DEPTH",
+    "ProtocolError",
+    "FrameTooLarge",
+    "max_frame_size",
+    "encode_value",
+    "decode_value",
+    "pickle_value",
+    "dumps_message",
+    "loads_message",
+    "pack_frame",
+    "write_frame",
+    "FrameReader",
+]
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+MIN_MAX_FRAME = 4096
+MAX_FRAME_CEILING = 0xFFFFFFFF
+MAX_DEPTH = 200
+PICKLE_PROTOCOL = 4
+
+PICKLE_KEY = "$pickle"
+DICT_KEY = "$dict"
+
+_INT_MIN = -(1 << 63)
+_INT_MAX = (1 << 63) - 1
+_INF = float("inf")
+
+_HEADER = struct.Struct(">I")
+
+
+class ProtocolError(Exception):
+    """A frame or message that breaks the protocol; the channel can't go on."""
+
+
+class FrameTooLarge(ProtocolError):
+    def __init__(self, size, limit):
+        self.size = size
+        self.limit = limit
+        ProtocolError.__init__(
+            self,
+            "frame of %d bytes exceeds the limit of %d bytes (HEARTH_MAX_FRAME)" % (size, limit),
+        )
+
+
+def max_frame_size(environ=None):
+    """The frame size limit from HEARTH_MAX_FRAME (or the default)."""
+    env = os.environ if environ is None else environ
+    raw = env.get("HEARTH_MAX_FRAME")
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_FRAME
+    try:
+        n = int(raw.strip(), 10)
+    except ValueError:
+        return DEFAULT_MAX_FRAME
+    if n < MIN_MAX_FRAME:
+        return MIN_MAX_FRAME
+    if n > MAX_FRAME_CEILING:
+        return MAX_FRAME_CEILING
+    return n
+
+
+# -- values -----------------------------------------------------------------
+
+class _TooDeep(Exception):
+    pass
+
+
+def pickle_value(value):
+    """``{"$pickle": base64}`` for any picklable value."""
+    import base64
+    import pickle
+
+    data = pickle.dumps(value, protocol=PICKLE_PROTOCOL)
+    return {PICKLE_KEY: base64.b64encode(data).decode("ascii")}
+
+
+def _enc(v, depth):
+    t = type(v)
+    if t is str or t is bool or v is None:
+        return v
+    if t is int:
+        if _INT_MIN <= v <= _INT_MAX:
+            return v
+        return pickle_value(v)
+    if t is float:
+        if v - v == 0.0:  # finite (NaN - NaN and inf - inf are NaN)
+            return v
+        return pickle_value(v)
+    if depth > MAX_DEPTH:
+        raise _TooDeep()
+    if t is list or t is tuple:
+        d = depth + 1
+        return [_enc(x, d) for x in v]
+    if t is dict:
+        for k in v:
+            if type(k) is not str:
+                return pickle_value(v)
+        d = depth + 1
+        out = {k: _enc(x, d) for k, x in v.items()}
+        if len(out) == 1:
+            for k in out:
+                if k[:1] == "$":
+                    return {DICT_KEY: out}
+        return out
+    return pickle_value(v)
+
+
+def encode_value(value):
+    """Python value -> JSON-writable value (see the module docstring)."""
+    try:
+        return _enc(value, 0)
+    except _TooDeep:
+        return pickle_value(value)
+
+
+def _dec(v, unpickle):
+    t = type(v)
+    if t is list:
+        return [_dec(x, unpickle) for x in v]
+    if t is dict:
+        if len(v) == 1:
+            for k, x in v.items():
+                if k == PICKLE_KEY and type(x) is str:
+                    if not unpickle:
+                        return v
+                    import base64
+                    import pickle
+
+                    return pickle.loads(base64.b64decode(x.encode("ascii"), validate=True))
+                if k == DICT_KEY and type(x) is dict:
+                    return {kk: _dec(xx, unpickle) for kk, xx in x.items()}
+        return {k: _dec(x, unpickle) for k, x in v.items()}
+    return v
+
+
+def decode_value(value, unpickle=True):
+    """JSON value -> Python value; unpickles ``$pickle`` markers when asked."""
+    return _dec(value, unpickle)
+
+
+# -- messages and frames ------------------------------------------------------
+
+def _refuse_constant(name):
+    raise ValueError("%s is not valid JSON" % name)
+
+
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+
+def _make_fast_encoder():
+    # json's C encoder, built once (JSONEncoder.encode builds one per call).
+    # markers=None: no cycle check; encode_value never yields cycles, and
+    # a cyclic message fails with RecursionError instead of ValueError.
+    try:
+        from json import encoder as _je
+
+        make = _je.c_make_encoder
+        if make is None:
+            return None
+        enc = make(None, _encoder.default, _je.encode_basestring, None, ":", ",", False, False, False)
+        if "".join(enc({"a": [1, 2.5, None, True, "\u00e9"]}, 0)) != '{"a":[1,2.5,null,true,"\u00e9"]}':
+            return None
+        return enc
+    except Exception:
+        return None
+
+
+_fast = _make_fast_encoder()
+
+
+def dumps_message(obj):
+    """A message object -> the UTF-8 JSON bytes of a frame body.
+
+    Raises ValueError/TypeError for what JSON can't hold and
+    UnicodeEncodeError for strings with lone surrogates.
+    """
+    if _fast is not None:
+        return "".join(_fast(obj, 0)).encode("utf-8")
+    return _encoder.encode(obj).encode("utf-8")
+
+
+def loads_message(data):
+    """Frame body -> message dict. Raises ProtocolError if it isn't a JSON object."""
+    try:
+        text = str(data, "utf-8")
+        obj, end = _decoder.raw_decode(text)
+        if text[end:].strip():
+            raise ValueError("extra data after the JSON value")
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ProtocolError("malformed frame: %s" % (e,))
+    if type(obj) is not dict:
+        raise ProtocolError("malformed frame: not a JSON object")
+    return obj
+
+
+def pack_frame(body, limit=None):
+    """Header + body. ``body`` is bytes or a message object."""
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        body = dumps_message(body)
+    if limit is not None and len(body) > limit:
+        raise FrameTooLarge(len(body), limit)
+    return _HEADER.pack(len(body)) + bytes(body)
+
+
+def write_frame(fd, body, limit=None):
+    """Write one frame to a blocking fd, looping over partial writes.
+
+    ``body`` is bytes (the JSON text) or a message object. Returns the number
+    of bytes written (header included).
+    """
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        body = dumps_message(body)
+    n = len(body)
+    if limit is not None and n > limit:
+        raise FrameTooLarge(n, limit)
+    header = _HEADER.pack(n)
+    total = n + 4
+    written = os.writev(fd, [header, body]) if n else os.write(fd, header)
+    if written < total:
+        rest = memoryview(header + bytes(body))[written:]
+        while rest:
+            k = os.write(fd, rest)
+            rest = rest[k:]
+    return total
+
+
+class FrameReader(object):
+    """Reads frames from a blocking fd with os.read.
+
+    ``read_body()`` returns the next frame's body (bytes or bytearray), or None on EOF at a
+    frame boundary. It raises FrameTooLarge before reading an oversized body,
+    and ProtocolError on EOF inside a frame.
+    """
+
+    __slots__ = ("fd", "limit", "_buf", "chunk")
+
+    def __init__(self, fd, limit=None, chunk=65536):
+        self.fd = fd
+        self.limit = DEFAULT_MAX_FRAME if limit is None else limit
+        self.chunk = chunk
+        self._buf = bytearray()
+
+    def _fill(self, need):
+        buf = self._buf
+        while len(buf) < need:
+            data = os.read(self.fd, max(self.chunk, need - len(buf)))
+            if not data:
+                return False
+            buf += data
+        return True
+
+    def read_body(self):
+        buf = self._buf
+        if len(buf) < 4 and not self._fill(4):
+            if buf:
+                raise ProtocolError("end of input inside a frame header (%d of 4 bytes)" % len(buf))
+            return None
+        (n,) = _HEADER.unpack_from(buf, 0)
+        if n > self.limit:
+            raise FrameTooLarge(n, self.limit)
+        end = 4 + n
+        if len(buf) >= end:
+            body = bytes(buf[4:end])
+            del buf[:end]
+            return body
+        if n - (len(buf) - 4) <= self.chunk:
+            if not self._fill(end):
+                raise ProtocolError(
+                    "end of input inside a frame (%d of %d body bytes)" % (len(buf) - 4, n)
+                )
+            body = bytes(buf[4:end])
+            del buf[:end]
+            return body
+        # Large body: read straight into a buffer of the right size.
+        body = bytearray(n)
+        have = len(buf) - 4
+        body[:have] = buf[4:]
+        del buf[:]
+        view = memoryview(body)
+        while have < n:
+            k = os.readv(self.fd, [view[have:]])
+            if not k:
+                raise ProtocolError("end of input inside a frame (%d of %d body bytes)" % (have, n))
+            have += k
+        view.release()
+        return body
+
+    def read(self):
+        """The next message (a dict), or None on EOF at a frame boundary."""
+        body = self.read_body()
+        if body is None:
+            return None
+        return loads_message(body)

@@ -1,0 +1,649 @@
+"""Hearth worker: the program each replica's long-lived interpreter runs.
+
+Standard library only; any CPython >= 3.8.
+
+Invocation
+----------
+The daemon mounts the directory that holds the ``hearth`` package read-only at
+``/.hearth/worker`` and runs, as a child of hearth-init, either
+
+    python3 -X utf8 /.hearth/worker/hearth/_worker.py          (preferred)
+    PYTHONPATH=/.hearth/worker python3 -X utf8 -m hearth._worker
+
+Both behave the same: the worker removes the entry Python put first on
+``sys.path`` (the script's own directory, or the working directory for
+``-m``), makes sure ``/.hearth/worker`` (the directory above this package) is
+on ``sys.path`` so that user code's ``import hearth`` finds this very package,
+and runs ``hearth._worker.main()``. Do not use ``-I`` with ``-m`` (it ignores
+PYTHONPATH). ``-u`` is not needed: stdout and stderr are made line-buffered
+and are flushed after every task.
+
+File descriptors: fd 3 is read (daemon -> worker), fd 4 is written
+(worker -> daemon); fd 1 and fd 2 are the task log pipes, fd 0 should be
+/dev/null. The worker marks fds 3 and 4 close-on-exec at once, so processes a
+task starts (subprocess, os.system, os.exec*, posix_spawn) never inherit them.
+If fd 3 or 4 is not open it writes a line to stderr and exits 2.
+
+Environment read by the worker: ``HEARTH_MAX_FRAME`` (bytes; the frame size
+limit, default 64 MiB; see ``hearth._protocol``). Everything else in the
+environment is the tasks'.
+
+Frames
+------
+Each message is a frame: a 4-byte big-endian unsigned length N, then N bytes
+of UTF-8 JSON holding one object with a ``"type"``. The worker enforces
+N <= limit on what it reads and what it writes. Values inside messages are
+encoded as ``hearth._protocol`` describes (JSON as is; everything else as
+``{"$pickle": base64}``; single-``$``-key dicts escaped as ``{"$dict": ...}``).
+
+Messages
+--------
+worker -> daemon, once, before anything else:
+
+    {"type":"ready","pid":<os.getpid()>,"python":"3.11.2",
+     "implementation":"cpython","protocol":1}
+
+daemon -> worker:
+
+    {"type":"run","id":"t-...","module":"pkg.mod","function":"f",
+     "kwargs":{...encoded values...},
+     "bundle":{"version":"<sha256 hex>","path":"/.hearth/code/<sha256>"} | null,
+     "env":{"K":"V", "UNSET_ME":null},     (optional)
+     "timeout":null}                        (optional, ignored: the daemon enforces it)
+
+  ``id`` is a string (an integer is accepted too) and is echoed back;
+  ``module`` and ``function`` are non-empty strings (``function`` may be a
+  dotted path such as ``"Class.method"``); ``kwargs`` is an object (absent or
+  null means {}); ``env``, when present, is applied to ``os.environ`` before
+  anything else of the task (a null value removes the variable) and stays.
+
+worker -> daemon, exactly one per run, after the task's stdout/stderr have
+been flushed to fd 1/2 (so log bytes that arrive before the result frame
+belong to the task):
+
+    {"type":"result","id":<id>,"ok":true,"value":<encoded>,"duration_us":N}
+    {"type":"result","id":<id>,"ok":false,
+     "error":{"type":"ValueError","module":"builtins","message":"...",
+              "traceback":"Traceback (most recent call last):\\n ..."},
+     "duration_us":N}
+
+  ``error.type`` is the exception class's ``__qualname__``, ``module`` its
+  ``__module__``, ``message`` is ``str(exc)``, ``traceback`` the formatted
+  traceback (chained exceptions included) without the worker's own frames.
+  Any BaseException counts: SystemExit from ``sys.exit()`` and
+  KeyboardInterrupt (the daemon cancelling the task with SIGINT) are error
+  results and the worker keeps serving. Errors the worker itself reports:
+  ``ResultTooLarge`` (module ``hearth``; the result frame would exceed the
+  limit; traceback ""), and the original exception type with the message
+  prefixed by ``"result could not be encoded: "`` when pickling the result
+  fails. Error messages and tracebacks too long for a frame are truncated.
+  ``duration_us`` is the time from decoding the arguments to encoding the
+  result (module import included).
+
+    {"type":"ping","id":<any>}   ->   {"type":"pong","id":<same>}
+    {"type":"shutdown"}          ->   exit 0
+
+  Messages are handled one at a time, in order: a ping sent while a task runs
+  is answered after that task's result.
+
+Fatal conditions: a frame longer than the limit, a body that is not a UTF-8
+JSON object, an unknown ``type``, a ``run`` with missing or ill-typed fields,
+or end of input inside a frame -> the worker writes
+
+    {"type":"error","message":"..."}
+
+e.g. ``"frame of N bytes exceeds the limit of M bytes (HEARTH_MAX_FRAME)"``,
+and exits with status 2 (the channel can't be resynchronised). End of input
+on fd 3 at a frame boundary, and ``shutdown``, -> exit 0 (after flushing
+stdout/stderr and running atexit handlers; running non-daemon threads do not
+hold the exit up). fd 4 closed by the daemon (EPIPE) -> exit 0.
+
+Signals: SIGINT while a task runs raises KeyboardInterrupt inside the task;
+SIGINT while idle is ignored. SIGTERM -> flush stdout/stderr, exit 0 at once
+(even mid-task; no atexit handlers). A task that calls ``os._exit`` or is
+killed ends the worker (the daemon reports ReplicaLost). After every task the
+worker puts back its SIGINT/SIGTERM handlers, ``sys.stdout``/``sys.stderr``
+(recreated if the task closed them) and fds 1/2 (if the task closed or
+redirected them).
+
+Running a task
+--------------
+1. ``env`` applied. 2. Bundle: ``bundle.path`` is put at the front of
+``sys.path``. When the bundle (version or path) differs from the previous
+task's -- null counts as a bundle too -- the worker removes from
+``sys.modules`` every module whose ``__file__`` is under the previous bundle
+path (and namespace packages whose ``__path__`` lies wholly under it), removes
+the previous path from ``sys.path`` and ``sys.path_importer_cache``, adds the
+new one and calls ``importlib.invalidate_caches()``. Modules from anywhere
+else (stdlib, site-packages, PYTHONPATH, this ``hearth`` package),
+``os.environ`` and ``actor_cache`` values survive. 3. The module is imported
+(if not already in ``sys.modules``), the function looked up, then unwrapped:
+an object with a callable ``_hearth_fn`` attribute is replaced by it; an
+object that is not a plain function, method or class and has a callable
+``__wrapped__`` or ``fn`` is replaced by that (repeatedly), so a task object
+made by the SDK's ``@actor.task`` runs in-process. Decorators that return
+plain functions (``actor_cache``, ``functools.wraps``) are not unwrapped.
+4. Called with the decoded kwargs; if it returns a coroutine, it is run with
+``asyncio.run``.
+
+For the SDK: ``hearth._worker.in_worker()`` is True inside a replica's worker
+and ``hearth._worker.current_task_id`` is the id of the running task (None
+between tasks).
+"""
+
+import os
+import sys
+
+if __name__ == "__main__":
+    # Bootstrap (script or -m): fix sys.path, then run the package's copy of
+    # this module so there is one ``hearth._worker`` whichever way we started.
+    def _bootstrap_path():
+        here = os.path.dirname(os.path.realpath(__file__))
+        root = os.path.dirname(here)
+        safe = getattr(sys.flags, "safe_path", False) or sys.flags.isolated
+        if sys.path and not safe:
+            first = sys.path[0]
+            try:
+                real = os.path.realpath(first or os.curdir)
+            except OSError:
+                real = None
+            if real in (here, os.path.realpath(os.curdir)):
+                del sys.path[0]
+        roots = []
+        for p in sys.path:
+            try:
+                roots.append(os.path.realpath(p or os.curdir))
+            except OSError:
+                pass
+        if root not in roots:
+            sys.path.insert(0, root)
+
+    _bootstrap_path()
+    del _bootstrap_path
+    from hearth import _worker as _pkg_worker
+
+    _pkg_worker._exit(_pkg_worker.main())
+
+import signal
+import time
+import types
+
+from hearth import _protocol
+
+__all__ = ["main", "in_worker", "current_task_id"]
+
+IN_FD = 3
+OUT_FD = 4
+
+current_task_id = None
+_active = False
+_armed = False  # SIGINT raises KeyboardInterrupt only while True
+_THIS_FILE = os.path.normcase(os.path.abspath(__file__))
+if _THIS_FILE.endswith((".pyc", ".pyo")):
+    _THIS_FILE = _THIS_FILE[:-1]
+
+
+def in_worker():
+    """True when this interpreter is a Hearth replica's worker."""
+    return _active
+
+
+class _Fatal(Exception):
+    """Protocol violation: send an error frame, exit 2."""
+
+
+# -- signals --------------------------------------------------------------------
+
+def _on_sigint(signum, frame):
+    if _armed:
+        raise KeyboardInterrupt
+
+
+def _on_sigterm(signum, frame):
+    _flush_std()
+    os._exit(0)
+
+
+try:  # the C module: signal.getsignal wraps its answer in an enum, slowly
+    from _signal import getsignal as _getsignal
+except ImportError:  # pragma: no cover
+    _getsignal = signal.getsignal
+_SIGINT = int(signal.SIGINT)
+_SIGTERM = int(signal.SIGTERM)
+
+
+def _restore_signals():
+    if _getsignal(_SIGINT) is not _on_sigint:
+        signal.signal(_SIGINT, _on_sigint)
+    if _getsignal(_SIGTERM) is not _on_sigterm:
+        signal.signal(_SIGTERM, _on_sigterm)
+
+
+# -- stdout / stderr --------------------------------------------------------------
+
+def _flush_std():
+    for s in (sys.stdout, sys.stderr):
+        try:
+            if s is not None:
+                s.flush()
+        except BaseException:
+            pass
+
+
+class _Stdio(object):
+    """Keeps fd 1/2 and sys.stdout/sys.stderr as they were at start."""
+
+    def __init__(self):
+        self.saved = []  # (fd, private dup, (st_dev, st_ino))
+        for fd in (1, 2):
+            try:
+                st = os.fstat(fd)
+                self.saved.append((fd, os.dup(fd), (st.st_dev, st.st_ino)))
+            except OSError:
+                pass
+        self.out = sys.stdout
+        self.err = sys.stderr
+        for s in (self.out, self.err):
+            try:
+                s.reconfigure(line_buffering=True)
+            except Exception:
+                pass
+
+    @staticmethod
+    def _reopen(fd, old):
+        enc = getattr(old, "encoding", None) or "utf-8"
+        errors = getattr(old, "errors", None) or "strict"
+        return open(fd, "w", buffering=1, encoding=enc, errors=errors, closefd=False)
+
+    def restore(self):
+        for fd, dup, ident in self.saved:
+            try:
+                st = os.fstat(fd)
+                same = (st.st_dev, st.st_ino) == ident
+            except OSError:
+                same = False
+            if not same:
+                try:
+                    os.dup2(dup, fd)
+                except OSError:
+                    pass
+        out, err = sys.stdout, sys.stderr
+        for cur in (out, err):
+            if cur is not self.out and cur is not self.err and cur is not None:
+                try:
+                    cur.flush()
+                except BaseException:
+                    pass
+        if self.out is not None:
+            self.out = self._usable(self.out, 1)
+            if out is not self.out:
+                sys.stdout = self.out
+        if self.err is not None:
+            self.err = self._usable(self.err, 2)
+            if err is not self.err:
+                sys.stderr = self.err
+
+    def _usable(self, stream, fd):
+        """``stream`` flushed, or a fresh line-buffered writer on ``fd``."""
+        try:
+            if not stream.closed:
+                stream.flush()
+                return stream
+        except BaseException:
+            pass
+        try:
+            return self._reopen(fd, stream)
+        except BaseException:
+            return stream
+
+
+# -- bundles -------------------------------------------------------------------------
+
+_bundle_key = None
+_bundle_path = None
+
+
+def _under(path, prefix):
+    try:
+        return os.path.abspath(path).startswith(prefix)
+    except Exception:
+        return False
+
+
+def _unload_bundle(path):
+    """Drop modules that came from ``path``; returns their names."""
+    prefix = os.path.join(os.path.abspath(path), "")
+    dropped = []
+    for name, mod in list(sys.modules.items()):
+        if name == "hearth" or name.startswith("hearth."):
+            continue
+        try:
+            f = getattr(mod, "__file__", None)
+            if isinstance(f, str):
+                hit = _under(f, prefix)
+            elif f is None:
+                paths = getattr(mod, "__path__", None)
+                paths = list(paths) if paths is not None else []
+                hit = bool(paths) and all(isinstance(p, str) and _under(p, prefix) for p in paths)
+            else:
+                hit = False
+        except Exception:
+            hit = False
+        if hit:
+            sys.modules.pop(name, None)
+            dropped.append(name)
+    stripped = os.path.abspath(path)
+    sys.path[:] = [p for p in sys.path if not (p == path or (p and os.path.abspath(p) == stripped))]
+    sys.path_importer_cache.pop(path, None)
+    sys.path_importer_cache.pop(stripped, None)
+    return dropped
+
+
+def _switch_bundle(bundle):
+    global _bundle_key, _bundle_path
+    if bundle is None:
+        key = path = None
+    else:
+        path = bundle["path"]
+        key = (bundle["version"], path)
+    if key == _bundle_key:
+        if path is not None and path not in sys.path:
+            sys.path.insert(0, path)
+        return
+    if _bundle_path is not None:
+        _unload_bundle(_bundle_path)
+    if path is not None:
+        if path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
+    import importlib
+
+    importlib.invalidate_caches()
+    _bundle_key = key
+    _bundle_path = path
+
+
+# -- running ---------------------------------------------------------------------------
+
+_PLAIN = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type)
+
+
+def _unwrap(obj):
+    for _ in range(32):
+        inner = getattr(obj, "_hearth_fn", None)
+        if inner is None or not callable(inner):
+            if isinstance(obj, _PLAIN):
+                return obj
+            inner = getattr(obj, "__wrapped__", None)
+            if inner is None or not callable(inner):
+                inner = getattr(obj, "fn", None)
+                if inner is None or not callable(inner):
+                    return obj
+        if inner is obj:
+            return obj
+        obj = inner
+    return obj
+
+
+def _resolve(module, function):
+    mod = sys.modules.get(module)
+    if mod is None:
+        __import__(module)
+        mod = sys.modules[module]
+    obj = mod
+    for part in function.split("."):
+        obj = getattr(obj, part)
+    return _unwrap(obj)
+
+
+def _invoke(module, function, raw_kwargs):
+    """Runs the task; (True, value) or (False, exception)."""
+    global _armed
+    try:
+        _armed = True
+        kwargs = _protocol.decode_value(raw_kwargs) if raw_kwargs else {}
+        fn = _resolve(module, function)
+        value = fn(**kwargs)
+        if type(value) is types.CoroutineType:
+            import asyncio
+
+            value = asyncio.run(value)
+        _armed = False
+        return True, value
+    except BaseException as e:
+        _armed = False
+        return False, e
+    finally:
+        _armed = False
+
+
+def _safe_text(s):
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "replace").decode("utf-8")
+
+
+def _describe(e):
+    t = type(e)
+    try:
+        message = str(e)
+    except BaseException:
+        message = "<unprintable %s object>" % t.__name__
+    try:
+        import traceback
+
+        tb = e.__traceback__
+        while tb is not None and os.path.normcase(tb.tb_frame.f_code.co_filename) == _THIS_FILE:
+            tb = tb.tb_next
+        text = "".join(traceback.format_exception(t, e, tb))
+    except BaseException:
+        text = "%s: %s\n" % (t.__name__, message)
+    return {
+        "type": _safe_text(getattr(t, "__qualname__", t.__name__)),
+        "module": _safe_text(str(getattr(t, "__module__", "builtins"))),
+        "message": _safe_text(message),
+        "traceback": _safe_text(text),
+    }
+
+
+def _error_body(tid, error, duration_us, limit):
+    res = {"type": "result", "id": tid, "ok": False, "error": error, "duration_us": duration_us}
+    body = _protocol.dumps_message(res)
+    if len(body) <= limit:
+        return body
+    keep = max(64, limit // 16)
+    mark = "\n[... truncated by hearth: the error did not fit in a frame ...]\n"
+    for field, tail in (("traceback", True), ("message", False)):
+        s = error.get(field) or ""
+        if len(s) > keep:
+            error[field] = (mark + s[-keep:]) if tail else (s[:keep] + mark)
+    body = _protocol.dumps_message(res)
+    if len(body) <= limit:
+        return body
+    error.update(type=error["type"][:200], module=error["module"][:200], message="(error too large to report)",
+                 traceback="")
+    return _protocol.dumps_message(res)
+
+
+def _result_body(tid, ok, value, t0, limit):
+    if ok:
+        try:
+            enc = _protocol.encode_value(value)
+        except BaseException as e:
+            err = _describe(e)
+            err["message"] = "result could not be encoded: " + err["message"]
+            return _error_body(tid, err, (time.perf_counter_ns() - t0) // 1000, limit)
+        dur = (time.perf_counter_ns() - t0) // 1000
+        res = {"type": "result", "id": tid, "ok": True, "value": enc, "duration_us": dur}
+        try:
+            body = _protocol.dumps_message(res)
+        except UnicodeEncodeError:
+            # Strings UTF-8 can't hold (lone surrogates): send the value pickled.
+            try:
+                res["value"] = _protocol.pickle_value(value)
+                body = _protocol.dumps_message(res)
+            except BaseException as e:
+                err = _describe(e)
+                err["message"] = "result could not be encoded: " + err["message"]
+                return _error_body(tid, err, dur, limit)
+        if len(body) <= limit:
+            return body
+        err = {
+            "type": "ResultTooLarge",
+            "module": "hearth",
+            "message": "result of %d bytes exceeds the limit of %d bytes (HEARTH_MAX_FRAME)" % (len(body), limit),
+            "traceback": "",
+        }
+        return _error_body(tid, err, dur, limit)
+    return _error_body(tid, _describe(value), (time.perf_counter_ns() - t0) // 1000, limit)
+
+
+def _check_run(msg):
+    tid = msg.get("id")
+    if type(tid) is not str and type(tid) is not int:
+        raise _Fatal('run message: "id" must be a string')
+    for field in ("module", "function"):
+        v = msg.get(field)
+        if type(v) is not str or not v:
+            raise _Fatal('run message %s: "%s" must be a non-empty string' % (tid, field))
+    kwargs = msg.get("kwargs")
+    if kwargs is not None and type(kwargs) is not dict:
+        raise _Fatal('run message %s: "kwargs" must be an object' % (tid,))
+    env = msg.get("env")
+    if env is not None:
+        if type(env) is not dict:
+            raise _Fatal('run message %s: "env" must be an object' % (tid,))
+        for k, v in env.items():
+            if not k or "=" in k or "\0" in k or (v is not None and (type(v) is not str or "\0" in v)):
+                raise _Fatal('run message %s: bad "env" entry %r' % (tid, k))
+    bundle = msg.get("bundle")
+    if bundle is not None:
+        if (type(bundle) is not dict or type(bundle.get("version")) is not str
+                or type(bundle.get("path")) is not str or not bundle["path"]):
+            raise _Fatal('run message %s: "bundle" must be null or {"version": str, "path": str}' % (tid,))
+    return tid
+
+
+def _apply_env(env):
+    environ = os.environ
+    for k, v in env.items():
+        if v is None:
+            environ.pop(k, None)
+        else:
+            environ[k] = v
+
+
+def _run(msg, limit, stdio):
+    global current_task_id, _armed
+    tid = _check_run(msg)
+    t0 = time.perf_counter_ns()
+    current_task_id = tid
+    try:
+        env = msg.get("env")
+        if env:
+            _apply_env(env)
+        _switch_bundle(msg.get("bundle"))
+        ok, value = _invoke(msg["module"], msg["function"], msg.get("kwargs"))
+    except KeyboardInterrupt as e:
+        # SIGINT landed in the few bytecodes around the call.
+        _armed = False
+        ok, value = False, e
+    finally:
+        current_task_id = None
+    stdio.restore()
+    _restore_signals()
+    return _result_body(tid, ok, value, t0, limit)
+
+
+# -- channel -----------------------------------------------------------------------------
+
+def _send(body):
+    try:
+        _protocol.write_frame(OUT_FD, body)
+    except BrokenPipeError:
+        _exit(0, run_atexit=False)
+
+
+def _fatal(message):
+    try:
+        _protocol.write_frame(OUT_FD, {"type": "error", "message": _safe_text(message)})
+    except OSError:
+        pass
+    return 2
+
+
+def _exit(code, run_atexit=True):
+    _flush_std()
+    if run_atexit:
+        try:
+            import atexit
+
+            atexit._run_exitfuncs()
+        except BaseException:
+            pass
+        _flush_std()
+    os._exit(code)
+
+
+def _python_version():
+    v = sys.version_info
+    s = "%d.%d.%d" % (v[0], v[1], v[2])
+    if v[3] != "final":
+        s += {"alpha": "a", "beta": "b", "candidate": "rc"}.get(v[3], v[3]) + str(v[4])
+    return s
+
+
+def main():
+    """Serve the channel on fds 3/4 until EOF, shutdown or a fatal error.
+
+    Returns the exit status (the callers pass it to ``_exit``).
+    """
+    global _active
+    for fd in (IN_FD, OUT_FD):
+        try:
+            os.fstat(fd)
+        except OSError:
+            sys.stderr.write("hearth worker: fd %d is not open; fd 3 (daemon -> worker) and fd 4 "
+                             "(worker -> daemon) must be the task channel\n" % fd)
+            return 2
+    os.set_inheritable(IN_FD, False)
+    os.set_inheritable(OUT_FD, False)
+    signal.signal(signal.SIGINT, _on_sigint)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    limit = _protocol.max_frame_size()
+    stdio = _Stdio()
+    reader = _protocol.FrameReader(IN_FD, limit)
+    loads = _protocol.loads_message
+    _active = True
+    _send(_protocol.dumps_message({
+        "type": "ready",
+        "pid": os.getpid(),
+        "python": _python_version(),
+        "implementation": sys.implementation.name,
+        "protocol": _protocol.PROTOCOL_VERSION,
+    }))
+    try:
+        while True:
+            body = reader.read_body()
+            if body is None:
+                return 0
+            msg = loads(body)
+            kind = msg.get("type")
+            if kind == "run":
+                _send(_run(msg, limit, stdio))
+            elif kind == "ping":
+                _send(_protocol.dumps_message({"type": "pong", "id": msg.get("id")}))
+            elif kind == "shutdown":
+                return 0
+            elif type(kind) is str:
+                return _fatal("unknown message type %r" % (kind,))
+            else:
+                return _fatal('malformed frame: no "type"')
+    except (_protocol.ProtocolError, _Fatal) as e:
+        return _fatal(str(e))
+    except OSError as e:
+        return _fatal("channel error: %s" % (e,))
+    finally:
+        _active = False
