@@ -245,9 +245,7 @@ def loads_message(data):
     """Frame body -> message dict. Raises ProtocolError if it isn't a JSON object."""
     try:
         text = str(data, "utf-8")
-        obj, end = _decoder.raw_decode(text)
-        if text[end:].strip():
-            raise ValueError("extra data after the JSON value")
+        obj = _decoder.decode(text)
     except (UnicodeDecodeError, ValueError) as e:
         raise ProtocolError("malformed frame: %s" % (e,))
     if type(obj) is not dict:

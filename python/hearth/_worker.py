@@ -14,14 +14,19 @@ Both behave the same: the worker removes the entry Python put first on
 ``sys.path`` (the script's own directory, or the working directory for
 ``-m``), makes sure ``/.hearth/worker`` (the directory above this package) is
 on ``sys.path`` so that user code's ``import hearth`` finds this very package,
-and runs ``hearth._worker.main()``. Do not use ``-I`` with ``-m`` (it ignores
-PYTHONPATH). ``-u`` is not needed: stdout and stderr are made line-buffered
-and are flushed after every task.
+and runs ``hearth._worker.main()``. The script form also works with ``-I``,
+``-P``, ``-s``, ``-E`` (but ``-I``/``-E`` make Python ignore PYTHON* variables
+of the environment spec, such as PYTHONPATH); the ``-m`` form needs
+PYTHONPATH, so not ``-I``/``-E``. ``-u`` is not needed: stdout and stderr are
+made line-buffered and are flushed after every task.
 
 File descriptors: fd 3 is read (daemon -> worker), fd 4 is written
 (worker -> daemon); fd 1 and fd 2 are the task log pipes, fd 0 should be
 /dev/null. The worker marks fds 3 and 4 close-on-exec at once, so processes a
 task starts (subprocess, os.system, os.exec*, posix_spawn) never inherit them.
+A plain ``os.fork()`` (multiprocessing's "fork" start method) still copies
+them until that child execs or exits, so the daemon should learn of the
+worker's death from its exit (pidfd / waitpid), not from EOF on fd 4 alone.
 If fd 3 or 4 is not open it writes a line to stderr and exits 2.
 
 Environment read by the worker: ``HEARTH_MAX_FRAME`` (bytes; the frame size
@@ -70,6 +75,10 @@ belong to the task):
   ``error.type`` is the exception class's ``__qualname__``, ``module`` its
   ``__module__``, ``message`` is ``str(exc)``, ``traceback`` the formatted
   traceback (chained exceptions included) without the worker's own frames.
+  Decoding the kwargs (unpickling) is part of the task: a failure there is
+  an error result too. Once the result frame is built the exception's
+  tracebacks are cleared, so the failed task's frames (and what their
+  locals held) are freed at once, even when they form a reference cycle.
   Any BaseException counts: SystemExit from ``sys.exit()`` and
   KeyboardInterrupt (the daemon cancelling the task with SIGINT) are error
   results and the worker keeps serving. Errors the worker itself reports:
@@ -554,7 +563,23 @@ def _run(msg, limit, stdio):
         current_task_id = None
     stdio.restore()
     _restore_signals()
-    return _result_body(tid, ok, value, t0, limit)
+    body = _result_body(tid, ok, value, t0, limit)
+    if not ok:
+        _drop_frames(value)
+    return body
+
+
+def _drop_frames(e):
+    # A failed task's frames (and what their locals hold: a model, a GPU
+    # tensor) would live as long as the exception; let them go now.
+    seen = 0
+    while e is not None and seen < 64:
+        try:
+            e.__traceback__ = None
+        except Exception:
+            pass
+        e = e.__cause__ or e.__context__
+        seen += 1
 
 
 # -- channel -----------------------------------------------------------------------------

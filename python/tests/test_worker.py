@@ -407,6 +407,33 @@ def unicode():
     return "h\u00e9llo \u2713"
 
 
+class Held(object):
+    pass
+
+
+held = []
+
+
+def fail_holding():
+    import gc
+    import weakref
+    gc.disable()  # only refcounting may free it
+    obj = Held()
+    held.append(weakref.ref(obj))
+    try:
+        raise ValueError("held")
+    except ValueError as err:
+        keep = err  # frame -> exception -> traceback -> frame: a cycle
+        raise keep
+
+
+def held_alive():
+    import gc
+    alive = held[-1]() is not None
+    gc.enable()
+    return alive
+
+
 class FakeTask(object):
     """What the SDK's @actor.task makes: calling it would go to the daemon."""
 
@@ -620,6 +647,12 @@ def test_import_and_lookup_errors(worker, bundle):
     res = worker.run(T, "add", {"a": 1}, bundle=bundle)
     assert res["error"]["type"] == "TypeError"
     assert worker.call(T, "add", bundle=bundle, a=1, b=2) == 3
+
+
+def test_failed_task_frames_are_released(worker, bundle):
+    res = worker.run(T, "fail_holding", {}, bundle=bundle)
+    assert res["error"]["message"] == "held"
+    assert worker.call(T, "held_alive", bundle=bundle) is False
 
 
 def test_sys_exit_is_an_error_result(worker, bundle):
