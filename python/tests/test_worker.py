@@ -988,17 +988,27 @@ def test_round_trip_latency(worker, bundle, capsys):
            "bundle": bundle, "timeout": None}
     body = json.dumps(msg, separators=(",", ":")).encode()
     frame = struct.pack(">I", len(body)) + body
+    assert worker.buf == b""
+    r, w = worker.r, worker.w
+
+    def round_trip():
+        # What a daemon does: one write, blocking reads until the frame is whole.
+        os.write(w, frame)
+        data = os.read(r, 65536)
+        while len(data) < 4 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
+            data += os.read(r, 65536)
+        return data
+
     for _ in range(50):
-        worker.send_raw(frame)
-        worker.recv()
+        round_trip()
     times, inside = [], []
     for _ in range(2000):
         t0 = time.perf_counter_ns()
-        worker.send_raw(frame)
-        res = worker.recv()
+        data = round_trip()
         times.append(time.perf_counter_ns() - t0)
-        inside.append(res["duration_us"])
+        res = json.loads(data[4:].decode("utf-8"))
         assert res["value"] == 3
+        inside.append(res["duration_us"])
     times.sort()
     inside.sort()
     with capsys.disabled():
