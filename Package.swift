@@ -68,7 +68,7 @@ let package = Package(
         ], linkerSettings: [
             // Every CLI run pays for dynamic linking; a static Swift runtime
             // starts several milliseconds sooner.
-            .unsafeFlags(["-static-stdlib", "-l_FoundationCollections", "-l_FoundationCShims", "-lswiftSynchronization"]),
+            .unsafeFlags(["-static-stdlib", "-l_FoundationCollections", "-l_FoundationCShims", "-lswiftSynchronization", "-lCoreFoundation", "-l_FoundationICU", "-lFoundationInternationalization"]),
         ]),
 
         .testTarget(name: "HearthCoreTests", dependencies: ["HearthCore"]),

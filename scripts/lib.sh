@@ -20,7 +20,7 @@ start_daemon() {
   mkdir -p "$(dirname "$HEARTH_SOCKET")" "$HEARTH_ROOT"
   local logfile="${HEARTH_LOG:-$HEARTH_ROOT/hearthd.log}"
   setsid "$HEARTH_BIN/hearthd" --root "$HEARTH_ROOT" --socket "$HEARTH_SOCKET" \
-    --init "$HEARTH_BIN/hearth-init" >>"$logfile" 2>&1 < /dev/null &
+    --init "$HEARTH_BIN/hearth-init" --worker-dir "$HEARTH_REPO/python" >>"$logfile" 2>&1 < /dev/null &
   HEARTHD_PID=$!
   for _ in $(seq 1 100); do
     if daemon_running; then STARTED_DAEMON=1; return 0; fi

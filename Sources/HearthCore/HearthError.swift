@@ -40,6 +40,7 @@ public struct HearthError: Error, CustomStringConvertible, Sendable, Equatable {
         case invalidImage = "invalid_image"
         case unsafeLayer = "unsafe_layer"
         case conflict = "conflict"
+        case queueFull = "queue_full"
         case unavailable = "unavailable"
         case spawnFailed = "spawn_failed"
         case system = "system"

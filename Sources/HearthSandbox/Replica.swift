@@ -34,6 +34,8 @@ public struct ReplicaSpec: Sendable {
     public var mounts: [BindMount] = []
     /// Extra pipes for the child: (fd in the daemon, fd number in the replica).
     public var extraFDs: [(source: Int32, target: Int32)] = []
+    /// Host paths that belong to this replica and go with it (e.g. its secrets).
+    public var cleanupPaths: [String] = []
 
     public init(name: String, image: ResolvedImage, argv: [String], limits: CgroupLimits) {
         self.name = name; self.image = image; self.argv = argv; self.limits = limits
@@ -65,6 +67,7 @@ enum ContainerPaths {
     static let defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     /// Where hearth-init (and later the worker) is mounted read-only.
     static let runtimeMount = "/.hearth"
+    static let runtimeMountPoints = ["worker", "code"]
 }
 
 /// Builds replicas: directories, cgroup, plan, spawn; and tears them down.
@@ -109,6 +112,8 @@ public final class SandboxRuntime: Sendable {
 
     private func installInit(from source: String) throws {
         try FileTree.makeDirectory(runtimeDir, mode: 0o755)
+        // Mount points for the worker and the code bundles (see ContainerPaths.runtimeMount).
+        for sub in ContainerPaths.runtimeMountPoints { try FileTree.makeDirectory(runtimeDir + "/" + sub, mode: 0o755) }
         let dest = runtimeDir + "/hearth-init"
         let tmp = dest + ".tmp"
         guard let data = FileManager.default.contents(atPath: source) else {
@@ -203,7 +208,8 @@ public final class SandboxRuntime: Sendable {
             let phases: KeyValuePairs<String, Duration> = ["dirs": t1 - t0, "cgroup": t2 - t1, "plan": t3 - t2, "spawn": t4 - t3]
             return RunningReplica(name: spec.name, dir: dir, pid: spawned.pid, pidfd: spawned.pidfd, cgroup: cgroup,
                                   stdoutFD: out.read, stderrFD: err.read, memoryLimit: spec.limits.memoryLimit,
-                                  startPhases: phases.map { StartPhase(name: $0.key, duration: $0.value) })
+                                  startPhases: phases.map { StartPhase(name: $0.key, duration: $0.value) },
+                                  cleanupPaths: spec.cleanupPaths)
         } catch {
             throw fail(error)
         }
@@ -288,7 +294,8 @@ public final class SandboxRuntime: Sendable {
                   flags: MountFlags.nosuid | MountFlags.nodev),
         ]
         for m in spec.mounts {
-            ops.append(.mkdir(r + m.target))
+            // /.hearth is read-only: its mount points are made in the runtime directory.
+            if !m.target.hasPrefix(ContainerPaths.runtimeMount + "/") { ops.append(.mkdir(r + m.target)) }
             ops.append(.bind(m.source, on: r + m.target, readOnly: m.readOnly, flags: MountFlags.nosuid | MountFlags.nodev))
         }
         ops.append(.pivot(r))
@@ -306,14 +313,17 @@ public final class RunningReplica: Sendable {
     public let pidfd: Int32
     public let cgroup: ReplicaCgroup
     public let memoryLimit: Int64?
+    private let cleanupPaths: [String]
     /// Where the start time went (directories, cgroup, plan, spawn).
     public let startPhases: [StartPhase]
     private let stdoutFD: Int32
     private let stderrFD: Int32
     private let tornDown = Atomic<Bool>(false)
+    private let readers = Mutex<[PipeReader]>([])
 
     init(name: String, dir: String, pid: Int32, pidfd: Int32, cgroup: ReplicaCgroup, stdoutFD: Int32,
-         stderrFD: Int32, memoryLimit: Int64?, startPhases: [StartPhase]) {
+         stderrFD: Int32, memoryLimit: Int64?, startPhases: [StartPhase], cleanupPaths: [String]) {
+        self.cleanupPaths = cleanupPaths
         self.name = name; self.dir = dir; self.pid = pid; self.pidfd = pidfd; self.cgroup = cgroup
         self.stdoutFD = stdoutFD; self.stderrFD = stderrFD; self.memoryLimit = memoryLimit
         self.startPhases = startPhases
@@ -322,20 +332,35 @@ public final class RunningReplica: Sendable {
     /// stdout and stderr as they arrive; finishes when both reach EOF.
     public func output() -> AsyncStream<OutputChunk> {
         AsyncStream { continuation in
-            let open = Atomic<Int>(2)
-            for (fd, isErr) in [(stdoutFD, false), (stderrFD, true)] {
-                let reader = PipeReader(fd: fd) { bytes in
-                    if let bytes {
-                        continuation.yield(isErr ? .stderr(bytes) : .stdout(bytes))
-                    } else if open.subtract(1, ordering: .relaxed).newValue == 0 {
-                        continuation.finish()
-                    }
-                }
-                do { try reader.start() } catch {
-                    if open.subtract(1, ordering: .relaxed).newValue == 0 { continuation.finish() }
-                }
+            startOutput { chunk in
+                if let chunk { continuation.yield(chunk) } else { continuation.finish() }
             }
         }
+    }
+
+    /// Hands stdout and stderr chunks to `sink` on the event thread as they
+    /// arrive, then nil once both pipes reached EOF. Call once.
+    public func startOutput(_ sink: @escaping @Sendable (OutputChunk?) -> Void) {
+        let open = Atomic<Int>(2)
+        let finished: @Sendable () -> Void = {
+            if open.subtract(1, ordering: .relaxed).newValue == 0 { sink(nil) }
+        }
+        var readers: [PipeReader] = []
+        for (fd, isErr) in [(stdoutFD, false), (stderrFD, true)] {
+            let reader = PipeReader(fd: fd) { bytes in
+                if let bytes { sink(isErr ? .stderr(bytes) : .stdout(bytes)) } else { finished() }
+            }
+            readers.append(reader)
+            do { try reader.start() } catch { finished() }
+        }
+        self.readers.withLock { $0 = readers }
+    }
+
+    /// Reads whatever output is already in the pipes and hands it to the
+    /// sink now. Call on the event thread (from a watch handler) so it cannot
+    /// race the readers: a task's last lines land before its result.
+    public func drainOutput() {
+        for r in readers.withLock({ $0 }) { r.drain() }
     }
 
     public func wait() async -> ExitStatus {
@@ -354,6 +379,7 @@ public final class RunningReplica: Sendable {
         try? cgroup.remove()
         close(pidfd)
         try? FileTree.removeAll(dir)
+        for p in cleanupPaths { try? FileTree.removeAll(p) }
     }
 }
 
@@ -362,6 +388,7 @@ public final class RunningReplica: Sendable {
 final class PipeReader: Sendable {
     let fd: Int32
     let onData: @Sendable ([UInt8]?) -> Void
+    private let done = Atomic<Bool>(false)
 
     init(fd: Int32, onData: @escaping @Sendable ([UInt8]?) -> Void) {
         self.fd = fd
@@ -371,23 +398,29 @@ final class PipeReader: Sendable {
     func start() throws {
         let flags = fcntl(fd, F_GETFL)
         _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
-        let fd = self.fd, onData = self.onData
-        try EventThread.shared.watch(fd) { _ in
-            var buf = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                if n > 0 {
-                    onData(Array(buf[0..<n]))
-                    if n < buf.count { return .keep }
-                    continue
-                }
-                if n < 0 && (errno == EAGAIN || errno == EINTR) { return .keep }
-                // EOF or a hard error: either way this pipe is done.
-                EventThread.shared.unwatch(fd)
-                close(fd)
-                onData(nil)
-                return .remove
+        try EventThread.shared.watch(fd) { [self] _ in drain() ? .keep : .remove }
+    }
+
+    /// Reads until the pipe is empty; at EOF closes it and reports nil.
+    /// Returns false once the pipe is finished. Event thread only.
+    @discardableResult
+    func drain() -> Bool {
+        if done.load(ordering: .relaxed) { return false }
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n > 0 {
+                onData(Array(buf[0..<n]))
+                if n < buf.count { return true }
+                continue
             }
+            if n < 0 && (errno == EAGAIN || errno == EINTR) { return true }
+            // EOF or a hard error: either way this pipe is done.
+            done.store(true, ordering: .relaxed)
+            EventThread.shared.unwatch(fd)
+            close(fd)
+            onData(nil)
+            return false
         }
     }
 }

@@ -216,6 +216,7 @@ func errorResponse(_ error: any Error) -> Response {
     case .invalidArgument, .invalidImage, .unsafeLayer: status = .badRequest
     case .notFound, .imageNotFound: status = .notFound
     case .conflict: status = .conflict
+    case .queueFull: status = .tooManyRequests
     case .unavailable: status = .serviceUnavailable
     case .spawnFailed, .system, .internal: status = .internalServerError
     }

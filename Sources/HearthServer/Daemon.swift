@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import HearthCore
 import HearthImage
+import HearthPool
 import HearthSandbox
 import Hummingbird
 import Logging
@@ -17,6 +18,8 @@ public struct DaemonOptions: Sendable {
     public var cgroupSubtree: String?
     public var shutdownDeadline: Duration = .seconds(10)
     public var logLevel: Logger.Level = .info
+    /// Directory holding the `hearth` Python package (the worker).
+    public var workerDir: String = "/usr/local/lib/hearth/python"
 
     public init(initBinary: String) { self.initBinary = initBinary }
 }
@@ -30,6 +33,8 @@ public enum Daemon {
         var logger = Logger(label: "hearthd")
         logger.logLevel = options.logLevel
 
+        // A worker that dies while we write its channel must not kill us.
+        signal(SIGPIPE, SIG_IGN)
         guard geteuid() == 0 else {
             throw HearthError(.unavailable, "hearthd must run as root (it creates namespaces, mounts and cgroups)")
         }
@@ -47,9 +52,24 @@ public enum Daemon {
         let registry = ReplicaRegistry()
         logger.info("state root \(options.stateRoot), cgroup \(runtime.cgroups.version) subtree \(subtree)")
 
+        guard FileManager.default.fileExists(atPath: options.workerDir + "/hearth/_worker.py") else {
+            throw HearthError(.unavailable, "the Hearth worker is missing: \(options.workerDir)/hearth/_worker.py; pass --worker-dir DIR (the repository's python/ directory) or run scripts/setup")
+        }
+        let code = try CodeStore(stateRoot: options.stateRoot)
+        let secrets = try SecretStore(stateRoot: options.stateRoot)
+        let tasks = TaskRegistry(journalDir: options.stateRoot + "/tasks")
+        let context = PoolContext(runtime: runtime, images: images, code: code, secrets: secrets, tasks: tasks,
+                                  logger: logger, workerDir: options.workerDir)
+        let pool = try Pool(context: context, stateRoot: options.stateRoot)
+        let lost = pool.recoverLostTasks()
+        if !lost.isEmpty { logger.warning("\(lost.count) task(s) were in flight when the last hearthd stopped; reported as lost") }
+        let admission = AdmissionControl(pool: pool, images: images, secrets: secrets, logger: logger)
+        await admission.restore()
+
         let api = API(runtime: runtime, images: images, registry: registry, logger: logger)
         let router = Router()
         api.register(on: router)
+        PoolRoutes(pool: pool, admission: admission, code: code, secrets: secrets, logger: logger).register(on: router)
 
         let socketDir = (options.socketPath as NSString).deletingLastPathComponent
         if !socketDir.isEmpty { try? FileManager.default.createDirectory(atPath: socketDir, withIntermediateDirectories: true) }
@@ -68,7 +88,8 @@ public enum Daemon {
             configuration: .init(
                 services: [
                     .init(service: app),
-                    .init(service: DrainService(registry: registry, deadline: options.shutdownDeadline, logger: logger)),
+                    .init(service: DrainService(registry: registry, pool: pool, deadline: options.shutdownDeadline,
+                                                logger: logger)),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger

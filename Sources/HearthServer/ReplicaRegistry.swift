@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import HearthCore
+import HearthPool
 import HearthSandbox
 import Logging
 import ServiceLifecycle
@@ -74,11 +75,14 @@ public final class ReplicaRegistry: Sendable {
 /// running replicas get their deadline before the server stops.
 struct DrainService: Service {
     let registry: ReplicaRegistry
+    let pool: Pool
     let deadline: Duration
     let logger: Logger
 
     func run() async throws {
         try? await gracefulShutdown()
-        await registry.drain(deadline: deadline, logger: logger)
+        async let sandboxes: Void = registry.drain(deadline: deadline, logger: logger)
+        async let environments: Void = pool.shutdown(deadline: deadline)
+        _ = await (sandboxes, environments)
     }
 }

@@ -13,7 +13,8 @@ struct Hearth: ParsableCommand {
         commandName: "hearth",
         abstract: "Hearth: warm, isolated Python replicas on one machine.",
         discussion: "Talks to hearthd over its Unix socket (HEARTH_SOCKET, default \(HearthDefaults.socketPath)).",
-        subcommands: [Sandbox.self, ImageCommand.self, Version.self]
+        subcommands: [Apply.self, EnvList.self, EnvStatus.self, EnvRemove.self, RunTask.self, Logs.self,
+                      SecretCommand.self, Sandbox.self, ImageCommand.self, Version.self]
     )
 }
 

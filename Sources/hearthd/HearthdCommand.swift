@@ -20,6 +20,9 @@ struct HearthdCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Static hearth-init binary (default: next to hearthd).")
     var `init`: String?
 
+    @Option(name: .long, help: "Directory with the hearth Python package (the worker).")
+    var workerDir: String?
+
     @Option(name: .long, help: "Name of the cgroup subtree (default: derived from --root).")
     var cgroupName: String?
 
@@ -38,6 +41,7 @@ struct HearthdCommand: AsyncParsableCommand {
         options.stateRoot = (root as NSString).standardizingPath
         options.socketPath = socket
         options.cgroupSubtree = cgroupName
+        options.workerDir = workerDir ?? Self.defaultWorkerDir()
         options.shutdownDeadline = .seconds(shutdownTimeout)
         options.logLevel = level
         do {
@@ -49,6 +53,17 @@ struct HearthdCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("hearthd: \(e.description)\n".utf8))
             throw ExitCode(1)
         }
+    }
+
+    /// The repository's python/ when run from a build tree, else the installed copy.
+    static func defaultWorkerDir() -> String {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+        var dir = (exe as NSString).deletingLastPathComponent
+        for _ in 0..<4 {
+            if FileManager.default.fileExists(atPath: dir + "/python/hearth/_worker.py") { return dir + "/python" }
+            dir = (dir as NSString).deletingLastPathComponent
+        }
+        return "/usr/local/lib/hearth/python"
     }
 
     static func defaultInit() -> String {

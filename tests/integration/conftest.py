@@ -4,7 +4,9 @@ Every test talks to it through the real `hearth` CLI. After each test the
 fixture checks that nothing is left behind: no mount under the state root,
 no replica directory, no cgroup under the daemon's subtree, no stray process.
 """
+import json
 import os
+import socket
 import pathlib
 import shutil
 import signal
@@ -33,6 +35,35 @@ def _cgroup_dirs(subtree):
     return found
 
 
+def api(sock, method, path, body=None):
+    """One raw HTTP/1.1 request on the Unix socket: (status, parsed JSON or text)."""
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    raw = b""
+    while chunk := s.recv(65536):
+        raw += chunk
+    s.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    if b"chunked" in head.lower():
+        out = b""
+        while rest:
+            size, _, rest = rest.partition(b"\r\n")
+            n = int(size, 16)
+            if n == 0:
+                break
+            out += rest[:n]
+            rest = rest[n + 2:]
+        rest = out
+    try:
+        return status, json.loads(rest)
+    except ValueError:
+        return status, rest
+
+
 class Daemon:
     def __init__(self, root, socket, subtree, log):
         self.root = root
@@ -45,7 +76,8 @@ class Daemon:
         self.logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [str(BIN / "hearthd"), "--root", self.root, "--socket", self.socket,
-             "--init", str(BIN / "hearth-init"), "--cgroup-name", self.subtree, "--shutdown-timeout", "3"],
+             "--init", str(BIN / "hearth-init"), "--cgroup-name", self.subtree, "--shutdown-timeout", "3",
+             "--worker-dir", str(REPO / "python")],
             stdout=self.logf, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 20
         while time.time() < deadline:

@@ -4,49 +4,19 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 
 import pytest
 
-from conftest import BIN, IMAGE, LAYOUT, running_daemon
+from conftest import BIN, IMAGE, LAYOUT, api, running_daemon
 
 
 @pytest.fixture(scope="module")
 def own():
     """A daemon of this module's own, restarted by the tests."""
     yield from running_daemon("hearth-lc")
-
-
-def api(sock, method, path, body=None):
-    """One raw HTTP/1.1 request on the Unix socket: (status, parsed JSON or text)."""
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(sock)
-    data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
-              f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
-    raw = b""
-    while chunk := s.recv(65536):
-        raw += chunk
-    s.close()
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    status = int(head.split()[1])
-    if b"chunked" in head.lower():
-        out = b""
-        while rest:
-            size, _, rest = rest.partition(b"\r\n")
-            n = int(size, 16)
-            if n == 0:
-                break
-            out += rest[:n]
-            rest = rest[n + 2:]
-        rest = out
-    try:
-        return status, json.loads(rest)
-    except ValueError:
-        return status, rest
 
 
 def test_second_daemon_on_same_root_refuses(own):

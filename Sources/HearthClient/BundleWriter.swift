@@ -1,0 +1,109 @@
+import Glibc
+import HearthCore
+
+/// Packs a directory of user code into a tar archive for `PUT /v1/code`:
+/// regular files and directories only, with version-control data, caches
+/// and virtual environments left out, and a size cap.
+public enum BundleWriter {
+    public static let skippedNames: Set<String> = [".git", ".hg", ".svn", "__pycache__", ".venv", "venv",
+                                                    ".mypy_cache", ".pytest_cache", ".tox", "node_modules"]
+    public static let maxBytes = 64 << 20
+
+    public static func tar(directory: String) throws -> [UInt8] {
+        var out: [UInt8] = []
+        var entries: [(path: String, full: String, isDir: Bool, mode: UInt32)] = []
+        try walk(directory, relative: "", into: &entries)
+        for e in entries.sorted(by: { $0.path < $1.path }) {
+            if e.isDir {
+                out += header(name: e.path + "/", size: 0, mode: 0o755, type: "5")
+            } else {
+                let data = try readFile(e.full)
+                out += header(name: e.path, size: data.count, mode: e.mode & 0o111 != 0 ? 0o755 : 0o644, type: "0")
+                out += data
+                out += [UInt8](repeating: 0, count: (512 - data.count % 512) % 512)
+            }
+            if out.count > maxBytes {
+                throw HearthError.invalid("code bundle from \(directory) exceeds \(maxBytes >> 20) MiB; leave data files out of the code directory")
+            }
+        }
+        out += [UInt8](repeating: 0, count: 1024)
+        return out
+    }
+
+    private static func walk(_ dir: String, relative: String,
+                             into entries: inout [(path: String, full: String, isDir: Bool, mode: UInt32)]) throws {
+        guard let d = opendir(dir) else { throw SystemError.current("opendir", dir) }
+        defer { closedir(d) }
+        while let ent = readdir(d) {
+            let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name == "." || name == ".." || skippedNames.contains(name) || name.hasSuffix(".pyc") { continue }
+            let full = dir + "/" + name
+            let rel = relative.isEmpty ? name : relative + "/" + name
+            var st = stat()
+            guard lstat(full, &st) == 0 else { throw SystemError.current("lstat", full) }
+            switch st.st_mode & S_IFMT {
+            case S_IFDIR:
+                entries.append((rel, full, true, 0o755))
+                try walk(full, relative: rel, into: &entries)
+            case S_IFREG:
+                entries.append((rel, full, false, UInt32(st.st_mode)))
+            default:
+                continue // symlinks, sockets, devices: not code
+            }
+        }
+    }
+
+    private static func readFile(_ path: String) throws -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemError.current("open", path) }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 { if errno == EINTR { continue }; throw SystemError.current("read", path) }
+            if n == 0 { return out }
+            out += buf[0..<n]
+            if out.count > maxBytes { throw HearthError.invalid("\(path) exceeds \(maxBytes >> 20) MiB") }
+        }
+    }
+
+    /// A ustar header; long paths use the prefix field, else a PAX record.
+    private static func header(name: String, size: Int, mode: UInt32, type: Character) -> [UInt8] {
+        var pax: [UInt8] = []
+        var stored = name
+        if name.utf8.count > 100 {
+            let record = " path=\(name)\n"
+            var len = record.utf8.count + 2
+            while "\(len)\(record)".utf8.count != len { len = "\(len)\(record)".utf8.count }
+            let body = Array("\(len)\(record)".utf8)
+            pax += header(name: "PaxHeader", size: body.count, mode: 0o644, type: "x")
+            pax += body + [UInt8](repeating: 0, count: (512 - body.count % 512) % 512)
+            stored = String(name.utf8.suffix(99)) ?? "long"
+        }
+        var h = [UInt8](repeating: 0, count: 512)
+        func put(_ s: String, _ off: Int, _ len: Int) {
+            for (i, b) in s.utf8.prefix(len).enumerated() { h[off + i] = b }
+        }
+        func octal(_ v: Int, _ off: Int, _ len: Int) {
+            let s = String(v, radix: 8)
+            put(String(repeating: "0", count: max(0, len - 1 - s.count)) + s, off, len - 1)
+        }
+        put(stored, 0, 100)
+        octal(Int(mode), 100, 8)
+        octal(0, 108, 8)
+        octal(0, 116, 8)
+        octal(size, 124, 12)
+        octal(0, 136, 12)
+        put("        ", 148, 8)
+        h[156] = UInt8(ascii: type.unicodeScalars.first ?? "0")
+        put("ustar", 257, 6)
+        put("00", 263, 2)
+        let sum = h.reduce(0) { $0 + Int($1) }
+        octal(sum, 148, 7)
+        h[155] = 32
+        return pax + h
+    }
+}

@@ -1,0 +1,135 @@
+/// API types of environments and tasks.
+
+public struct ApplyResult: Codable, Sendable {
+    public var name: String
+    public var outcome: String        // created | unchanged | replaced
+    public var identity: String
+    public init(name: String, outcome: String, identity: String) {
+        self.name = name; self.outcome = outcome; self.identity = identity
+    }
+}
+
+public struct TaskRequest: Codable, Sendable {
+    public var module: String
+    public var function: String
+    public var kwargs: JSONValue?
+    /// SHA-256 of an uploaded code bundle (PUT /v1/code/{sha256}).
+    public var bundle: String?
+    /// Seconds; overrides the environment's timeout.
+    public var timeout: Double?
+    /// Answer with the result instead of a task id.
+    public var wait: Bool?
+    public init(module: String, function: String, kwargs: JSONValue? = nil, bundle: String? = nil,
+                timeout: Double? = nil, wait: Bool? = nil) {
+        self.module = module; self.function = function; self.kwargs = kwargs; self.bundle = bundle
+        self.timeout = timeout; self.wait = wait
+    }
+}
+
+/// Many inputs for one function, spread over the environment's replicas;
+/// results come back in input order.
+public struct BatchRequest: Codable, Sendable {
+    public var module: String
+    public var function: String
+    public var inputs: [JSONValue]
+    public var bundle: String?
+    public var timeout: Double?
+    public init(module: String, function: String, inputs: [JSONValue], bundle: String? = nil, timeout: Double? = nil) {
+        self.module = module; self.function = function; self.inputs = inputs; self.bundle = bundle; self.timeout = timeout
+    }
+}
+
+public struct TaskLogs: Codable, Sendable {
+    public struct Entry: Codable, Sendable {
+        public var stream: String
+        public var text: String
+        public init(stream: String, text: String) { self.stream = stream; self.text = text }
+    }
+    public var id: String
+    public var entries: [Entry]
+    public var truncated: Bool
+    public init(id: String, entries: [Entry], truncated: Bool) {
+        self.id = id; self.entries = entries; self.truncated = truncated
+    }
+}
+
+public enum TaskState: String, Codable, Sendable {
+    case queued, running, succeeded, failed, cancelled, lost
+
+    public var isFinal: Bool { self != .queued && self != .running }
+}
+
+/// What the API shows of a task.
+public struct TaskSnapshot: Codable, Sendable {
+    public var id: String
+    public var environment: String
+    public var module: String
+    public var function: String
+    public var state: TaskState
+    public var result: JSONValue?
+    public var error: TaskError?
+    public var replica: String?
+    public var pid: Int32?
+    /// Microseconds spent queued, and running (dispatch to result).
+    public var queuedMicros: Int64?
+    public var runMicros: Int64?
+    /// The worker's own measure of the call.
+    public var workerMicros: Int64?
+    public var coldStart: Bool?
+
+    public init(id: String, environment: String, module: String, function: String, state: TaskState,
+                result: JSONValue?, error: TaskError?, replica: String?, pid: Int32?, queuedMicros: Int64?,
+                runMicros: Int64?, workerMicros: Int64?, coldStart: Bool?) {
+        self.id = id; self.environment = environment; self.module = module; self.function = function
+        self.state = state; self.result = result; self.error = error; self.replica = replica; self.pid = pid
+        self.queuedMicros = queuedMicros; self.runMicros = runMicros; self.workerMicros = workerMicros
+        self.coldStart = coldStart
+    }
+}
+
+
+/// How a task failed, as the caller sees it.
+public struct TaskError: Codable, Sendable, Equatable {
+    public var type: String
+    public var module: String?
+    public var message: String
+    public var traceback: String?
+
+    public init(type: String, module: String? = nil, message: String, traceback: String? = nil) {
+        self.type = type; self.module = module; self.message = message; self.traceback = traceback
+    }
+}
+
+public struct ReplicaStatus: Codable, Sendable {
+    public var name: String
+    public var state: String
+    public var pid: Int32?
+    public var tasksRun: Int
+    public var idleSeconds: Double
+    public var ttlLeftSeconds: Double?
+    public var python: String?
+
+    public init(name: String, state: String, pid: Int32?, tasksRun: Int, idleSeconds: Double,
+                ttlLeftSeconds: Double?, python: String?) {
+        self.name = name; self.state = state; self.pid = pid; self.tasksRun = tasksRun
+        self.idleSeconds = idleSeconds; self.ttlLeftSeconds = ttlLeftSeconds; self.python = python
+    }
+}
+
+public struct EnvironmentStatus: Codable, Sendable {
+    public var name: String
+    public var identity: String
+    public var image: String
+    public var replicaCount: Int
+    public var ttlSeconds: Double
+    public var queued: Int
+    public var replicas: [ReplicaStatus]
+    public var lastError: String?
+
+    public init(name: String, identity: String, image: String, replicaCount: Int, ttlSeconds: Double, queued: Int,
+                replicas: [ReplicaStatus], lastError: String?) {
+        self.name = name; self.identity = identity; self.image = image; self.replicaCount = replicaCount
+        self.ttlSeconds = ttlSeconds; self.queued = queued; self.replicas = replicas; self.lastError = lastError
+    }
+}
+

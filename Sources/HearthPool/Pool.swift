@@ -1,0 +1,184 @@
+import Foundation
+import Glibc
+import HearthCore
+import HearthSandbox
+import Logging
+import Synchronization
+
+public enum ApplyOutcome: String, Codable, Sendable {
+    case created, unchanged, replaced
+}
+
+/// Every environment of the daemon, their specs on disk, and the journal of
+/// tasks in flight (so a task lost to a daemon crash is reported as lost).
+public final class Pool: Sendable {
+    let ctx: PoolContext
+    private let envDir: String
+    private let journalDir: String
+    private struct Entry {
+        var pool: EnvironmentPool
+        var config: PoolConfig
+    }
+    private let envs = Mutex<[String: Entry]>([:])
+
+    public init(context: PoolContext, stateRoot: String) throws {
+        ctx = context
+        envDir = stateRoot + "/environments"
+        journalDir = context.tasks.journalDir
+        try FileTree.makeDirectory(envDir, mode: 0o700)
+        try FileTree.makeDirectory(journalDir, mode: 0o700)
+    }
+
+    public var tasks: TaskRegistry { ctx.tasks }
+
+    // MARK: environments
+
+    /// The specs saved by earlier runs, as (name, spec document).
+    public func savedSpecs() -> [(String, Data)] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: envDir)) ?? []
+        return names.filter { $0.hasSuffix(".json") }.sorted().compactMap { file in
+            guard let data = FileManager.default.contents(atPath: envDir + "/" + file) else { return nil }
+            return (String(file.dropLast(5)), data)
+        }
+    }
+
+    /// Creates or replaces an environment. The same identity changes
+    /// nothing; a new one drains the old replicas and serves new tasks from
+    /// fresh ones. `spec` is saved so the environment comes back after a restart.
+    public func apply(_ config: PoolConfig, spec: Data, persist: Bool = true) async throws -> ApplyOutcome {
+        let (old, outcome): (EnvironmentPool?, ApplyOutcome) = envs.withLock { envs in
+            if let existing = envs[config.name] {
+                if existing.config.identity == config.identity { return (nil, .unchanged) }
+                let pool = EnvironmentPool(config: config, context: ctx)
+                envs[config.name] = Entry(pool: pool, config: config)
+                return (existing.pool, .replaced)
+            }
+            envs[config.name] = Entry(pool: EnvironmentPool(config: config, context: ctx), config: config)
+            return (nil, .created)
+        }
+        if outcome == .unchanged { return .unchanged }
+        if persist {
+            try atomicWrite(envDir + "/" + config.name + ".json", spec)
+        }
+        if let pool = envs.withLock({ $0[config.name]?.pool }) { await pool.startTTLLoop() }
+        if let old {
+            ctx.logger.info("environment \(config.name): spec changed; rolling its replicas")
+            Task { await old.drain(deadline: .seconds(300)) }
+        } else {
+            ctx.logger.info("environment \(config.name) \(outcome.rawValue)")
+        }
+        return outcome
+    }
+
+    public func remove(_ name: String, deadline: Duration = .seconds(30)) async throws {
+        guard let entry = envs.withLock({ $0.removeValue(forKey: name) }) else {
+            throw HearthError(.notFound, "environment \"\(name)\" not found")
+        }
+        unlink(envDir + "/" + name + ".json")
+        await entry.pool.drain(deadline: deadline)
+    }
+
+    public func configs() -> [PoolConfig] { envs.withLock { $0.values.map(\.config) } }
+
+    public func list() async -> [EnvironmentStatus] {
+        let pools = envs.withLock { $0.values.map(\.pool) }
+        var out: [EnvironmentStatus] = []
+        for p in pools { out.append(await p.status()) }
+        return out.sorted { $0.name < $1.name }
+    }
+
+    public func status(_ name: String) async throws -> EnvironmentStatus {
+        try await pool(name).status()
+    }
+
+    private func pool(_ name: String) throws -> EnvironmentPool {
+        guard let p = envs.withLock({ $0[name]?.pool }) else {
+            throw HearthError(.notFound, "environment \"\(name)\" not found; apply it first (`hearth apply -f FILE`)")
+        }
+        return p
+    }
+
+    // MARK: tasks
+
+    public struct Submission: Sendable {
+        public var module: String
+        public var function: String
+        public var kwargs: JSONValue
+        public var bundle: String?
+        public var timeout: Duration?
+        public init(module: String, function: String, kwargs: JSONValue, bundle: String?, timeout: Duration?) {
+            self.module = module; self.function = function; self.kwargs = kwargs; self.bundle = bundle; self.timeout = timeout
+        }
+    }
+
+    public func submit(_ env: String, _ s: Submission) async throws -> TaskRecord {
+        let pool = try pool(env)
+        if let b = s.bundle, !ctx.code.exists(b) {
+            throw HearthError(.notFound, "code bundle \(b) is not uploaded; PUT /v1/code/\(b) first")
+        }
+        let task = TaskRecord(id: ctx.tasks.newID(), environment: env, module: s.module, function: s.function,
+                              kwargs: s.kwargs, bundle: s.bundle, timeout: s.timeout)
+        ctx.tasks.add(task)
+        journal(task)
+        do {
+            try await pool.submit(task)
+        } catch {
+            task.finish(.failed, error: TaskError(type: "Refused", message: HearthError.wrap(error).message))
+            ctx.tasks.retire(task)
+            throw error
+        }
+        return task
+    }
+
+    /// Cancels a task: a queued one at once, a running one with SIGINT and,
+    /// after a grace period, by killing its replica.
+    public func cancel(_ id: String) async throws -> TaskRecord {
+        guard let task = ctx.tasks.get(id) else { throw HearthError(.notFound, "task \(id) not found") }
+        if task.isFinal { return task }
+        let pool = try pool(task.environment)
+        _ = await pool.cancel(task)
+        return task
+    }
+
+
+    // MARK: the journal of tasks in flight
+
+    private func journal(_ task: TaskRecord) {
+        let line = "{\"id\":\"\(task.id)\",\"environment\":\"\(task.environment)\"}"
+        // Removed by TaskRegistry.retire once the task is final.
+        try? atomicWrite(journalDir + "/" + task.id, Data(line.utf8), sync: false)
+    }
+
+    /// Tasks a previous daemon accepted and never finished: reported as lost.
+    public func recoverLostTasks() -> [String] {
+        let ids = (try? FileManager.default.contentsOfDirectory(atPath: journalDir)) ?? []
+        for id in ids {
+            let data = FileManager.default.contents(atPath: journalDir + "/" + id) ?? Data()
+            let env = (try? JSONDecoder().decode([String: String].self, from: data))?["environment"] ?? "?"
+            let t = TaskRecord(id: id, environment: env, module: "?", function: "?", kwargs: .null, bundle: nil, timeout: nil)
+            t.finish(.lost, error: TaskError(type: "TaskLost", message: "task \(id) was queued or running when hearthd stopped unexpectedly; its result is lost"))
+            ctx.tasks.add(t)
+            ctx.tasks.retire(t)
+            unlink(journalDir + "/" + id)
+        }
+        return ids
+    }
+
+    public func shutdown(deadline: Duration) async {
+        let pools = envs.withLock { $0.values.map(\.pool) }
+        await withTaskGroup(of: Void.self) { group in
+            for p in pools { group.addTask { await p.drain(deadline: deadline) } }
+        }
+    }
+
+    private func atomicWrite(_ path: String, _ data: Data, sync: Bool = true) throws {
+        let tmp = path + ".tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SystemError.current("open", tmp) }
+        let ok = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) == $0.count }
+        if sync { fsync(fd) }
+        close(fd)
+        guard ok else { throw SystemError.current("write", tmp) }
+        guard rename(tmp, path) == 0 else { throw SystemError.current("rename", path) }
+    }
+}

@@ -1,0 +1,239 @@
+import Foundation
+import Glibc
+import HearthCore
+import HearthSandbox
+import Synchronization
+
+/// Why a replica could not return a result.
+enum ChannelError: Error, CustomStringConvertible {
+    /// The worker's end of the channel closed (it exited or was killed).
+    case closed
+    /// The worker broke the protocol (garbage, a frame over the limit).
+    case protocolViolation(String)
+
+    var description: String {
+        switch self {
+        case .closed: return "the worker closed the task channel"
+        case .protocolViolation(let m): return m
+        }
+    }
+}
+
+/// A replica running the Hearth worker: one long-lived interpreter, fed
+/// tasks one at a time over fd 3 and answering on fd 4.
+final class WarmReplica: Sendable {
+    enum Phase: String, Sendable { case starting, ready, busy, draining, stopped, failed }
+
+    let name: String
+    let running: RunningReplica
+    private let toWorker: Int32
+    private let fromWorker: Int32
+    let started = ContinuousClock.now
+
+    struct State {
+        var phase: Phase = .starting
+        var workerPid: Int32?
+        var python: String?
+        var tasksRun = 0
+        var lastUsed = ContinuousClock.now
+        var current: TaskRecord?
+        var pending: CheckedContinuation<WorkerMessage, any Error>?
+        var readyWaiter: CheckedContinuation<WorkerMessage, any Error>?
+        var ready: WorkerMessage?
+        var closedReason: ChannelError?
+        var reader: FrameReader
+        /// Output while no task runs (start-up errors, a worker's last words).
+        var idleLog = LogBuffer(limit: 64 << 10)
+        var timedOut = false
+        var cancelRequested = false
+    }
+    let state: Mutex<State>
+
+    init(name: String, running: RunningReplica, toWorker: Int32, fromWorker: Int32, maxFrame: Int) {
+        self.name = name
+        self.running = running
+        self.toWorker = toWorker
+        self.fromWorker = fromWorker
+        state = Mutex(State(reader: FrameReader(maxBytes: maxFrame)))
+    }
+
+    var phase: Phase { state.withLock { $0.phase } }
+    func setPhase(_ p: Phase) { state.withLock { $0.phase = p } }
+
+    /// Starts reading the channel and the output pipes.
+    func attach() throws {
+        running.startOutput { [self] chunk in
+            guard let chunk else { return }
+            let (stream, bytes): (LogBuffer.Stream, [UInt8]) = switch chunk {
+            case .stdout(let b): (.stdout, b)
+            case .stderr(let b): (.stderr, b)
+            }
+            let task: TaskRecord? = state.withLock { s in
+                if s.current == nil { s.idleLog.append(stream, bytes) }
+                return s.current
+            }
+            task?.appendLog(stream, bytes)
+        }
+        let flags = fcntl(fromWorker, F_GETFL)
+        _ = fcntl(fromWorker, F_SETFL, flags | O_NONBLOCK)
+        try EventThread.shared.watch(fromWorker) { [self] _ in readChannel() ? .keep : .remove }
+    }
+
+    /// Event thread: reads frames from fd 4 and hands them on.
+    private func readChannel() -> Bool {
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fromWorker, $0.baseAddress, $0.count) }
+            if n > 0 {
+                let frames: [[UInt8]]
+                do {
+                    frames = try state.withLock { try $0.reader.feed(buf[0..<n]) }
+                } catch {
+                    closeChannel(.protocolViolation("the worker sent a \(error)"))
+                    return false
+                }
+                for f in frames {
+                    guard let msg = try? JSONDecoder().decode(WorkerMessage.self, from: Data(f)) else {
+                        let preview = String(decoding: f.prefix(80), as: UTF8.self)
+                        closeChannel(.protocolViolation("the worker sent a malformed frame (\(f.count) bytes, not a JSON message: \(preview.debugDescription))"))
+                        return false
+                    }
+                    deliver(msg)
+                }
+                if n < buf.count { return true }
+                continue
+            }
+            if n < 0 && (errno == EAGAIN || errno == EINTR) { return true }
+            closeChannel(.closed)
+            return false
+        }
+    }
+
+    private func deliver(_ msg: WorkerMessage) {
+        switch msg.type {
+        case "ready":
+            let waiter: CheckedContinuation<WorkerMessage, any Error>? = state.withLock {
+                $0.ready = msg
+                $0.workerPid = msg.pid
+                $0.python = msg.python
+                let w = $0.readyWaiter
+                $0.readyWaiter = nil
+                return w
+            }
+            waiter?.resume(returning: msg)
+        case "result":
+            // The task's last output must land before its result.
+            running.drainOutput()
+            let pending: CheckedContinuation<WorkerMessage, any Error>? = state.withLock {
+                guard let p = $0.pending, $0.current?.id == msg.id else { return nil }
+                $0.pending = nil
+                return p
+            }
+            if let pending {
+                pending.resume(returning: msg)
+            } else {
+                closeChannel(.protocolViolation("the worker sent a result for task \(msg.id ?? "?") that is not running"))
+            }
+        case "error":
+            closeChannel(.protocolViolation("the worker reported a channel error: \(msg.message ?? "?")"))
+        case "pong":
+            break
+        default:
+            closeChannel(.protocolViolation("the worker sent an unknown message type \(msg.type.debugDescription)"))
+        }
+    }
+
+    /// Ends the channel: waiters get the reason; the worker is killed if it
+    /// broke the protocol (it cannot be trusted to resync).
+    private func closeChannel(_ reason: ChannelError) {
+        let (pending, ready): (CheckedContinuation<WorkerMessage, any Error>?, CheckedContinuation<WorkerMessage, any Error>?) =
+            state.withLock {
+                if $0.closedReason == nil { $0.closedReason = reason }
+                let p = $0.pending, r = $0.readyWaiter
+                $0.pending = nil
+                $0.readyWaiter = nil
+                return (p, r)
+            }
+        EventThread.shared.unwatch(fromWorker)
+        if case .protocolViolation = reason { running.cgroup.killAll() }
+        pending?.resume(throwing: reason)
+        ready?.resume(throwing: reason)
+    }
+
+    var closedReason: ChannelError? { state.withLock { $0.closedReason } }
+
+    /// Waits for the worker's `ready` frame.
+    func waitReady() async throws -> WorkerMessage {
+        try await withCheckedThrowingContinuation { cont in
+            let (ready, closed): (WorkerMessage?, ChannelError?) = state.withLock {
+                if let r = $0.ready { return (r, nil) }
+                if let c = $0.closedReason { return (nil, c) }
+                $0.readyWaiter = cont
+                return (nil, nil)
+            }
+            if let ready { cont.resume(returning: ready) } else if let closed { cont.resume(throwing: closed) }
+        }
+    }
+
+    /// Sends one task and waits for its result frame.
+    func run(_ task: TaskRecord, bundlePath: String?, env: [String: String]?) async throws -> WorkerMessage {
+        let message = RunMessage(id: task.id, module: task.module, function: task.function, kwargs: task.kwargs,
+                                 bundle: task.bundle.map { .init(version: $0, path: bundlePath ?? "") }, env: env)
+        let frame = try Frames.encode(message)
+        return try await withCheckedThrowingContinuation { cont in
+            let closed: ChannelError? = state.withLock {
+                if let c = $0.closedReason { return c }
+                $0.current = task
+                $0.pending = cont
+                $0.phase = .busy
+                return nil
+            }
+            if let closed { cont.resume(throwing: closed); return }
+            if !writeAll(frame) {
+                // The worker is gone; the EOF on fd 4 resumes the continuation.
+                running.cgroup.killAll()
+            }
+        }
+    }
+
+    /// After a task: back to idle.
+    func finishTask() {
+        state.withLock {
+            $0.current = nil
+            $0.tasksRun += 1
+            $0.lastUsed = .now
+            $0.cancelRequested = false
+            if $0.phase == .busy { $0.phase = .ready }
+        }
+    }
+
+    private func writeAll(_ bytes: [UInt8]) -> Bool {
+        var off = 0
+        while off < bytes.count {
+            let n = bytes[off...].withUnsafeBytes { write(toWorker, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            off += n
+        }
+        return true
+    }
+
+    /// Stops the worker (closing fd 3 ends it cleanly), kills what is left
+    /// and removes the replica. Blocking.
+    func teardown() {
+        state.withLock { $0.phase = .stopped }
+        close(toWorker)
+        EventThread.shared.unwatch(fromWorker)
+        running.signal(SIGKILL)
+        running.teardown()
+        close(fromWorker)
+    }
+
+    var idleOutput: String {
+        state.withLock { s in
+            s.idleLog.entries.map { String(decoding: $0.bytes, as: UTF8.self) }.joined()
+        }
+    }
+}

@@ -1,0 +1,118 @@
+import Foundation
+import Glibc
+import HearthCore
+import HearthImage
+import HearthPool
+import HearthSandbox
+import Logging
+
+/// Turns spec documents into running environments: parse and validate,
+/// check the image, the secrets and the capabilities exist, admit against
+/// the machine's capacity, then apply to the pool.
+actor AdmissionControl {
+    let pool: Pool
+    let images: ImageStore
+    let secrets: SecretStore
+    let logger: Logger
+    let capacity: MachineCapacity
+    private var admitted: [String: EffectiveEnvironment] = [:]
+
+    init(pool: Pool, images: ImageStore, secrets: SecretStore, logger: Logger) {
+        self.pool = pool
+        self.images = images
+        self.secrets = secrets
+        self.logger = logger
+        capacity = Self.measureCapacity()
+    }
+
+    /// Every CPU, and the memory the daemon's own cgroup (or the machine)
+    /// allows, less a reserve for the daemon and the host.
+    static func measureCapacity() -> MachineCapacity {
+        let cpus = Int64(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        var memory = Int64(sysconf(Int32(_SC_PHYS_PAGES))) * Int64(sysconf(Int32(_SC_PAGESIZE)))
+        let cg = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? ""
+        for line in cg.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 2).map(String.init)
+            guard parts.count == 3 else { continue }
+            let candidates = parts[1] == "memory" ? ["/sys/fs/cgroup/memory\(parts[2])/memory.limit_in_bytes"]
+                : parts[1].isEmpty ? ["/sys/fs/cgroup\(parts[2])/memory.max"] : []
+            for file in candidates {
+                if let text = try? String(contentsOfFile: file, encoding: .utf8),
+                   let v = Int64(text.trimmingCharacters(in: .whitespacesAndNewlines)), v > 0 {
+                    memory = min(memory, v)
+                }
+            }
+        }
+        let reserve = min(Int64(1) << 30, memory / 10)
+        return MachineCapacity(cpuMilli: cpus * 1000, memoryBytes: memory - reserve)
+    }
+
+    /// Environments saved by an earlier daemon come back as they were.
+    func restore() async {
+        for (name, data) in pool.savedSpecs() {
+            do {
+                _ = try await apply(text: String(decoding: data, as: UTF8.self), source: "saved spec \(name)", persist: false)
+            } catch {
+                logger.error("environment \(name) could not be restored: \(HearthError.wrap(error).message)")
+            }
+        }
+    }
+
+    func apply(text: String, source: String, persist: Bool = true) async throws -> [ApplyResult] {
+        let specs = try EnvironmentSpec.parseDocuments(text, source: source)
+        guard !specs.isEmpty else { throw HearthError.invalid("\(source): no environment in the document") }
+        // Check every document before applying any.
+        var prepared: [(EnvironmentSpec, EffectiveEnvironment, PoolConfig)] = []
+        var planned = admitted
+        for spec in specs {
+            let eff = try spec.effective
+            let config = try await poolConfig(eff)
+            try Admission.admit(eff, replacing: eff.name, admitted: Array(planned.values), capacity: capacity)
+            planned[eff.name] = eff
+            prepared.append((spec, eff, config))
+        }
+        var results: [ApplyResult] = []
+        for (spec, eff, config) in prepared {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            let saved = try encoder.encode(spec)
+            let outcome = try await pool.apply(config, spec: saved, persist: persist)
+            admitted[eff.name] = eff
+            results.append(ApplyResult(name: eff.name, outcome: outcome.rawValue, identity: config.identity))
+        }
+        return results
+    }
+
+    func remove(_ name: String) async throws {
+        try await pool.remove(name)
+        admitted.removeValue(forKey: name)
+    }
+
+    private func poolConfig(_ e: EffectiveEnvironment) async throws -> PoolConfig {
+        let images = self.images
+        let imageName = e.image
+        _ = try await Blocking.run { try images.resolve(imageName) }
+        for key in e.secrets where !secrets.exists(key: key) {
+            throw HearthError(.notFound, "environment \"\(e.name)\": secret \"\(key)\" in secret_requests is not set; set it with `hearth secret set \(key)`")
+        }
+        let caps: CapabilitySet
+        do {
+            caps = try CapabilitySet.dockerDefault.applying(add: e.capabilities.add, drop: e.capabilities.drop)
+        } catch {
+            throw HearthError.invalid("environment \"\(e.name)\": capabilities: \(HearthError.wrap(error).message)")
+        }
+        let seccomp: SeccompProfile?
+        switch e.seccomp {
+        case .default: seccomp = SeccompProfile.default
+        case .unconfined: seccomp = nil
+        case .profile(let path): seccomp = try SeccompProfile.load(path: path)
+        }
+        let limits = CgroupLimits(cpuLimitMilli: e.cpuLimitMilli, cpuRequestMilli: e.cpuRequestMilli,
+                                  memoryLimit: e.memoryLimit, memoryRequest: e.memoryRequest,
+                                  pidsMax: HearthDefaults.pidsMax)
+        return PoolConfig(name: e.name, identity: e.identity, image: e.image, env: e.environment, limits: limits,
+                          replicaCount: e.replicaCount, ttl: .seconds(e.ttlSeconds), secrets: e.secrets,
+                          network: e.network == .host ? .host : .none, seccomp: seccomp, capabilities: caps,
+                          timeout: e.timeout, maxTasksPerReplica: e.maxTasksPerReplica, maxQueue: e.maxQueue)
+    }
+}

@@ -1,0 +1,219 @@
+import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Glibc
+import HearthClient
+import HearthCore
+
+/// Reads a whole file with plain syscalls (no Foundation in the CLI).
+func readWholeFile(_ path: String) throws -> [UInt8] {
+    let fd = path == "-" ? 0 : open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw SystemError.current("open", path) }
+    defer { if fd != 0 { close(fd) } }
+    var out: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n < 0 { if errno == EINTR { continue }; throw SystemError.current("read", path) }
+        if n == 0 { return out }
+        out += buf[0..<n]
+    }
+}
+
+struct Apply: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Create or update environments from a YAML or JSON file.")
+    @OptionGroup var global: GlobalOptions
+    @Option(name: .shortAndLong, help: "Spec file (YAML or JSON; several documents allowed; - for stdin).") var file: String
+
+    func run() throws {
+        do {
+            let body = try readWholeFile(file)
+            let name = file == "-" ? "stdin" : file
+            let r = try global.client.request("POST", "/v1/environments?source=" + percentEncodePath(name), body: body,
+                                              contentType: "application/yaml")
+            guard r.status == 200 else { throw apiError(r) }
+            for a in try JSONDecoder().decode([ApplyResult].self, from: Data(r.body)) {
+                print("environment \(a.name) \(a.outcome) (\(a.identity.prefix(12)))")
+            }
+        } catch { throw failure(error) }
+    }
+}
+
+struct EnvList: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List environments.")
+    @OptionGroup var global: GlobalOptions
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        do {
+            let r = try global.client.request("GET", "/v1/environments")
+            guard r.status == 200 else { throw apiError(r) }
+            if json { writeAll(1, r.body + [10]); return }
+            let envs = try JSONDecoder().decode([EnvironmentStatus].self, from: Data(r.body))
+            var rows = [["NAME", "IMAGE", "REPLICAS", "BUSY", "QUEUED", "TTL", "LAST ERROR"]]
+            for e in envs {
+                let busy = e.replicas.filter { $0.state == "busy" }.count
+                rows.append([e.name, e.image, "\(e.replicas.count)/\(e.replicaCount)", "\(busy)", "\(e.queued)",
+                             "\(Int(e.ttlSeconds))s", e.lastError.map { String($0.prefix(60)) } ?? "-"])
+            }
+            printTable(rows)
+        } catch { throw failure(error) }
+    }
+}
+
+struct EnvStatus: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show an environment's replicas.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Environment name.") var name: String
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        do {
+            let r = try global.client.request("GET", "/v1/environments/" + percentEncodePath(name))
+            guard r.status == 200 else { throw apiError(r) }
+            if json { writeAll(1, r.body + [10]); return }
+            let e = try JSONDecoder().decode(EnvironmentStatus.self, from: Data(r.body))
+            print("environment \(e.name)  image \(e.image)  replicas \(e.replicas.count)/\(e.replicaCount)  ttl \(Int(e.ttlSeconds))s  queued \(e.queued)")
+            if let err = e.lastError { print("last error: \(err)") }
+            var rows = [["REPLICA", "STATE", "PID", "TASKS", "IDLE", "TTL LEFT"]]
+            for rep in e.replicas {
+                rows.append([rep.name, rep.state, rep.pid.map { "\($0)" } ?? "-", "\(rep.tasksRun)",
+                             oneDecimal(rep.idleSeconds) + "s", rep.ttlLeftSeconds.map { oneDecimal($0) + "s" } ?? "-"])
+            }
+            printTable(rows)
+        } catch { throw failure(error) }
+    }
+}
+
+struct EnvRemove: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "rm", abstract: "Drain and remove an environment.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Environment name.") var name: String
+
+    func run() throws {
+        do {
+            let r = try global.client.request("DELETE", "/v1/environments/" + percentEncodePath(name))
+            guard r.status == 204 || r.status == 200 else { throw apiError(r) }
+            print("removed \(name)")
+        } catch { throw failure(error) }
+    }
+}
+
+struct RunTask: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run", abstract: "Run MODULE:FUNC in an environment and print its result (JSON).")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Environment name.") var environment: String
+    @Argument(help: "MODULE:FUNCTION") var target: String
+    @Option(name: .customLong("arg"), help: "k=v keyword argument (v parsed as JSON, else a string); repeatable.")
+    var args: [String] = []
+    @Option(help: "Directory of user code to ship as the task's bundle.") var code: String?
+    @Option(help: "Seconds before the task is killed.") var timeout: Double?
+    @Flag(help: "Print the whole task record as JSON.") var json = false
+
+    func run() throws {
+        let parts = target.split(separator: ":", maxSplits: 1).map(String.init)
+        guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+            throw fail("run: \"\(target)\" is not MODULE:FUNCTION")
+        }
+        var kwargs: [String: JSONValue] = [:]
+        for a in args {
+            guard let eq = a.firstIndex(of: "="), eq != a.startIndex else { throw fail("--arg \"\(a)\" is not k=v") }
+            let key = String(a[..<eq]), text = String(a[a.index(after: eq)...])
+            kwargs[key] = (try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))) ?? .string(text)
+        }
+        do {
+            var bundle: String?
+            if let code {
+                let tar = try BundleWriter.tar(directory: code)
+                let sha = ContentHash.sha256Hex(tar)
+                let r = try global.client.request("PUT", "/v1/code/" + sha, body: tar, contentType: "application/x-tar")
+                guard r.status == 200 || r.status == 201 else { throw apiError(r) }
+                bundle = sha
+            }
+            let req = TaskRequest(module: parts[0], function: parts[1], kwargs: .object(kwargs), bundle: bundle,
+                                  timeout: timeout, wait: true)
+            let r = try global.client.request("POST", "/v1/environments/" + percentEncodePath(environment) + "/tasks",
+                                              body: Array(try JSONEncoder().encode(req)))
+            guard r.status == 200 else { throw apiError(r) }
+            if json { writeAll(1, r.body + [10]); return }
+            let t = try JSONDecoder().decode(TaskSnapshot.self, from: Data(r.body))
+            if t.state == .succeeded {
+                let out = try JSONEncoder().encode(t.result ?? .null)
+                writeAll(1, Array(out) + [10])
+                return
+            }
+            var message = "task \(t.id) \(t.state.rawValue)"
+            if let e = t.error {
+                message += ": \(e.type): \(e.message)"
+                if let tb = e.traceback { writeAll(2, Array(tb.utf8)) }
+            }
+            throw fail(message)
+        } catch { throw failure(error) }
+    }
+}
+
+struct Logs: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print a task's stdout and stderr.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Task id.") var task: String
+
+    func run() throws {
+        do {
+            let r = try global.client.request("GET", "/v1/tasks/" + percentEncodePath(task) + "/logs")
+            guard r.status == 200 else { throw apiError(r) }
+            let logs = try JSONDecoder().decode(TaskLogs.self, from: Data(r.body))
+            if logs.truncated { writeAll(2, Array("hearth: older output was dropped (logs keep the newest 1 MiB)\n".utf8)) }
+            for e in logs.entries { writeAll(e.stream == "stderr" ? 2 : 1, Array(e.text.utf8)) }
+        } catch { throw failure(error) }
+    }
+}
+
+struct SecretCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "secret", abstract: "Manage secrets (mounted at /etc/secrets/KEY in replicas that request them).",
+        subcommands: [Set.self, List.self, Remove.self])
+
+    struct Set: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Set KEY to the value read from stdin.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Secret key.") var key: String
+        func run() throws {
+            do {
+                let value = try readWholeFile("-")
+                let r = try global.client.request("PUT", "/v1/secrets/" + percentEncodePath(key), body: value,
+                                                  contentType: "application/octet-stream")
+                guard r.status == 204 || r.status == 200 else { throw apiError(r) }
+                print("secret \(key) set")
+            } catch { throw failure(error) }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ls", abstract: "List secret names.")
+        @OptionGroup var global: GlobalOptions
+        func run() throws {
+            do {
+                let r = try global.client.request("GET", "/v1/secrets")
+                guard r.status == 200 else { throw apiError(r) }
+                for k in try JSONDecoder().decode([String].self, from: Data(r.body)) { print(k) }
+            } catch { throw failure(error) }
+        }
+    }
+
+    struct Remove: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove a secret.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Secret key.") var key: String
+        func run() throws {
+            do {
+                let r = try global.client.request("DELETE", "/v1/secrets/" + percentEncodePath(key))
+                guard r.status == 204 || r.status == 200 else { throw apiError(r) }
+                print("removed secret \(key)")
+            } catch { throw failure(error) }
+        }
+    }
+}
