@@ -7,7 +7,7 @@ import HearthCore
 /// A pull-based stream of bytes: a file or a section of one, a decompressor,
 /// a hasher in front of either. Blobs are read exactly once, front to back,
 /// so every stage (blob digest, gunzip, diff ID, tar) works on the same pass.
-protocol ByteSource: AnyObject {
+public protocol ByteSource: AnyObject {
     /// Reads up to `buffer.count` bytes; returns 0 only at the end of the stream.
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
     /// Discards up to `count` bytes; returns how many were discarded (fewer

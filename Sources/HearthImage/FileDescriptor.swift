@@ -6,10 +6,10 @@ import HearthCore
 
 /// An owned file descriptor, closed when the last reference goes away, so
 /// that no error path leaks one.
-final class FileDescriptor {
-    let raw: Int32
+public final class FileDescriptor {
+    public let raw: Int32
 
-    init(owning raw: Int32) {
+    public init(owning raw: Int32) {
         self.raw = raw
     }
 
@@ -17,7 +17,7 @@ final class FileDescriptor {
         _ = Glibc.close(raw)
     }
 
-    static func open(_ path: String, _ flags: Int32, mode: mode_t = 0) throws -> FileDescriptor {
+    public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0) throws -> FileDescriptor {
         while true {
             let fd = Glibc.open(path, flags, mode)
             if fd >= 0 { return FileDescriptor(owning: fd) }

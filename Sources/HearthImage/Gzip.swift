@@ -3,7 +3,7 @@ import HearthCore
 
 /// Compression of a blob, sniffed from its first bytes rather than trusted
 /// from the media type (docker archives carry no media types at all).
-enum Compression: Equatable {
+public enum Compression: Equatable {
     case none
     case gzip
     case zstd
@@ -16,7 +16,7 @@ enum Compression: Equatable {
 
     /// Wraps `source` in a decompressor when needed. `what` names the blob
     /// in errors.
-    static func decompressing(_ source: ByteSource, what: String) throws -> ByteSource {
+    public static func decompressing(_ source: ByteSource, what: String) throws -> ByteSource {
         let head = try source.readUpTo(4)
         let rest = PrefixedSource(prefix: head, inner: source)
         switch detect(head) {

@@ -24,7 +24,7 @@ import HearthCore
 ///
 /// Whiteouts become what overlayfs expects: `.wh.NAME` → a 0:0 character
 /// device NAME, `.wh..wh..opq` → `trusted.overlay.opaque=y` on the directory.
-final class LayerUnpacker {
+public final class LayerUnpacker {
     /// Deeper paths are refused: nothing legitimate comes close, and the
     /// bound keeps every recursive walk of a layer (removal, size) shallow.
     static let maxDepth = 256
@@ -40,14 +40,14 @@ final class LayerUnpacker {
     private var cachedParent: (components: ArraySlice<[UInt8]>, fd: FileDescriptor)?
     private var directoryTimes: [(components: [[UInt8]], time: timespec)] = []
     /// Bytes of regular file content written.
-    private(set) var bytes: Int64 = 0
-    private(set) var entries = 0
+    public private(set) var bytes: Int64 = 0
+    public private(set) var entries = 0
 
     /// - Parameters:
     ///   - root: the (empty) directory to unpack into.
     ///   - rootPath: its path, for errors.
     ///   - label: names the layer in errors, e.g. `layer sha256:…`.
-    init(root: FileDescriptor, rootPath: String, label: String) {
+    public init(root: FileDescriptor, rootPath: String, label: String) {
         self.root = root
         self.rootPath = rootPath
         self.label = label
@@ -55,7 +55,7 @@ final class LayerUnpacker {
 
     /// Applies every entry, then sets directory mtimes (which the entries
     /// written into them changed).
-    func unpack(_ reader: TarReader) throws {
+    public func unpack(_ reader: TarReader) throws {
         while let entry = try reader.next() {
             try apply(entry, reader)
             entries += 1
@@ -103,7 +103,7 @@ final class LayerUnpacker {
     /// chain of links can still point anywhere once followed, so the real
     /// guarantee is that nothing on the host follows links inside a layer
     /// (this unpacker never does; a replica resolves them in its own root).
-    static func symlinkEscapes(linkDirectory: some Collection<[UInt8]>, target: [UInt8]) -> Bool {
+    public static func symlinkEscapes(linkDirectory: some Collection<[UInt8]>, target: [UInt8]) -> Bool {
         var depth = target.first == UInt8(ascii: "/") ? 0 : linkDirectory.count
         for part in target.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true) {
             if part.elementsEqual([UInt8(ascii: ".")]) { continue }

@@ -2,8 +2,8 @@ import HearthCore
 
 /// One archive member, after GNU long-name and PAX extended headers have been
 /// applied to it.
-struct TarEntry {
-    enum Kind: Equatable {
+public struct TarEntry {
+    public enum Kind: Equatable {
         case regular
         case hardLink
         case symlink
@@ -13,29 +13,29 @@ struct TarEntry {
         case fifo
     }
 
-    var kind: Kind
+    public var kind: Kind
     /// Raw bytes as the archive has them: tar names are not necessarily UTF-8.
-    var path: [UInt8]
-    var linkTarget: [UInt8]
+    public var path: [UInt8]
+    public var linkTarget: [UInt8]
     /// Permission bits including setuid, setgid and sticky (`& 0o7777`).
-    var mode: UInt32
-    var uid: UInt32
-    var gid: UInt32
+    public var mode: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
     /// Bytes of content that follow the header (0 for header-only kinds).
-    var size: Int64
+    public var size: Int64
     var mtimeSeconds: Int64
     var mtimeNanoseconds: Int
     var deviceMajor: UInt32
     var deviceMinor: UInt32
     /// From PAX `SCHILY.xattr.NAME` records, in archive order.
-    var xattrs: [(name: String, value: [UInt8])]
+    public var xattrs: [(name: String, value: [UInt8])]
 
     /// The path for messages.
-    var displayPath: String { TarEntry.display(path) }
+    public var displayPath: String { TarEntry.display(path) }
 
     /// Bytes rendered for a message: UTF-8 where valid, control characters
     /// and quotes escaped so a hostile name cannot forge message text.
-    static func display(_ bytes: [UInt8]) -> String {
+    public static func display(_ bytes: [UInt8]) -> String {
         var out = ""
         for scalar in String(decoding: bytes, as: UTF8.self).unicodeScalars {
             switch scalar {
@@ -59,7 +59,7 @@ struct TarEntry {
 /// numbers) and PAX (`x` records for path, linkpath, size, uid, gid, mtime,
 /// `SCHILY.xattr.*`; `g` global headers are ignored). It never seeks
 /// backwards and reads each byte of its source once.
-final class TarReader {
+public final class TarReader {
     /// Upper bound for PAX records and GNU long names: real ones are a few
     /// hundred bytes, and they are held in memory.
     static let maxExtendedHeader: Int64 = 1 << 20
@@ -82,7 +82,7 @@ final class TarReader {
     private(set) var contentOffset: Int64 = 0
 
     /// `what` names the archive in errors (`layer sha256:…`, a file path).
-    init(_ source: ByteSource, what: String, bufferSize: Int = 1 << 20) {
+    public init(_ source: ByteSource, what: String, bufferSize: Int = 1 << 20) {
         self.source = source
         self.what = what
         buffer = .allocate(byteCount: max(bufferSize, 4096), alignment: 4096)
@@ -178,7 +178,7 @@ final class TarReader {
 
     /// The next entry, or nil at the end of the archive. The previous
     /// entry's unread content is skipped.
-    func next() throws -> TarEntry? {
+    public func next() throws -> TarEntry? {
         if finished { return nil }
         var longName: [UInt8]?
         var longLink: [UInt8]?
