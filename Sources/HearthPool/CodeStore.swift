@@ -188,9 +188,9 @@ public final class CodeStore: Sendable, CustomStringConvertible {
             let dir = try FileDescriptor.open(temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             try unpack(open(), into: dir, path: temp, label: label)
             var tally = Tally()
-            // The staging directory is 0700 root: the tree's owners and modes
-            // as the archive had them (setuid included) are never reachable
-            // by anyone else before this pass fixes them.
+            // code.staging is 0700 root: the tree's owners and modes as the
+            // archive had them (setuid included, the top directory's too)
+            // are never reachable by anyone else before this pass fixes them.
             try CodeStore.walk(dir, display: temp, depth: 0, fix: true, tally: &tally)
             guard fchown(dir.raw, 0, 0) == 0 else { throw SystemError.current("chown", temp) }
             guard fchmod(dir.raw, 0o755) == 0 else { throw SystemError.current("chmod", temp) }
