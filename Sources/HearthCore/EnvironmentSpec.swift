@@ -1,0 +1,243 @@
+/// One environment as a user writes it: the fields of Union's
+/// `ActorEnvironment` (see seed/actors.md) plus Hearth's own isolation and
+/// queue settings. Keys are snake_case in YAML and JSON.
+///
+/// Reading (`parseDocuments`, or `Decodable`) checks every field's type and
+/// value, so a spec obtained that way is valid. A spec built in code should
+/// go through `validated()`. `effective` resolves the pod template and the
+/// request/limit defaults into what the daemon acts on; `identity` hashes
+/// that, so re-applying an unchanged environment is recognisably a no-op.
+///
+/// Encoding writes the normalized form (quantities as strings, secret keys,
+/// timeout in seconds), which reads back to an equal value.
+public struct EnvironmentSpec: Codable, Sendable, Equatable {
+    /// DNS-label-like: `^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`.
+    public var name: String
+    /// Image reference; nil means `EnvironmentSpec.defaultImage`. A
+    /// pod template's primary container image takes precedence.
+    public var containerImage: String?
+    /// Environment variables of every replica.
+    public var environment: [String: String]
+    /// Per replica; `requests` guide sharing (cpu weight, memory.low) and
+    /// admission, `limits` are enforced by the cgroup.
+    public var requests: Resources
+    public var limits: Resources
+    /// Most replicas kept at once, 1…64.
+    public var replicaCount: Int
+    /// Seconds a replica may sit idle before it is torn down, 1…86400.
+    public var ttlSeconds: Int
+    /// Keys of the secrets mounted at `/etc/secrets/KEY`, in the order given, without duplicates.
+    public var secretRequests: [String]
+    public var podTemplate: PodTemplate?
+    public var network: Network
+    public var seccomp: Seccomp
+    public var capabilities: Capabilities
+    /// Per-task time limit in seconds; nil means none.
+    public var timeout: Double?
+    /// A replica is recycled after this many tasks; nil means never.
+    public var maxTasksPerReplica: Int?
+    /// Tasks that may wait for a replica before submissions are refused (HTTP 429).
+    public var maxQueue: Int
+
+    public init(
+        name: String, containerImage: String? = nil, environment: [String: String] = [:],
+        requests: Resources = Resources(), limits: Resources = Resources(),
+        replicaCount: Int = EnvironmentSpec.defaultReplicaCount, ttlSeconds: Int = EnvironmentSpec.defaultTTLSeconds,
+        secretRequests: [String] = [], podTemplate: PodTemplate? = nil, network: Network = .none,
+        seccomp: Seccomp = .default, capabilities: Capabilities = Capabilities(), timeout: Double? = nil,
+        maxTasksPerReplica: Int? = nil, maxQueue: Int = EnvironmentSpec.defaultMaxQueue
+    ) {
+        self.name = name; self.containerImage = containerImage; self.environment = environment
+        self.requests = requests; self.limits = limits; self.replicaCount = replicaCount
+        self.ttlSeconds = ttlSeconds; self.secretRequests = secretRequests; self.podTemplate = podTemplate
+        self.network = network; self.seccomp = seccomp; self.capabilities = capabilities; self.timeout = timeout
+        self.maxTasksPerReplica = maxTasksPerReplica; self.maxQueue = maxQueue
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case name
+        case containerImage = "container_image"
+        case environment, requests, limits
+        case replicaCount = "replica_count"
+        case ttlSeconds = "ttl_seconds"
+        case secretRequests = "secret_requests"
+        case podTemplate = "pod_template"
+        case network, seccomp, capabilities, timeout
+        case maxTasksPerReplica = "max_tasks_per_replica"
+        case maxQueue = "max_queue"
+    }
+
+    // MARK: Defaults and ranges
+
+    /// Image used when neither `container_image` nor the primary container names one.
+    public static let defaultImage = HearthDefaults.image
+    public static let defaultReplicaCount = 1
+    /// Hearth's choice: long enough to keep a replica warm between the tasks
+    /// of one workflow run, short enough not to hold memory for hours.
+    public static let defaultTTLSeconds = 100
+    public static let defaultMaxQueue = 1000
+    /// flytekit's `PodTemplate` default.
+    public static let defaultPrimaryContainerName = "primary"
+    public static let replicaCountRange = 1...64
+    /// One second to one day.
+    public static let ttlSecondsRange = 1...86_400
+    public static let maxQueueRange = 1...100_000
+    /// Seven days.
+    public static let maxTimeoutSeconds: Double = 604_800
+
+    // MARK: Nested types
+
+    /// flytekit's `Resources`. Values are Kubernetes quantities kept as
+    /// written (`"2"`, `"500m"`, `"300Mi"`); numbers are accepted on input.
+    /// `memory` is read as `mem`, `ephemeral-storage` as `ephemeral_storage`
+    /// and `nvidia.com/gpu` as `gpu`, as Kubernetes spells them.
+    public struct Resources: Codable, Sendable, Equatable {
+        public var cpu: String?
+        public var mem: String?
+        /// A whole number of GPUs.
+        public var gpu: String?
+        public var ephemeralStorage: String?
+
+        public init(cpu: String? = nil, mem: String? = nil, gpu: String? = nil, ephemeralStorage: String? = nil) {
+            self.cpu = cpu; self.mem = mem; self.gpu = gpu; self.ephemeralStorage = ephemeralStorage
+        }
+
+        public var isEmpty: Bool { cpu == nil && mem == nil && gpu == nil && ephemeralStorage == nil }
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case cpu, mem, gpu
+            case ephemeralStorage = "ephemeral_storage"
+        }
+    }
+
+    /// flytekit's `PodTemplate`, reduced to what one replica can honour: the
+    /// primary container's image, env and resources override the
+    /// environment's; labels and annotations are kept as metadata.
+    public struct PodTemplate: Codable, Sendable, Equatable {
+        public var primaryContainerName: String
+        public var podSpec: PodSpec?
+        public var labels: [String: String]
+        public var annotations: [String: String]
+
+        public init(primaryContainerName: String = EnvironmentSpec.defaultPrimaryContainerName, podSpec: PodSpec? = nil,
+                    labels: [String: String] = [:], annotations: [String: String] = [:]) {
+            self.primaryContainerName = primaryContainerName; self.podSpec = podSpec
+            self.labels = labels; self.annotations = annotations
+        }
+
+        /// The container named `primaryContainerName`, if any.
+        public var primaryContainer: Container? {
+            podSpec?.containers.first { $0.name == primaryContainerName }
+        }
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case primaryContainerName = "primary_container_name"
+            case podSpec = "pod_spec"
+            case labels, annotations
+        }
+    }
+
+    /// Kubernetes `V1PodSpec`: only `containers`.
+    public struct PodSpec: Codable, Sendable, Equatable {
+        public var containers: [Container]
+        public init(containers: [Container]) { self.containers = containers }
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case containers }
+    }
+
+    /// Kubernetes `V1Container`: `name`, `image`, `env`, `resources`.
+    public struct Container: Codable, Sendable, Equatable {
+        public var name: String
+        public var image: String?
+        public var env: [EnvVar]
+        public var resources: ResourceRequirements?
+
+        public init(name: String, image: String? = nil, env: [EnvVar] = [], resources: ResourceRequirements? = nil) {
+            self.name = name; self.image = image; self.env = env; self.resources = resources
+        }
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case name, image, env, resources }
+    }
+
+    /// Kubernetes `V1EnvVar` with a literal value (`valueFrom` is not supported).
+    public struct EnvVar: Codable, Sendable, Equatable {
+        public var name: String
+        public var value: String
+        public init(name: String, value: String) { self.name = name; self.value = value }
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case name, value }
+    }
+
+    /// Kubernetes `V1ResourceRequirements`.
+    public struct ResourceRequirements: Codable, Sendable, Equatable {
+        public var requests: Resources
+        public var limits: Resources
+        public init(requests: Resources = Resources(), limits: Resources = Resources()) {
+            self.requests = requests; self.limits = limits
+        }
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case requests, limits }
+    }
+
+    /// The replica's network namespace.
+    public enum Network: String, Codable, Sendable, Equatable, CaseIterable {
+        /// A fresh namespace with loopback only.
+        case none
+        /// The host's network namespace.
+        case host
+    }
+
+    /// The replica's seccomp filter; written as `default`, `unconfined` or
+    /// an absolute path to an OCI-format profile on the daemon's machine.
+    public enum Seccomp: Codable, Sendable, Equatable, CustomStringConvertible {
+        /// Hearth's built-in allow-list (like Docker's).
+        case `default`
+        case unconfined
+        case profile(path: String)
+
+        /// Reads the written form; nil when it is none of the three.
+        public init?(text: String) {
+            switch text {
+            case "default": self = .default
+            case "unconfined": self = .unconfined
+            default:
+                guard text.hasPrefix("/") else { return nil }
+                self = .profile(path: text)
+            }
+        }
+
+        public var description: String {
+            switch self {
+            case .default: return "default"
+            case .unconfined: return "unconfined"
+            case .profile(let path): return path
+            }
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let text = try decoder.singleValueContainer().decode(String.self)
+            guard let value = Seccomp(text: text) else {
+                throw HearthError.invalid("seccomp: \"\(text)\" is not allowed; \(Seccomp.rule)")
+            }
+            self = value
+        }
+
+        static let rule = "expected default, unconfined or an absolute path to an OCI seccomp profile"
+
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.singleValueContainer()
+            try container.encode(description)
+        }
+    }
+
+    /// Docker-style changes to the default capability set. Names are
+    /// normalized to `CAP_X` (or `ALL`); whether the kernel knows them is
+    /// checked by the daemon when it builds the set.
+    public struct Capabilities: Codable, Sendable, Equatable {
+        public var add: [String]
+        public var drop: [String]
+        public init(add: [String] = [], drop: [String] = []) { self.add = add; self.drop = drop }
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case add, drop }
+    }
+}
