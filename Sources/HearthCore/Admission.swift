@@ -20,11 +20,14 @@ public struct MachineCapacity: Codable, Sendable, Equatable {
 public enum Admission {
     /// Throws unless `new` fits beside `admitted`. Environments in
     /// `admitted` named `replacing` or `new.name` are left out: they are the
-    /// version that `new` replaces. The message gives the arithmetic. The
-    /// code is `invalidArgument` when `new` alone is too big for the machine
-    /// (it can never fit), `conflict` when it would fit but others hold the room.
+    /// version that `new` replaces (and a new version that takes no more of
+    /// a resource than the old one is never refused for it). The message
+    /// gives the arithmetic. The code is `invalidArgument` when `new` alone
+    /// is too big for the machine (it can never fit), `conflict` when it
+    /// would fit but others hold the room.
     public static func admit(_ new: EffectiveEnvironment, replacing: String?, admitted: [EffectiveEnvironment],
                              capacity: MachineCapacity) throws {
+        let replaced = admitted.filter { $0.name == new.name || $0.name == replacing }
         let others = admitted.filter { $0.name != new.name && $0.name != replacing }
         let resources = [
             Resource(label: new.memoryLimit != nil ? "memory limit" : "memory request", unit: "",
@@ -38,7 +41,11 @@ public enum Admission {
             let each = resource.perReplica(new)
             let wanted = times(Int64(new.replicaCount), each)
             let held = others.reduce(Int64(0)) { plus($0, times(Int64($1.replicaCount), resource.perReplica($1))) }
-            guard plus(wanted, held) > resource.available else { continue }
+            let before = replaced.reduce(Int64(0)) { plus($0, times(Int64($1.replicaCount), resource.perReplica($1))) }
+            // A version that takes no more than the one it replaces is let
+            // through even on a machine already over (say, one measured
+            // smaller after a restart): refusing it would free nothing.
+            guard plus(wanted, held) > resource.available, wanted > before else { continue }
             let f = resource.format
             let already = held > 0 ? ", plus \(f(held)) already admitted," : ""
             let message = "environment \"\(new.name)\": replica_count \(new.replicaCount) × \(resource.label) \(f(each))"

@@ -10,6 +10,7 @@ extension EnvironmentSpec {
     /// with `source` and, when the file holds several environments, the
     /// environment's index counted over the whole file:
     /// `envs.yaml: environments[1].pod_template.pod_spec.containers[0].imagee: unknown field ...`.
+    /// An empty `source` adds no prefix.
     public static func parseDocuments(_ text: String, source: String) throws -> [EnvironmentSpec] {
         let items: [Item]
         do {
@@ -98,20 +99,11 @@ extension EnvironmentSpec {
         }
     }
 
+    /// `source: message`; every error below is already a HearthError, the
+    /// fallback only keeps an unexpected one readable.
     private static func prefixed(_ error: any Error, source: String) -> HearthError {
-        if let e = error as? HearthError { return HearthError(e.code, "\(source): \(e.message)") }
-        return HearthError.invalid("\(source): \(Self.describe(error))")
-    }
-
-    private static func describe(_ error: any Error) -> String {
-        guard let decoding = error as? DecodingError else { return String(describing: error) }
-        switch decoding {
-        case .dataCorrupted(let context), .typeMismatch(_, let context), .valueNotFound(_, let context), .keyNotFound(_, let context):
-            if let underlying = context.underlyingError { return "\(context.debugDescription) \(underlying)" }
-            return context.debugDescription
-        @unknown default:
-            return String(describing: decoding)
-        }
+        let e = error as? HearthError ?? HearthError.invalid(String(describing: error))
+        return HearthError(e.code, source.isEmpty ? e.message : "\(source): \(e.message)")
     }
 
     private static func render(_ codingPath: [any CodingKey]) -> String {

@@ -85,8 +85,18 @@ final class AdmissionTests: XCTestCase {
                        "environment \"bigger\": replica_count 3 × memory limit 6Gi = 18Gi, plus 20Gi already admitted, exceeds the 23.5Gi this machine can give")
     }
 
+    func testAReplacementThatDoesNotGrowIsLetThroughOnAnOverfullMachine() {
+        // Admitted when the machine was bigger; now 23.5Gi holds 30Gi.
+        let admitted = [env("a", replicas: 2, memLimit: 10 * gi), env("b", memLimit: 10 * gi)]
+        XCTAssertNil(refusal(env("a", replicas: 2, memLimit: 10 * gi), admitted: admitted), "same size")
+        XCTAssertNil(refusal(env("a", replicas: 1, memLimit: 10 * gi), admitted: admitted), "smaller")
+        XCTAssertNil(refusal(env("c"), admitted: admitted), "takes nothing")
+        XCTAssertEqual(refusal(env("a", replicas: 2, memLimit: 11 * gi), admitted: admitted)?.message,
+                       "environment \"a\": replica_count 2 × memory limit 11Gi = 22Gi, plus 10Gi already admitted, exceeds the 23.5Gi this machine can give")
+    }
+
     func testEnvironmentsWithoutResourcesCountAsZero() {
-        let free = Array(repeating: env("x", replicas: 64), count: 10).enumerated().map { env("free\($0.offset)", replicas: $0.element.replicaCount) }
+        let free = (0..<10).map { env("free\($0)", replicas: 64) }
         XCTAssertNil(refusal(env("n", replicas: 64), admitted: free, capacity: MachineCapacity(cpuMilli: 0, memoryBytes: 0)))
         XCTAssertEqual(Admission.memoryReservation(env("m", replicas: 3, memLimit: gi, memRequest: gi / 2)), 3 * gi)
         XCTAssertEqual(Admission.cpuReservation(env("m", replicas: 3, cpu: 100)), 300)
