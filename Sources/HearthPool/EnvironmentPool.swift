@@ -191,6 +191,8 @@ actor EnvironmentPool {
                 spec.env.append("HEARTH_ENVIRONMENT=\(config.name)")
                 spec.env.append("HEARTH_REPLICA=\(name)")
                 spec.env.append("HEARTH_MAX_FRAME=\(ctx.maxFrame)")
+                // Bundles are read-only: do not even try to write bytecode caches there.
+                spec.env.append("PYTHONDONTWRITEBYTECODE=1")
                 spec.network = config.network
                 spec.seccomp = config.seccomp
                 spec.capabilities = config.capabilities
@@ -369,7 +371,14 @@ actor EnvironmentPool {
         } else if cancelled {
             taskError = TaskError(type: "Cancelled", message: "task \(task.id) was cancelled; its replica was killed after the grace period")
         } else {
-            taskError = TaskError(type: "ReplicaLost", message: "task \(task.id): the replica's worker \(status); the replica will be replaced")
+            // hearth-init reports a worker killed by a signal as 128 + signal.
+            let how: String
+            if case .exited(let c) = status, c > 128, c < 128 + 65 {
+                how = "was killed by signal \(c - 128) (\(signalName(c - 128)))"
+            } else {
+                how = "\(status)"
+            }
+            taskError = TaskError(type: "ReplicaLost", message: "task \(task.id): the replica's worker \(how); the replica will be replaced")
         }
         task.finish(cancelled && !timedOut ? .cancelled : .failed, error: taskError)
         ctx.tasks.retire(task)
