@@ -4,6 +4,7 @@ import HearthCore
 import HearthImage
 import HearthSandbox
 import Logging
+import Metrics
 
 /// What one environment's replicas are, resolved from its spec.
 public struct PoolConfig: Sendable {
@@ -69,6 +70,8 @@ actor EnvironmentPool {
     private(set) var lastError: String?
     private var draining = false
     private var ttlTask: Task<Void, Never>?
+    /// Replicas being torn down; drain waits for them.
+    private var teardowns: [String: Task<Void, Never>] = [:]
 
     init(config: PoolConfig, context: PoolContext) {
         self.config = config
@@ -243,6 +246,7 @@ actor EnvironmentPool {
         }
         replicas[r.name] = r
         r.setPhase(.ready)
+        PoolMetrics.coldStart.record(duration: ContinuousClock.now - r.started)
         ctx.logger.info("environment \(config.name): replica \(r.name) ready (\(Int((ContinuousClock.now - r.started).milliseconds)) ms)")
         watchExit(r)
         if queued > 0 {
@@ -295,8 +299,15 @@ actor EnvironmentPool {
     private func remove(_ r: WarmReplica) {
         replicas.removeValue(forKey: r.name)
         idle.removeAll { $0 === r }
-        Task { _ = try? await Blocking.run { r.teardown() } }
+        let name = r.name
+        teardowns[name] = Task { _ = try? await Blocking.run { r.teardown() } }
+        Task { [weak self] in
+            await self?.teardowns[name]?.value
+            await self?.teardownDone(name)
+        }
     }
+
+    private func teardownDone(_ name: String) { teardowns.removeValue(forKey: name) }
 
     // MARK: running a task
 
@@ -329,6 +340,10 @@ actor EnvironmentPool {
     }
 
     private func completed(_ task: TaskRecord, on r: WarmReplica, _ msg: WorkerMessage) {
+        if let started = task.state.withLock({ $0.coldStart == false ? $0.started : nil }) {
+            // Warm dispatch: run frame out → result frame in, on a ready replica.
+            PoolMetrics.warmDispatch.record(duration: ContinuousClock.now - started)
+        }
         let cancelled = r.state.withLock { $0.cancelRequested }
         if msg.ok == true {
             task.finish(.succeeded, result: msg.value ?? .null, workerMicros: msg.duration_us)
@@ -434,6 +449,7 @@ actor EnvironmentPool {
         while starting > 0 && ContinuousClock.now < end + .seconds(5) {
             try? await Task.sleep(for: .milliseconds(20))
         }
+        for t in Array(teardowns.values) { await t.value }
     }
 }
 

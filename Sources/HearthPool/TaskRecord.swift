@@ -78,6 +78,7 @@ public final class TaskRecord: Sendable {
             return (w, snapshot(of: $0))
         }
         guard let snap else { return false }
+        PoolMetrics.tasks(final).increment()
         for w in waiters { w.resume(returning: snap) }
         return true
     }

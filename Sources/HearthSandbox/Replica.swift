@@ -97,13 +97,16 @@ public final class SandboxRuntime: Sendable {
     /// Removes what a crashed predecessor left: replica directories (and any
     /// mount under them), cgroups and their processes.
     public func cleanupStale() throws {
-        try cgroups.cleanupStale()
+        // Directories go even when a cgroup resists; the error is reported after.
+        var cgroupError: (any Error)?
+        do { try cgroups.cleanupStale() } catch { cgroupError = error }
         for mount in FileTree.mountPoints(under: replicasDir).sorted(by: >) {
             _ = umount2(mount, Int32(MNT_DETACH))
         }
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: replicasDir)) ?? [] {
             try FileTree.removeAll(replicasDir + "/" + entry)
         }
+        if let cgroupError { throw cgroupError }
     }
 
     public func prepare() throws {

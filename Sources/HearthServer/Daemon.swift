@@ -3,6 +3,8 @@ import Glibc
 import HearthCore
 import HearthImage
 import HearthPool
+import Metrics
+import Prometheus
 import HearthSandbox
 import Hummingbird
 import Logging
@@ -33,6 +35,15 @@ public enum Daemon {
         var logger = Logger(label: "hearthd")
         logger.logLevel = options.logLevel
 
+        // Timers become histograms with buckets from 50 µs (warm dispatch) to 10 s (cold starts).
+        let metricsRegistry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: metricsRegistry)
+        factory.defaultDurationHistogramBuckets = [
+            .microseconds(50), .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1),
+            .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
+            .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5), .seconds(10),
+        ]
+        MetricsSystem.bootstrap(factory)
         // A worker that dies while we write its channel must not kill us.
         signal(SIGPIPE, SIG_IGN)
         guard geteuid() == 0 else {
@@ -70,6 +81,7 @@ public enum Daemon {
         let router = Router()
         api.register(on: router)
         PoolRoutes(pool: pool, admission: admission, code: code, secrets: secrets, logger: logger).register(on: router)
+        MetricsRoute(registry: metricsRegistry, pool: pool).register(on: router)
 
         let socketDir = (options.socketPath as NSString).deletingLastPathComponent
         if !socketDir.isEmpty { try? FileManager.default.createDirectory(atPath: socketDir, withIntermediateDirectories: true) }

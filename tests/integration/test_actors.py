@@ -338,3 +338,68 @@ def test_daemon_sigkill_mid_task_then_restart(hd, code):
     for name in json.loads(hd.hearth("ls", "--json").stdout):
         hd.hearth("rm", name["name"])
     assert hd.leftovers() == []
+
+
+def test_max_tasks_per_replica_recycles(hd, code):
+    e = env(hd, "recycle", "max_tasks_per_replica: 2\n")
+    reps = [run(hd, e, code, "pid")[1]["replica"] for _ in range(5)]
+    assert reps[0] == reps[1] and reps[2] == reps[3] and reps[1] != reps[2] and reps[3] != reps[4], reps
+
+
+def test_crashing_start_backs_off_and_reports(hd, code):
+    e = env(hd, "broken", "environment:\n  PYTHONHOME: /nonexistent\n")
+    t = time.time()
+    status, body = run(hd, e, code, "pid")
+    assert body["state"] == "failed" and body["error"]["type"] == "ReplicaStartFailed", body
+    assert "before it was ready" in body["error"]["message"]
+    st = json.loads(hd.hearth("status", e, "--json").stdout)
+    assert st["lastError"] and "before it was ready" in st["lastError"]
+    # Another task right away waits for the backoff instead of a tight loop.
+    status, body = run(hd, e, code, "pid")
+    assert body["state"] == "failed"
+    log = open(hd.log).read()
+    attempts = log.count(f"environment {e}: replica failed to start")
+    assert 2 <= attempts <= 4, attempts
+    hd.hearth("rm", e)
+
+
+def test_new_bundle_reloads_user_code_keeps_cache(hd):
+    v1 = "from hearth import actor_cache\nimport os\n@actor_cache\ndef loaded(n):\n    return os.urandom(8).hex()\n" \
+         "def version():\n    return [1, loaded(1)]\n"
+    v2 = v1.replace("[1, loaded(1)]", "[2, loaded(1)]")
+    shas = []
+    for src in (v1, v2):
+        sha, raw = bundle({"reload_mod.py": src})
+        assert api(hd.socket, "PUT", f"/v1/code/{sha}", raw)[0] == 201
+        shas.append(sha)
+    e = env(hd, "reloads")
+    def call(sha):
+        st, body = api(hd.socket, "POST", f"/v1/environments/{e}/tasks",
+                       {"module": "reload_mod", "function": "version", "bundle": sha, "wait": True})
+        assert body["state"] == "succeeded", body
+        return body
+    a, b = call(shas[0]), call(shas[1])
+    assert a["result"][0] == 1 and b["result"][0] == 2
+    assert a["result"][1] == b["result"][1], "actor_cache value did not survive the new bundle"
+    assert a["replica"] == b["replica"] and b["coldStart"] is False
+
+
+def test_admission_refuses_what_the_machine_cannot_give(hd):
+    r = apply(hd, "name: huge\nreplica_count: 64\nlimits:\n  mem: 1Ti\n")
+    assert r.returncode != 0
+    msg = r.stderr.decode()
+    assert "replica_count 64" in msg and "exceeds" in msg, msg
+
+
+def test_metrics_in_prometheus_format(hd, code):
+    e = env(hd, "measured")
+    ok(hd, e, code, "pid")
+    ok(hd, e, code, "pid")
+    run(hd, e, code, "boom", message="x")
+    status, text = api(hd.socket, "GET", "/metrics")
+    assert status == 200
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    for needle in ('hearth_tasks_total{outcome="succeeded"}', 'hearth_tasks_total{outcome="failed"}',
+                   "hearth_cold_start_seconds_bucket", "hearth_warm_dispatch_seconds_bucket",
+                   'hearth_replicas{state="ready"}', "hearth_queue_depth"):
+        assert needle in text, needle

@@ -1,0 +1,14 @@
+import HearthCore
+import Metrics
+
+/// The pool's metrics (swift-metrics; the daemon exports them for Prometheus).
+public enum PoolMetrics {
+    public static let coldStart = Metrics.Timer(label: "hearth_cold_start_seconds")
+    public static let warmDispatch = Metrics.Timer(label: "hearth_warm_dispatch_seconds")
+    private static let outcomes: [TaskState: Counter] = Dictionary(uniqueKeysWithValues:
+        [TaskState.succeeded, .failed, .cancelled, .lost].map { ($0, Counter(label: "hearth_tasks_total", dimensions: [("outcome", $0.rawValue)])) })
+
+    static func tasks(_ outcome: TaskState) -> Counter {
+        outcomes[outcome] ?? Counter(label: "hearth_tasks_total", dimensions: [("outcome", outcome.rawValue)])
+    }
+}
