@@ -55,10 +55,11 @@ public enum BundleWriter {
         }
     }
 
-    private static func readFile(_ path: String) throws -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+    /// Reads a whole file ("-" is stdin), up to `maxBytes`.
+    public static func readFile(_ path: String) throws -> [UInt8] {
+        let fd = path == "-" ? 0 : open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw SystemError.current("open", path) }
-        defer { close(fd) }
+        defer { if fd != 0 { close(fd) } }
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {

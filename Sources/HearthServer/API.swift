@@ -30,7 +30,7 @@ struct API: Sendable {
         router.post("/v1/images/import") { request, _ in
             do {
                 let body = try await request.body.collect(upTo: Self.maxRequestBody)
-                let req = try decode(ImageImportRequest.self, body, what: "image import request")
+                let req = try decodeBody(ImageImportRequest.self, body, what: "image import request")
                 return importResponse(req)
             } catch { return errorResponse(error) }
         }
@@ -49,7 +49,7 @@ struct API: Sendable {
         router.post("/v1/sandboxes") { request, _ in
             do {
                 let body = try await request.body.collect(upTo: Self.maxRequestBody)
-                let req = try decode(SandboxRequest.self, body, what: "sandbox request")
+                let req = try decodeBody(SandboxRequest.self, body, what: "sandbox request")
                 return try await sandbox(req)
             } catch { return errorResponse(error) }
         }
@@ -187,19 +187,6 @@ struct API: Sendable {
 
     private func frame(_ kind: StreamFrameKind, _ event: SandboxEvent) -> ByteBuffer {
         frame(kind, Array((try? JSONEncoder().encode(event)) ?? Data()))
-    }
-}
-
-private func decode<T: Decodable>(_ type: T.Type, _ body: ByteBuffer, what: String) throws -> T {
-    do {
-        return try JSONDecoder().decode(T.self, from: Data(buffer: body))
-    } catch let DecodingError.keyNotFound(key, _) {
-        throw HearthError.invalid("\(what): field \"\(key.stringValue)\" is required")
-    } catch let DecodingError.typeMismatch(_, ctx) {
-        let path = ctx.codingPath.map(\.stringValue).joined(separator: ".")
-        throw HearthError.invalid("\(what): field \"\(path)\" has the wrong type: \(ctx.debugDescription)")
-    } catch {
-        throw HearthError.invalid("\(what): body is not valid JSON: \(error)")
     }
 }
 

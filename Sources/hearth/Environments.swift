@@ -8,21 +8,6 @@ import Glibc
 import HearthClient
 import HearthCore
 
-/// Reads a whole file with plain syscalls (no Foundation in the CLI).
-func readWholeFile(_ path: String) throws -> [UInt8] {
-    let fd = path == "-" ? 0 : open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw SystemError.current("open", path) }
-    defer { if fd != 0 { close(fd) } }
-    var out: [UInt8] = []
-    var buf = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if n < 0 { if errno == EINTR { continue }; throw SystemError.current("read", path) }
-        if n == 0 { return out }
-        out += buf[0..<n]
-    }
-}
-
 struct Apply: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Create or update environments from a YAML or JSON file.")
     @OptionGroup var global: GlobalOptions
@@ -30,7 +15,7 @@ struct Apply: ParsableCommand {
 
     func run() throws {
         do {
-            let body = try readWholeFile(file)
+            let body = try BundleWriter.readFile(file)
             let name = file == "-" ? "stdin" : file
             let r = try global.client.request("POST", "/v1/environments?source=" + percentEncodePath(name), body: body,
                                               contentType: "application/yaml")
@@ -183,7 +168,7 @@ struct SecretCommand: ParsableCommand {
         @Argument(help: "Secret key.") var key: String
         func run() throws {
             do {
-                let value = try readWholeFile("-")
+                let value = try BundleWriter.readFile("-")
                 let r = try global.client.request("PUT", "/v1/secrets/" + percentEncodePath(key), body: value,
                                                   contentType: "application/octet-stream")
                 guard r.status == 204 || r.status == 200 else { throw apiError(r) }
