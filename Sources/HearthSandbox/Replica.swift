@@ -191,11 +191,9 @@ public final class SandboxRuntime: Sendable {
 
             let attach = try cgroup.openForSpawn()
             plan.cgroupFD = attach.cgroupFD
+            // cgroup v1 (no fd): the child unshares its cgroup namespace once
+            // the parent has moved it (see hearth_spawn.h).
             plan.cgroupProcsFDs = attach.procsFDs
-            if attach.cgroupFD < 0 {
-                // cgroup v1: the child unshares its cgroup namespace itself
-                // once the parent has moved it (see hearth_spawn.h).
-            }
             let spawned: SpawnPlan.Spawned
             let t3 = ContinuousClock.now
             do {
