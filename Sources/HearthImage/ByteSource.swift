@@ -69,17 +69,23 @@ extension ByteSource {
 
 /// A regular file, or a section of one (a blob inside an uncompressed
 /// archive), read with pread so that sections share one descriptor.
-final class FileSource: ByteSource {
+public final class FileSource: ByteSource {
     let fd: FileDescriptor
     let path: String
     private var offset: Int64
     private let end: Int64
+    /// Whose input a short read is blamed on (an image by default).
+    private let truncationCode: HearthError.Code
+    private let what: String
 
-    init(fd: FileDescriptor, path: String, offset: Int64, length: Int64) {
+    public init(fd: FileDescriptor, path: String, offset: Int64, length: Int64,
+                truncationCode: HearthError.Code = .invalidImage, what: String? = nil) {
         self.fd = fd
         self.path = path
         self.offset = offset
         self.end = offset + length
+        self.truncationCode = truncationCode
+        self.what = what ?? path
     }
 
     /// Opens a regular file for reading. FIFOs and devices are refused: the
@@ -95,7 +101,7 @@ final class FileSource: ByteSource {
 
     var remaining: Int64 { end - offset }
 
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         let want = Int(min(Int64(buffer.count), end - offset))
         guard want > 0, let base = buffer.baseAddress else { return 0 }
         while true {
@@ -105,14 +111,14 @@ final class FileSource: ByteSource {
                 throw SystemError.current("read", path)
             }
             if n == 0 {
-                throw HearthError(.invalidImage, "\(path): file ended at byte \(offset), expected \(end) bytes; was it truncated while reading?")
+                throw HearthError(truncationCode, "\(what): file ended at byte \(offset), expected \(end) bytes; was it truncated while reading?")
             }
             offset += Int64(n)
             return n
         }
     }
 
-    func skip(_ count: Int64) throws -> Int64 {
+    public func skip(_ count: Int64) throws -> Int64 {
         let n = min(max(count, 0), end - offset)
         offset += n
         return n

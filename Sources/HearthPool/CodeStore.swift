@@ -155,7 +155,7 @@ public final class CodeStore: Sendable, CustomStringConvertible {
         let size = Int64(st.st_size)
         return try store(expected, size: Int(clamping: size),
                          hash: { try CodeStore.hashFile(fd, size: size, path: path) },
-                         open: { DescriptorSource(fd, path: path, size: size) })
+                         open: { FileSource(fd: fd, path: path, offset: 0, length: size, truncationCode: .invalidArgument, what: "code bundle \(path)") })
     }
 
     private func store(_ expected: String, size: Int, hash: () throws -> String,
@@ -415,7 +415,7 @@ public final class CodeStore: Sendable, CustomStringConvertible {
 
     static func hashFile(_ fd: FileDescriptor, size: Int64, path: String) throws -> String {
         var hasher = SHA256()
-        let source = DescriptorSource(fd, path: path, size: size)
+        let source = FileSource(fd: fd, path: path, offset: 0, length: size, truncationCode: .invalidArgument, what: "code bundle \(path)")
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
         defer { buffer.deallocate() }
         while true {
@@ -550,44 +550,6 @@ final class BytesSource: ByteSource {
         offset += Int(here)
         guard let next, here < count else { return here }
         return try here + next.skip(count - here)
-    }
-}
-
-/// A file read with pread from offset 0 up to the size it had when opened,
-/// so several passes can share one descriptor.
-final class DescriptorSource: ByteSource {
-    private let fd: FileDescriptor
-    private let path: String
-    private let size: Int64
-    private var offset: Int64 = 0
-
-    init(_ fd: FileDescriptor, path: String, size: Int64) {
-        self.fd = fd
-        self.path = path
-        self.size = size
-    }
-
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        let want = Int(min(Int64(buffer.count), size - offset))
-        guard want > 0, let base = buffer.baseAddress else { return 0 }
-        while true {
-            let n = pread(fd.raw, base, want, off_t(offset))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemError.current("read", path)
-            }
-            if n == 0 {
-                throw HearthError(.invalidArgument, "code bundle: \(path) ended at byte \(offset) of \(size); was it truncated while being read?")
-            }
-            offset += Int64(n)
-            return n
-        }
-    }
-
-    func skip(_ count: Int64) throws -> Int64 {
-        let n = min(max(count, 0), size - offset)
-        offset += n
-        return n
     }
 }
 
