@@ -40,6 +40,9 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
     /// The pod template's labels and annotations: metadata for `hearth status`.
     public var labels: [String: String]
     public var annotations: [String: String]
+    /// Required Python distributions, sorted; nil when none (so environments
+    /// without any keep the identity they had before this field existed).
+    public var packages: [String]?
 
     public init(
         name: String, image: String, environment: [String: String] = [:],
@@ -49,7 +52,7 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
         secrets: [String] = [], network: EnvironmentSpec.Network = .none, seccomp: EnvironmentSpec.Seccomp = .default,
         capabilities: EnvironmentSpec.Capabilities = .init(), timeoutSeconds: Double? = nil,
         maxTasksPerReplica: Int? = nil, maxQueue: Int = EnvironmentSpec.defaultMaxQueue,
-        labels: [String: String] = [:], annotations: [String: String] = [:]
+        labels: [String: String] = [:], annotations: [String: String] = [:], packages: [String]? = nil
     ) {
         self.name = name; self.image = image; self.environment = environment
         self.cpuRequestMilli = cpuRequestMilli; self.cpuLimitMilli = cpuLimitMilli
@@ -58,7 +61,7 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
         self.replicaCount = replicaCount; self.ttlSeconds = ttlSeconds; self.secrets = secrets
         self.network = network; self.seccomp = seccomp; self.capabilities = capabilities
         self.timeoutSeconds = timeoutSeconds; self.maxTasksPerReplica = maxTasksPerReplica; self.maxQueue = maxQueue
-        self.labels = labels; self.annotations = annotations
+        self.labels = labels; self.annotations = annotations; self.packages = packages
     }
 
     /// The per-task timeout as a `Duration`.
@@ -84,7 +87,7 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
         case timeoutSeconds = "timeout_seconds"
         case maxTasksPerReplica = "max_tasks_per_replica"
         case maxQueue = "max_queue"
-        case labels, annotations
+        case labels, annotations, packages
     }
 
     /// Hex SHA-256 of the canonical encoding (JSON, sorted keys). Two specs

@@ -38,6 +38,10 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
     public var maxTasksPerReplica: Int?
     /// Tasks that may wait for a replica before submissions are refused (HTTP 429).
     public var maxQueue: Int
+    /// Python distributions the image must provide (`name` or `name<op>version`,
+    /// as ImageSpec's `packages` spells them); checked by the worker when a
+    /// replica starts, and a missing one fails the start naming it.
+    public var packages: [String]
 
     public init(
         name: String, containerImage: String? = nil, environment: [String: String] = [:],
@@ -45,13 +49,13 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
         replicaCount: Int = EnvironmentSpec.defaultReplicaCount, ttlSeconds: Int = EnvironmentSpec.defaultTTLSeconds,
         secretRequests: [String] = [], podTemplate: PodTemplate? = nil, network: Network = .none,
         seccomp: Seccomp = .default, capabilities: Capabilities = Capabilities(), timeout: Double? = nil,
-        maxTasksPerReplica: Int? = nil, maxQueue: Int = EnvironmentSpec.defaultMaxQueue
+        maxTasksPerReplica: Int? = nil, maxQueue: Int = EnvironmentSpec.defaultMaxQueue, packages: [String] = []
     ) {
         self.name = name; self.containerImage = containerImage; self.environment = environment
         self.requests = requests; self.limits = limits; self.replicaCount = replicaCount
         self.ttlSeconds = ttlSeconds; self.secretRequests = secretRequests; self.podTemplate = podTemplate
         self.network = network; self.seccomp = seccomp; self.capabilities = capabilities; self.timeout = timeout
-        self.maxTasksPerReplica = maxTasksPerReplica; self.maxQueue = maxQueue
+        self.maxTasksPerReplica = maxTasksPerReplica; self.maxQueue = maxQueue; self.packages = packages
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
@@ -65,6 +69,7 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
         case network, seccomp, capabilities, timeout
         case maxTasksPerReplica = "max_tasks_per_replica"
         case maxQueue = "max_queue"
+        case packages
     }
 
     // MARK: Defaults and ranges

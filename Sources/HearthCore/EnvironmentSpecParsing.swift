@@ -153,6 +153,7 @@ extension EnvironmentSpec {
         }
         maxTasksPerReplica = try r.int(K.maxTasksPerReplica.rawValue)
         maxQueue = try r.int(K.maxQueue.rawValue) ?? Self.defaultMaxQueue
+        packages = try Self.unique(r.list(K.packages.rawValue, SpecReader.string))
     }
 
     /// A secret request: `"KEY"` or flytekit's `Secret` as `{key, group}`;

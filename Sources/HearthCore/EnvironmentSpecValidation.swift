@@ -65,6 +65,10 @@ extension EnvironmentSpec {
             throw SpecReader.error(at(K.maxQueue.rawValue), "\(maxQueue) is out of range; expected \(Self.maxQueueRange.lowerBound) to \(Self.maxQueueRange.upperBound)")
         }
 
+        for (i, requirement) in packages.enumerated() where !Self.isRequirement(requirement) {
+            throw SpecReader.error("\(at(K.packages.rawValue))[\(i)]", "\"\(requirement)\" is not a package requirement; use a distribution name, optionally with one version clause such as numpy>=1.24 or pandas==2.1.4")
+        }
+
         // The primary container's image, env and resources over the environment's.
         var image = containerImage ?? Self.defaultImage
         var variables = environment
@@ -91,7 +95,8 @@ extension EnvironmentSpec {
             replicaCount: replicaCount, ttlSeconds: ttlSeconds, secrets: Array(Set(secretRequests)).sorted(),
             network: network, seccomp: seccomp, capabilities: capabilities, timeoutSeconds: timeout,
             maxTasksPerReplica: maxTasksPerReplica, maxQueue: maxQueue,
-            labels: podTemplate?.labels ?? [:], annotations: podTemplate?.annotations ?? [:])
+            labels: podTemplate?.labels ?? [:], annotations: podTemplate?.annotations ?? [:],
+            packages: packages.isEmpty ? nil : Array(Set(packages)).sorted())
     }
 
     // MARK: Helpers
@@ -108,6 +113,28 @@ extension EnvironmentSpec {
         func letter(_ c: UInt8) -> Bool { (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c == UInt8(ascii: "_") }
         guard let first = b.first, letter(first) else { return false }
         return b.allSatisfy { letter($0) || ($0 >= 0x30 && $0 <= 0x39) }
+    }
+
+    /// A PEP 508 name (letters, digits, `.`, `_`, `-`, alphanumeric at both
+    /// ends) and at most one version clause (`==`, `!=`, `>=`, `<=`, `>`,
+    /// `<`, `~=`, then digits, letters, `.`, `*`, `+`, `!`): what the worker's
+    /// check understands, and nothing that could smuggle in shell or markers.
+    static func isRequirement(_ s: String) -> Bool {
+        let b = Array(s.utf8)
+        func alnum(_ c: UInt8) -> Bool {
+            (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39)
+        }
+        var i = 0
+        while i < b.count, alnum(b[i]) || b[i] == UInt8(ascii: ".") || b[i] == UInt8(ascii: "_") || b[i] == UInt8(ascii: "-") { i += 1 }
+        guard i > 0, i <= 200, alnum(b[0]), alnum(b[i - 1]) else { return false }
+        if i == b.count { return true }
+        let ops = ["==", "!=", ">=", "<=", "~=", ">", "<"]
+        let rest = String(decoding: b[i...], as: UTF8.self)
+        guard let op = ops.first(where: { rest.hasPrefix($0) }) else { return false }
+        let version = rest.dropFirst(op.count).utf8
+        return !version.isEmpty && version.count <= 64 && version.allSatisfy {
+            alnum($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "*") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "!")
+        }
     }
 
     static func isSecretKey(_ s: String) -> Bool {

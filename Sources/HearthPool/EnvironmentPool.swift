@@ -22,15 +22,17 @@ public struct PoolConfig: Sendable {
     public var timeout: Duration?
     public var maxTasksPerReplica: Int?
     public var maxQueue: Int
+    /// Python distributions the worker must find before it says `ready`.
+    public var packages: [String]
 
     public init(name: String, identity: String, image: String, env: [String: String], limits: CgroupLimits,
                 replicaCount: Int, ttl: Duration, secrets: [String], network: NetworkMode,
                 seccomp: SeccompProfile?, capabilities: CapabilitySet, timeout: Duration?,
-                maxTasksPerReplica: Int?, maxQueue: Int) {
+                maxTasksPerReplica: Int?, maxQueue: Int, packages: [String] = []) {
         self.name = name; self.identity = identity; self.image = image; self.env = env; self.limits = limits
         self.replicaCount = replicaCount; self.ttl = ttl; self.secrets = secrets; self.network = network
         self.seccomp = seccomp; self.capabilities = capabilities; self.timeout = timeout
-        self.maxTasksPerReplica = maxTasksPerReplica; self.maxQueue = maxQueue
+        self.maxTasksPerReplica = maxTasksPerReplica; self.maxQueue = maxQueue; self.packages = packages
     }
 }
 
@@ -194,6 +196,11 @@ actor EnvironmentPool {
                 spec.env.append("HEARTH_ENVIRONMENT=\(config.name)")
                 spec.env.append("HEARTH_REPLICA=\(name)")
                 spec.env.append("HEARTH_MAX_FRAME=\(ctx.maxFrame)")
+                spec.env.append("HEARTH_IMAGE=\(config.image)")
+                if !config.packages.isEmpty {
+                    // Validated requirement strings: no spaces, so a space list needs no quoting.
+                    spec.env.append("HEARTH_REQUIRE_PACKAGES=\(config.packages.joined(separator: " "))")
+                }
                 // Bundles are read-only: do not even try to write bytecode caches there.
                 spec.env.append("PYTHONDONTWRITEBYTECODE=1")
                 spec.network = config.network

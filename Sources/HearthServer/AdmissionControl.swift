@@ -113,6 +113,7 @@ actor AdmissionControl {
         return PoolConfig(name: e.name, identity: e.identity, image: e.image, env: e.environment, limits: limits,
                           replicaCount: e.replicaCount, ttl: .seconds(e.ttlSeconds), secrets: e.secrets,
                           network: e.network == .host ? .host : .none, seccomp: seccomp, capabilities: caps,
-                          timeout: e.timeout, maxTasksPerReplica: e.maxTasksPerReplica, maxQueue: e.maxQueue)
+                          timeout: e.timeout, maxTasksPerReplica: e.maxTasksPerReplica, maxQueue: e.maxQueue,
+                          packages: e.packages ?? [])
     }
 }

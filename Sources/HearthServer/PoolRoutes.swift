@@ -91,6 +91,13 @@ struct PoolRoutes: Sendable {
                 return try json(t.snapshot, status: .accepted)
             } catch { return errorResponse(error) }
         }
+        // Lets a client skip the upload of a bundle the daemon already has.
+        router.get("/v1/code/:sha") { _, context in
+            do {
+                let sha = context.parameters.get("sha") ?? ""
+                return try json(try await Blocking.run { try code.bundle(sha) })
+            } catch { return errorResponse(error) }
+        }
         router.put("/v1/code/:sha") { request, context in
             do {
                 let sha = context.parameters.get("sha") ?? ""

@@ -1,12 +1,71 @@
 """Hearth: warm, isolated Python replicas on one machine.
 
-This package is also what the replica's worker runs (``hearth._worker``), so it
-stays light: importing it has no side effects and pulls in only the standard
-library modules ``actor_cache`` needs.
+The SDK has the names of flytekit and ``union.actor``, so moving a project
+to Hearth is changing its import lines::
+
+    from hearth import ActorEnvironment, ImageSpec, Resources, workflow
+
+    actor = ActorEnvironment(name="my-actor", replica_count=1, ttl_seconds=300,
+                             requests=Resources(cpu="1", mem="500Mi"))
+
+    @actor.task
+    def plus_one(input: int) -> int:
+        return input + 1
+
+    @workflow
+    def wf(input: int = 0) -> int:
+        return plus_one(input=plus_one(input=input))
+
+Calling ``wf(input=1)`` runs each task in a warm replica of ``my-actor``
+through hearthd (socket: ``HEARTH_SOCKET``, default
+``/run/hearth/hearthd.sock``); ``python -m hearth run FILE.py wf --input 1``
+does the same from the shell.
+
+This package is also what every replica's worker runs (``hearth._worker``),
+so importing it has no side effects and loads nothing but ``actor_cache``:
+the SDK's names are imported on first use.
 """
 
 from hearth._cache import actor_cache
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["actor_cache", "__version__"]
+_LAZY = {
+    "ActorEnvironment": "hearth._actor",
+    "ActorTask": "hearth._actor",
+    "map_task": "hearth._actor",
+    "Resources": "hearth._spec",
+    "Secret": "hearth._spec",
+    "ImageSpec": "hearth._spec",
+    "PodTemplate": "hearth._spec",
+    "workflow": "hearth._workflow",
+    "LaunchPlan": "hearth._workflow",
+    "current_context": "hearth._workflow",
+    "HearthError": "hearth._errors",
+    "DaemonUnavailable": "hearth._errors",
+    "SocketPermissionError": "hearth._errors",
+    "APIError": "hearth._errors",
+    "EnvironmentRefused": "hearth._errors",
+    "QueueFull": "hearth._errors",
+    "BundleError": "hearth._errors",
+    "TaskFailed": "hearth._errors",
+    "TaskTimeout": "hearth._errors",
+    "InputError": "hearth._typecheck",
+}
+
+__all__ = ["actor_cache", "__version__"] + sorted(_LAZY)
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError("module 'hearth' has no attribute %r" % (name,))
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -184,9 +184,13 @@ def _dec(v, unpickle):
                     if not unpickle:
                         return v
                     import base64
+
+                    raw = base64.b64decode(x.encode("ascii"), validate=True)
+                    if callable(unpickle):  # the SDK's restricted loader
+                        return unpickle(raw)
                     import pickle
 
-                    return pickle.loads(base64.b64decode(x.encode("ascii"), validate=True))
+                    return pickle.loads(raw)
                 if k == DICT_KEY and type(x) is dict:
                     return {kk: _dec(xx, unpickle) for kk, xx in x.items()}
         return {k: _dec(x, unpickle) for k, x in v.items()}
@@ -194,7 +198,8 @@ def _dec(v, unpickle):
 
 
 def decode_value(value, unpickle=True):
-    """JSON value -> Python value; unpickles ``$pickle`` markers when asked."""
+    """JSON value -> Python value; unpickles ``$pickle`` markers when asked
+    (``unpickle`` may also be a function of the pickled bytes)."""
     return _dec(value, unpickle)
 
 

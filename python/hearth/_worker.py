@@ -29,6 +29,14 @@ them until that child execs or exits, so the daemon should learn of the
 worker's death from its exit (pidfd / waitpid), not from EOF on fd 4 alone.
 If fd 3 or 4 is not open it writes a line to stderr and exits 2.
 
+Before ``ready``: ``HEARTH_REQUIRE_PACKAGES`` (space-separated requirements,
+from the environment's ``packages``) are checked against the image
+(``hearth._packages``); if any is missing the worker writes one line per
+problem to stderr and exits 3, which the daemon reports as the replica's
+start failure. Then ``hearth._k8s_compat`` makes ``kubernetes.client.models``
+importable when the image lacks the real package, so that modules written
+for pod templates import inside replicas.
+
 Environment read by the worker: ``HEARTH_MAX_FRAME`` (bytes; the frame size
 limit, default 64 MiB; see ``hearth._protocol``). Everything else in the
 environment is the tasks'.
@@ -635,6 +643,21 @@ def main():
             return 2
     os.set_inheritable(IN_FD, False)
     os.set_inheritable(OUT_FD, False)
+    required = os.environ.get("HEARTH_REQUIRE_PACKAGES", "").split()
+    if required:
+        from hearth import _packages
+
+        problems = _packages.missing(required, os.environ.get("HEARTH_IMAGE"))
+        if problems:
+            # Before `ready`: the daemon reports this output as the reason
+            # the replica could not start, and fails the waiting tasks.
+            for line in problems:
+                sys.stderr.write("hearth: %s\n" % line)
+            sys.stderr.flush()
+            return 3
+    from hearth import _k8s_compat
+
+    _k8s_compat.install()
     signal.signal(signal.SIGINT, _on_sigint)
     signal.signal(signal.SIGTERM, _on_sigterm)
     limit = _protocol.max_frame_size()

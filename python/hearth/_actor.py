@@ -1,0 +1,467 @@
+"""ActorEnvironment and its tasks: calling a task from the caller's process
+runs it in a warm replica of the environment.
+
+A call, outside a replica:
+1. checks the keyword arguments against the function's type hints (nothing
+   is sent when they are wrong);
+2. applies the environment to hearthd once per process (``POST
+   /v1/environments``; the daemon answers ``unchanged`` for the same spec and
+   rolls the replicas for a changed one);
+3. ships the code: the directory that holds the task's module, as a
+   content-addressed bundle uploaded once per version (``hearth._bundle``);
+4. ``POST /v1/environments/{name}/tasks`` with ``wait``, and returns the
+   result, or raises the remote exception (``hearth._errors``).
+Inside a replica (``hearth._worker.in_worker()``), a call runs the function
+in-process, as a plain Python call.
+
+Every remote call is appended to ``runs`` (a bounded deque of ``TaskRun``):
+where it ran (replica, pid), whether it paid a cold start, and how long it
+took; ``python -m hearth run`` prints them.
+"""
+
+import collections
+import functools
+import json
+import os
+import pickle
+import threading
+import time
+import warnings
+
+from hearth import _bundle, _protocol, _spec
+from hearth._client import client as _client_for
+from hearth._errors import APIError, remote_exception
+from hearth._typecheck import InputError, Signature
+
+__all__ = ["ActorEnvironment", "ActorTask", "MappedTask", "map_task", "TaskRun", "runs", "applies"]
+
+TaskRun = collections.namedtuple(
+    "TaskRun", "task id environment replica pid cold state result_repr total_us queued_us run_us worker_us")
+runs = collections.deque(maxlen=10000)
+# (environment, outcome) for every apply this process made: created, unchanged, replaced.
+applies = collections.deque(maxlen=1000)
+
+
+def _in_worker():
+    from hearth import _worker
+
+    return _worker.in_worker()
+
+
+class ActorEnvironment(object):
+    """An environment of warm replicas, as ``union.actor.ActorEnvironment``.
+
+    ``name``: the environment (DNS-label style); ``container_image``: an
+    image name or ImageSpec (default ``hearth/python:3.11``);
+    ``environment``: variables of every replica; ``requests``/``limits``:
+    ``Resources`` per replica; ``replica_count``; ``ttl_seconds``: idle time
+    before a replica is removed (int or timedelta); ``secret_requests``:
+    ``Secret``s (or keys) mounted at ``/etc/secrets``; ``pod_template``.
+
+    Hearth's own, keyword only: ``timeout`` (default per-task limit),
+    ``max_tasks_per_replica``, ``max_queue``, ``network`` ("none" or
+    "host"), ``socket`` (default ``HEARTH_SOCKET``)."""
+
+    def __init__(self, name, container_image=None, replica_count=1, ttl_seconds=None, environment=None,
+                 requests=None, limits=None, accelerator=None, secret_requests=None, pod_template=None,
+                 interruptible=False, *, timeout=None, max_tasks_per_replica=None, max_queue=None, network=None,
+                 socket=None):
+        if not isinstance(name, str) or not name:
+            raise TypeError("ActorEnvironment: name must be a non-empty string, got %r" % (name,))
+        if isinstance(replica_count, bool) or not isinstance(replica_count, int):
+            raise TypeError("ActorEnvironment %s: replica_count must be an int, got %r" % (name, replica_count))
+        if environment is not None and not isinstance(environment, dict):
+            raise TypeError("ActorEnvironment %s: environment must be a dict of strings, got %r" % (name, environment))
+        if pod_template is not None and not isinstance(pod_template, _spec.PodTemplate):
+            raise TypeError("ActorEnvironment %s: pod_template must be a hearth.PodTemplate, got %r" % (name, pod_template))
+        if accelerator is not None:
+            warnings.warn("ActorEnvironment %s: accelerator is not applied; ask for GPUs with "
+                          "Resources(gpu=...)" % name, stacklevel=2)
+        self.name = name
+        self.container_image = container_image
+        self.replica_count = replica_count
+        self.ttl_seconds = ttl_seconds
+        self.environment = dict(environment or {})
+        self.requests = requests
+        self.limits = limits
+        self.secret_requests = list(secret_requests or [])
+        self.pod_template = pod_template
+        self.interruptible = interruptible
+        self.timeout = timeout
+        self.max_tasks_per_replica = max_tasks_per_replica
+        self.max_queue = max_queue
+        self.network = network
+        self.socket = socket
+        self._applied = {}  # socket path -> spec JSON applied by this process
+        self._lock = threading.Lock()
+
+    def __repr__(self):
+        return "ActorEnvironment(name=%r, replica_count=%r)" % (self.name, self.replica_count)
+
+    # -- the spec ---------------------------------------------------------------
+
+    def spec(self):
+        """The environment spec sent to hearthd (JSON-able)."""
+        where = "ActorEnvironment %s" % self.name
+        env = _spec.image_env(self.container_image)
+        env.update({str(k): str(v) for k, v in self.environment.items()})
+        spec = {"name": self.name, "replica_count": self.replica_count}
+        if self.container_image is not None:
+            spec["container_image"] = _spec.image_name(self.container_image)
+        packages = _spec.image_packages(self.container_image)
+        if self.pod_template is not None:
+            pt, pt_packages, pt_env = _spec.pod_template_dict(self.pod_template, "%s: pod_template" % where)
+            spec["pod_template"] = pt
+            packages += [p for p in pt_packages if p not in packages]
+            for k, v in pt_env.items():
+                env.setdefault(k, v)
+        if env:
+            spec["environment"] = env
+        req = _spec.resources_dict(self.requests, "%s: requests" % where)
+        lim = _spec.resources_dict(self.limits, "%s: limits" % where)
+        if req:
+            spec["requests"] = req
+        if lim:
+            spec["limits"] = lim
+        ttl = _spec.seconds(self.ttl_seconds, "%s: ttl_seconds" % where)
+        if ttl is not None:
+            if ttl != int(ttl):
+                raise ValueError("%s: ttl_seconds must be whole seconds, got %r" % (where, ttl))
+            spec["ttl_seconds"] = int(ttl)
+        keys = _spec.secret_keys(self.secret_requests)
+        if keys:
+            spec["secret_requests"] = keys
+        if packages:
+            spec["packages"] = packages
+        timeout = _spec.seconds(self.timeout, "%s: timeout" % where)
+        if timeout is not None:
+            spec["timeout"] = timeout
+        if self.max_tasks_per_replica is not None:
+            spec["max_tasks_per_replica"] = self.max_tasks_per_replica
+        if self.max_queue is not None:
+            spec["max_queue"] = self.max_queue
+        if self.network is not None:
+            spec["network"] = self.network
+        return spec
+
+    def apply(self, client=None):
+        """Applies the environment now; returns the daemon's outcome
+        (``created``, ``unchanged`` or ``replaced``)."""
+        c = client or _client_for(self.socket)
+        body = json.dumps(self.spec(), sort_keys=True)
+        results = c.call("POST", "/v1/environments", body.encode(),
+                         what="environment %s refused" % self.name, timeout=60)
+        with self._lock:
+            self._applied[c.path] = body
+        outcome = results[0]["outcome"] if results else None
+        applies.append((self.name, outcome))
+        return outcome
+
+    def _ensure(self, c):
+        if c.path not in self._applied:
+            self.apply(c)
+
+    def status(self):
+        """The daemon's view: replicas (state, pid, tasks run, idle), queue, last error."""
+        c = _client_for(self.socket)
+        return c.call("GET", "/v1/environments/" + self.name, what="status of %s" % self.name)
+
+    def remove(self):
+        c = _client_for(self.socket)
+        c.call("DELETE", "/v1/environments/" + self.name, what="remove %s" % self.name)
+        with self._lock:
+            self._applied.pop(c.path, None)
+
+    # -- tasks ------------------------------------------------------------------
+
+    def task(self, fn=None, *, timeout=None, retries=0, cache=False, cache_version="", name=None, **options):
+        """``@env.task`` or ``@env.task(timeout=60, retries=2)``.
+
+        ``timeout``: seconds or timedelta for each call (over the
+        environment's); ``retries``: further attempts when the task fails.
+        flytekit's other task options are accepted; those Hearth does not
+        apply (``cache``, ``requests``, ...) warn once."""
+        def decorate(f):
+            return ActorTask(self, f, timeout=timeout, retries=retries, cache=cache, name=name, options=options)
+
+        if fn is None:
+            return decorate
+        if not callable(fn):
+            raise TypeError("%s.task: expected a function, got %r" % (self.name, fn))
+        return decorate(fn)
+
+    def _post(self, c, path, body, what):
+        """POST a task or batch; re-applies the environment once if the
+        daemon does not know it (removed, or a daemon without our spec)."""
+        data = json.dumps(body, separators=(",", ":")).encode()
+        try:
+            return c.call("POST", path, data, what=what)
+        except APIError as e:
+            if e.status != 404 or e.code != "not_found" or "environment" not in e.message:
+                raise
+        with self._lock:
+            self._applied.pop(c.path, None)
+        self._ensure(c)
+        return c.call("POST", path, data, what=what)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Task results are produced inside a replica, which the caller does
+    not trust with code execution: only safe standard types and the
+    classes of the task's own module and return annotation are loaded."""
+
+    SAFE_BUILTINS = frozenset(["set", "frozenset", "complex", "bytearray", "bytes", "slice", "range", "list",
+                               "dict", "tuple", "str", "int", "float", "bool", "object"])
+    SAFE_MODULES = frozenset(["collections", "datetime", "decimal", "fractions", "uuid", "pathlib", "ipaddress",
+                              "zoneinfo", "array"])
+    SAFE_FUNCTIONS = frozenset([("copyreg", "_reconstructor"), ("numpy.core.multiarray", "_reconstruct"),
+                                ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+                                ("numpy._core.multiarray", "scalar"), ("numpy", "dtype"), ("numpy", "ndarray"),
+                                ("_codecs", "encode")])
+
+    def __init__(self, data, packages):
+        import io
+
+        pickle.Unpickler.__init__(self, io.BytesIO(data))
+        self.packages = packages
+
+    def find_class(self, module, name):
+        if (module, name) in self.SAFE_FUNCTIONS:
+            return pickle.Unpickler.find_class(self, module, name)
+        if module == "builtins":
+            ok = name in self.SAFE_BUILTINS
+        else:
+            ok = module in self.SAFE_MODULES or module.split(".")[0] in self.packages
+        if ok:
+            obj = pickle.Unpickler.find_class(self, module, name)
+            if isinstance(obj, type):
+                return obj
+        raise pickle.UnpicklingError(
+            "the task's result refers to %s.%s, which the caller does not unpickle: only safe standard types and "
+            "classes from the task's module and its return annotation are loaded (set HEARTH_TRUST_RESULTS=1 to "
+            "load any)" % (module, name))
+
+
+def _annotation_packages(hint, out):
+    import typing
+
+    if isinstance(hint, type) and hint.__module__ not in ("builtins", "typing"):
+        out.add(hint.__module__.split(".")[0])
+    for a in typing.get_args(hint) if hint is not None else ():
+        _annotation_packages(a, out)
+    return out
+
+
+class ActorTask(object):
+    """A task of an ActorEnvironment; call it with keyword arguments."""
+
+    def __init__(self, env, fn, timeout=None, retries=0, cache=False, name=None, options=None):
+        functools.update_wrapper(self, fn)
+        self._hearth_fn = fn  # what the worker runs (see hearth._worker)
+        self.environment = env
+        self.timeout = timeout
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise TypeError("task %s: retries must be an int >= 0, got %r" % (fn.__name__, retries))
+        self.retries = retries
+        self.name = name or "%s.%s" % (fn.__module__, fn.__qualname__)
+        ignored = sorted(k for k, v in dict(options or {}, cache=cache).items() if v)
+        if ignored:
+            warnings.warn("task %s: %s not applied by Hearth" % (fn.__qualname__, ", ".join(ignored)), stacklevel=3)
+        if "<locals>" in fn.__qualname__:
+            raise TypeError("task %s must be defined at the top level of a module, so a replica can import it"
+                            % fn.__qualname__)
+        self._sig = None
+        self._where = None
+        self._packages = None
+
+    def __repr__(self):
+        return "<hearth task %s in %s>" % (self.__qualname__, self.environment.name)
+
+    @property
+    def signature(self):
+        if self._sig is None:
+            self._sig = Signature(self._hearth_fn, "task")
+        return self._sig
+
+    def location(self):
+        """(module name the replica imports, code root)."""
+        if self._where is None:
+            import sys
+
+            mod = sys.modules.get(self._hearth_fn.__module__)
+            self._where = _bundle.module_root(self._hearth_fn.__module__, getattr(mod, "__file__", None))
+        return self._where
+
+    def __call__(self, *args, **kwargs):
+        if _in_worker():
+            return self._hearth_fn(*args, **kwargs)
+        return self._remote(self.signature.bind(args, kwargs))
+
+    # -- remote ----------------------------------------------------------------
+
+    def _request(self, kwargs_list):
+        env = self.environment
+        c = _client_for(env.socket)
+        env._ensure(c)
+        module, root = self.location()
+        bundle = _bundle.bundle_for(root)
+        _bundle.ensure_uploaded(c, bundle)
+        body = {"module": module, "function": self._hearth_fn.__qualname__, "bundle": bundle.sha256}
+        timeout = _spec.seconds(self.timeout, "task %s: timeout" % self.__qualname__)
+        if timeout is not None:
+            body["timeout"] = timeout
+        enc = _protocol.encode_value
+        encoded = [{k: enc(v) for k, v in kw.items()} for kw in kwargs_list]
+        return c, body, encoded
+
+    def _remote(self, kwargs):
+        c, body, encoded = self._request([kwargs])
+        body["kwargs"] = encoded[0]
+        body["wait"] = True
+        path = "/v1/environments/%s/tasks" % self.environment.name
+        for attempt in range(self.retries + 1):
+            t0 = time.perf_counter()
+            snap = self.environment._post(c, path, body, "task %s" % self.__qualname__)
+            total = int((time.perf_counter() - t0) * 1e6)
+            try:
+                return self._outcome(snap, total)
+            except Exception:
+                if attempt == self.retries:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _decode(self, value):
+        if os.environ.get("HEARTH_TRUST_RESULTS") == "1":
+            return _protocol.decode_value(value, True)
+        if self._packages is None:
+            pk = _annotation_packages(self.signature.returns, set())
+            pk.add(self.location()[0].split(".")[0])
+            self._packages = frozenset(pk)
+        packages = self._packages
+        return _protocol.decode_value(value, lambda raw: _RestrictedUnpickler(raw, packages).load())
+
+    def _outcome(self, snap, total_us, record=True):
+        state = snap.get("state")
+        ok = state == "succeeded"
+        value = self._decode(snap.get("result")) if ok else None
+        if record:
+            shown = repr(value) if ok else "%s: %s" % ((snap.get("error") or {}).get("type"),
+                                                      (snap.get("error") or {}).get("message"))
+            runs.append(TaskRun(self.__qualname__, snap.get("id"), self.environment.name, snap.get("replica"),
+                                snap.get("pid"), bool(snap.get("coldStart")), state,
+                                shown if len(shown) <= 200 else shown[:197] + "...", total_us,
+                                snap.get("queuedMicros"), snap.get("runMicros"), snap.get("workerMicros")))
+        if ok:
+            return value
+        raise remote_exception(self.__qualname__, snap.get("error"), snap.get("id"), snap.get("replica"),
+                               snap.get("pid"))
+
+
+class MappedTask(object):
+    """``map_task(task)(x=[1, 2, 3])``: one call per element, spread over the
+    environment's replicas (the daemon's batch form); results in input
+    order. Arguments that are lists are mapped (all of the same length);
+    bind constants with ``functools.partial(task, y=1)``.
+    ``min_success_ratio``: below 1.0, failed elements give None as long as
+    that share of elements succeeded; otherwise the first failure raises."""
+
+    def __init__(self, task, concurrency=None, min_success_ratio=None):
+        bound = {}
+        if isinstance(task, functools.partial):
+            if task.args:
+                raise TypeError("map_task: bind constants by keyword: functools.partial(task, name=value)")
+            bound = dict(task.keywords)
+            task = task.func
+        if not isinstance(task, ActorTask):
+            raise TypeError("map_task: expected a task made with @ActorEnvironment.task, got %r" % (task,))
+        if min_success_ratio is not None and not (0.0 <= min_success_ratio <= 1.0):
+            raise ValueError("map_task: min_success_ratio must be between 0 and 1, got %r" % (min_success_ratio,))
+        if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1):
+            raise ValueError("map_task: concurrency must be a positive int, got %r" % (concurrency,))
+        self.task = task
+        self.bound = bound
+        self.concurrency = concurrency
+        self.min_success_ratio = min_success_ratio
+        functools.update_wrapper(self, task._hearth_fn)
+
+    def _inputs(self, args, kwargs):
+        name = self.task.__qualname__
+        if args:
+            raise InputError("map_task(%s)() takes keyword arguments only: call it with lists, e.g. %s(x=[1, 2])"
+                            % (name, name))
+        lists = {k: v for k, v in kwargs.items() if isinstance(v, list)}
+        for k, v in kwargs.items():
+            if k not in lists:
+                raise InputError("map_task(%s)() input %r: expected a list to map over, got %s; bind constants with "
+                                "functools.partial(%s, %s=...)" % (name, k, type(v).__name__, name, k))
+        if not lists:
+            raise InputError("map_task(%s)() needs at least one list of inputs" % name)
+        sizes = {len(v) for v in lists.values()}
+        if len(sizes) != 1:
+            raise InputError("map_task(%s)() inputs have different lengths: %s"
+                             % (name, ", ".join("%s=%d" % (k, len(v)) for k, v in sorted(lists.items()))))
+        n = sizes.pop()
+        sig = self.task.signature
+        out = []
+        for i in range(n):
+            kw = dict(self.bound)
+            kw.update({k: v[i] for k, v in lists.items()})
+            try:
+                out.append(sig.bind((), kw))
+            except InputError as e:
+                raise InputError("map_task element %d: %s" % (i, e))
+        return out
+
+    def __call__(self, *args, **kwargs):
+        inputs = self._inputs(args, kwargs)
+        if _in_worker():
+            return [self.task._hearth_fn(**kw) for kw in inputs]
+        if not inputs:
+            return []
+        c, body, encoded = self.task._request(inputs)
+        env = self.task.environment
+        # The daemon's queue holds max_queue tasks per environment: send
+        # chunks that fit, two in flight so replicas never wait between them.
+        chunk = min(self.concurrency or 10 ** 9, max(1, (env.max_queue or 1000) // 2))
+        pieces = [encoded[i:i + chunk] for i in range(0, len(encoded), chunk)]
+        path = "/v1/environments/%s/batch" % env.name
+        what = "map_task(%s)" % self.task.__qualname__
+
+        def send(piece):
+            b = dict(body, inputs=piece)
+            cc = _client_for(env.socket)
+            return env._post(cc, path, b, what)
+
+        t0 = time.perf_counter()
+        if len(pieces) == 1:
+            snaps = send(pieces[0])
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                snaps = [s for part in pool.map(send, pieces) for s in part]
+        total = int((time.perf_counter() - t0) * 1e6)
+        results, failures = [], []
+        for i, snap in enumerate(snaps):
+            try:
+                results.append(self.task._outcome(snap, total, record=len(snaps) <= 100))
+            except Exception as e:
+                failures.append((i, e))
+                results.append(None)
+        if failures:
+            ratio = 1.0 if self.min_success_ratio is None else self.min_success_ratio
+            if (len(snaps) - len(failures)) / float(len(snaps)) < ratio or ratio >= 1.0:
+                i, e = failures[0]
+                if len(failures) > 1:
+                    e.args = ("%s\n(element %d; %d of %d elements failed)" % (e, i, len(failures), len(snaps)),)
+                    if hasattr(e, "_text"):
+                        e._text = e.args[0]
+                raise e
+        return results
+
+
+def map_task(task, concurrency=None, min_success_ratio=None, **options):
+    """flytekit's ``map_task``: ``map_task(task)(input=[1, 2, 3])``."""
+    if options:
+        warnings.warn("map_task: %s not applied by Hearth" % ", ".join(sorted(options)), stacklevel=2)
+    return MappedTask(task, concurrency, min_success_ratio)

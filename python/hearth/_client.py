@@ -1,0 +1,201 @@
+"""HTTP/1.1 over hearthd's Unix socket, for the SDK.
+
+One persistent connection per thread (keep-alive), so a warm task costs one
+request on an open socket: no connect, no http.client machinery. The
+socket is ``HEARTH_SOCKET`` or ``/run/hearth/hearthd.sock``.
+
+Errors are the SDK's: ``DaemonUnavailable`` names the socket and how to
+start the daemon, ``SocketPermissionError`` says how to get access, and an
+error response becomes ``APIError`` with the daemon's code and message.
+"""
+
+import errno
+import json
+import os
+import socket
+import threading
+
+from hearth._errors import APIError, DaemonUnavailable, EnvironmentRefused, QueueFull, SocketPermissionError
+
+__all__ = ["Client", "default_socket", "client"]
+
+DEFAULT_SOCKET = "/run/hearth/hearthd.sock"
+
+
+def default_socket():
+    return os.environ.get("HEARTH_SOCKET") or DEFAULT_SOCKET
+
+
+class _Closed(Exception):
+    """The server closed a kept-alive connection before answering."""
+
+
+class Client(object):
+    def __init__(self, path=None):
+        self.path = path or default_socket()
+        self._local = threading.local()
+
+    # -- connection ------------------------------------------------------------
+
+    def _connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(self.path)
+        except FileNotFoundError:
+            s.close()
+            raise DaemonUnavailable(
+                "hearthd is not running: there is no socket at %s. Start it with `sudo hearthd &` "
+                "(or `sudo scripts/demo`), or set HEARTH_SOCKET to the socket it listens on." % self.path)
+        except ConnectionRefusedError:
+            s.close()
+            raise DaemonUnavailable(
+                "hearthd is not running: nothing listens on %s (a stale socket file). Start it with "
+                "`sudo hearthd &`, or set HEARTH_SOCKET to the socket it listens on." % self.path)
+        except PermissionError:
+            s.close()
+            raise SocketPermissionError(
+                "permission denied on %s: hearthd's socket is mode 0660, owned by root and group hearth. "
+                "Run as root, or add yourself to the group (`sudo usermod -aG hearth $USER`, then log in "
+                "again)." % self.path)
+        except OSError as e:
+            s.close()
+            raise DaemonUnavailable("cannot connect to hearthd at %s: %s" % (self.path, os.strerror(e.errno or 0)))
+        return s
+
+    def close(self):
+        s = getattr(self._local, "sock", None)
+        if s is not None:
+            self._local.sock = None
+            self._local.buf = b""
+            s.close()
+
+    # -- requests --------------------------------------------------------------
+
+    def request(self, method, path, body=None, content_type="application/json", timeout=None):
+        """``(status, body bytes)``. ``body`` may be bytes or a JSON-able value."""
+        if body is not None and not isinstance(body, (bytes, bytearray, memoryview)):
+            body = json.dumps(body, separators=(",", ":")).encode()
+        data = b"" if body is None else bytes(body)
+        head = ("%s %s HTTP/1.1\r\nHost: hearthd\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+                % (method, path, content_type, len(data))).encode()
+        msg = head + data if len(data) < 65536 else None
+        for attempt in (0, 1):
+            sock = getattr(self._local, "sock", None)
+            reused = sock is not None
+            if sock is None:
+                sock = self._local.sock = self._connect()
+                self._local.buf = b""
+            try:
+                sock.settimeout(timeout)
+                if msg is not None:
+                    sock.sendall(msg)
+                else:
+                    sock.sendall(head)
+                    sock.sendall(data)
+                return self._response(sock)
+            except _Closed:
+                self.close()
+                if reused and attempt == 0:
+                    continue  # the daemon closed an idle connection: one fresh try
+                raise DaemonUnavailable("hearthd at %s closed the connection without answering %s %s"
+                                        % (self.path, method, path))
+            except socket.timeout:
+                self.close()
+                raise TimeoutError("hearthd at %s did not answer %s %s within %s s" % (self.path, method, path, timeout))
+            except OSError as e:
+                self.close()
+                if reused and attempt == 0 and e.errno in (errno.EPIPE, errno.ECONNRESET):
+                    continue
+                raise DaemonUnavailable("lost the connection to hearthd at %s during %s %s: %s"
+                                        % (self.path, method, path, os.strerror(e.errno or 0)))
+        raise AssertionError("unreachable")
+
+    def _read_more(self, sock, got_any):
+        chunk = sock.recv(262144)
+        if not chunk:
+            if not got_any:
+                raise _Closed()
+            raise DaemonUnavailable("hearthd at %s closed the connection in the middle of a response" % self.path)
+        return chunk
+
+    def _response(self, sock):
+        buf = self._local.buf
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end >= 0:
+                break
+            buf += self._read_more(sock, bool(buf))
+        lines = buf[:end].decode("latin-1").split("\r\n")
+        rest = buf[end + 4:]
+        try:
+            status = int(lines[0].split(" ", 2)[1])
+        except (IndexError, ValueError):
+            self.close()
+            raise DaemonUnavailable("hearthd at %s sent a malformed status line: %r" % (self.path, lines[0][:80]))
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            out = []
+            while True:
+                while b"\r\n" not in rest:
+                    rest += self._read_more(sock, True)
+                size_line, _, rest = rest.partition(b"\r\n")
+                n = int(size_line.split(b";")[0], 16)
+                while len(rest) < n + 2:
+                    rest += self._read_more(sock, True)
+                out.append(rest[:n])
+                rest = rest[n + 2:]
+                if n == 0:
+                    break
+            body = b"".join(out)
+        else:
+            n = int(headers.get("content-length", "0"))
+            while len(rest) < n:
+                rest += self._read_more(sock, True)
+            body, rest = rest[:n], rest[n:]
+        self._local.buf = rest
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, body
+
+    def call(self, method, path, body=None, what=None, content_type="application/json", timeout=None,
+             not_found=None):
+        """JSON in, JSON out; an error status raises APIError (or the
+        subclass for the route). ``not_found``: returned for a 404."""
+        status, raw = self.request(method, path, body, content_type=content_type, timeout=timeout)
+        if status < 300:
+            if not raw:
+                return None
+            return json.loads(raw)
+        if status == 404 and not_found is not None:
+            return not_found
+        code, message = "http_%d" % status, raw.decode("utf-8", "replace")[:2000]
+        try:
+            err = json.loads(raw)["error"]
+            code, message = err.get("code", code), err.get("message", message)
+        except (ValueError, KeyError, TypeError):
+            pass
+        cls = APIError
+        if status == 429:
+            cls = QueueFull
+        elif method == "POST" and path == "/v1/environments":
+            cls = EnvironmentRefused
+        raise cls(status, code, message, what)
+
+
+_lock = threading.Lock()
+_clients = {}
+
+
+def client(path=None):
+    """The shared client for ``path`` (default: HEARTH_SOCKET, read at each call)."""
+    path = path or default_socket()
+    c = _clients.get(path)
+    if c is None:
+        with _lock:
+            c = _clients.get(path)
+            if c is None:
+                c = _clients[path] = Client(path)
+    return c

@@ -1,0 +1,370 @@
+"""Resources, Secret, ImageSpec and PodTemplate, as flytekit spells them,
+and their translation into the daemon's environment spec (JSON).
+
+The daemon validates every value (quantities, names, limits) and answers
+with the field and the rule; the SDK only translates, and refuses what it
+cannot translate (a ``value_from`` env var, a pod spec that is neither a
+mapping nor a kubernetes object).
+"""
+
+import datetime
+import re
+import warnings
+
+from hearth import _packages
+
+__all__ = ["Resources", "Secret", "ImageSpec", "PodTemplate", "DEFAULT_IMAGE",
+           "resources_dict", "image_name", "image_packages", "pod_template_dict"]
+
+DEFAULT_IMAGE = "hearth/python:3.11"
+
+
+class Resources(object):
+    """``Resources(cpu="2", mem="300Mi", gpu="1", ephemeral_storage="1Gi")``;
+    numbers are accepted for cpu and gpu."""
+
+    __slots__ = ("cpu", "mem", "gpu", "ephemeral_storage")
+
+    def __init__(self, cpu=None, mem=None, gpu=None, ephemeral_storage=None):
+        self.cpu, self.mem, self.gpu, self.ephemeral_storage = cpu, mem, gpu, ephemeral_storage
+
+    def __eq__(self, other):
+        return isinstance(other, Resources) and resources_dict(self) == resources_dict(other)
+
+    def __hash__(self):
+        return hash(tuple(sorted(resources_dict(self).items())))
+
+    def __repr__(self):
+        return "Resources(%s)" % ", ".join("%s=%r" % kv for kv in resources_dict(self).items())
+
+
+def _quantity(value, field):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError("%s: expected a quantity such as \"2\" or \"500Mi\", got %r" % (field, value))
+    return value if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value)
+
+
+def resources_dict(r, field="resources"):
+    if r is None:
+        return {}
+    if isinstance(r, dict):
+        r = Resources(**{("mem" if k == "memory" else k): v for k, v in r.items()})
+    if not isinstance(r, Resources):
+        raise TypeError("%s: expected hearth.Resources, got %r" % (field, r))
+    out = {}
+    for k in Resources.__slots__:
+        v = _quantity(getattr(r, k), "%s.%s" % (field, k))
+        if v is not None:
+            out[k] = v
+    return out
+
+
+class Secret(object):
+    """A secret request: ``Secret(key="api-token")`` (``group`` is accepted;
+    Hearth's store is flat, so the key, else the group, names the secret).
+    Set secrets with ``hearth secret set KEY``; a task reads them with
+    ``current_context().secrets.get(key=KEY)``."""
+
+    class MountType(object):
+        ANY = "ANY"
+        ENV_VAR = "ENV_VAR"
+        FILE = "FILE"
+
+    def __init__(self, key=None, group=None, group_version=None, mount_requirement=None, env_var=None):
+        if not key and not group:
+            raise ValueError("Secret needs a key (or a group)")
+        self.key, self.group, self.group_version = key, group, group_version
+        self.mount_requirement, self.env_var = mount_requirement, env_var
+
+    @property
+    def name(self):
+        return self.key or self.group
+
+    def __repr__(self):
+        return "Secret(key=%r)" % self.name
+
+
+def secret_keys(requests):
+    out = []
+    for i, s in enumerate(requests or []):
+        if isinstance(s, str):
+            out.append(s)
+        elif isinstance(s, Secret):
+            out.append(s.name)
+        else:
+            raise TypeError("secret_requests[%d]: expected hearth.Secret or a key string, got %r" % (i, s))
+    return out
+
+
+class ImageSpec(str):
+    """flytekit's ImageSpec. Until Hearth builds images it resolves to
+    ``base_image`` (a name, or another ImageSpec) or the default image, and
+    ``packages`` are checked in the image when a replica starts: packages
+    Hearth provides (union, flytekit, flytekitplugins-pod, hearth) are
+    satisfied; a missing one fails the environment, naming the package and
+    the image. ``env`` becomes environment variables of the replicas;
+    ``requirements`` (a requirements.txt) adds its plain ``name[op version]``
+    lines to ``packages``. The other parameters are kept for compatibility;
+    ``apt_packages``, ``commands`` and ``copy`` warn that they need an image
+    build.
+
+    An ImageSpec *is* the image reference it resolves to (a ``str``), so it
+    goes wherever an image name may: kubernetes' own models (which validate
+    ``V1Container.image`` as a string and keep a plain copy) included. Such
+    a copy still brings the ImageSpec's package checks: ``image_packages``
+    looks a plain name up among the ImageSpecs made in this process."""
+
+    _made = {}  # resolved name -> [ImageSpec], for plain copies (see above)
+
+    def __new__(cls, name="flytekit", *args, **kwargs):
+        base = kwargs.get("base_image")
+        resolved = image_name(base) if base is not None else DEFAULT_IMAGE
+        return str.__new__(cls, resolved)
+
+
+    def __init__(self, name="flytekit", python_version=None, builder=None, source_root=None, env=None,
+                 registry=None, packages=None, conda_packages=None, conda_channels=None, requirements=None,
+                 apt_packages=None, cuda=None, cudnn=None, base_image=None, platform="linux/amd64",
+                 pip_index=None, pip_extra_index_url=None, registry_config=None, entrypoint=None, commands=None,
+                 tag_format=None, source_copy_mode=None, copy=None, python_exec=None, pip_secret_mounts=None,
+                 builder_options=None):
+        self.name, self.python_version, self.builder, self.source_root = name, python_version, builder, source_root
+        self.env = dict(env or {})
+        self.registry, self.packages = registry, list(packages or [])
+        self.conda_packages, self.conda_channels = conda_packages, conda_channels
+        self.requirements, self.apt_packages, self.cuda, self.cudnn = requirements, apt_packages, cuda, cudnn
+        self.base_image, self.platform, self.pip_index = base_image, platform, pip_index
+        self.pip_extra_index_url, self.registry_config, self.entrypoint = pip_extra_index_url, registry_config, entrypoint
+        self.commands, self.tag_format, self.source_copy_mode, self.copy = commands, tag_format, source_copy_mode, copy
+        self.python_exec, self.pip_secret_mounts, self.builder_options = python_exec, pip_secret_mounts, builder_options
+        for field in ("apt_packages", "conda_packages", "commands", "copy"):
+            if getattr(self, field):
+                warnings.warn("ImageSpec.%s needs an image build, which Hearth does not do yet; the image "
+                              "(%s) must already contain it" % (field, image_name(self)), stacklevel=2)
+        ImageSpec._made.setdefault(str(self), []).append(self)
+        if platform not in (None, "linux/amd64"):
+            warnings.warn("ImageSpec.platform %r: Hearth runs replicas on this machine's platform" % (platform,),
+                          stacklevel=2)
+
+    @property
+    def image_name(self):
+        return image_name(self)
+
+    def __repr__(self):
+        return "ImageSpec(base_image=%r, packages=%r)" % (self.base_image, self.packages)
+
+    def __reduce__(self):
+        return (_rebuild_image_spec, (dict(self.__dict__),))
+
+
+def _rebuild_image_spec(state):
+    spec = str.__new__(ImageSpec, image_name(state.get("base_image")))
+    spec.__dict__.update(state)
+    return spec
+
+
+def image_name(image):
+    """The image reference an ImageSpec or a name resolves to."""
+    seen = 0
+    while isinstance(image, ImageSpec):
+        seen += 1
+        if seen > 16:
+            raise ValueError("ImageSpec.base_image chain is too deep (a cycle?)")
+        image = getattr(image, "base_image", None)
+    if image is None:
+        return DEFAULT_IMAGE
+    if not isinstance(image, str):
+        raise TypeError("container_image: expected an image name or hearth.ImageSpec, got %r" % (image,))
+    return image
+
+
+def image_packages(image):
+    """Requirement strings an ImageSpec (and its base ImageSpecs) ask for,
+    without the ones Hearth provides. A plain name brings the packages of
+    the ImageSpecs that resolve to it (kubernetes models keep plain copies)."""
+    if isinstance(image, str) and not isinstance(image, ImageSpec):
+        out = []
+        for spec in ImageSpec._made.get(image, []):
+            out.extend(p for p in image_packages(spec) if p not in out)
+        return out
+    out = []
+    seen = 0
+    while isinstance(image, ImageSpec) and seen < 16:
+        seen += 1
+        reqs = list(image.packages)
+        if image.requirements:
+            reqs.extend(_read_requirements(image.requirements))
+        for i, req in enumerate(reqs):
+            if not isinstance(req, str):
+                raise TypeError("ImageSpec.packages[%d]: expected a string, got %r" % (i, req))
+            name, op, version = _packages.parse(req)
+            if _packages.normalize(name) in _packages.PROVIDED:
+                continue
+            text = name + (op + version if op else "")
+            if text not in out:
+                out.append(text)
+        image = getattr(image, "base_image", None)
+    return out
+
+
+def image_env(image):
+    env = {}
+    chain = []
+    if isinstance(image, str) and not isinstance(image, ImageSpec):
+        specs = ImageSpec._made.get(image, [])
+        image = specs[-1] if len(specs) == 1 else None
+    while isinstance(image, ImageSpec) and len(chain) < 16:
+        chain.append(image)
+        image = getattr(image, "base_image", None)
+    for spec in reversed(chain):  # the outer spec's variables win
+        env.update({str(k): str(v) for k, v in spec.env.items()})
+    return env
+
+
+def _read_requirements(path):
+    out = []
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise ValueError("ImageSpec.requirements: cannot read %s: %s" % (path, e.strerror))
+    for n, line in enumerate(lines, 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("-"):
+            warnings.warn("%s:%d: pip option %r ignored (Hearth only checks packages)" % (path, n, line))
+            continue
+        req = re.sub(r"\[[^\]]*\]", "", line.split(";", 1)[0]).replace(" ", "")
+        try:
+            _packages.parse(req)
+        except ValueError:
+            m = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9]|[A-Za-z0-9]", req)
+            if m is None:
+                warnings.warn("%s:%d: %r is not a requirement Hearth understands; ignored" % (path, n, line))
+                continue
+            warnings.warn("%s:%d: %r has more than one version clause; Hearth checks the name only"
+                          % (path, n, line))
+            req = m.group(0)
+        out.append(req)
+    return out
+
+
+class PodTemplate(object):
+    """``PodTemplate(primary_container_name="primary", pod_spec=..., labels=..., annotations=...)``.
+
+    ``pod_spec`` may be a ``kubernetes.client.models.V1PodSpec`` (read by
+    attribute; kubernetes is not a dependency of Hearth) or a plain dict
+    (snake_case or camelCase keys). Of the pod spec, Hearth acts on the
+    primary container's ``image`` (a name or an ImageSpec), ``env`` and
+    ``resources``; other settings are reported with a warning, since a
+    replica is not a Kubernetes pod."""
+
+    def __init__(self, pod_spec=None, primary_container_name="primary", labels=None, annotations=None):
+        self.pod_spec = pod_spec
+        self.primary_container_name = primary_container_name
+        self.labels = dict(labels or {})
+        self.annotations = dict(annotations or {})
+
+    def __repr__(self):
+        return "PodTemplate(primary_container_name=%r)" % self.primary_container_name
+
+
+def _get(obj, name, camel=None):
+    if isinstance(obj, dict):
+        if name in obj:
+            return obj[name]
+        return obj.get(camel) if camel else None
+    return getattr(obj, name, None)
+
+
+def _fields(obj):
+    """Names of the fields that are set, for warnings about ignored ones."""
+    if isinstance(obj, dict):
+        return [k for k, v in obj.items() if v not in (None, [], {})]
+    names = getattr(obj, "openapi_types", None) or getattr(obj, "attribute_map", None)
+    if names is None:
+        names = [k.lstrip("_") for k in vars(obj)] if hasattr(obj, "__dict__") else []
+    return [n for n in names if getattr(obj, n, None) not in (None, [], {})]
+
+
+_CAMEL = {"image_pull_policy": "imagePullPolicy", "value_from": "valueFrom"}
+
+
+def _k8s_quantities(mapping, where):
+    if mapping is None:
+        return None
+    if not isinstance(mapping, dict):
+        raise TypeError("%s: expected a mapping of resource names to quantities, got %r" % (where, mapping))
+    out = {}
+    for k, v in mapping.items():
+        out[str(k)] = _quantity(v, "%s[%r]" % (where, k))
+    return out
+
+
+def pod_template_dict(template, where="pod_template"):
+    """``(spec dict, packages, image env)`` for a PodTemplate."""
+    if not isinstance(template, PodTemplate):
+        raise TypeError("%s: expected hearth.PodTemplate, got %r" % (where, template))
+    out = {"primary_container_name": template.primary_container_name}
+    if template.labels:
+        out["labels"] = {str(k): str(v) for k, v in template.labels.items()}
+    if template.annotations:
+        out["annotations"] = {str(k): str(v) for k, v in template.annotations.items()}
+    packages, env = [], {}
+    spec = template.pod_spec
+    if spec is None:
+        return out, packages, env
+    if not isinstance(spec, dict) and not hasattr(spec, "containers"):
+        raise TypeError("%s.pod_spec: expected a kubernetes V1PodSpec or a dict, got %r" % (where, spec))
+    ignored = [f for f in _fields(spec) if f != "containers"]
+    if ignored:
+        warnings.warn("%s.pod_spec: %s not applied (a Hearth replica is not a Kubernetes pod)"
+                      % (where, ", ".join(sorted(ignored))), stacklevel=3)
+    containers = []
+    for i, c in enumerate(_get(spec, "containers") or []):
+        cw = "%s.pod_spec.containers[%d]" % (where, i)
+        name = _get(c, "name")
+        cd = {"name": name}
+        image = _get(c, "image")
+        if image is not None:
+            cd["image"] = image_name(image)
+            if name == template.primary_container_name:
+                packages.extend(image_packages(image))
+                env.update(image_env(image))
+        env_list = []
+        for j, e in enumerate(_get(c, "env") or []):
+            if _get(e, "value_from", "valueFrom") is not None:
+                raise ValueError("%s.env[%d] (%s): value_from is not supported; give a value, or use a Secret"
+                                 % (cw, j, _get(e, "name")))
+            value = _get(e, "value")
+            env_list.append({"name": _get(e, "name"), "value": "" if value is None else str(value)})
+        if env_list:
+            cd["env"] = env_list
+        res = _get(c, "resources")
+        if res is not None:
+            rd = {}
+            for k in ("requests", "limits"):
+                q = _k8s_quantities(_get(res, k), "%s.resources.%s" % (cw, k))
+                if q:
+                    rd[k] = q
+            if rd:
+                cd["resources"] = rd
+        extra = [f for f in _fields(c) if f not in ("name", "image", "env", "resources")]
+        if extra and name == template.primary_container_name:
+            warnings.warn("%s (%s): %s not applied" % (cw, name, ", ".join(sorted(extra))), stacklevel=3)
+        containers.append(cd)
+    out["pod_spec"] = {"containers": containers}
+    return out, packages, env
+
+
+def seconds(value, field):
+    if value is None:
+        return None
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("%s: expected seconds (a number) or a datetime.timedelta, got %r" % (field, value))
+    return value

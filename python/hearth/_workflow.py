@@ -1,0 +1,180 @@
+"""workflow, LaunchPlan and current_context, as flytekit spells them.
+
+A workflow runs in the caller's process as plain Python: its body calls
+tasks (each a request to hearthd, run in a warm replica), other workflows
+and launch plans, in order. Inputs are keyword arguments checked against
+the type hints, as for tasks.
+
+``current_context()`` works everywhere; inside a replica
+``current_context().secrets.get(key=K)`` reads ``/etc/secrets/K`` (mounted for
+the environment's ``secret_requests``), and ``execution_id`` is the task's id.
+"""
+
+import functools
+import logging
+import os
+import re
+import tempfile
+
+from hearth._typecheck import Signature
+
+__all__ = ["workflow", "Workflow", "LaunchPlan", "current_context", "ExecutionParameters", "SecretsManager"]
+
+
+class Workflow(object):
+    def __init__(self, fn, options=None):
+        functools.update_wrapper(self, fn)
+        self._hearth_fn = fn
+        self.name = "%s.%s" % (fn.__module__, fn.__qualname__)
+        self.options = dict(options or {})
+        self._sig = None
+
+    @property
+    def signature(self):
+        if self._sig is None:
+            self._sig = Signature(self._hearth_fn, "workflow")
+        return self._sig
+
+    def __call__(self, *args, **kwargs):
+        return self._hearth_fn(**self.signature.bind(args, kwargs))
+
+    def __repr__(self):
+        return "<hearth workflow %s>" % self.name
+
+
+def workflow(fn=None, **options):
+    """``@workflow`` or ``@workflow(failure_policy=..., interruptible=...)``;
+    flytekit's options are accepted and have no effect on local execution."""
+    if fn is None:
+        return lambda f: Workflow(f, options)
+    if not callable(fn):
+        raise TypeError("workflow: expected a function, got %r" % (fn,))
+    return Workflow(fn, options)
+
+
+class LaunchPlan(object):
+    """A workflow with default and fixed inputs."""
+
+    _registry = {}
+
+    def __init__(self, name, workflow, default_inputs=None, fixed_inputs=None):
+        if not isinstance(workflow, Workflow):
+            raise TypeError("LaunchPlan %s: expected a @workflow, got %r" % (name, workflow))
+        self.name = name
+        self.workflow = workflow
+        self.default_inputs = dict(default_inputs or {})
+        self.fixed_inputs = dict(fixed_inputs or {})
+        for k in list(self.default_inputs) + list(self.fixed_inputs):
+            if k not in workflow.signature.names:
+                raise TypeError("LaunchPlan %s: %r is not an input of %s (its inputs: %s)"
+                                % (name, k, workflow.__name__, ", ".join(workflow.signature.names) or "none"))
+
+    @classmethod
+    def get_default_launch_plan(cls, ctx, workflow):
+        """The launch plan named after the workflow, with its own defaults."""
+        return cls.get_or_create(workflow)
+
+    @classmethod
+    def get_or_create(cls, workflow, name=None, default_inputs=None, fixed_inputs=None, **options):
+        """A launch plan of ``workflow``; the same name with the same inputs
+        gives the same object. (A module imported again, e.g. after a code
+        change, makes a new workflow object: its plan replaces the old.)"""
+        name = name or getattr(workflow, "name", None) or repr(workflow)
+        lp = cls._registry.get(name)
+        if lp is not None and lp.workflow is workflow and lp.default_inputs == dict(default_inputs or {}) \
+                and lp.fixed_inputs == dict(fixed_inputs or {}):
+            return lp
+        lp = cls(name, workflow, default_inputs, fixed_inputs)
+        cls._registry[name] = lp
+        return lp
+
+    def __call__(self, *args, **kwargs):
+        if args:
+            raise TypeError("launch plan %s takes keyword arguments only" % self.name)
+        for k in kwargs:
+            if k in self.fixed_inputs:
+                raise TypeError("launch plan %s: input %r is fixed to %r" % (self.name, k, self.fixed_inputs[k]))
+        inputs = dict(self.default_inputs)
+        inputs.update(kwargs)
+        inputs.update(self.fixed_inputs)
+        return self.workflow(**inputs)
+
+    def __repr__(self):
+        return "<hearth launch plan %s>" % self.name
+
+
+class SecretsManager(object):
+    """Reads the secrets an environment requested.
+
+    In a replica: ``/etc/secrets/KEY`` (``HEARTH_SECRETS_DIR`` overrides the
+    directory). Outside, for running tasks' code locally: the variable
+    ``HEARTH_SECRET_<KEY>`` (upper case, other characters as ``_``), then
+    flytekit's ``_FSEC_<GROUP>_<KEY>``."""
+
+    def __init__(self, directory=None):
+        self.directory = directory or os.environ.get("HEARTH_SECRETS_DIR") or "/etc/secrets"
+
+    @staticmethod
+    def _var(s):
+        return re.sub(r"[^A-Za-z0-9]", "_", s).upper()
+
+    def get(self, group=None, key=None, group_version=None, encode_mode="r"):
+        name = key or group
+        if not name:
+            raise ValueError("secrets.get needs a key")
+        if "/" in name or name in (".", ".."):
+            raise ValueError("secret key %r is not valid: no '/', not '.' or '..'" % name)
+        path = os.path.join(self.directory, name)
+        try:
+            with open(path, encode_mode) as f:
+                return f.read()
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            raise PermissionError("secret %r: cannot read %s" % (name, path))
+        for var in ("HEARTH_SECRET_" + self._var(name),
+                    "_FSEC_%s_%s" % (self._var(group or ""), self._var(key or "")) if group and key else None):
+            if var and var in os.environ:
+                value = os.environ[var]
+                return value.encode() if "b" in encode_mode else value
+        raise ValueError("secret %r is not available: no %s (is it in the environment's secret_requests, and set "
+                         "with `hearth secret set %s`?) and no HEARTH_SECRET_%s variable"
+                         % (name, path, name, self._var(name)))
+
+    def get_secrets_env_var(self, group=None, key=None, group_version=None):
+        return "HEARTH_SECRET_" + self._var(key or group or "")
+
+    def get_secrets_file(self, group=None, key=None, group_version=None):
+        return os.path.join(self.directory, key or group or "")
+
+
+class ExecutionParameters(object):
+    """What ``current_context()`` returns: ``secrets``, ``execution_id``
+    (the task id inside a replica, else None), ``environment`` and
+    ``replica`` (inside a replica), ``logging``, ``working_directory``."""
+
+    def __init__(self):
+        from hearth import _worker
+
+        self.secrets = SecretsManager()
+        self.execution_id = _worker.current_task_id
+        self.environment = os.environ.get("HEARTH_ENVIRONMENT") if _worker.in_worker() else None
+        self.replica = os.environ.get("HEARTH_REPLICA") if _worker.in_worker() else None
+        self.logging = logging.getLogger("hearth.task")
+        self._workdir = None
+
+    @property
+    def working_directory(self):
+        if self._workdir is None:
+            self._workdir = tempfile.mkdtemp(prefix="hearth-")
+        return self._workdir
+
+    @property
+    def execution_date(self):
+        import datetime
+
+        return datetime.datetime.now(datetime.timezone.utc)
+
+
+def current_context():
+    return ExecutionParameters()
