@@ -165,7 +165,7 @@ class Signature(object):
                 raise InputError("%s() missing required input %r (%s)"
                                 % (self.name, p.name, describe(self.hints.get(p.name, typing.Any))))
             hint = self.hints.get(p.name)
-            if hint is not None:
+            if hint is not None and p.name in kwargs:  # defaults are the author's business
                 check_value(value, hint, "%s() input %r" % (self.name, p.name))
             out[p.name] = value
         for key, value in kwargs.items():

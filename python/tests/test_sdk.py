@@ -1,0 +1,408 @@
+"""Unit tests of the SDK's pieces that need no daemon."""
+import datetime
+import enum
+import io
+import json
+import os
+import pickle
+import socket
+import sys
+import tarfile
+import typing
+import warnings
+
+import pytest
+
+import hearth
+from hearth import _bundle, _errors, _packages, _protocol, _runner, _spec
+from hearth._actor import ActorEnvironment, _RestrictedUnpickler, map_task
+from hearth._client import Client
+from hearth._typecheck import InputError, Signature, check_value
+from hearth._workflow import LaunchPlan, SecretsManager, workflow
+
+
+# -- type checks -------------------------------------------------------------------
+
+def f(a: int, b: float = 1.0, names: typing.List[str] = (), opt: typing.Optional[int] = None,
+      pair: tuple[int, str] = (1, "x"), m: dict[str, int] = {}) -> int:
+    return a
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"a": "1"}, "input 'a': expected int, got str '1'"),
+    ({"a": True}, "expected int, got bool"),
+    ({"a": 1, "b": "x"}, "input 'b': expected float"),
+    ({"a": 1, "names": ["a", 3]}, "names'[1]: expected str, got int"),
+    ({"a": 1, "opt": "x"}, "input 'opt'"),
+    ({"a": 1, "pair": (1, 2)}, "pair'[1]: expected str"),
+    ({"a": 1, "pair": (1,)}, "expected a tuple of 2"),
+    ({"a": 1, "m": {"k": "v"}}, "m'['k']: expected int"),
+    ({"a": 1, "zzz": 1}, "unexpected keyword argument 'zzz' (its inputs: a, b, names, opt, pair, m)"),
+    ({}, "missing required input 'a' (int)"),
+])
+def test_signature_refuses(kwargs, message):
+    with pytest.raises(InputError) as e:
+        Signature(f).bind((), kwargs)
+    assert message in str(e.value)
+
+
+def test_signature_accepts_and_fills_defaults():
+    out = Signature(f).bind((), {"a": 1, "b": 2, "opt": None, "names": ["x"]})
+    assert out["a"] == 1 and out["b"] == 2 and out["pair"] == (1, "x") and out["m"] == {}
+
+
+def test_positional_arguments_are_refused_with_the_keyword_form():
+    with pytest.raises(InputError, match=r"keyword arguments only, as Flyte tasks do: call f\(a=\.\.\., b=\.\.\.\)"):
+        Signature(f).bind((1, 2), {})
+
+
+def test_check_value_literals_unions_and_classes():
+    check_value("a", typing.Literal["a", "b"], "x")
+    with pytest.raises(InputError):
+        check_value("c", typing.Literal["a", "b"], "x")
+    check_value(3, int | str, "x")
+    with pytest.raises(InputError):
+        check_value(3.5, int | str, "x")
+    check_value(datetime.date.today(), datetime.date, "x")
+    check_value(object(), typing.Any, "x")
+
+
+# -- bundles -----------------------------------------------------------------------
+
+def _names(b):
+    with tarfile.open(fileobj=io.BytesIO(b.data)) as t:
+        return sorted(m.name for m in t.getmembers())
+
+
+def test_bundle_is_deterministic_and_skips_what_is_not_code(tmp_path, monkeypatch):
+    monkeypatch.setattr(_bundle, "RESCAN_SECONDS", 0)
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "tasks.py").write_text("X = 1\n")
+    (tmp_path / "pkg" / "tasks.cpython-311.pyc").write_bytes(b"junk")
+    for d in (".git", "__pycache__", "node_modules", "venv"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "f").write_text("x")
+    (tmp_path / "venv" / "pyvenv.cfg").write_text("home = /usr\n")
+    (tmp_path / "link_in").symlink_to("pkg/tasks.py")
+    (tmp_path / "link_out").symlink_to("/etc/passwd")
+    b1 = _bundle.bundle_for(str(tmp_path))
+    assert _names(b1) == ["link_in", "pkg", "pkg/__init__.py", "pkg/tasks.py"]
+    with tarfile.open(fileobj=io.BytesIO(b1.data)) as t:
+        for m in t.getmembers():
+            assert m.mtime == 0 and m.uid == 0 and m.gid == 0
+    os.utime(tmp_path / "pkg" / "tasks.py", (1, 1))  # touch: same content, same hash
+    b2 = _bundle.bundle_for(str(tmp_path))
+    assert b2.sha256 == b1.sha256
+    (tmp_path / "pkg" / "tasks.py").write_text("X = 2\n")
+    b3 = _bundle.bundle_for(str(tmp_path))
+    assert b3.sha256 != b1.sha256
+
+
+def test_bundle_size_cap_names_the_biggest_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEARTH_MAX_BUNDLE_BYTES", "1000")
+    (tmp_path / "tasks.py").write_text("x = 1\n")
+    (tmp_path / "data.bin").write_bytes(b"\0" * 5000)
+    with pytest.raises(_errors.BundleError, match=r"over the 0\.0 MiB limit .*biggest files: data\.bin"):
+        _bundle.bundle_for(str(tmp_path / ""))
+
+
+def test_module_root():
+    assert _bundle.module_root("app.tasks", "/p/app/tasks.py") == ("app.tasks", "/p")
+    assert _bundle.module_root("app", "/p/app/__init__.py") == ("app", "/p")
+    assert _bundle.module_root("job", "/p/job.py") == ("job", "/p")
+    with pytest.raises(_errors.BundleError, match="no source file"):
+        _bundle.module_root("x", None)
+
+
+# -- specs --------------------------------------------------------------------------
+
+def test_environment_spec_translation():
+    image = _spec.ImageSpec(registry="r.example", packages=["union", "numpy>=1.2", "flytekitplugins-pod"],
+                            env={"FROM_IMAGE": "1"})
+    env = ActorEnvironment(name="e", replica_count=2, ttl_seconds=datetime.timedelta(minutes=5),
+                           requests=_spec.Resources(cpu=1, mem="300Mi"), limits=_spec.Resources(mem="1Gi", gpu=1),
+                           environment={"A": "b"}, container_image=image,
+                           secret_requests=[_spec.Secret(key="tok"), "other"], timeout=30)
+    assert env.spec() == {
+        "name": "e", "replica_count": 2, "container_image": "hearth/python:3.11",
+        "environment": {"FROM_IMAGE": "1", "A": "b"}, "requests": {"cpu": "1", "mem": "300Mi"},
+        "limits": {"mem": "1Gi", "gpu": "1"}, "ttl_seconds": 300, "secret_requests": ["tok", "other"],
+        "packages": ["numpy>=1.2"], "timeout": 30,
+    }
+
+
+def test_image_spec_is_its_image_name():
+    base = _spec.ImageSpec(base_image="hearth/python-numpy:3.11", packages=["numpy"])
+    top = _spec.ImageSpec(base_image=base, packages=["scipy==1.10.*"])
+    assert top == "hearth/python-numpy:3.11" and isinstance(top, str)
+    assert _spec.image_packages(top) == ["scipy==1.10.*", "numpy"]
+    assert _spec.image_packages(str(top)) != []  # a plain copy still brings the checks
+    assert pickle.loads(pickle.dumps(top)).packages == ["scipy==1.10.*"]
+
+
+def test_image_spec_warns_about_what_needs_a_build():
+    with pytest.warns(UserWarning, match="apt_packages needs an image build"):
+        _spec.ImageSpec(apt_packages=["git"])
+
+
+def test_pod_template_from_dict_and_warnings():
+    pt = _spec.PodTemplate(primary_container_name="main", labels={"team": "ml"}, pod_spec={
+        "containers": [{"name": "main", "image": "img:1", "env": [{"name": "K", "value": "v"}],
+                        "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "1Gi"}}, "command": ["x"]}],
+        "nodeSelector": {"a": "b"}})
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        d, packages, env = _spec.pod_template_dict(pt)
+    assert d == {"primary_container_name": "main", "labels": {"team": "ml"}, "pod_spec": {"containers": [
+        {"name": "main", "image": "img:1", "env": [{"name": "K", "value": "v"}],
+         "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "1Gi"}}}]}}
+    text = " ".join(str(x.message) for x in w)
+    assert "nodeSelector not applied" in text and "command not applied" in text
+
+
+def test_pod_template_value_from_is_refused():
+    pt = _spec.PodTemplate(pod_spec={"containers": [{"name": "primary", "env": [{"name": "K", "valueFrom": {}}]}]})
+    with pytest.raises(ValueError, match=r"env\[0\] \(K\): value_from is not supported"):
+        _spec.pod_template_dict(pt)
+
+
+def test_pod_template_with_kubernetes_models():
+    models = pytest.importorskip("kubernetes.client.models")
+    image = _spec.ImageSpec(packages=["union", "pyarrow"])
+    pt = _spec.PodTemplate(primary_container_name="primary", pod_spec=models.V1PodSpec(containers=[
+        models.V1Container(name="primary", image=image, env=[models.V1EnvVar(name="E", value="1")],
+                           resources=models.V1ResourceRequirements(requests={"cpu": "1", "memory": "1Gi"}))]))
+    d, packages, env = _spec.pod_template_dict(pt)
+    c = d["pod_spec"]["containers"][0]
+    assert c == {"name": "primary", "image": "hearth/python:3.11", "env": [{"name": "E", "value": "1"}],
+                 "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}
+    assert "pyarrow" in packages
+
+
+def test_k8s_stand_in_models():
+    from hearth import _k8s_compat
+
+    finder = _k8s_compat._Finder()
+    spec = finder.find_spec("kubernetes.client.models")
+    mod = type(sys)("kubernetes.client.models")
+    finder.exec_module(mod)
+    c = mod.V1Container(name="p", image="x")
+    assert c.name == "p" and c.resources is None
+    with pytest.raises(AttributeError, match="stand-in"):
+        mod.__getattr__("not_a_model")
+    assert spec.name == "kubernetes.client.models" and finder.find_spec("json") is None
+
+
+# -- packages -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("installed, op, wanted, ok", [
+    ("1.24.2", ">=", "1.24", True), ("1.24.2", "<", "1.24", False), ("2.0", "==", "2", True),
+    ("1.10.3", "~=", "1.10", True), ("2.0", "~=", "1.10", False), ("1.2.9", "==", "1.2.*", True),
+    ("1.3", "!=", "1.2.*", True), ("2.0rc1", ">=", "2.0", True), (None, ">=", "1", False),
+])
+def test_version_clauses(installed, op, wanted, ok):
+    assert _packages.satisfies(installed, op, wanted) is ok
+
+
+def test_missing_packages_messages():
+    assert _packages.missing(["pytest", "union", "flytekit", "hearth"], "img") == []
+    msgs = _packages.missing(["no-such-dist-xyz", "pytest<1"], "img:1")
+    assert "image img:1 does not provide the Python package 'no-such-dist-xyz'" in msgs[0]
+    assert "image img:1 has pytest" in msgs[1] and "pytest<1 is required" in msgs[1]
+    with pytest.raises(ValueError, match="not a package requirement"):
+        _packages.parse("numpy; os.system('x')")
+
+
+# -- errors and results --------------------------------------------------------------
+
+def test_remote_exception_is_the_builtin_too():
+    e = _errors.remote_exception("t", {"type": "ValueError", "module": "builtins", "message": "bad",
+                                       "traceback": "Traceback ...\nValueError: bad\n"}, "t-1", "r-1", 2)
+    assert isinstance(e, ValueError) and isinstance(e, _errors.TaskFailed)
+    assert "task t (t-1, replica r-1, pid 2) failed: ValueError: bad" in str(e)
+    assert "Remote traceback:" in str(e)
+    k = _errors.remote_exception("t", {"type": "KeyError", "module": "builtins", "message": "'k'"})
+    assert isinstance(k, KeyError) and "KeyError: 'k'" in str(k)
+    custom = _errors.remote_exception("t", {"type": "Boom", "module": "app.errors", "message": "x"})
+    assert type(custom).__name__ == "Boom" and "app.errors.Boom: x" in str(custom)
+    assert isinstance(_errors.remote_exception("t", {"type": "Timeout", "message": "late"}), TimeoutError)
+    assert not isinstance(_errors.remote_exception("t", {"type": "Timeout", "module": "app", "message": ""}),
+                          TimeoutError)
+
+
+class Point(typing.NamedTuple):
+    x: int
+    y: int
+
+
+def test_restricted_unpickler():
+    ok = pickle.dumps({"when": datetime.datetime(2024, 1, 1), "s": {1, 2}, "p": Point(1, 2)})
+    got = _RestrictedUnpickler(ok, frozenset([__name__.split(".")[0]])).load()
+    assert got["p"] == Point(1, 2)
+    evil = pickle.dumps(os.system.__self__) if False else b"cos\nsystem\n(S'true'\ntR."
+    with pytest.raises(pickle.UnpicklingError, match="os.system, which the caller does not unpickle"):
+        _RestrictedUnpickler(evil, frozenset(["app"])).load()
+
+
+def test_protocol_decode_with_a_loader():
+    enc = _protocol.encode_value({1, 2})
+    assert _protocol.decode_value(enc, lambda raw: ("loaded", len(raw)))[0] == "loaded"
+
+
+# -- client errors --------------------------------------------------------------------
+
+def test_client_names_a_missing_socket(tmp_path):
+    c = Client(str(tmp_path / "none.sock"))
+    with pytest.raises(_errors.DaemonUnavailable, match=r"no socket at .*none\.sock\. Start it with `sudo hearthd &`"):
+        c.call("GET", "/v1/version")
+
+
+def test_client_names_a_stale_socket(tmp_path):
+    path = str(tmp_path / "stale.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.close()  # the file stays, nobody listens
+    with pytest.raises(_errors.DaemonUnavailable, match="nothing listens on"):
+        Client(path).call("GET", "/v1/version")
+
+
+def test_client_permission_message(monkeypatch, tmp_path):
+    def refuse(self, addr):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    with pytest.raises(_errors.SocketPermissionError, match="group hearth"):
+        Client(str(tmp_path / "x.sock")).call("GET", "/v1/version")
+
+
+def test_client_keep_alive_and_error_bodies(tmp_path):
+    """A tiny HTTP server on a Unix socket: two requests on one connection,
+    then an error response becomes APIError with the daemon's code."""
+    import threading
+
+    path = str(tmp_path / "d.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+    accepted = []
+
+    def serve():
+        conn, _ = srv.accept()
+        accepted.append(1)
+        buf = b""
+        for status, body in ((200, b'{"ok":1}'), (404, b'{"error":{"code":"not_found","message":"no such env"}}')):
+            while b"\r\n\r\n" not in buf:
+                buf += conn.recv(65536)
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            n = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
+            while len(buf) < n:
+                buf += conn.recv(65536)
+            buf = buf[n:]
+            conn.sendall(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body))
+        conn.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    c = Client(path)
+    assert c.call("POST", "/v1/x", {"a": 1}) == {"ok": 1}
+    with pytest.raises(_errors.APIError) as e:
+        c.call("GET", "/v1/environments/zz", what="status of zz")
+    t.join()
+    assert e.value.code == "not_found" and "status of zz: no such env" in str(e.value)
+    assert accepted == [1]
+
+
+# -- workflows, launch plans, secrets, map_task inside a worker -------------------------
+
+def test_workflow_and_launch_plan_run_locally():
+    @workflow
+    def wf(name: str, times: int = 2) -> str:
+        return " ".join([name] * times)
+
+    assert wf(name="a") == "a a"
+    with pytest.raises(InputError):
+        wf("a")
+    lp = LaunchPlan.get_default_launch_plan(None, wf)
+    assert lp(name="b") == "b b" and LaunchPlan.get_default_launch_plan(None, wf) is lp
+    fixed = LaunchPlan.get_or_create(wf, name="fixed", fixed_inputs={"times": 3})
+    assert fixed(name="c") == "c c c"
+    with pytest.raises(TypeError, match="fixed"):
+        fixed(name="c", times=1)
+
+
+def test_secrets_manager(tmp_path, monkeypatch):
+    (tmp_path / "tok").write_text("v1")
+    s = SecretsManager(str(tmp_path))
+    assert s.get(key="tok") == "v1"
+    monkeypatch.setenv("HEARTH_SECRET_OTHER_KEY", "v2")
+    assert s.get(key="other-key") == "v2"
+    with pytest.raises(ValueError, match="secret 'nope' is not available"):
+        s.get(key="nope")
+    with pytest.raises(ValueError, match="not valid"):
+        s.get(key="../etc")
+
+
+_menv = ActorEnvironment(name="m")
+
+
+@_menv.task
+def g(x: int, y: int = 0) -> int:
+    return x + y
+
+
+def test_map_task_inputs_are_checked():
+    m = map_task(g)
+    with pytest.raises(InputError, match="different lengths"):
+        m(x=[1, 2], y=[1])
+    with pytest.raises(InputError, match="expected a list to map over"):
+        m(x=[1], y=2)
+    with pytest.raises(InputError, match="element 1: .*expected int"):
+        m(x=[1, "2"])
+    import functools
+
+    assert len(map_task(functools.partial(g, y=1))._inputs((), {"x": [1, 2]})) == 2
+
+
+def test_tasks_must_be_top_level():
+    env = ActorEnvironment(name="m")
+    with pytest.raises(TypeError, match="top level of a module"):
+        @env.task
+        def local() -> int:
+            return 1
+
+
+# -- runner ---------------------------------------------------------------------------
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+@pytest.mark.parametrize("text, hint, value", [
+    ("0", int, 0), ("0x10", int, 16), ("1.5", float, 1.5), ("yes", bool, True), ("0", bool, False),
+    ("Ada", str, "Ada"), ("[1, 2]", list[int], [1, 2]), ('{"a": 1}', dict[str, int], {"a": 1}),
+    ("none", typing.Optional[int], None), ("3", typing.Optional[int], 3), ("red", Colour, Colour.RED),
+    ("RED", Colour, Colour.RED), ("2024-01-02", datetime.date, datetime.date(2024, 1, 2)),
+    ("[1, \"a\"]", tuple[int, str], (1, "a")),
+])
+def test_parse_value(text, hint, value):
+    assert _runner.parse_value(text, hint, "x") == value
+
+
+def test_parse_value_errors_name_the_flag():
+    with pytest.raises(_runner.UsageError, match=r"--my-input: 'x' is not a valid int"):
+        _runner.parse_value("x", int, "my_input")
+
+
+def test_format_outputs():
+    assert _runner.format_outputs(None) == []
+    assert _runner.format_outputs(4) == ["4"]
+    assert _runner.format_outputs(("a", "b")) == ["a", "b"]
+    assert _runner.format_outputs(Point(1, 2)) == ["x: 1", "y: 2"]
+    assert _runner.format_outputs({"a": [1]}) == ['{"a": [1]}']
+
+
+def test_lazy_names():
+    assert set(["ActorEnvironment", "workflow", "map_task", "ImageSpec"]) <= set(dir(hearth))
+    with pytest.raises(AttributeError):
+        hearth.nope
