@@ -462,6 +462,19 @@ final class EnvironmentSpecTests: XCTestCase {
         XCTAssertNil(refusal("name: a\nsecret_requests: [a.b-c_D, \"...\"]"))
     }
 
+    /// ImageSpec's packages: checked by the worker, so only what its check
+    /// understands (a name and at most one version clause) gets through.
+    func testPackages() throws {
+        let e = try one("name: a\npackages: [pandas==2.1.4, numpy, numpy, torch>=2, scipy~=1.10, x_y.z-w, a==1.2.*]").effective
+        XCTAssertEqual(e.packages, ["a==1.2.*", "numpy", "pandas==2.1.4", "scipy~=1.10", "torch>=2", "x_y.z-w"])
+        XCTAssertNil(try one("name: a").effective.packages)
+        for bad in ["", "-numpy", "numpy>=", "numpy >=1", "numpy;os", "numpy==1,<2", "numpy[extra]", "a b", "numpy=1"] {
+            XCTAssertEqual(refusal("name: a\npackages: [\"\(bad)\"]"),
+                           "env.yaml: packages[0]: \"\(bad)\" is not a package requirement; use a distribution name, optionally with one version clause such as numpy>=1.24 or pandas==2.1.4")
+        }
+        assertRefused("name: a\npackages: numpy", "env.yaml: packages: expected a list")
+    }
+
     func testImages() {
         assertRefused("name: a\ncontainer_image: \"\"", "env.yaml: container_image: empty; name an image such as hearth/python:3.11")
         assertRefused("name: a\ncontainer_image: \"python 3\"", "env.yaml: container_image: \"python 3\" is not an image reference")
@@ -510,7 +523,7 @@ final class EnvironmentSpecTests: XCTestCase {
     func testUnknownFieldsAtEveryDepth() {
         assertRefused("name: a\nreplicas: 2", "env.yaml: replicas: unknown field")
         XCTAssertEqual(refusal("name: a\nttl: 2"),
-                       "env.yaml: ttl: unknown field; expected one of name, container_image, environment, requests, limits, replica_count, ttl_seconds, secret_requests, pod_template, network, seccomp, capabilities, timeout, max_tasks_per_replica, max_queue")
+                       "env.yaml: ttl: unknown field; expected one of name, container_image, environment, requests, limits, replica_count, ttl_seconds, secret_requests, pod_template, network, seccomp, capabilities, timeout, max_tasks_per_replica, max_queue, packages")
         XCTAssertEqual(refusal("name: a\nreplica_cont: 2"), "env.yaml: replica_cont: unknown field (did you mean replica_count?)")
         assertRefused("name: a\nrequests: {cpus: 1}", "env.yaml: requests.cpus: unknown field (did you mean cpu?)")
         assertRefused("name: a\ncapabilities: {add: [], remove: []}", "env.yaml: capabilities.remove: unknown field")
@@ -604,6 +617,8 @@ final class EnvironmentSpecTests: XCTestCase {
             base + "pod_template: {annotations: {a: b}}",
             base + "pod_template: {pod_spec: {containers: [{name: primary, env: [{name: Y, value: '1'}]}]}}",
             base + "pod_template: {pod_spec: {containers: [{name: primary, image: other}]}}",
+            base + "packages: [numpy]",
+            base + "packages: [numpy>=1.24]",
         ]
         var seen = [try one(base).identity: base]
         for change in changes {
