@@ -22,16 +22,21 @@ took; ``python -m hearth run`` prints them.
 import collections
 import functools
 import json
-import os
-import pickle
 import threading
 import time
 import warnings
 
-from hearth import _bundle, _protocol, _spec
-from hearth._client import client as _client_for
+from hearth import _protocol, _spec
 from hearth._errors import APIError, remote_exception
-from hearth._typecheck import InputError, Signature
+
+# A module of tasks is imported inside replicas too, where only the
+# decorators run: the client, bundling and type checks load on first call.
+
+
+def _client_for(path):
+    from hearth._client import client
+
+    return client(path)
 
 __all__ = ["ActorEnvironment", "ActorTask", "MappedTask", "map_task", "TaskRun", "runs", "applies"]
 
@@ -205,53 +210,6 @@ class ActorEnvironment(object):
         return c.call("POST", path, data, what=what)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Task results are produced inside a replica, which the caller does
-    not trust with code execution: only safe standard types and the
-    classes of the task's own module and return annotation are loaded."""
-
-    SAFE_BUILTINS = frozenset(["set", "frozenset", "complex", "bytearray", "bytes", "slice", "range", "list",
-                               "dict", "tuple", "str", "int", "float", "bool", "object"])
-    SAFE_MODULES = frozenset(["collections", "datetime", "decimal", "fractions", "uuid", "pathlib", "ipaddress",
-                              "zoneinfo", "array"])
-    SAFE_FUNCTIONS = frozenset([("copyreg", "_reconstructor"), ("numpy.core.multiarray", "_reconstruct"),
-                                ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-                                ("numpy._core.multiarray", "scalar"), ("numpy", "dtype"), ("numpy", "ndarray"),
-                                ("_codecs", "encode")])
-
-    def __init__(self, data, packages):
-        import io
-
-        pickle.Unpickler.__init__(self, io.BytesIO(data))
-        self.packages = packages
-
-    def find_class(self, module, name):
-        if (module, name) in self.SAFE_FUNCTIONS:
-            return pickle.Unpickler.find_class(self, module, name)
-        if module == "builtins":
-            ok = name in self.SAFE_BUILTINS
-        else:
-            ok = module in self.SAFE_MODULES or module.split(".")[0] in self.packages
-        if ok:
-            obj = pickle.Unpickler.find_class(self, module, name)
-            if isinstance(obj, type):
-                return obj
-        raise pickle.UnpicklingError(
-            "the task's result refers to %s.%s, which the caller does not unpickle: only safe standard types and "
-            "classes from the task's module and its return annotation are loaded (set HEARTH_TRUST_RESULTS=1 to "
-            "load any)" % (module, name))
-
-
-def _annotation_packages(hint, out):
-    import typing
-
-    if isinstance(hint, type) and hint.__module__ not in ("builtins", "typing"):
-        out.add(hint.__module__.split(".")[0])
-    for a in typing.get_args(hint) if hint is not None else ():
-        _annotation_packages(a, out)
-    return out
-
-
 class ActorTask(object):
     """A task of an ActorEnvironment; call it with keyword arguments."""
 
@@ -280,6 +238,8 @@ class ActorTask(object):
     @property
     def signature(self):
         if self._sig is None:
+            from hearth._typecheck import Signature
+
             self._sig = Signature(self._hearth_fn, "task")
         return self._sig
 
@@ -287,6 +247,8 @@ class ActorTask(object):
         """(module name the replica imports, code root)."""
         if self._where is None:
             import sys
+
+            from hearth import _bundle
 
             mod = sys.modules.get(self._hearth_fn.__module__)
             self._where = _bundle.module_root(self._hearth_fn.__module__, getattr(mod, "__file__", None))
@@ -304,6 +266,8 @@ class ActorTask(object):
         c = _client_for(env.socket)
         env._ensure(c)
         module, root = self.location()
+        from hearth import _bundle
+
         bundle = _bundle.bundle_for(root)
         _bundle.ensure_uploaded(c, bundle)
         body = {"module": module, "function": self._hearth_fn.__qualname__, "bundle": bundle.sha256}
@@ -331,14 +295,13 @@ class ActorTask(object):
         raise AssertionError("unreachable")
 
     def _decode(self, value):
-        if os.environ.get("HEARTH_TRUST_RESULTS") == "1":
-            return _protocol.decode_value(value, True)
+        from hearth import _results
+
         if self._packages is None:
-            pk = _annotation_packages(self.signature.returns, set())
+            pk = _results.annotation_packages(self.signature.returns, set())
             pk.add(self.location()[0].split(".")[0])
             self._packages = frozenset(pk)
-        packages = self._packages
-        return _protocol.decode_value(value, lambda raw: _RestrictedUnpickler(raw, packages).load())
+        return _results.decode(value, self._packages)
 
     def _outcome(self, snap, total_us, record=True):
         state = snap.get("state")
@@ -385,6 +348,8 @@ class MappedTask(object):
         functools.update_wrapper(self, task._hearth_fn)
 
     def _inputs(self, args, kwargs):
+        from hearth._typecheck import InputError
+
         name = self.task.__qualname__
         if args:
             raise InputError("map_task(%s)() takes keyword arguments only: call it with lists, e.g. %s(x=[1, 2])"

@@ -7,16 +7,20 @@ cannot translate (a ``value_from`` env var, a pod spec that is neither a
 mapping nor a kubernetes object).
 """
 
-import datetime
-import re
 import warnings
 
-from hearth import _packages
+# Imported inside replicas too (ImageSpec at module level): keep it light.
 
 __all__ = ["Resources", "Secret", "ImageSpec", "PodTemplate", "DEFAULT_IMAGE",
            "resources_dict", "image_name", "image_packages", "pod_template_dict"]
 
 DEFAULT_IMAGE = "hearth/python:3.11"
+
+
+def _pk():
+    from hearth import _packages
+
+    return _packages
 
 
 class Resources(object):
@@ -199,8 +203,8 @@ def image_packages(image):
         for i, req in enumerate(reqs):
             if not isinstance(req, str):
                 raise TypeError("ImageSpec.packages[%d]: expected a string, got %r" % (i, req))
-            name, op, version = _packages.parse(req)
-            if _packages.normalize(name) in _packages.PROVIDED:
+            name, op, version = _pk().parse(req)
+            if _pk().normalize(name) in _pk().PROVIDED:
                 continue
             text = name + (op + version if op else "")
             if text not in out:
@@ -224,6 +228,8 @@ def image_env(image):
 
 
 def _read_requirements(path):
+    import re
+
     out = []
     try:
         with open(path) as f:
@@ -239,7 +245,7 @@ def _read_requirements(path):
             continue
         req = re.sub(r"\[[^\]]*\]", "", line.split(";", 1)[0]).replace(" ", "")
         try:
-            _packages.parse(req)
+            _pk().parse(req)
         except ValueError:
             m = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9]|[A-Za-z0-9]", req)
             if m is None:
@@ -363,6 +369,8 @@ def pod_template_dict(template, where="pod_template"):
 def seconds(value, field):
     if value is None:
         return None
+    import datetime
+
     if isinstance(value, datetime.timedelta):
         return value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -11,12 +11,7 @@ the environment's ``secret_requests``), and ``execution_id`` is the task's id.
 """
 
 import functools
-import logging
 import os
-import re
-import tempfile
-
-from hearth._typecheck import Signature
 
 __all__ = ["workflow", "Workflow", "LaunchPlan", "current_context", "ExecutionParameters", "SecretsManager"]
 
@@ -32,6 +27,8 @@ class Workflow(object):
     @property
     def signature(self):
         if self._sig is None:
+            from hearth._typecheck import Signature
+
             self._sig = Signature(self._hearth_fn, "workflow")
         return self._sig
 
@@ -116,6 +113,8 @@ class SecretsManager(object):
 
     @staticmethod
     def _var(s):
+        import re
+
         return re.sub(r"[^A-Za-z0-9]", "_", s).upper()
 
     def get(self, group=None, key=None, group_version=None, encode_mode="r"):
@@ -160,12 +159,19 @@ class ExecutionParameters(object):
         self.execution_id = _worker.current_task_id
         self.environment = os.environ.get("HEARTH_ENVIRONMENT") if _worker.in_worker() else None
         self.replica = os.environ.get("HEARTH_REPLICA") if _worker.in_worker() else None
-        self.logging = logging.getLogger("hearth.task")
         self._workdir = None
+
+    @property
+    def logging(self):
+        import logging
+
+        return logging.getLogger("hearth.task")
 
     @property
     def working_directory(self):
         if self._workdir is None:
+            import tempfile
+
             self._workdir = tempfile.mkdtemp(prefix="hearth-")
         return self._workdir
 

@@ -15,7 +15,8 @@ import pytest
 
 import hearth
 from hearth import _bundle, _errors, _packages, _protocol, _runner, _spec
-from hearth._actor import ActorEnvironment, _RestrictedUnpickler, map_task
+from hearth._actor import ActorEnvironment, map_task
+from hearth._results import RestrictedUnpickler as _RestrictedUnpickler
 from hearth._client import Client
 from hearth._typecheck import InputError, Signature, check_value
 from hearth._workflow import LaunchPlan, SecretsManager, workflow
