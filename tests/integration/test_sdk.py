@@ -253,6 +253,17 @@ def square(x: int) -> int:
 def where() -> str:
     return os.environ["HEARTH_REPLICA"]
 
+@actor.task
+def task_id() -> str:
+    from hearth import _worker
+    return _worker.current_task_id
+
+@actor.task
+def outer() -> list:
+    # A task called inside a replica is a plain in-process call.
+    from hearth import _worker
+    return [_worker.current_task_id, task_id(), square(x=7)]
+
 needs = ActorEnvironment(name="sdk-needs", container_image=ImageSpec(packages=["union", "no-such-package-xyz"]))
 
 @needs.task
@@ -351,3 +362,28 @@ def test_environment_refused_gives_the_daemons_reason(sdk, tmp_path):
     r = run(sdk, tmp_path / "refused.py", "t", check=False)
     assert r.returncode == 1
     assert "environment sdk-refused refused" in r.stderr and "replica_count" in r.stderr, r.stderr
+
+
+def test_a_task_called_inside_a_replica_runs_in_process(sdk, features):
+    r = py(sdk, """
+        import json
+        from features import outer
+        print(json.dumps(outer()))
+    """, cwd=features)
+    mine, inner, sq = json.loads(r.stdout)
+    assert inner == mine and sq == 49
+
+
+def test_permission_denied_on_the_socket_says_how_to_get_access(sdk):
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        pytest.skip("no system python3 that an unprivileged user can run")
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from hearth._client import Client\n"
+            "from hearth import SocketPermissionError\n"
+            "try:\n    Client(%r).call('GET', '/v1/version')\n"
+            "except SocketPermissionError as e:\n    print('DENIED', e)\n") % (str(REPO / "python"), sdk.socket)
+    r = subprocess.run([python, "-c", code], capture_output=True, text=True, user="nobody", group="nogroup",
+                       cwd="/", timeout=60)
+    assert "DENIED permission denied on " + sdk.socket in r.stdout, r.stdout + r.stderr
+    assert "group hearth" in r.stdout
