@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -29,6 +30,7 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <linux/capability.h>
@@ -180,7 +182,23 @@ struct hs_child {
     int err_peer;    /* parent's read end of the error pipe */
     int sync_fd;     /* child's end of the sync socket (v1), or -1 */
     int sync_peer;   /* parent's end of the sync socket, or -1 */
+    uint64_t *marks; /* shared page for enum hearth_spawn_mark, or NULL */
 };
+
+/* CLOCK_MONOTONIC in ns, by raw syscall (the child uses no libc). */
+static uint64_t hs_now(void)
+{
+    struct timespec ts;
+    if (syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &ts) < 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static void hs_mark(const struct hs_child *c, int mark)
+{
+    if (c->marks != NULL)
+        c->marks[mark] = hs_now();
+}
 
 static void __attribute__((noreturn)) child_fail(const struct hs_child *c, int stage, int err)
 {
@@ -533,6 +551,8 @@ static void child_ops(const struct hs_child *c)
         int e;
         if (op->target == NULL)
             child_fail(c, HEARTH_STAGE_OP_BASE + (int)i, EINVAL);
+        if (op->kind == HEARTH_OP_PIVOT)
+            hs_mark(c, HEARTH_MARK_MOUNTS);
         switch (op->kind) {
         case HEARTH_OP_MOUNT:
             e = op_mount(root, op);
@@ -705,6 +725,7 @@ static void __attribute__((noreturn)) child_main(struct hs_child *c)
     uint32_t i;
     int sig;
 
+    hs_mark(c, HEARTH_MARK_CHILD);
     /* Not a single handler of the daemon may run here, and neither its
      * handlers nor its SIG_IGNs (SIGPIPE!) may leak through execve. The
      * parent blocked everything across clone3, so nothing has run yet. */
@@ -746,6 +767,7 @@ static void __attribute__((noreturn)) child_main(struct hs_child *c)
         (r = RAW(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL)) < 0)
         child_fail(c, HEARTH_STAGE_MAKE_PRIVATE, (int)-r);
     child_ops(c);
+    hs_mark(c, HEARTH_MARK_PIVOT);
     (void)syscall(SYS_umask, old_umask);
 
     if (p->hostname != NULL &&
@@ -780,6 +802,7 @@ static void __attribute__((noreturn)) child_main(struct hs_child *c)
     }
     if ((r = RAW(SYS_chdir, p->cwd ? p->cwd : "/")) < 0)
         child_fail(c, HEARTH_STAGE_CHDIR, (int)-r);
+    hs_mark(c, HEARTH_MARK_EXEC);
     r = RAW(SYS_execve, p->path, p->argv, p->envp);
     child_fail(c, HEARTH_STAGE_EXEC, (int)-r);
 }
@@ -867,11 +890,14 @@ int hearth_spawn(const struct hearth_spawn_plan *plan, struct hearth_spawn_resul
     int32_t msg[2];
     size_t got = 0;
     uint32_t i;
+    uint64_t *marks;
 
     result->pid = 0;
     result->pidfd = -1;
     result->stage = 0;
     result->error = 0;
+    for (i = 0; i < HEARTH_MARK_COUNT; i++)
+        result->marks[i] = 0;
 
     if ((err = validate(plan, &stage)) != 0)
         return fail_result(result, stage, err);
@@ -902,6 +928,14 @@ int hearth_spawn(const struct hearth_spawn_plan *plan, struct hearth_spawn_resul
         args.cgroup = (uint64_t)plan->cgroup_fd;
     }
 
+    /* The child's timestamps come back through a shared page (the child
+     * is a fork, not a thread); without one, the marks simply stay 0. */
+    marks = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (marks == MAP_FAILED)
+        marks = NULL;
+    if (marks != NULL)
+        marks[HEARTH_MARK_CLONE] = hs_now();
+
     /* No signal handler of the daemon may run in the child before it has
      * reset them; the child inherits this mask and clears it. */
     (void)syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &oldmask, sizeof(uint64_t));
@@ -913,6 +947,7 @@ int hearth_spawn(const struct hearth_spawn_plan *plan, struct hearth_spawn_resul
             .err_peer = errp[0],
             .sync_fd = syncp[1],
             .sync_peer = syncp[0],
+            .marks = marks,
         };
         child_main(&c);
     }
@@ -923,6 +958,8 @@ int hearth_spawn(const struct hearth_spawn_plan *plan, struct hearth_spawn_resul
     if (syncp[1] >= 0)
         close(syncp[1]);
     if (pid < 0) {
+        if (marks != NULL)
+            munmap(marks, 4096);
         close(errp[0]);
         if (syncp[0] >= 0)
             close(syncp[0]);
@@ -959,6 +996,8 @@ int hearth_spawn(const struct hearth_spawn_plan *plan, struct hearth_spawn_resul
         }
         close(syncp[0]);
         if (stage != 0) {
+            if (marks != NULL)
+                munmap(marks, 4096);
             kill_and_reap(pidfd);
             close(pidfd);
             close(errp[0]);
@@ -981,6 +1020,12 @@ int hearth_spawn(const struct hearth_spawn_plan *plan, struct hearth_spawn_resul
         got += (size_t)n;
     }
     close(errp[0]);
+    if (marks != NULL) {
+        marks[HEARTH_MARK_EXECED] = hs_now();
+        for (i = 0; i < HEARTH_MARK_COUNT; i++)
+            result->marks[i] = marks[i];
+        munmap(marks, 4096);
+    }
     errno = saved_errno;
 
     if (got == 0 && err == 0) {

@@ -19,10 +19,14 @@ public struct TaskRequest: Codable, Sendable {
     public var timeout: Double?
     /// Answer with the result instead of a task id.
     public var wait: Bool?
+    /// The environment identity the caller applied (`ApplyResult.identity`):
+    /// when another client has since applied a different spec under the same
+    /// name, the task is refused (409) instead of running on that spec.
+    public var identity: String?
     public init(module: String, function: String, kwargs: JSONValue? = nil, bundle: String? = nil,
-                timeout: Double? = nil, wait: Bool? = nil) {
+                timeout: Double? = nil, wait: Bool? = nil, identity: String? = nil) {
         self.module = module; self.function = function; self.kwargs = kwargs; self.bundle = bundle
-        self.timeout = timeout; self.wait = wait
+        self.timeout = timeout; self.wait = wait; self.identity = identity
     }
 }
 
@@ -34,8 +38,12 @@ public struct BatchRequest: Codable, Sendable {
     public var inputs: [JSONValue]
     public var bundle: String?
     public var timeout: Double?
-    public init(module: String, function: String, inputs: [JSONValue], bundle: String? = nil, timeout: Double? = nil) {
+    /// As `TaskRequest.identity`.
+    public var identity: String?
+    public init(module: String, function: String, inputs: [JSONValue], bundle: String? = nil, timeout: Double? = nil,
+                identity: String? = nil) {
         self.module = module; self.function = function; self.inputs = inputs; self.bundle = bundle; self.timeout = timeout
+        self.identity = identity
     }
 }
 
@@ -76,14 +84,18 @@ public struct TaskSnapshot: Codable, Sendable {
     /// The worker's own measure of the call.
     public var workerMicros: Int64?
     public var coldStart: Bool?
+    /// For the first task of a new replica: where its start went, in
+    /// microseconds (dirs, cgroup, plan, clone, mounts, pivot_root,
+    /// caps_seccomp, execve, worker_ready); `runMicros` is the task itself.
+    public var coldPhases: [String: Int64]?
 
     public init(id: String, environment: String, module: String, function: String, state: TaskState,
                 result: JSONValue?, error: TaskError?, replica: String?, pid: Int32?, queuedMicros: Int64?,
-                runMicros: Int64?, workerMicros: Int64?, coldStart: Bool?) {
+                runMicros: Int64?, workerMicros: Int64?, coldStart: Bool?, coldPhases: [String: Int64]? = nil) {
         self.id = id; self.environment = environment; self.module = module; self.function = function
         self.state = state; self.result = result; self.error = error; self.replica = replica; self.pid = pid
         self.queuedMicros = queuedMicros; self.runMicros = runMicros; self.workerMicros = workerMicros
-        self.coldStart = coldStart
+        self.coldStart = coldStart; self.coldPhases = coldPhases
     }
 }
 

@@ -319,7 +319,8 @@ actor EnvironmentPool {
     // MARK: running a task
 
     private func dispatch(_ task: TaskRecord, on r: WarmReplica, cold: Bool) {
-        guard task.markRunning(replica: r.name, pid: r.state.withLock({ $0.workerPid }), cold: cold) else {
+        guard task.markRunning(replica: r.name, pid: r.state.withLock({ $0.workerPid }), cold: cold,
+                               coldPhases: cold ? Self.coldPhases(r) : nil) else {
             // Cancelled while queued; the replica stays idle.
             idle.append(r)
             pump()
@@ -344,6 +345,17 @@ actor EnvironmentPool {
                 await self.lost(task, on: r, error)
             }
         }
+    }
+
+    /// A new replica's start phases in µs, for its first task's snapshot;
+    /// worker_ready runs from the spawn's return to now (the ready frame has
+    /// just been handled): interpreter start-up and the worker's imports.
+    private static func coldPhases(_ r: WarmReplica) -> [String: Int64] {
+        func micros(_ d: Duration) -> Int64 { d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000 }
+        var out: [String: Int64] = [:]
+        for p in r.running.startPhases { out[p.name] = micros(p.duration) }
+        out["worker_ready"] = micros(ContinuousClock.now - r.started)
+        return out
     }
 
     private func completed(_ task: TaskRecord, on r: WarmReplica, _ msg: WorkerMessage) {

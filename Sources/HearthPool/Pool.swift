@@ -106,13 +106,20 @@ public final class Pool: Sendable {
         public var kwargs: JSONValue
         public var bundle: String?
         public var timeout: Duration?
-        public init(module: String, function: String, kwargs: JSONValue, bundle: String?, timeout: Duration?) {
+        /// The identity the caller applied; nil skips the check.
+        public var identity: String?
+        public init(module: String, function: String, kwargs: JSONValue, bundle: String?, timeout: Duration?,
+                    identity: String? = nil) {
             self.module = module; self.function = function; self.kwargs = kwargs; self.bundle = bundle; self.timeout = timeout
+            self.identity = identity
         }
     }
 
     public func submit(_ env: String, _ s: Submission) async throws -> TaskRecord {
         let pool = try pool(env)
+        if let want = s.identity, let have = envs.withLock({ $0[env]?.config.identity }), want != have {
+            throw HearthError(.conflict, "environment \"\(env)\" was re-applied with another spec (identity \(have.prefix(12))); this task was sent for identity \(want.prefix(12)): apply your spec again to run on it")
+        }
         if let b = s.bundle, !ctx.code.exists(b) {
             throw HearthError(.notFound, "code bundle \(b) is not uploaded; PUT /v1/code/\(b) first")
         }

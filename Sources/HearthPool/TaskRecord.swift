@@ -24,6 +24,7 @@ public final class TaskRecord: Sendable {
         var finished: ContinuousClock.Instant?
         var workerMicros: Int64?
         var coldStart: Bool?
+        var coldPhases: [String: Int64]?
         var logs = LogBuffer(limit: 1 << 20)
         var waiters: [CheckedContinuation<TaskSnapshot, Never>] = []
     }
@@ -47,17 +48,18 @@ public final class TaskRecord: Sendable {
             result: s.result, error: s.error, replica: s.replica, pid: s.pid,
             queuedMicros: s.started.map { micros($0 - submitted) },
             runMicros: s.started.flatMap { st in s.finished.map { micros($0 - st) } },
-            workerMicros: s.workerMicros, coldStart: s.coldStart)
+            workerMicros: s.workerMicros, coldStart: s.coldStart, coldPhases: s.coldPhases)
     }
 
     /// Marks the task running on a replica; false if it already ended (cancelled).
-    func markRunning(replica: String, pid: Int32?, cold: Bool) -> Bool {
+    func markRunning(replica: String, pid: Int32?, cold: Bool, coldPhases: [String: Int64]? = nil) -> Bool {
         state.withLock {
             guard $0.state == .queued else { return false }
             $0.state = .running
             $0.replica = replica
             $0.pid = pid
             $0.coldStart = cold
+            $0.coldPhases = coldPhases
             $0.started = .now
             return true
         }

@@ -206,10 +206,12 @@ public final class SandboxRuntime: Sendable {
             attach.close()
             close(out.write); close(err.write)
             let t4 = ContinuousClock.now
-            let phases: KeyValuePairs<String, Duration> = ["dirs": t1 - t0, "cgroup": t2 - t1, "plan": t3 - t2, "spawn": t4 - t3]
+            let phases = [StartPhase(name: "dirs", duration: t1 - t0), StartPhase(name: "cgroup", duration: t2 - t1),
+                          StartPhase(name: "plan", duration: t3 - t2)]
+                + (spawned.phases.isEmpty ? [StartPhase(name: "spawn", duration: t4 - t3)] : spawned.phases)
             return RunningReplica(name: spec.name, dir: dir, pid: spawned.pid, pidfd: spawned.pidfd, cgroup: cgroup,
                                   stdoutFD: out.read, stderrFD: err.read, memoryLimit: spec.limits.memoryLimit,
-                                  startPhases: phases.map { StartPhase(name: $0.key, duration: $0.value) },
+                                  startPhases: phases,
                                   cleanupPaths: spec.cleanupPaths)
         } catch {
             throw fail(error)
@@ -315,7 +317,8 @@ public final class RunningReplica: Sendable {
     public let cgroup: ReplicaCgroup
     public let memoryLimit: Int64?
     private let cleanupPaths: [String]
-    /// Where the start time went (directories, cgroup, plan, spawn).
+    /// Where the start time went (dirs, cgroup, plan, then the spawn's own
+    /// phases: clone, mounts, pivot_root, caps_seccomp, execve).
     public let startPhases: [StartPhase]
     private let stdoutFD: Int32
     private let stderrFD: Int32

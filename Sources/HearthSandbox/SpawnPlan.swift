@@ -121,6 +121,10 @@ public struct SpawnPlan: Sendable {
     public struct Spawned: Sendable {
         public var pid: Int32
         public var pidfd: Int32
+        /// Where the spawn went, in order: clone, mounts (cgroup sync and the
+        /// ops before the pivot), pivot_root (and the ops after it),
+        /// caps_seccomp (hostname, fds, rlimits, caps, seccomp), execve.
+        public var phases: [StartPhase] = []
     }
 
     /// Blocks until the child has exec'd (or failed); call off the cooperative pool.
@@ -202,8 +206,19 @@ public struct SpawnPlan: Sendable {
                 }
             }
         }
-        if rc == 0 { return Spawned(pid: result.pid, pidfd: result.pidfd) }
+        if rc == 0 { return Spawned(pid: result.pid, pidfd: result.pidfd, phases: Self.phases(result.marks)) }
         throw HearthError(.spawnFailed, "start replica: \(describe(stage: result.stage, errno: result.error))")
+    }
+
+    /// Durations between hearth_spawn's marks (enum hearth_spawn_mark); none
+    /// when a mark is missing (the shared page could not be mapped).
+    static func phases(_ m: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)) -> [StartPhase] {
+        let marks = [m.0, m.1, m.2, m.3, m.4, m.5]
+        guard !marks.contains(0), zip(marks, marks.dropFirst()).allSatisfy({ $0 <= $1 }) else { return [] }
+        let names = ["clone", "mounts", "pivot_root", "caps_seccomp", "execve"]
+        return names.indices.map {
+            StartPhase(name: names[$0], duration: .nanoseconds(Int64(marks[$0 + 1] - marks[$0])))
+        }
     }
 
     /// "mount overlay on /var/lib/hearth/replicas/r1/rootfs: EINVAL (Invalid argument)"

@@ -47,7 +47,7 @@ struct PoolRoutes: Sendable {
                 let body = try await request.body.collect(upTo: Self.maxTaskBytes)
                 let req = try decodeBody(TaskRequest.self, body, what: "task request")
                 let task = try await pool.submit(env, try submission(req.module, req.function, req.kwargs ?? .object([:]),
-                                                                     req.bundle, req.timeout))
+                                                                     req.bundle, req.timeout, req.identity))
                 if req.wait == true {
                     return try json(await task.wait())
                 }
@@ -65,7 +65,8 @@ struct PoolRoutes: Sendable {
                     guard case .object = input else {
                         throw HearthError.invalid("inputs[\(i)]: each input is an object of keyword arguments")
                     }
-                    tasks.append(try await pool.submit(env, try submission(req.module, req.function, input, req.bundle, req.timeout)))
+                    tasks.append(try await pool.submit(env, try submission(req.module, req.function, input, req.bundle,
+                                                                           req.timeout, req.identity)))
                 }
                 var results: [TaskSnapshot] = []
                 results.reserveCapacity(tasks.count)
@@ -136,7 +137,7 @@ struct PoolRoutes: Sendable {
     }
 
     private func submission(_ module: String, _ function: String, _ kwargs: JSONValue, _ bundle: String?,
-                            _ timeout: Double?) throws -> Pool.Submission {
+                            _ timeout: Double?, _ identity: String?) throws -> Pool.Submission {
         guard isDottedName(module) else {
             throw HearthError.invalid("module: \"\(module)\" is not a Python module name (dotted identifiers)")
         }
@@ -148,7 +149,7 @@ struct PoolRoutes: Sendable {
             throw HearthError.invalid("timeout: \(t) is out of range; give seconds between 0 and 604800")
         }
         return Pool.Submission(module: module, function: function, kwargs: kwargs, bundle: bundle,
-                               timeout: timeout.map { .milliseconds(Int64($0 * 1000)) })
+                               timeout: timeout.map { .milliseconds(Int64($0 * 1000)) }, identity: identity)
     }
 
     private func isDottedName(_ s: String) -> Bool {

@@ -97,7 +97,7 @@ class ActorEnvironment(object):
         self.max_queue = max_queue
         self.network = network
         self.socket = socket
-        self._applied = {}  # socket path -> spec JSON applied by this process
+        self._applied = {}  # socket path -> identity the daemon gave this process's spec
         self._lock = threading.Lock()
 
     def __repr__(self):
@@ -156,8 +156,9 @@ class ActorEnvironment(object):
         body = json.dumps(self.spec(), sort_keys=True)
         results = c.call("POST", "/v1/environments", body.encode(),
                          what="environment %s refused" % self.name, timeout=60)
+        identity = results[0].get("identity") if results else None
         with self._lock:
-            self._applied[c.path] = body
+            self._applied[c.path] = identity
         outcome = results[0]["outcome"] if results else None
         applies.append((self.name, outcome))
         return outcome
@@ -196,18 +197,24 @@ class ActorEnvironment(object):
         return decorate(fn)
 
     def _post(self, c, path, body, what):
-        """POST a task or batch; re-applies the environment once if the
-        daemon does not know it (removed, or a daemon without our spec)."""
-        data = json.dumps(body, separators=(",", ":")).encode()
-        try:
-            return c.call("POST", path, data, what=what)
-        except APIError as e:
-            if e.status != 404 or e.code != "not_found" or "environment" not in e.message:
-                raise
-        with self._lock:
-            self._applied.pop(c.path, None)
-        self._ensure(c)
-        return c.call("POST", path, data, what=what)
+        """POST a task or batch for the identity this process applied.
+        Re-applies once when the daemon does not know the environment
+        (removed) or holds another spec under its name (another client
+        applied one: 409), so a task never runs on someone else's spec."""
+        for attempt in (0, 1):
+            body["identity"] = self._applied.get(c.path)
+            data = json.dumps(body, separators=(",", ":")).encode()
+            try:
+                return c.call("POST", path, data, what=what)
+            except APIError as e:
+                stale = (e.status == 404 and e.code == "not_found" and "environment" in e.message) or \
+                        (e.status == 409 and "re-applied" in e.message)
+                if not stale or attempt == 1:
+                    raise
+            with self._lock:
+                self._applied.pop(c.path, None)
+            self._ensure(c)
+        raise AssertionError("unreachable")
 
 
 class ActorTask(object):

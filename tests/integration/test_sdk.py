@@ -387,3 +387,27 @@ def test_permission_denied_on_the_socket_says_how_to_get_access(sdk):
                        cwd="/", timeout=60)
     assert "DENIED permission denied on " + sdk.socket in r.stdout, r.stdout + r.stderr
     assert "group hearth" in r.stdout
+
+
+CLASH = """
+import os
+from hearth import ActorEnvironment
+
+a = ActorEnvironment(name="sdk-clash", environment={"WHO": "a"})
+b = ActorEnvironment(name="sdk-clash", environment={"WHO": "b"})
+
+def _who() -> str:
+    return os.environ["WHO"]
+
+who_a = a.task(_who)
+who_b = b.task(_who)
+"""
+
+
+def test_a_task_never_runs_on_a_spec_another_client_applied(sdk, tmp_path):
+    (tmp_path / "clash.py").write_text(CLASH)
+    r = py(sdk, """
+        from clash import who_a, who_b
+        print(who_a(), who_b(), who_a(), who_b())
+    """, cwd=tmp_path)
+    assert r.stdout.split() == ["a", "b", "a", "b"]

@@ -135,11 +135,24 @@ enum hearth_stage {
     HEARTH_STAGE_OP_BASE = 1000,
 };
 
+/* Where a spawn's time went: CLOCK_MONOTONIC nanoseconds at each point
+ * (0 where not reached or not measured). */
+enum hearth_spawn_mark {
+    HEARTH_MARK_CLONE = 0,      /* parent, just before clone3 */
+    HEARTH_MARK_CHILD = 1,      /* child, first thing after clone3 */
+    HEARTH_MARK_MOUNTS = 2,     /* child, ops before the pivot done (cgroup sync too) */
+    HEARTH_MARK_PIVOT = 3,      /* child, pivot_root and the ops after it done */
+    HEARTH_MARK_EXEC = 4,       /* child, just before execve (caps, seccomp done) */
+    HEARTH_MARK_EXECED = 5,     /* parent, EOF on the error pipe: execve succeeded */
+    HEARTH_MARK_COUNT = 6,
+};
+
 struct hearth_spawn_result {
     pid_t pid;           /* > 0 when the child was created */
     int32_t pidfd;       /* O_CLOEXEC pidfd of the child, or -1 */
     int32_t stage;       /* 0 on success, else enum hearth_stage / OP_BASE + i */
     int32_t error;       /* errno of the failed stage */
+    uint64_t marks[HEARTH_MARK_COUNT];  /* enum hearth_spawn_mark */
 };
 
 /*

@@ -1,0 +1,521 @@
+"""Runs every measurement against a private hearthd and the peers, and
+returns the results dictionary (written as JSON, rendered as Markdown/SVG)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from hearth_bench import peers
+from hearth_bench.client import Client, histogram, histogram_delta, parse_prometheus
+from hearth_bench.daemon import Daemon, pids_in_cgroup_subtree, rss_bytes
+from hearth_bench.stats import histogram_quantile, summarize
+
+IMAGE = "hearth/python:3.11"
+NUMPY_IMAGE = "hearth/python-numpy:3.11"
+
+# The user code every Hearth task runs; the peers run the same lines as
+# `python3 -c` (peers.TRIVIAL_CODE, peers.NUMPY_CODE).
+BENCHMOD = b'''import json
+
+
+def trivial():
+    return json.dumps(1 + 1)
+
+
+def numpy_task():
+    import numpy
+    return int(numpy.arange(3).sum())
+
+
+def inc(x):
+    return x + 1
+
+
+def sleep(seconds):
+    import time
+    time.sleep(seconds)
+'''
+
+
+@dataclass
+class Sizes:
+    warm: int            # warm round trips per path (raw API, SDK)
+    block: int           # alternate paths every this many tasks
+    cold_rounds: int     # interleaved rounds of cold starts (after one warm-up round)
+    numpy_rounds: int
+    numpy_warm: int
+    throughput: int      # tasks per batch
+    memory_replicas: int
+
+    @staticmethod
+    def for_mode(quick: bool) -> "Sizes":
+        if quick:
+            return Sizes(warm=400, block=50, cold_rounds=4, numpy_rounds=3, numpy_warm=200, throughput=2000,
+                         memory_replicas=8)
+        return Sizes(warm=4000, block=100, cold_rounds=20, numpy_rounds=12, numpy_warm=1000, throughput=10000,
+                     memory_replicas=8)
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def env_yaml(name: str, replicas: int = 1, image: Optional[str] = None, max_queue: int = 20000) -> str:
+    lines = [f"name: {name}", f"replica_count: {replicas}", "ttl_seconds: 600", f"max_queue: {max_queue}"]
+    if image:
+        lines.append(f"container_image: {image}")
+    return "\n".join(lines) + "\n"
+
+
+def machine_info(version: Dict[str, Any]) -> Dict[str, Any]:
+    info: Dict[str, Any] = {"kernel": platform.release(), "cpus": os.cpu_count(), "hostname": platform.node()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    info["memory_bytes"] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    info["os"] = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    info["cgroup_layout"] = version.get("cgroup") or "?"
+    # Other work on the machine skews every figure: say how busy it was.
+    try:
+        info["load_average"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    info["hearthd_version"] = version.get("version")
+    return info
+
+
+def timed(fn: Callable[[], Any]) -> Tuple[float, Any]:
+    t = time.perf_counter()
+    r = fn()
+    return time.perf_counter() - t, r
+
+
+class Runner:
+    def __init__(self, bin_dir: str, repo: str, work: str, quick: bool):
+        self.bin_dir = bin_dir
+        self.repo = repo
+        self.work = work
+        self.quick = quick
+        self.sizes = Sizes.for_mode(quick)
+        self.daemon = Daemon(bin_dir, os.path.join(repo, "python"), work)
+        self.client: Optional[Client] = None
+        self.samples: Dict[str, List[float]] = {}
+        self.unavailable: Dict[str, str] = {}
+        self.notes: List[str] = []
+        self.bundle = ""
+        self.cid = 0
+        self.sandbox_names: Dict[str, List[str]] = {}
+        # False during warm-up rounds: their samples are discarded.
+        self.recording = True
+
+    def add(self, key: str, seconds: float) -> None:
+        if self.recording:
+            self.samples.setdefault(key, []).append(seconds)
+
+    @property
+    def api(self) -> Client:
+        if self.client is None:
+            raise RuntimeError("the daemon is not started")
+        return self.client
+
+    # MARK: the run
+
+    def run(self) -> Dict[str, Any]:
+        started = time.monotonic()
+        results: Dict[str, Any] = {"mode": "quick" if self.quick else "full",
+                                   "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+        self.client = self.daemon.start()
+        try:
+            results["machine"] = machine_info(self.api.version())
+            log("importing images")
+            layouts = {IMAGE: os.path.join(self.repo, "rootfs/out/python-3.11"),
+                       NUMPY_IMAGE: os.path.join(self.repo, "rootfs/out/python-numpy-3.11")}
+            self.daemon.import_image(self.api, layouts[IMAGE], IMAGE)
+            have_numpy = os.path.exists(os.path.join(layouts[NUMPY_IMAGE], "index.json"))
+            if have_numpy:
+                self.daemon.import_image(self.api, layouts[NUMPY_IMAGE], NUMPY_IMAGE)
+            else:
+                self.notes.append("numpy: no image at rootfs/out/python-numpy-3.11 (scripts/setup builds it); skipped.")
+            self.bundle = self.api.upload_code({"benchmod.py": BENCHMOD})
+            time.sleep(0.5)
+            idle_rss = rss_bytes(self.daemon.pid)
+
+            log("warm round trips")
+            hist = self.warm()
+            log("cold starts beside the peers")
+            bundles = self.prepare_peers(layouts, have_numpy)
+            self.cold("trivial", IMAGE, bundles.get(IMAGE), peers.TRIVIAL_CODE, "benchmod", "trivial",
+                      self.sizes.cold_rounds, suffix="")
+            if have_numpy:
+                log("numpy: cold and warm")
+                self.cold("numpy", NUMPY_IMAGE, bundles.get(NUMPY_IMAGE), peers.NUMPY_CODE, "benchmod",
+                          "numpy_task", self.sizes.numpy_rounds, suffix="-numpy")
+                self.warm_numpy()
+            log("throughput")
+            results["throughput"] = [self.throughput(2), self.throughput(1)]
+            log("memory")
+            results["memory"] = self.memory(idle_rss)
+            results["timings"] = self.timings()
+            results["phases"] = self.phases()
+            results["dispatch_histogram"] = hist
+            results["notes"] = self.notes + self.standing_notes(hist)
+            results["elapsed_seconds"] = round(time.monotonic() - started, 1)
+            return results
+        finally:
+            self.api.close()
+            self.daemon.stop()
+
+    # MARK: warm
+
+    def warm(self) -> Dict[str, Any]:
+        api, s = self.api, self.sizes
+        api.apply(env_yaml("bench-warm"))
+        for _ in range(50):
+            api.task("bench-warm", "benchmod", "trivial", self.bundle)
+        sdk_call = self.sdk_setup()
+        fresh = Client(self.daemon.socket)
+        before = histogram(parse_prometheus(api.metrics()), "hearth_warm_dispatch_seconds")
+        done = 0
+        while done < s.warm:
+            n = min(s.block, s.warm - done)
+            for _ in range(n):
+                t, snap = timed(lambda: api.task("bench-warm", "benchmod", "trivial", self.bundle))
+                self.add("warm-api", t)
+                if snap.get("runMicros") is not None:
+                    self.add("warm-dispatch", snap["runMicros"] / 1e6)
+                if snap.get("queuedMicros") is not None:
+                    self.add("warm-queued", snap["queuedMicros"] / 1e6)
+            if sdk_call is not None:
+                for _ in range(n):
+                    t, value = timed(sdk_call)
+                    if value != "2":
+                        raise RuntimeError(f"SDK task returned {value!r}, expected '2'")
+                    self.add("warm-sdk", t)
+            # A new connection per request, as a one-shot client (the CLI) makes.
+            for _ in range(max(1, n // 10)):
+                t, _ = timed(lambda: (fresh.task("bench-warm", "benchmod", "trivial", self.bundle), fresh.close()))
+                self.add("warm-api-fresh", t)
+            done += n
+        after = histogram(parse_prometheus(api.metrics()), "hearth_warm_dispatch_seconds")
+        delta = histogram_delta(after, before)
+        api.delete_env("bench-warm")
+        return {"count": delta[-1][1] if delta else 0,
+                "p50": histogram_quantile(0.5, delta), "p99": histogram_quantile(0.99, delta)}
+
+    def sdk_setup(self) -> Optional[Callable[[], Any]]:
+        """The SDK's call path, when `from hearth import ActorEnvironment` works."""
+        from hearth_bench import sdk
+        try:
+            call = sdk.setup(self.daemon.socket)
+            for _ in range(20):
+                call()
+            return call
+        except sdk.Unavailable as e:
+            self.unavailable["warm-sdk"] = str(e)
+        except Exception as e:  # the SDK is young: report, do not fail the run
+            self.unavailable["warm-sdk"] = f"{type(e).__name__}: {e}"
+        return None
+
+    def warm_numpy(self) -> None:
+        api = self.api
+        api.apply(env_yaml("bench-numpy", image=NUMPY_IMAGE))
+        for _ in range(20):
+            api.task("bench-numpy", "benchmod", "numpy_task", self.bundle)
+        for _ in range(self.sizes.numpy_warm):
+            t, _ = timed(lambda: api.task("bench-numpy", "benchmod", "numpy_task", self.bundle))
+            self.add("warm-numpy", t)
+        api.delete_env("bench-numpy")
+
+    # MARK: cold and the peers
+
+    def prepare_peers(self, layouts: Dict[str, str], have_numpy: bool) -> Dict[str, str]:
+        bundles = {}
+        for image, code in ((IMAGE, peers.TRIVIAL_CODE), (NUMPY_IMAGE, peers.NUMPY_CODE)):
+            if image == NUMPY_IMAGE and not have_numpy:
+                continue
+            dest = os.path.join(self.work, "bundle-" + image.split("/")[1].replace(":", "-"))
+            peers.unpack_bundle(layouts[image], "3.11", dest)
+            peers.write_bundle_config(dest, ["python3", "-c", code])
+            bundles[image] = dest
+        os.makedirs(os.path.join(self.work, "crun-state"), exist_ok=True)
+        os.makedirs(os.path.join(self.work, "runc-state"), exist_ok=True)
+        return bundles
+
+    def cold(self, workload: str, image: str, bundle: Optional[str], code: str, module: str, function: str,
+             rounds: int, suffix: str) -> None:
+        argv = ["python3", "-c", code]
+        runners: List[Tuple[str, Callable[[int], None]]] = [
+            ("hearth-cold" + suffix, lambda i: self.hearth_cold(image, module, function, i, suffix)),
+            ("hearth-sandbox" + suffix, lambda i: self.hearth_sandbox(image, argv, suffix)),
+        ]
+        if bundle:
+            rootfs = os.path.join(bundle, "rootfs")
+            for tool, make in (("crun", lambda: peers.crun_argv(bundle, os.path.join(self.work, "crun-state"), self.next_cid())),
+                               ("runc", lambda: peers.runc_argv(bundle, os.path.join(self.work, "runc-state"), self.next_cid())),
+                               ("bwrap", lambda: peers.bwrap_argv(rootfs, argv))):
+                if peers.available(tool):
+                    runners.append((tool + suffix, self.peer_runner(tool + suffix, make)))
+                else:
+                    self.unavailable[tool + suffix] = f"{tool} is not installed"
+        if workload == "numpy" and subprocess.run([peers.HOST_PYTHON, "-c", "import numpy"], capture_output=True).returncode != 0:
+            self.unavailable["host" + suffix] = "numpy is not installed on the host"
+        else:
+            runners.append(("host" + suffix, self.peer_runner("host" + suffix, lambda: peers.host_argv(argv))))
+        # Round 0 warms caches and is discarded; each round after starts at
+        # the next runtime, so no runtime always follows the same one.
+        for r in range(rounds + 1):
+            order = runners[r % len(runners):] + runners[:r % len(runners)]
+            for key, fn in order:
+                if key in self.unavailable:
+                    continue
+                self.recording = r > 0
+                try:
+                    fn(r)
+                except Exception as e:
+                    self.unavailable[key] = f"{type(e).__name__}: {str(e)[:300]}"
+                    for k in [k for k in self.samples if k == key or k.startswith(key + ":")]:
+                        del self.samples[k]
+                finally:
+                    self.recording = True
+
+    def next_cid(self) -> str:
+        self.cid += 1
+        return f"hearth-bench-{os.getpid()}-{self.cid}"
+
+    def peer_runner(self, key: str, make: Callable[[], List[str]]) -> Callable[[int], None]:
+        def run(_: int) -> None:
+            argv = make()
+            t, p = timed(lambda: subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=120))
+            if p.returncode != 0 or p.stdout.strip() not in (b"2", b"3"):
+                raise RuntimeError(f"{' '.join(argv[:6])}…: exit {p.returncode}: "
+                                   f"{(p.stderr or p.stdout).decode(errors='replace').strip()[-300:]}")
+            self.add(key, t)
+        return run
+
+    def hearth_cold(self, image: str, module: str, function: str, i: int, suffix: str) -> None:
+        api = self.api
+        name = f"bench-cold{suffix}-{i}"
+        key = "hearth-cold" + suffix
+        t0 = time.perf_counter()
+        api.apply(env_yaml(name, image=image))
+        t1 = time.perf_counter()
+        snap = api.task(name, module, function, self.bundle)
+        t2 = time.perf_counter()
+        api.delete_env(name)
+        if not snap.get("coldStart"):
+            raise RuntimeError(f"the first task of {name} did not report a cold start: {snap}")
+        self.add(key, t2 - t0)
+        self.add(key + ":apply", t1 - t0)
+        self.add(key + ":task", t2 - t1)
+        if snap.get("queuedMicros") is not None:
+            self.add(key + ":queued", snap["queuedMicros"] / 1e6)
+        if snap.get("runMicros") is not None:
+            self.add(key + ":run", snap["runMicros"] / 1e6)
+        if snap.get("workerMicros") is not None:
+            self.add(key + ":worker", snap["workerMicros"] / 1e6)
+        for phase, micros in (snap.get("coldPhases") or {}).items():
+            self.add(f"{key}:phase:{phase}", micros / 1e6)
+
+    def hearth_sandbox(self, image: str, argv: List[str], suffix: str) -> None:
+        key = "hearth-sandbox" + suffix
+        c = Client(self.daemon.socket)
+        try:
+            t, (code, out, started) = timed(lambda: c.sandbox(argv, image))
+        finally:
+            c.close()
+        if code != 0 or out.strip() not in (b"2", b"3"):
+            raise RuntimeError(f"hearth sandbox {argv}: exit {code}, output {out[:200]!r}")
+        self.add(key, t)
+        name = started.get("replica")
+        if started.get("startMicros") is not None:
+            self.add(key + ":exec", started["startMicros"] / 1e6)
+            self.add(key + ":after-exec", t - started["startMicros"] / 1e6)
+        if name and self.recording:
+            self.sandbox_names.setdefault(key, []).append(name)
+
+    # MARK: throughput and memory
+
+    def throughput(self, replicas: int) -> Dict[str, Any]:
+        api = self.api
+        name = f"bench-map{replicas}"
+        api.apply(env_yaml(name, replicas=replicas))
+        n = self.sizes.throughput
+        inputs = [{"x": i} for i in range(n)]
+        api.batch(name, "benchmod", "inc", self.bundle, inputs[:max(200, 50 * replicas)])
+        t, res = timed(lambda: api.batch(name, "benchmod", "inc", self.bundle, inputs))
+        bad = [r for r in res if r.get("state") != "succeeded"]
+        if bad or [r.get("result") for r in res] != [i + 1 for i in range(n)]:
+            raise RuntimeError(f"batch on {name}: {len(bad)} tasks failed, first: {bad[:1]}")
+        api.delete_env(name)
+        return {"replicas": replicas, "tasks": n, "seconds": t, "tasks_per_second": n / t}
+
+    def memory(self, idle_rss: Optional[int]) -> List[Dict[str, Any]]:
+        api, n = self.api, self.sizes.memory_replicas
+        name = "bench-mem"
+        api.apply(env_yaml(name, replicas=n))
+        # n concurrent sleeping tasks make the pool start n replicas.
+        api.batch(name, "benchmod", "sleep", self.bundle, [{"seconds": 0.5}] * n)
+        deadline = time.monotonic() + 30
+        groups: Dict[str, List[int]] = {}
+        while time.monotonic() < deadline:
+            groups = {k: v for k, v in pids_in_cgroup_subtree(self.daemon.cgroup_name).items()
+                      if k.startswith(name + "-")}
+            if len(groups) >= n and all(len(v) >= 2 for v in groups.values()):
+                break
+            time.sleep(0.1)
+        time.sleep(0.3)
+        busy_rss = rss_bytes(self.daemon.pid)
+        workers, inits = [], []
+        for pids in groups.values():
+            # hearth-init is the lowest pid of the replica; the worker its child.
+            pids = sorted(pids)
+            rs = [rss_bytes(p) for p in pids]
+            inits.append(rs[0] or 0)
+            workers.extend(r or 0 for r in rs[1:])
+        bare = bare_interpreter_rss()
+        api.delete_env(name)
+        rows = [{"key": "hearthd-idle", "label": "hearthd RSS, idle (images imported, no replica)", "bytes": idle_rss}]
+        rows.append({"key": "hearthd-8", "label": f"hearthd RSS with {len(groups)} warm replicas", "bytes": busy_rss})
+        if groups and workers and idle_rss is not None and busy_rss is not None:
+            per_daemon = (busy_rss - idle_rss) / len(groups)
+            worker = sum(workers) / len(workers)
+            init = sum(inits) / len(inits)
+            rows += [
+                {"key": "worker", "label": "worker interpreter RSS (python3 + hearth worker), mean", "bytes": worker},
+                {"key": "bare", "label": "bare python3 interpreter RSS (host, same Debian python3)", "bytes": bare},
+                {"key": "init", "label": "hearth-init RSS, mean", "bytes": init},
+                {"key": "daemon-per-replica", "label": "hearthd growth per replica", "bytes": per_daemon},
+                {"key": "overhead", "label": "per-replica overhead beyond the interpreter (init + worker − bare + daemon share)",
+                 "bytes": init + (worker - (bare or 0)) + per_daemon},
+            ]
+        return rows
+
+    # MARK: results
+
+    LABELS = {
+        "warm-sdk": ("warm", "SDK call (`@env.task`), ready replica"),
+        "warm-api": ("warm", "raw API, kept-alive connection, `wait: true`"),
+        "warm-api-fresh": ("warm", "raw API, new connection per task"),
+        "warm-queued": ("warm", "daemon: request in → run frame out (task queuedMicros)"),
+        "warm-dispatch": ("warm", "daemon dispatch: run frame out → result in (task runMicros)"),
+        "hearth-cold": ("cold", "Hearth: new environment → first task result"),
+        "hearth-sandbox": ("cold", "Hearth: one-shot sandbox (`POST /v1/sandboxes`)"),
+        "crun": ("cold", "crun run (cgroups disabled, private mount ns)"),
+        "runc": ("cold", "runc run"),
+        "bwrap": ("cold", "bwrap --unshare-all"),
+        "host": ("cold", "/usr/bin/python3 on the host, no isolation"),
+        "warm-numpy": ("numpy", "Hearth: warm task (numpy already imported)"),
+        "hearth-cold-numpy": ("numpy", "Hearth: new environment → first task result"),
+        "hearth-sandbox-numpy": ("numpy", "Hearth: one-shot sandbox"),
+        "crun-numpy": ("numpy", "crun run (cgroups disabled, private mount ns)"),
+        "runc-numpy": ("numpy", "runc run"),
+        "bwrap-numpy": ("numpy", "bwrap --unshare-all"),
+        "host-numpy": ("numpy", "/usr/bin/python3 on the host, no isolation"),
+    }
+
+    def timings(self) -> List[Dict[str, Any]]:
+        out = []
+        for key, (group, label) in self.LABELS.items():
+            if key in self.unavailable:
+                out.append({"key": key, "group": group, "label": label, "unavailable": self.unavailable[key]})
+            elif self.samples.get(key):
+                out.append({"key": key, "group": group, "label": label, "stats": summarize(self.samples[key]),
+                            "samples": [round(v, 7) for v in self.samples[key]]})
+        return out
+
+    PHASES = [
+        ("dirs", "replica directories, /etc files in the upper dir"),
+        ("cgroup", "cgroup created, limits written"),
+        ("plan", "spawn plan: seccomp BPF (cached), mount list, fds"),
+        ("spawn", "clone3 → execve (one figure: no per-step marks)"),
+        ("clone", "clone3 with the namespaces"),
+        ("mounts", "signals, setsid, cgroup join, overlay, /proc, /dev, /sys, binds"),
+        ("pivot_root", "pivot_root, masked and read-only paths"),
+        ("caps_seccomp", "hostname, loopback, fds, rlimits, capabilities, seccomp"),
+        ("execve", "execve of hearth-init, seen by the daemon"),
+        ("worker_ready", "interpreter start + worker imports → `ready` frame"),
+    ]
+
+    def phases(self) -> List[Dict[str, Any]]:
+        rows = []
+        order = [name for name, _ in self.PHASES]
+        labels = dict(self.PHASES)
+
+        def add(key: str, label: str, samples: List[float]) -> None:
+            if samples:
+                rows.append({"key": key, "label": label, "stats": summarize(samples)})
+
+        add("hearth-cold:apply", "new environment: `POST /v1/environments`", self.samples.get("hearth-cold:apply", []))
+        cold = sorted((k.split(":", 2)[2] for k in self.samples if k.startswith("hearth-cold:phase:")),
+                      key=lambda p: order.index(p) if p in order else 99)
+        for phase in cold:
+            add("hearth-cold:phase:" + phase, "replica: " + labels.get(phase, phase),
+                self.samples["hearth-cold:phase:" + phase])
+        if not cold:
+            add("hearth-cold:queued", "replica start → worker ready (task queuedMicros; no phases reported)",
+                self.samples.get("hearth-cold:queued", []))
+        add("hearth-cold:run", "first task: run frame out → result in (runMicros)", self.samples.get("hearth-cold:run", []))
+        add("hearth-cold:worker", "…of which the call inside the worker (import benchmod, call)",
+            self.samples.get("hearth-cold:worker", []))
+        # A one-shot sandbox's phases, from the daemon's debug log.
+        logged = self.daemon.sandbox_phases()
+        per_phase: Dict[str, List[float]] = {}
+        for name in self.sandbox_names.get("hearth-sandbox", []):
+            for phase, micros in logged.get(name, {}).items():
+                per_phase.setdefault(phase, []).append(micros / 1e6)
+        add("sandbox:request", "sandbox: request in → hearth-init exec'd", per_phase.get("request to exec", []))
+        add("sandbox:after-exec", "sandbox: exec → `python3 -c …` done → last frame out",
+            self.samples.get("hearth-sandbox:after-exec", []))
+        return rows
+
+    def standing_notes(self, hist: Dict[str, Any]) -> List[str]:
+        notes = [
+            "Cold runs are interleaved: every round runs each runtime once, starting at a different one; "
+            "the first round is a discarded warm-up. Peers run `python3 -c` with the same lines as the Hearth task "
+            "over an `umoci unpack` of the same image Hearth imported.",
+            "crun refuses this machine's hybrid cgroup layout (\"cgroups in hybrid mode not supported\"), so it runs "
+            "with `--cgroup-manager=disabled` inside a private mount namespace (`unshare --mount`) where the cgroup2 "
+            "mount at /sys/fs/cgroup/unified is detached: it creates, joins and removes no cgroup, which favours it. "
+            "runc runs with its default cgroupfs manager.",
+            "Hearth's cold figure includes the environment apply, building the replica (overlay, cgroup, namespaces, "
+            "seccomp), starting the interpreter and the worker, importing the task module and the result's trip back.",
+        ]
+        if hist.get("count"):
+            from hearth_bench.stats import format_seconds
+            notes.append(f"`hearth_warm_dispatch_seconds` from /metrics over the warm phase ({hist['count']:.0f} tasks, "
+                         f"bucket-interpolated): p50 {format_seconds(hist['p50'])}, p99 {format_seconds(hist['p99'])}.")
+        return notes
+
+
+def bare_interpreter_rss() -> Optional[int]:
+    p = subprocess.Popen([peers.HOST_PYTHON, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        time.sleep(0.3)
+        return rss_bytes(p.pid)
+    finally:
+        p.kill()
+        p.wait()
