@@ -22,15 +22,14 @@ through hearthd (socket: ``HEARTH_SOCKET``, default
 does the same from the shell.
 
 This package is also what every replica's worker runs (``hearth._worker``),
-so importing it has no side effects and loads nothing but ``actor_cache``:
-the SDK's names are imported on first use.
+so importing it has no side effects and loads nothing: every name,
+``actor_cache`` included, is imported on first use.
 """
-
-from hearth._cache import actor_cache
 
 __version__ = "0.2.0"
 
 _LAZY = {
+    "actor_cache": "hearth._cache",
     "ActorEnvironment": "hearth._actor",
     "ActorTask": "hearth._actor",
     "map_task": "hearth._actor",
@@ -53,7 +52,7 @@ _LAZY = {
     "InputError": "hearth._typecheck",
 }
 
-__all__ = ["actor_cache", "__version__"] + sorted(_LAZY)
+__all__ = ["__version__"] + sorted(_LAZY)
 
 
 def __getattr__(name):

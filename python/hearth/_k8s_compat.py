@@ -14,14 +14,14 @@ a plain record class (keyword arguments become attributes; unset attributes
 read as None, as in the real models).
 """
 
-import importlib.machinery
-import re
 import sys
+
+# The import system's own ModuleSpec: importing importlib.machinery would cost start-up time.
+_ModuleSpec = type(sys.__spec__) if getattr(sys, "__spec__", None) is not None else None
 
 __all__ = ["install", "MODULES"]
 
 MODULES = ("kubernetes", "kubernetes.client", "kubernetes.client.models")
-_MODEL = re.compile(r"^V[0-9]+[A-Za-z0-9]*$")
 _classes = {}
 
 
@@ -50,7 +50,7 @@ class _Model(object):
 
 
 def _model(name):
-    if not _MODEL.match(name):
+    if not (len(name) > 1 and name[0] == "V" and name[1].isdigit() and name.isalnum() and name.isascii()):
         raise AttributeError("module 'kubernetes.client.models' has no attribute %r "
                              "(Hearth's stand-in: the image has no kubernetes package)" % (name,))
     cls = _classes.get(name)
@@ -64,7 +64,12 @@ class _Finder(object):
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in MODULES:
             return None
-        return importlib.machinery.ModuleSpec(fullname, self, is_package=fullname != MODULES[-1])
+        spec_type = _ModuleSpec
+        if spec_type is None:  # pragma: no cover
+            import importlib.machinery
+
+            spec_type = importlib.machinery.ModuleSpec
+        return spec_type(fullname, self, is_package=fullname != MODULES[-1])
 
     def create_module(self, spec):
         return None

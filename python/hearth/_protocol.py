@@ -49,9 +49,16 @@ lists. Pickled parts are pickled one by one, so identity between two separately
 pickled parts is lost too.
 """
 
-import json
 import os
 import struct
+
+# json's C accelerator straight, not the json package: `import json` pulls in
+# re (and with it enum, functools, types), which every cold task would pay
+# for in the worker's start-up. The pure-Python json is the fallback.
+try:
+    import _json
+except ImportError:  # pragma: no cover - interpreters without the accelerator
+    _json = None
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -209,30 +216,73 @@ def _refuse_constant(name):
     raise ValueError("%s is not valid JSON" % name)
 
 
-_decoder = json.JSONDecoder(parse_constant=_refuse_constant)
-_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+def _not_serializable(o):
+    raise TypeError("Object of type %s is not JSON serializable" % type(o).__name__)
 
 
-
-def _make_fast_encoder():
-    # json's C encoder, built once (JSONEncoder.encode builds one per call).
-    # markers=None: no cycle check; encode_value never yields cycles, and
-    # a cyclic message fails with RecursionError instead of ValueError.
-    try:
-        from json import encoder as _je
-
-        make = _je.c_make_encoder
-        if make is None:
-            return None
-        enc = make(None, _encoder.default, _je.encode_basestring, None, ":", ",", False, False, False)
-        if "".join(enc({"a": [1, 2.5, None, True, "\u00e9"]}, 0)) != '{"a":[1,2.5,null,true,"\u00e9"]}':
-            return None
-        return enc
-    except Exception:
-        return None
+class _ScanContext(object):
+    # What _json.make_scanner reads from a JSONDecoder.
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = staticmethod(_refuse_constant)
+    memo = {}
 
 
-_fast = _make_fast_encoder()
+_WS = " \t\n\r"
+
+
+def _make_codec():
+    """(encode: obj -> str, decode: str -> obj), on the C accelerator when
+    it is there and behaves; else on the json package."""
+    if _json is not None:
+        try:
+            # markers=None: no cycle check; encode_value never yields cycles,
+            # and a cyclic message fails with RecursionError, not ValueError.
+            enc = _json.make_encoder(None, _not_serializable, _json.encode_basestring, None, ":", ",",
+                                     False, False, False)
+            scan = _json.make_scanner(_ScanContext())
+
+            def encode(obj):
+                return "".join(enc(obj, 0))
+
+            def decode(text):
+                n = len(text)
+                i = 0
+                while i < n and text[i] in _WS:
+                    i += 1
+                try:
+                    obj, end = scan(text, i)
+                except StopIteration as e:
+                    raise ValueError("Expecting value: char %d" % e.value)
+                except SystemError:
+                    # The accelerator reports a syntax error through
+                    # json.decoder's JSONDecodeError, which is not imported
+                    # here: let the json package parse it and say what is wrong.
+                    import json
+
+                    return json.JSONDecoder(parse_constant=_refuse_constant).decode(text)
+                while end < n and text[end] in _WS:
+                    end += 1
+                if end != n:
+                    raise ValueError("Extra data: char %d" % end)
+                return obj
+
+            probe = {"a": [1, 2.5, None, True, "\u00e9"]}
+            if encode(probe) == '{"a":[1,2.5,null,true,"\u00e9"]}' and decode(' {"a":[1,2.5,null,true,"\u00e9"]} ') == probe:
+                return encode, decode
+        except Exception:
+            pass
+    import json
+
+    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+    return encoder.encode, decoder.decode
+
+
+_encode, _decode = _make_codec()
 
 
 def dumps_message(obj):
@@ -241,16 +291,14 @@ def dumps_message(obj):
     Raises ValueError/TypeError for what JSON can't hold and
     UnicodeEncodeError for strings with lone surrogates.
     """
-    if _fast is not None:
-        return "".join(_fast(obj, 0)).encode("utf-8")
-    return _encoder.encode(obj).encode("utf-8")
+    return _encode(obj).encode("utf-8")
 
 
 def loads_message(data):
     """Frame body -> message dict. Raises ProtocolError if it isn't a JSON object."""
     try:
         text = str(data, "utf-8")
-        obj = _decoder.decode(text)
+        obj = _decode(text)
     except (UnicodeDecodeError, ValueError) as e:
         raise ProtocolError("malformed frame: %s" % (e,))
     if type(obj) is not dict:

@@ -181,9 +181,16 @@ if __name__ == "__main__":
 
     _pkg_worker._exit(_pkg_worker.main())
 
-import signal
 import time
-import types
+
+# The C modules: `signal` would import enum (and wrap every answer in one),
+# `types` is a module of its own; the worker's start-up is part of every
+# cold task, so it imports neither.
+try:
+    import _signal as signal
+except ImportError:  # pragma: no cover
+    import signal
+
 
 from hearth import _protocol
 
@@ -221,10 +228,7 @@ def _on_sigterm(signum, frame):
     os._exit(0)
 
 
-try:  # the C module: signal.getsignal wraps its answer in an enum, slowly
-    from _signal import getsignal as _getsignal
-except ImportError:  # pragma: no cover
-    _getsignal = signal.getsignal
+_getsignal = signal.getsignal
 _SIGINT = int(signal.SIGINT)
 _SIGTERM = int(signal.SIGTERM)
 
@@ -382,7 +386,25 @@ def _switch_bundle(bundle):
 
 # -- running ---------------------------------------------------------------------------
 
-_PLAIN = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type)
+def _function():
+    pass
+
+
+class _Probe(object):
+    def method(self):
+        pass
+
+
+async def _coroutine():
+    pass
+
+
+_c = _coroutine()
+_CoroutineType = type(_c)
+_c.close()
+del _c
+# types.FunctionType, BuiltinFunctionType and MethodType, without importing types.
+_PLAIN = (type(_function), type(len), type(_Probe().method), type)
 
 
 def _unwrap(obj):
@@ -421,7 +443,7 @@ def _invoke(module, function, raw_kwargs):
         kwargs = _protocol.decode_value(raw_kwargs) if raw_kwargs else {}
         fn = _resolve(module, function)
         value = fn(**kwargs)
-        if type(value) is types.CoroutineType:
+        if type(value) is _CoroutineType:
             import asyncio
 
             value = asyncio.run(value)
