@@ -244,6 +244,7 @@ final class CgroupRootTests: XCTestCase {
             XCTAssertEqual(value(leaf, "memory.max"), "67108864")
             XCTAssertEqual(value(leaf, "memory.low"), "33554432")
             XCTAssertEqual(value(leaf, "memory.oom.group"), "1")
+            if let swap = value(leaf, "memory.swap.max") { XCTAssertEqual(swap, "0") }
             XCTAssertEqual(value(leaf, "pids.max"), "64")
         }
 
@@ -315,7 +316,7 @@ final class CgroupRootTests: XCTestCase {
 
     func testCreateRollsBackWhenTheKernelRefusesALimit() throws {
         // v1 refuses a child CFS quota above its parent's; v2 has no such rule.
-        guard manager.version == .v1 else { throw XCTSkip("needs cgroup v1") }
+        guard manager.version == .v1 else { throw XCTSkip("cgroup v1 only: v2 has no parent-quota rule to trip") }
         guard let cpuRoot = manager.subtreePaths.first(where: { $0.contains("/cpu") }) else { return }
         try CgroupFiles.write(cpuRoot + "/cpu.cfs_quota_us", "100000")
         defer { try? CgroupFiles.write(cpuRoot + "/cpu.cfs_quota_us", "-1") }
@@ -361,6 +362,78 @@ final class CgroupRootTests: XCTestCase {
     }
 }
 
+/// The daemon's side of cgroup v2 delegation, on a pure cgroup v2 host (the
+/// VM suite, scripts/vm-test): prepare() moves the process and everything
+/// else in its cgroup into the `<subtree>-daemon` leaf, enables cpu, memory
+/// and pids down to the replicas, and a restart in place finds the same
+/// subtree. Root only, with HEARTH_CGROUP_V2_TESTS=1 (it moves the test
+/// process, as CgroupRootTests does).
+final class CgroupV2Tests: XCTestCase {
+    private func words(_ path: String) -> Set<String> {
+        Set((CgroupFiles.readIfPresent(path) ?? "").split(whereSeparator: { $0 == " " || $0.isNewline }).map(String.init))
+    }
+
+    private func value(_ path: String) -> String? {
+        CgroupFiles.readIfPresent(path)?.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    func testPrepareMovesTheCgroupIntoTheDaemonLeafAndEnablesControllers() throws {
+        guard getuid() == 0 else { throw XCTSkip("cgroup tests need root") }
+        let subtree = "hearth-v2-" + UUID().uuidString.prefix(8).lowercased()
+        let manager = try CgroupManager(subtree: subtree)
+        guard manager.version == .v2 else { throw XCTSkip("cgroup v2 only: v1 has no leaf to move into") }
+        guard ProcessInfo.processInfo.environment["HEARTH_CGROUP_V2_TESTS"] == "1" else {
+            throw XCTSkip("cgroup v2 host: set HEARTH_CGROUP_V2_TESTS=1 to let the test move itself into a leaf")
+        }
+        guard let base = manager.hierarchies.first?.directory, CgroupFiles.exists(base + "/cgroup.type") else {
+            throw XCTSkip("cgroup v2: this process is in the root cgroup, which needs no leaf")
+        }
+        // Another process of this cgroup (a child starts in its parent's):
+        // it must move too, or base could not enable controllers.
+        let sibling = Foundation.Process()
+        sibling.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        sibling.arguments = ["1000"]
+        try sibling.run()
+        defer { sibling.terminate(); sibling.waitUntilExit() }
+        XCTAssertTrue(CgroupFiles.procs(base).contains(sibling.processIdentifier))
+
+        try manager.prepare()
+        defer { try? manager.removeSubtree() }
+        let leaf = base + "/" + subtree + "-daemon"
+        let root = base + "/" + subtree
+        XCTAssertEqual(CgroupFiles.procs(base), [], "no process may stay in a cgroup that enables controllers")
+        XCTAssertTrue(CgroupFiles.procs(leaf).contains(getpid()))
+        XCTAssertTrue(CgroupFiles.procs(leaf).contains(sibling.processIdentifier))
+        let own = try CgroupFiles.read("/proc/self/cgroup")
+        XCTAssertTrue(own.hasSuffix("/" + subtree + "-daemon\n"), own)
+        for dir in [base, root] {
+            XCTAssertTrue(words(dir + "/cgroup.subtree_control").isSuperset(of: ["cpu", "memory", "pids"]), dir)
+        }
+
+        // A daemon restarted in place starts in the leaf: same subtree.
+        let again = try CgroupManager(subtree: subtree)
+        XCTAssertEqual(again.subtreePaths, [root])
+        try again.prepare()
+        XCTAssertEqual(Set(CgroupFiles.childDirectories(base)).intersection([subtree, subtree + "-daemon"]).count, 2)
+
+        // A nested replica: controllers on in its parent, every v2 file set.
+        let replica = try again.create(name: "env/r", limits: CgroupLimits(
+            cpuLimitMilli: 250, cpuRequestMilli: 250, memoryLimit: 32 << 20, memoryRequest: 16 << 20, pidsMax: 8))
+        XCTAssertTrue(words(root + "/env/cgroup.subtree_control").isSuperset(of: ["cpu", "memory", "pids"]))
+        let dir = root + "/env/r"
+        XCTAssertEqual(replica.paths, [dir])
+        XCTAssertEqual(value(dir + "/cpu.max"), "25000 100000")
+        XCTAssertEqual(value(dir + "/cpu.weight"), "\(CgroupLimits.cpuWeight(shares: 256))")
+        XCTAssertEqual(value(dir + "/memory.max"), "33554432")
+        XCTAssertEqual(value(dir + "/memory.low"), "16777216")
+        XCTAssertEqual(value(dir + "/memory.oom.group"), "1")
+        if CgroupFiles.exists(dir + "/memory.swap.max") { XCTAssertEqual(value(dir + "/memory.swap.max"), "0") }
+        XCTAssertEqual(value(dir + "/pids.max"), "8")
+        try replica.remove()
+        XCTAssertEqual(CgroupFiles.childDirectories(root), [], "the empty parent is pruned")
+    }
+}
+
 /// The v2 code paths that need no controllers, on a hybrid host's
 /// controller-less cgroup2 hierarchy (this project's build machines):
 /// the missing-controller error, rollback, placement, cgroup.kill, usage
@@ -376,7 +449,7 @@ final class CgroupV2OnHybridTests: XCTestCase {
         guard try CgroupDiscovery.layout(mountinfo: mountinfo, procCgroup: own).version == .v1,
               let path = CgroupDiscovery.parseProcCgroup(own).v2,
               let mount = CgroupDiscovery.parseMountinfo(mountinfo).first(where: { $0.isV2 && CgroupDiscovery.isPrefix($0.root, of: path) })
-        else { throw XCTSkip("needs a hybrid host with a cgroup2 mount") }
+        else { throw XCTSkip("hybrid hosts only: needs cgroup v1 controllers beside a controller-less cgroup2 mount") }
         let directory = CgroupDiscovery.join(mount.mountPoint, below: mount.root, path)
         layout = CgroupLayout(version: .v2, hierarchies: [
             CgroupHierarchy(controllers: [], mountPoint: mount.mountPoint, mountRoot: mount.root,

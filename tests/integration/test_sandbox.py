@@ -3,8 +3,14 @@
 import json
 import os
 import pathlib
+import subprocess
 import textwrap
+import time
 import uuid
+
+import pytest
+
+from conftest import BIN, _cgroup_dirs, cgroup_layout
 
 
 DOCKER_DEFAULT_CAPS = 0x00000000A80425FB
@@ -337,3 +343,101 @@ def test_env_and_workdir(hearth):
 def test_many_sandboxes_leave_nothing(hearth):
     for _ in range(10):
         assert hearth.sandbox("/bin/true").returncode == 0
+
+
+# --- cgroups, on whichever layout this host has (v1 here, v2 in the VM suite:
+# scripts/vm-test). Each checks the files of DESIGN.md's mapping table.
+
+def _read(path):
+    try:
+        return pathlib.Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _live_replica_cgroups(hearth, deadline):
+    """The replica's cgroup directories (one per hierarchy on v1, the leaf on
+    v2) once a process runs in them; waits until `deadline`."""
+    while time.time() < deadline:
+        found = []
+        for top in _cgroup_dirs(hearth.subtree):
+            for d, dirs, _ in os.walk(top):
+                if d != top and not dirs and _read(os.path.join(d, "cgroup.procs")):
+                    found.append(d)
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError("no replica cgroup with a process appeared")
+
+
+def _by_file(dirs, name):
+    """The one directory among `dirs` that has control file `name`."""
+    hits = [d for d in dirs if os.path.exists(os.path.join(d, name))]
+    assert len(hits) == 1, (name, dirs)
+    return os.path.join(hits[0], name)
+
+
+def test_cgroup_limits_reach_the_kernel(hearth):
+    env = dict(os.environ, HEARTH_SOCKET=hearth.socket)
+    p = subprocess.Popen([str(BIN / "hearth"), "sandbox", "--memory", "64Mi", "--cpus", "0.5", "--pids", "64", "--",
+                          "sh", "-c", "cat /proc/self/cgroup; sleep 8"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        dirs = _live_replica_cgroups(hearth, time.time() + 60)
+        values = {f: _read(_by_file(dirs, f)) for f in (
+            ["cpu.max", "memory.max", "memory.oom.group", "pids.max"] if cgroup_layout() == "v2" else
+            ["cpu.cfs_quota_us", "cpu.cfs_period_us", "memory.limit_in_bytes", "pids.max"])}
+        swap = [_read(os.path.join(d, f)) for d in dirs for f in ("memory.swap.max", "memory.memsw.limit_in_bytes")
+                if os.path.exists(os.path.join(d, f))]
+    finally:
+        stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 0, stderr
+    if cgroup_layout() == "v2":
+        assert values == {"cpu.max": "50000 100000", "memory.max": str(64 << 20), "memory.oom.group": "1",
+                          "pids.max": "64"}
+        assert swap in ([], ["0"])
+        # CLONE_INTO_CGROUP roots the replica's cgroup namespace at its leaf.
+        assert stdout.decode() == "0::/\n"
+    else:
+        assert values == {"cpu.cfs_quota_us": "50000", "cpu.cfs_period_us": "100000",
+                          "memory.limit_in_bytes": str(64 << 20), "pids.max": "64"}
+        assert swap in ([], [str(64 << 20)])
+        # Unshared after the move: every hierarchy's root is the replica's.
+        assert all(line.endswith(":/") for line in stdout.decode().splitlines()), stdout
+
+
+def test_cgroup_requests_reach_the_kernel(hearth, tmp_path):
+    """An environment's requests: weight/shares and memory protection."""
+    name = "cg-requests-" + uuid.uuid4().hex[:6]
+    spec = (f"name: {name}\nreplica_count: 1\nttl_seconds: 300\n"
+            "requests: {cpu: 500m, mem: 32Mi}\nlimits: {cpu: '1', mem: 64Mi}\n")
+    hearth.hearth("apply", "-f", "-", input=spec.encode())
+    try:
+        (tmp_path / "tasks.py").write_text("def ping():\n    return 'pong'\n")
+        r = hearth.hearth("run", name, "tasks:ping", "--code", str(tmp_path), timeout=300)
+        assert "pong" in r.stdout.decode(), r.stdout
+        dirs = _live_replica_cgroups(hearth, time.time() + 60)
+        if cgroup_layout() == "v2":
+            assert _read(_by_file(dirs, "cpu.weight")) == "59"            # shares 512, crun's mapping
+            assert _read(_by_file(dirs, "cpu.max")) == "100000 100000"
+            assert _read(_by_file(dirs, "memory.low")) == str(32 << 20)
+            assert _read(_by_file(dirs, "memory.max")) == str(64 << 20)
+        else:
+            assert _read(_by_file(dirs, "cpu.shares")) == "512"
+            assert _read(_by_file(dirs, "cpu.cfs_quota_us")) == "100000"
+            assert _read(_by_file(dirs, "memory.soft_limit_in_bytes")) == str(32 << 20)
+            assert _read(_by_file(dirs, "memory.limit_in_bytes")) == str(64 << 20)
+    finally:
+        hearth.hearth("rm", name, check=False)
+
+
+def test_daemon_sits_in_its_own_leaf_on_cgroup_v2(hearth):
+    if cgroup_layout() != "v2":
+        pytest.skip("cgroup v2 only: only v2 moves the daemon into a <subtree>-daemon leaf; on v1 it stays where it is")
+    own = pathlib.Path(f"/proc/{hearth.proc.pid}/cgroup").read_text().strip()
+    assert own.startswith("0::") and own.endswith(f"/{hearth.subtree}-daemon"), own
+    base = "/sys/fs/cgroup" + own[3:].rsplit("/", 1)[0]
+    assert _read(os.path.join(base, "cgroup.procs")) == "", "the daemon's parent cgroup must hold no process"
+    assert {"cpu", "memory", "pids"} <= set(_read(os.path.join(base, "cgroup.subtree_control")).split())
+    assert {"cpu", "memory", "pids"} <= set(_read(os.path.join(base, hearth.subtree, "cgroup.subtree_control")).split())
+
