@@ -54,3 +54,9 @@ int hearth_remove_tree(const char *path) {
     if (lstat(path, &st) == 0) { errno = ENOTEMPTY; return -1; }
     return 0;
 }
+
+#include <malloc.h>
+
+int hearth_malloc_arena_max(int n) { return mallopt(M_ARENA_MAX, n); }
+
+int hearth_malloc_trim(void) { return malloc_trim(0); }

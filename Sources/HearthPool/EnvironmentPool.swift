@@ -5,6 +5,7 @@ import HearthImage
 import HearthSandbox
 import Logging
 import Metrics
+import Synchronization
 
 /// What one environment's replicas are, resolved from its spec.
 public struct PoolConfig: Sendable {
@@ -58,22 +59,64 @@ public struct PoolContext: Sendable {
 /// One environment: a bounded FIFO of tasks and up to `replicaCount` warm
 /// replicas. A task goes to an idle replica; if none is idle and fewer than
 /// `replicaCount` exist, one is started (a cold start); otherwise it waits.
+///
+/// The queue and the idle replicas live in `dispatcher`, under a lock, so
+/// the warm path never waits for the actor: a submission that finds an idle
+/// replica writes the run frame at once, and a result is handled on the
+/// event thread, which hands the replica the next queued task right there.
+/// The actor keeps the replicas' lives: starts, exits, TTL, drain.
 actor EnvironmentPool {
-    private(set) var config: PoolConfig
-    private let ctx: PoolContext
+    nonisolated let config: PoolConfig
+    private nonisolated let ctx: PoolContext
+    private nonisolated let dispatcher = Dispatcher()
     private var replicas: [String: WarmReplica] = [:]
-    private var idle: [WarmReplica] = []
-    private var queue: [TaskRecord] = []
-    private var queueHead = 0
     private var starting = 0
     private var startFailures = 0
     private var nextStartAllowed = ContinuousClock.now
     private var retryScheduled = false
     private(set) var lastError: String?
-    private var draining = false
     private var ttlTask: Task<Void, Never>?
     /// Replicas being torn down; drain waits for them.
     private var teardowns: [String: Task<Void, Never>] = [:]
+
+    /// What the warm path shares with the actor. Lock order: the
+    /// dispatcher's lock, then a replica's or a task's, never the reverse.
+    final class Dispatcher: Sendable {
+        struct State {
+            var queue: [TaskRecord] = []
+            var head = 0
+            /// Most recently used last.
+            var idle: [WarmReplica] = []
+            var draining = false
+
+            var queued: Int { queue.count - head }
+
+            mutating func popTask() -> TaskRecord? {
+                guard head < queue.count else { return nil }
+                let t = queue[head]
+                head += 1
+                if head == queue.count {
+                    queue.removeAll(keepingCapacity: queue.count <= 4096)
+                    head = 0
+                } else if head > 1024 && head * 2 > queue.count {
+                    queue.removeFirst(head)
+                    head = 0
+                }
+                return t
+            }
+
+            /// The most recently used idle replica that can take `task`;
+            /// replicas found closed or exited are dropped (the actor
+            /// removes them when it learns of the exit).
+            mutating func claimIdle(for task: TaskRecord) -> WarmReplica? {
+                while let r = idle.popLast() {
+                    if r.claim(task) { return r }
+                }
+                return nil
+            }
+        }
+        let state = Mutex(State())
+    }
 
     init(config: PoolConfig, context: PoolContext) {
         self.config = config
@@ -89,25 +132,48 @@ actor EnvironmentPool {
         }
     }
 
-    var queued: Int { queue.count - queueHead }
+    nonisolated var queued: Int { dispatcher.state.withLock { $0.queued } }
 
     // MARK: submission
 
-    func submit(_ task: TaskRecord) throws {
-        if draining {
-            throw HearthError(.unavailable, "environment \"\(config.name)\" is being removed; no new tasks are accepted")
+    /// Queues tasks, or hands them straight to idle replicas; all or none.
+    /// Runs on the caller's thread: the actor is visited only when a task
+    /// has to wait (a replica may need starting).
+    nonisolated func submit(_ tasks: [TaskRecord]) throws {
+        var direct: [(TaskRecord, WarmReplica)] = []
+        let waiting: Bool = try dispatcher.state.withLock { s in
+            if s.draining {
+                throw HearthError(.unavailable, "environment \"\(config.name)\" is being removed; no new tasks are accepted")
+            }
+            var i = 0
+            if s.queued == 0 {
+                while i < tasks.count, let r = s.claimIdle(for: tasks[i]) {
+                    direct.append((tasks[i], r))
+                    i += 1
+                }
+            }
+            let rest = tasks.count - i
+            if rest > 0 && s.queued + rest > config.maxQueue {
+                for (_, r) in direct { r.unclaim(); s.idle.append(r) }
+                direct = []
+                let q = s.queued
+                throw HearthError(.queueFull, "environment \"\(config.name)\": the queue is full (\(q) tasks waiting, max_queue \(config.maxQueue)\(rest > 1 ? ", \(rest) more sent at once" : "")); retry later or raise max_queue")
+            }
+            s.queue.append(contentsOf: tasks[i...])
+            return rest > 0
         }
-        if queued >= config.maxQueue {
-            throw HearthError(.queueFull, "environment \"\(config.name)\": the queue is full (\(queued) tasks waiting, max_queue \(config.maxQueue)); retry later or raise max_queue")
-        }
-        queue.append(task)
-        pump()
+        for (t, r) in direct { dispatch(t, on: r, cold: false) }
+        if waiting { Task { await self.pump() } }
     }
 
     /// Cancels a queued task (true), or asks a running one to stop.
     func cancel(_ task: TaskRecord) -> Bool {
-        if let i = queue[queueHead...].firstIndex(where: { $0 === task }) {
-            queue.remove(at: i)
+        let wasQueued: Bool = dispatcher.state.withLock { s in
+            guard let i = s.queue[s.head...].firstIndex(where: { $0 === task }) else { return false }
+            s.queue.remove(at: i)
+            return true
+        }
+        if wasQueued {
             task.finish(.cancelled, error: TaskError(type: "Cancelled", message: "task \(task.id) was cancelled before it started"))
             ctx.tasks.retire(task)
             return true
@@ -132,19 +198,21 @@ actor EnvironmentPool {
 
     // MARK: scheduling
 
+    /// Pairs queued tasks with idle replicas, then starts replicas for the
+    /// tasks still waiting, up to replica_count.
     private func pump() {
-        while queued > 0, let r = idle.popLast() {
-            let task = queue[queueHead]
-            queueHead += 1
-            if queueHead > 1024 && queueHead * 2 > queue.count {
-                queue.removeFirst(queueHead)
-                queueHead = 0
+        let (pairs, waiting, draining): ([(TaskRecord, WarmReplica)], Int, Bool) = dispatcher.state.withLock { s in
+            var pairs: [(TaskRecord, WarmReplica)] = []
+            while s.queued > 0, !s.idle.isEmpty {
+                let t = s.queue[s.head]
+                guard let r = s.claimIdle(for: t) else { break }
+                _ = s.popTask()
+                pairs.append((t, r))
             }
-            dispatch(task, on: r, cold: false)
+            return (pairs, s.queued, s.draining)
         }
-        if queueHead == queue.count { queue.removeAll(keepingCapacity: true); queueHead = 0 }
-        // Start replicas for waiting tasks, up to replica_count.
-        while !draining && queued > starting && replicas.count + starting < config.replicaCount {
+        for (t, r) in pairs { dispatch(t, on: r, cold: false) }
+        while !draining && waiting > starting && replicas.count + starting < config.replicaCount {
             let now = ContinuousClock.now
             if now < nextStartAllowed {
                 scheduleRetry(at: nextStartAllowed)
@@ -247,22 +315,27 @@ actor EnvironmentPool {
         starting -= 1
         startFailures = 0
         lastError = nil
-        if draining {
-            Task { _ = try? await Blocking.run { r.teardown() } }
-            return
-        }
         replicas[r.name] = r
         r.setPhase(.ready)
         PoolMetrics.coldStart.record(duration: ContinuousClock.now - r.started)
-        ctx.logger.info("environment \(config.name): replica \(r.name) ready (\(Int((ContinuousClock.now - r.started).milliseconds)) ms)")
         watchExit(r)
-        if queued > 0 {
-            let task = queue[queueHead]
-            queueHead += 1
-            dispatch(task, on: r, cold: true)
-        } else {
-            idle.append(r)
+        let (draining, first): (Bool, TaskRecord?) = dispatcher.state.withLock { s in
+            if s.draining { return (true, nil) }
+            guard s.queued > 0 else {
+                s.idle.append(r)
+                return (false, nil)
+            }
+            let t = s.queue[s.head]
+            guard r.claim(t) else { return (false, nil) }
+            _ = s.popTask()
+            return (false, t)
         }
+        if draining {
+            remove(r)
+            return
+        }
+        ctx.logger.info("environment \(config.name): replica \(r.name) ready (\(Int((ContinuousClock.now - r.started).milliseconds)) ms)")
+        if let first { dispatch(first, on: r, cold: true) }
         pump()
     }
 
@@ -278,9 +351,12 @@ actor EnvironmentPool {
         // Tasks waiting for this start would wait forever on a broken
         // environment: fail them with the reason.
         if replicas.isEmpty && starting == 0 {
-            while queued > 0 {
-                let task = queue[queueHead]
-                queueHead += 1
+            let failed: [TaskRecord] = dispatcher.state.withLock { s in
+                var out: [TaskRecord] = []
+                while let t = s.popTask() { out.append(t) }
+                return out
+            }
+            for task in failed {
                 task.finish(.failed, error: TaskError(type: "ReplicaStartFailed", message: message))
                 ctx.tasks.retire(task)
             }
@@ -288,7 +364,8 @@ actor EnvironmentPool {
         pump()
     }
 
-    /// A replica that dies while idle is removed at once.
+    /// A replica that dies while idle is removed at once; one that is busy
+    /// is left to its task's path (the channel closes, `lost`).
     private func watchExit(_ r: WarmReplica) {
         Task {
             _ = await r.running.wait()
@@ -298,14 +375,30 @@ actor EnvironmentPool {
 
     private func replicaExited(_ r: WarmReplica) {
         guard replicas[r.name] != nil else { return }
-        if r.state.withLock({ $0.current }) != nil { return } // the task path handles it
+        let busy: Bool = dispatcher.state.withLock { s in
+            s.idle.removeAll { $0 === r }
+            return r.state.withLock { st in
+                st.exited = true
+                return st.current != nil
+            }
+        }
+        if busy { return }
+        remove(r)
+        pump()
+    }
+
+    /// A replica that finished a task and cannot take another (draining,
+    /// max_tasks_per_replica, its process gone).
+    private func retireReplica(_ r: WarmReplica) {
         remove(r)
         pump()
     }
 
     private func remove(_ r: WarmReplica) {
         replicas.removeValue(forKey: r.name)
-        idle.removeAll { $0 === r }
+        dispatcher.state.withLock { s in s.idle.removeAll { $0 === r } }
+        // Once per replica, whichever path (exit, loss, TTL, drain) came first.
+        guard r.state.withLock({ s in defer { s.removed = true }; return !s.removed }) else { return }
         let name = r.name
         teardowns[name] = Task { _ = try? await Blocking.run { r.teardown() } }
         Task { [weak self] in
@@ -318,18 +411,19 @@ actor EnvironmentPool {
 
     // MARK: running a task
 
-    private func dispatch(_ task: TaskRecord, on r: WarmReplica, cold: Bool) {
-        guard task.markRunning(replica: r.name, pid: r.state.withLock({ $0.workerPid }), cold: cold,
-                               coldPhases: cold ? Self.coldPhases(r) : nil) else {
-            // Cancelled while queued; the replica stays idle.
-            idle.append(r)
-            pump()
-            return
+    /// Sends a task to a replica claimed for it. Any thread.
+    private nonisolated func dispatch(_ task: TaskRecord, on r: WarmReplica, cold: Bool) {
+        var task = task
+        while !task.markRunning(replica: r.name, pid: r.state.withLock({ $0.workerPid }), cold: cold,
+                                coldPhases: cold ? Self.coldPhases(r) : nil) {
+            // Cancelled meanwhile: the replica takes the next task, or goes idle.
+            r.unclaim()
+            guard let next = nextTask(for: r) else { return }
+            task = next
         }
         let bundlePath = task.bundle.map { "/.hearth/code/" + $0 }
-        let timeout = task.timeout ?? config.timeout
-        if let timeout {
-            Task {
+        if let timeout = task.timeout ?? config.timeout {
+            Task { [task] in
                 try? await Task.sleep(for: timeout)
                 if task.currentState == .running, r.state.withLock({ $0.current === task }) {
                     r.state.withLock { $0.timedOut = true }
@@ -337,20 +431,42 @@ actor EnvironmentPool {
                 }
             }
         }
-        Task {
-            do {
-                let msg = try await r.run(task, bundlePath: bundlePath, env: nil)
-                self.completed(task, on: r, msg)
-            } catch {
-                await self.lost(task, on: r, error)
+        r.send(task, bundlePath: bundlePath, env: nil) { [self, task] result in
+            switch result {
+            case .success(let msg): completed(task, on: r, msg)
+            case .failure(let error): Task { await self.lost(task, on: r, error) }
             }
         }
+    }
+
+    /// The replica, just freed, takes the next queued task (returned, and
+    /// the replica claimed for it) or goes idle (nil). When it may not take
+    /// more, the actor retires it.
+    private nonisolated func nextTask(for r: WarmReplica) -> TaskRecord? {
+        let used = r.state.withLock { $0.tasksRun }
+        let spent = config.maxTasksPerReplica.map { used >= $0 } ?? false
+        let (next, retire): (TaskRecord?, Bool) = dispatcher.state.withLock { s in
+            let exited = r.state.withLock { $0.exited || $0.closedReason != nil }
+            if s.draining || spent || exited { return (nil, true) }
+            if s.queued > 0 {
+                let t = s.queue[s.head]
+                if r.claim(t) {
+                    _ = s.popTask()
+                    return (t, false)
+                }
+                return (nil, true)
+            }
+            s.idle.append(r)
+            return (nil, false)
+        }
+        if retire { Task { await self.retireReplica(r) } }
+        return next
     }
 
     /// A new replica's start phases in µs, for its first task's snapshot;
     /// worker_ready runs from the spawn's return to now (the ready frame has
     /// just been handled): interpreter start-up and the worker's imports.
-    private static func coldPhases(_ r: WarmReplica) -> [String: Int64] {
+    private nonisolated static func coldPhases(_ r: WarmReplica) -> [String: Int64] {
         func micros(_ d: Duration) -> Int64 { d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000 }
         var out: [String: Int64] = [:]
         for p in r.running.startPhases { out[p.name] = micros(p.duration) }
@@ -358,7 +474,9 @@ actor EnvironmentPool {
         return out
     }
 
-    private func completed(_ task: TaskRecord, on r: WarmReplica, _ msg: WorkerMessage) {
+    /// A result frame, on the event thread: the task ends here (its waiter
+    /// wakes at once) and the replica takes the next task without a hop.
+    private nonisolated func completed(_ task: TaskRecord, on r: WarmReplica, _ msg: WorkerMessage) {
         if let started = task.state.withLock({ $0.coldStart == false ? $0.started : nil }) {
             // Warm dispatch: run frame out → result frame in, on a ready replica.
             PoolMetrics.warmDispatch.record(duration: ContinuousClock.now - started)
@@ -375,18 +493,12 @@ actor EnvironmentPool {
         }
         ctx.tasks.retire(task)
         r.finishTask()
-        let used = r.state.withLock { $0.tasksRun }
-        if draining || (config.maxTasksPerReplica.map { used >= $0 } ?? false) {
-            remove(r)
-        } else {
-            idle.append(r)
-        }
-        pump()
+        if let next = nextTask(for: r) { dispatch(next, on: r, cold: false) }
     }
 
     /// The worker died or broke the protocol mid-task.
-    private func lost(_ task: TaskRecord, on r: WarmReplica, _ error: any Error) async {
-        let reason = (error as? ChannelError) ?? .closed
+    private func lost(_ task: TaskRecord, on r: WarmReplica, _ error: ChannelError) async {
+        let reason = error
         let status: ExitStatus
         if case .protocolViolation = reason {
             r.running.cgroup.killAll()
@@ -425,7 +537,12 @@ actor EnvironmentPool {
 
     private func reapIdle() {
         let now = ContinuousClock.now
-        for r in idle where now - r.state.withLock({ $0.lastUsed }) >= config.ttl {
+        let expired: [WarmReplica] = dispatcher.state.withLock { s in
+            let out = s.idle.filter { now - $0.state.withLock({ $0.lastUsed }) >= config.ttl }
+            s.idle.removeAll { r in out.contains { $0 === r } }
+            return out
+        }
+        for r in expired {
             ctx.logger.info("environment \(config.name): replica \(r.name) idle for its TTL (\(config.ttl.seconds) s); removing it")
             remove(r)
         }
@@ -450,16 +567,20 @@ actor EnvironmentPool {
     /// Stops taking tasks, lets running ones finish (up to `deadline`), then
     /// removes every replica. Queued tasks are cancelled.
     func drain(deadline: Duration) async {
-        draining = true
         ttlTask?.cancel()
-        while queued > 0 {
-            let task = queue[queueHead]
-            queueHead += 1
+        let (queuedTasks, idleReplicas): ([TaskRecord], [WarmReplica]) = dispatcher.state.withLock { s in
+            s.draining = true
+            var out: [TaskRecord] = []
+            while let t = s.popTask() { out.append(t) }
+            let idle = s.idle
+            s.idle = []
+            return (out, idle)
+        }
+        for task in queuedTasks {
             task.finish(.cancelled, error: TaskError(type: "Cancelled", message: "environment \(config.name) was removed or replaced before the task started"))
             ctx.tasks.retire(task)
         }
-        for r in idle { remove(r) }
-        idle.removeAll()
+        for r in idleReplicas { remove(r) }
         let end = ContinuousClock.now + deadline
         while !replicas.isEmpty && ContinuousClock.now < end {
             try? await Task.sleep(for: .milliseconds(20))

@@ -37,7 +37,7 @@ struct FrameReader {
     }
 
     /// Appends bytes; returns every complete frame body.
-    mutating func feed(_ bytes: ArraySlice<UInt8>) throws -> [[UInt8]] {
+    mutating func feed<C: Collection>(_ bytes: C) throws -> [[UInt8]] where C.Element == UInt8 {
         buffer.append(contentsOf: bytes)
         var frames: [[UInt8]] = []
         while buffer.count - start >= 4 {
@@ -56,8 +56,7 @@ struct FrameReader {
 }
 
 /// Daemon → worker.
-struct RunMessage: Encodable {
-    var type = "run"
+struct RunMessage {
     var id: String
     var module: String
     var function: String
@@ -65,9 +64,35 @@ struct RunMessage: Encodable {
     var bundle: Bundle?
     var env: [String: String]?
 
-    struct Bundle: Encodable {
+    struct Bundle {
         var version: String
         var path: String
+    }
+
+    /// The length-prefixed frame, written by hand (see FastJSON).
+    func frame() -> [UInt8] {
+        var w = JSONWriter(capacity: 256)
+        w.bytes += [0, 0, 0, 0]
+        w.raw("{\"type\":\"run\"")
+        w.key("id"); w.string(id)
+        w.key("module"); w.string(module)
+        w.key("function"); w.string(function)
+        w.key("kwargs"); w.value(kwargs)
+        if let bundle {
+            w.key("bundle")
+            w.raw("{\"version\":"); w.string(bundle.version)
+            w.key("path"); w.string(bundle.path)
+            w.byte(0x7d)
+        }
+        if let env {
+            w.key("env")
+            w.value(.object(env.mapValues { .string($0) }))
+        }
+        w.byte(0x7d)
+        let n = UInt32(w.bytes.count - 4)
+        w.bytes[0] = UInt8(n >> 24); w.bytes[1] = UInt8((n >> 16) & 0xff)
+        w.bytes[2] = UInt8((n >> 8) & 0xff); w.bytes[3] = UInt8(n & 0xff)
+        return w.bytes
     }
 }
 
@@ -77,7 +102,7 @@ struct ControlMessage: Encodable {
 }
 
 /// Worker → daemon: `ready`, `result`, `pong`, `error`.
-struct WorkerMessage: Decodable, Sendable {
+struct WorkerMessage: Sendable {
     var type: String
     var id: String?
     var pid: Int32?
@@ -87,5 +112,18 @@ struct WorkerMessage: Decodable, Sendable {
     var error: TaskError?
     var message: String?
     var duration_us: Int64?
-}
 
+    /// From a frame's body; nil when it is not a JSON object with a string `type`.
+    init?(frame: [UInt8]) {
+        guard case .object(let o)? = try? FastJSON.parse(frame), let type = o["type"]?.stringValue else { return nil }
+        self.type = type
+        id = o["id"]?.stringValue
+        if case .int(let p)? = o["pid"], let p32 = Int32(exactly: p) { pid = p32 }
+        python = o["python"]?.stringValue
+        if case .bool(let b)? = o["ok"] { ok = b }
+        value = o["value"]
+        error = o["error"].flatMap { TaskError(json: $0) }
+        message = o["message"]?.stringValue
+        if case .int(let d)? = o["duration_us"] { duration_us = d }
+    }
+}

@@ -27,6 +27,7 @@ public final class Pool: Sendable {
         journalDir = context.tasks.journalDir
         try FileTree.makeDirectory(envDir, mode: 0o700)
         try FileTree.makeDirectory(journalDir, mode: 0o700)
+        try context.tasks.journal.open()
     }
 
     public var tasks: TaskRegistry { ctx.tasks }
@@ -116,25 +117,44 @@ public final class Pool: Sendable {
     }
 
     public func submit(_ env: String, _ s: Submission) async throws -> TaskRecord {
+        let tasks = try submitMany(env, [s])
+        return tasks[0]
+    }
+
+    /// Submits tasks together: one journal write and one pass of the
+    /// scheduler for the lot (the batch route). Either every task is
+    /// accepted, or none is and the error says why.
+    public func submitMany(_ env: String, _ subs: [Submission]) throws -> [TaskRecord] {
         let pool = try pool(env)
-        if let want = s.identity, let have = envs.withLock({ $0[env]?.config.identity }), want != have {
-            throw HearthError(.conflict, "environment \"\(env)\" was re-applied with another spec (identity \(have.prefix(12))); this task was sent for identity \(want.prefix(12)): apply your spec again to run on it")
+        let have = envs.withLock { $0[env]?.config.identity }
+        var checked = Set<String>()
+        for s in subs {
+            if let want = s.identity, let have, want != have {
+                throw HearthError(.conflict, "environment \"\(env)\" was re-applied with another spec (identity \(have.prefix(12))); this task was sent for identity \(want.prefix(12)): apply your spec again to run on it")
+            }
+            if let b = s.bundle, !checked.contains(b) {
+                checked.insert(b)
+                guard ctx.code.exists(b) else {
+                    throw HearthError(.notFound, "code bundle \(b) is not uploaded; PUT /v1/code/\(b) first")
+                }
+            }
         }
-        if let b = s.bundle, !ctx.code.exists(b) {
-            throw HearthError(.notFound, "code bundle \(b) is not uploaded; PUT /v1/code/\(b) first")
+        let tasks = subs.map { s in
+            TaskRecord(id: ctx.tasks.newID(), environment: env, module: s.module, function: s.function,
+                       kwargs: s.kwargs, bundle: s.bundle, timeout: s.timeout)
         }
-        let task = TaskRecord(id: ctx.tasks.newID(), environment: env, module: s.module, function: s.function,
-                              kwargs: s.kwargs, bundle: s.bundle, timeout: s.timeout)
-        ctx.tasks.add(task)
-        journal(task)
+        for t in tasks { ctx.tasks.add(t) }
+        ctx.tasks.journal.add(tasks.map { (id: $0.id, environment: env) })
         do {
-            try await pool.submit(task)
+            try pool.submit(tasks)
         } catch {
-            task.finish(.failed, error: TaskError(type: "Refused", message: HearthError.wrap(error).message))
-            ctx.tasks.retire(task)
+            for task in tasks {
+                task.finish(.failed, error: TaskError(type: "Refused", message: HearthError.wrap(error).message))
+                ctx.tasks.retire(task)
+            }
             throw error
         }
-        return task
+        return tasks
     }
 
     /// Cancels a task: a queued one at once, a running one with SIGINT and,
@@ -150,25 +170,16 @@ public final class Pool: Sendable {
 
     // MARK: the journal of tasks in flight
 
-    private func journal(_ task: TaskRecord) {
-        let line = "{\"id\":\"\(task.id)\",\"environment\":\"\(task.environment)\"}"
-        // Removed by TaskRegistry.retire once the task is final.
-        try? atomicWrite(journalDir + "/" + task.id, Data(line.utf8), sync: false)
-    }
-
     /// Tasks a previous daemon accepted and never finished: reported as lost.
     public func recoverLostTasks() -> [String] {
-        let ids = (try? FileManager.default.contentsOfDirectory(atPath: journalDir)) ?? []
-        for id in ids {
-            let data = FileManager.default.contents(atPath: journalDir + "/" + id) ?? Data()
-            let env = (try? JSONDecoder().decode([String: String].self, from: data))?["environment"] ?? "?"
+        let lost = ctx.tasks.journal.recover()
+        for (id, env) in lost {
             let t = TaskRecord(id: id, environment: env, module: "?", function: "?", kwargs: .null, bundle: nil, timeout: nil)
             t.finish(.lost, error: TaskError(type: "TaskLost", message: "task \(id) was queued or running when hearthd stopped unexpectedly; its result is lost"))
             ctx.tasks.add(t)
             ctx.tasks.retire(t)
-            unlink(journalDir + "/" + id)
         }
-        return ids
+        return lost.map(\.id)
     }
 
     public func shutdown(deadline: Duration) async {

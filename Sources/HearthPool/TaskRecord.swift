@@ -27,6 +27,7 @@ public final class TaskRecord: Sendable {
         var coldPhases: [String: Int64]?
         var logs = LogBuffer(limit: 1 << 20)
         var waiters: [CheckedContinuation<TaskSnapshot, Never>] = []
+        var observers: [@Sendable () -> Void] = []
     }
     let state = Mutex(State())
 
@@ -68,21 +69,54 @@ public final class TaskRecord: Sendable {
     /// Sets the final state once; later calls are ignored. Wakes waiters.
     @discardableResult
     func finish(_ final: TaskState, result: JSONValue? = nil, error: TaskError? = nil, workerMicros: Int64? = nil) -> Bool {
-        let (waiters, snap): ([CheckedContinuation<TaskSnapshot, Never>], TaskSnapshot?) = state.withLock {
-            guard !$0.state.isFinal else { return ([], nil) }
+        let done: (waiters: [CheckedContinuation<TaskSnapshot, Never>], observers: [@Sendable () -> Void], snap: TaskSnapshot?)? = state.withLock {
+            guard !$0.state.isFinal else { return nil }
             $0.state = final
             $0.result = result
             $0.error = error
             $0.workerMicros = workerMicros
             $0.finished = .now
-            let w = $0.waiters
+            let w = $0.waiters, o = $0.observers
             $0.waiters = []
-            return (w, snapshot(of: $0))
+            $0.observers = []
+            // Only a waiter needs the snapshot now; a batch takes its own later.
+            return (w, o, w.isEmpty ? nil : snapshot(of: $0))
         }
-        guard let snap else { return false }
+        guard let done else { return false }
         PoolMetrics.tasks(final).increment()
-        for w in waiters { w.resume(returning: snap) }
+        if let snap = done.snap { for w in done.waiters { w.resume(returning: snap) } }
+        for o in done.observers { o() }
         return true
+    }
+
+    /// Runs `observer` once the task is final (now, if it already is).
+    func whenFinished(_ observer: @escaping @Sendable () -> Void) {
+        let now: Bool = state.withLock {
+            if $0.state.isFinal { return true }
+            $0.observers.append(observer)
+            return false
+        }
+        if now { observer() }
+    }
+
+    /// Suspends until every task is final: one wake-up for the lot, where
+    /// awaiting each in turn would wake the caller once per task.
+    public static func waitAll(_ tasks: [TaskRecord]) async {
+        final class Countdown: Sendable {
+            let left: Atomic<Int>
+            let cont = Mutex<CheckedContinuation<Void, Never>?>(nil)
+            init(_ n: Int) { left = Atomic(n) }
+            func tick() {
+                guard left.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 else { return }
+                cont.withLock { c in let r = c; c = nil; return r }?.resume()
+            }
+        }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let countdown = Countdown(tasks.count + 1)
+            countdown.cont.withLock { $0 = c }
+            for t in tasks { t.whenFinished { countdown.tick() } }
+            countdown.tick()
+        }
     }
 
     public var isFinal: Bool { state.withLock { $0.state.isFinal } }
@@ -160,11 +194,12 @@ public final class TaskRegistry: Sendable {
     private let counter = Atomic<UInt64>(0)
     private let prefix = String(UInt32.random(in: 0..<UInt32.max), radix: 36)
 
-    /// One file per task in flight, so a daemon crash cannot lose a task silently.
-    public let journalDir: String
+    /// The tasks in flight, so a daemon crash cannot lose a task silently.
+    public let journal: TaskJournal
+    public var journalDir: String { journal.dir }
 
     public init(journalDir: String, keepFinished: Int = 10_000) {
-        self.journalDir = journalDir
+        journal = TaskJournal(dir: journalDir)
         self.keepFinished = keepFinished
     }
 
@@ -178,7 +213,7 @@ public final class TaskRegistry: Sendable {
 
     /// Remembers a finished task for later GETs; evicts the oldest beyond the bound.
     func retire(_ t: TaskRecord) {
-        unlink(journalDir + "/" + t.id)
+        journal.remove(t.id)
         state.withLock {
             $0.finishedOrder.append(t.id)
             if $0.finishedOrder.count > keepFinished {
@@ -187,5 +222,117 @@ public final class TaskRegistry: Sendable {
                 $0.finishedOrder.removeFirst(drop)
             }
         }
+    }
+}
+
+/// The tasks in flight as one append-only log, `<dir>/journal`: `+ID ENV`
+/// when a task is accepted, `-ID` when it ends, each a single write(2) on an
+/// O_APPEND descriptor (a task per file cost an open, write, rename and
+/// unlink on every task). No fsync: it covers a daemon crash, where the page
+/// cache survives, not a machine crash. A starting daemon replays the log:
+/// ids added and never removed were in flight. The log is rewritten with
+/// only the live entries whenever it outgrows `compactBytes`.
+public final class TaskJournal: Sendable {
+    public let dir: String
+    let path: String
+    static let compactBytes = 4 << 20
+
+    private struct State {
+        var fd: Int32 = -1
+        var bytes = 0
+        var live: [String: String] = [:]
+    }
+    private let state = Mutex(State())
+
+    init(dir: String) {
+        self.dir = dir
+        path = dir + "/journal"
+    }
+
+    /// Opens the log for appending (the directory must exist).
+    public func open() throws {
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SystemError.current("open", path) }
+        var st = stat()
+        let size = fstat(fd, &st) == 0 ? Int(st.st_size) : 0
+        state.withLock { $0.fd = fd; $0.bytes = size }
+    }
+
+    /// Records tasks as accepted, all in one write.
+    func add(_ tasks: [(id: String, environment: String)]) {
+        var text = ""
+        for t in tasks { text += "+\(t.id) \(t.environment)\n" }
+        state.withLock { s in
+            for t in tasks { s.live[t.id] = t.environment }
+            append(&s, text)
+        }
+    }
+
+    /// Records a task as ended; nothing for one never added.
+    func remove(_ id: String) {
+        state.withLock { s in
+            guard s.live.removeValue(forKey: id) != nil else { return }
+            append(&s, "-\(id)\n")
+            if s.bytes > Self.compactBytes { compact(&s) }
+        }
+    }
+
+    private func append(_ s: inout State, _ text: String) {
+        guard s.fd >= 0 else { return }
+        var text = text
+        let n = text.withUTF8 { write(s.fd, $0.baseAddress, $0.count) }
+        if n > 0 { s.bytes += n }
+    }
+
+    /// Rewrites the log with the live entries only (a rename, so a crash
+    /// meanwhile leaves the old log whole).
+    private func compact(_ s: inout State) {
+        let tmp = path + ".tmp"
+        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return }
+        var text = ""
+        for (id, env) in s.live { text += "+\(id) \(env)\n" }
+        let n = text.withUTF8 { write(fd, $0.baseAddress, $0.count) }
+        guard n == text.utf8.count, rename(tmp, path) == 0 else {
+            close(fd)
+            unlink(tmp)
+            return
+        }
+        if s.fd >= 0 { close(s.fd) }
+        s.fd = fd
+        s.bytes = n
+    }
+
+    /// The tasks an earlier daemon left in flight, as (id, environment);
+    /// the log is emptied. Also reads the one-file-per-task journal of
+    /// earlier versions (files named after the task id).
+    func recover() -> [(id: String, environment: String)] {
+        var live: [String: String] = [:]
+        var order: [String] = []
+        if let data = FileManager.default.contents(atPath: path) {
+            for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+                if line.hasPrefix("+") {
+                    let parts = line.dropFirst().split(separator: " ", maxSplits: 1)
+                    guard let id = parts.first else { continue }
+                    if live[String(id)] == nil { order.append(String(id)) }
+                    live[String(id)] = parts.count > 1 ? String(parts[1]) : "?"
+                } else if line.hasPrefix("-") {
+                    live.removeValue(forKey: String(line.dropFirst()))
+                }
+            }
+        }
+        var out = order.compactMap { id in live[id].map { (id: id, environment: $0) } }
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        for id in files.sorted() where id.hasPrefix("t-") && !id.hasSuffix(".tmp") {
+            let data = FileManager.default.contents(atPath: dir + "/" + id) ?? Data()
+            let env = (try? JSONDecoder().decode([String: String].self, from: data))?["environment"] ?? "?"
+            out.append((id: id, environment: env))
+            unlink(dir + "/" + id)
+        }
+        state.withLock { s in
+            s.live = [:]
+            compact(&s)
+        }
+        return out
     }
 }

@@ -21,7 +21,14 @@ enum ChannelError: Error, CustomStringConvertible {
 
 /// A replica running the Hearth worker: one long-lived interpreter, fed
 /// tasks one at a time over fd 3 and answering on fd 4.
+///
+/// The warm path has no thread hop of its own: the run frame is written by
+/// whoever dispatches (an HTTP handler, or the event thread right after the
+/// previous result), and the result is handled on the event thread.
 final class WarmReplica: Sendable {
+    /// Called once per `send`, with the result frame or why none came.
+    typealias ResultHandler = @Sendable (Result<WorkerMessage, ChannelError>) -> Void
+
     enum Phase: String, Sendable { case starting, ready, busy, draining, stopped, failed }
 
     let name: String
@@ -37,7 +44,15 @@ final class WarmReplica: Sendable {
         var tasksRun = 0
         var lastUsed = ContinuousClock.now
         var current: TaskRecord?
-        var pending: CheckedContinuation<WorkerMessage, any Error>?
+        var pending: ResultHandler?
+        /// The replica's process has exited (set by the pool, under its dispatcher lock).
+        var exited = false
+        /// The pool has started tearing it down.
+        var removed = false
+        /// A large frame is being finished on a blocking thread: teardown
+        /// leaves closing fd 3 to it, so the number cannot be reused under it.
+        var writerActive = false
+        var closeWhenWritten = false
         var readyWaiter: CheckedContinuation<WorkerMessage, any Error>?
         var ready: WorkerMessage?
         var closedReason: ChannelError?
@@ -76,24 +91,29 @@ final class WarmReplica: Sendable {
         }
         let flags = fcntl(fromWorker, F_GETFL)
         _ = fcntl(fromWorker, F_SETFL, flags | O_NONBLOCK)
+        // Run frames are written from the event thread and HTTP handlers:
+        // never block there on a full pipe (see writeFrame).
+        let wflags = fcntl(toWorker, F_GETFL)
+        _ = fcntl(toWorker, F_SETFL, wflags | O_NONBLOCK)
         try EventThread.shared.watch(fromWorker) { [self] _ in readChannel() ? .keep : .remove }
     }
 
     /// Event thread: reads frames from fd 4 and hands them on.
     private func readChannel() -> Bool {
-        var buf = [UInt8](repeating: 0, count: 65536)
+        // The event thread's scratch buffer: no 64 KiB allocation per read.
+        let buf = EventThread.shared.scratch
         while true {
-            let n = buf.withUnsafeMutableBytes { read(fromWorker, $0.baseAddress, $0.count) }
+            let n = read(fromWorker, buf.baseAddress, buf.count)
             if n > 0 {
                 let frames: [[UInt8]]
                 do {
-                    frames = try state.withLock { try $0.reader.feed(buf[0..<n]) }
+                    frames = try state.withLock { try $0.reader.feed(UnsafeRawBufferPointer(rebasing: buf[0..<n])) }
                 } catch {
                     closeChannel(.protocolViolation("the worker sent a \(error)"))
                     return false
                 }
                 for f in frames {
-                    guard let msg = try? JSONDecoder().decode(WorkerMessage.self, from: Data(f)) else {
+                    guard let msg = WorkerMessage(frame: f) else {
                         let preview = String(decoding: f.prefix(80), as: UTF8.self)
                         closeChannel(.protocolViolation("the worker sent a malformed frame (\(f.count) bytes, not a JSON message: \(preview.debugDescription))"))
                         return false
@@ -124,13 +144,13 @@ final class WarmReplica: Sendable {
         case "result":
             // The task's last output must land before its result.
             running.drainOutput()
-            let pending: CheckedContinuation<WorkerMessage, any Error>? = state.withLock {
+            let pending: ResultHandler? = state.withLock {
                 guard let p = $0.pending, $0.current?.id == msg.id else { return nil }
                 $0.pending = nil
                 return p
             }
             if let pending {
-                pending.resume(returning: msg)
+                pending(.success(msg))
             } else {
                 closeChannel(.protocolViolation("the worker sent a result for task \(msg.id ?? "?") that is not running"))
             }
@@ -146,7 +166,7 @@ final class WarmReplica: Sendable {
     /// Ends the channel: waiters get the reason; the worker is killed if it
     /// broke the protocol (it cannot be trusted to resync).
     private func closeChannel(_ reason: ChannelError) {
-        let (pending, ready): (CheckedContinuation<WorkerMessage, any Error>?, CheckedContinuation<WorkerMessage, any Error>?) =
+        let (pending, ready): (ResultHandler?, CheckedContinuation<WorkerMessage, any Error>?) =
             state.withLock {
                 if $0.closedReason == nil { $0.closedReason = reason }
                 let p = $0.pending, r = $0.readyWaiter
@@ -156,7 +176,7 @@ final class WarmReplica: Sendable {
             }
         EventThread.shared.unwatch(fromWorker)
         if case .protocolViolation = reason { running.cgroup.killAll() }
-        pending?.resume(throwing: reason)
+        pending?(.failure(reason))
         ready?.resume(throwing: reason)
     }
 
@@ -175,25 +195,41 @@ final class WarmReplica: Sendable {
         }
     }
 
-    /// Sends one task and waits for its result frame.
-    func run(_ task: TaskRecord, bundlePath: String?, env: [String: String]?) async throws -> WorkerMessage {
+    /// Takes the replica for `task` unless its channel closed or its process
+    /// exited; the pool calls it under its dispatcher lock, so a replica is
+    /// idle, claimed or gone, never two at once.
+    func claim(_ task: TaskRecord) -> Bool {
+        state.withLock {
+            guard $0.closedReason == nil, !$0.exited, $0.current == nil else { return false }
+            $0.current = task
+            $0.phase = .busy
+            return true
+        }
+    }
+
+    /// Gives back a claim that was not used (the task was cancelled meanwhile).
+    func unclaim() {
+        state.withLock {
+            $0.current = nil
+            if $0.phase == .busy { $0.phase = .ready }
+        }
+    }
+
+    /// Sends the claimed task; `done` runs once, on the event thread for a
+    /// result, or wherever the channel is found closed.
+    func send(_ task: TaskRecord, bundlePath: String?, env: [String: String]?, done: @escaping ResultHandler) {
         let message = RunMessage(id: task.id, module: task.module, function: task.function, kwargs: task.kwargs,
                                  bundle: task.bundle.map { .init(version: $0, path: bundlePath ?? "") }, env: env)
-        let frame = try Frames.encode(message)
-        return try await withCheckedThrowingContinuation { cont in
-            let closed: ChannelError? = state.withLock {
-                if let c = $0.closedReason { return c }
-                $0.current = task
-                $0.pending = cont
-                $0.phase = .busy
-                return nil
-            }
-            if let closed { cont.resume(throwing: closed); return }
-            if !writeAll(frame) {
-                // The worker is gone; the EOF on fd 4 resumes the continuation.
-                running.cgroup.killAll()
-            }
+        let frame = message.frame()
+        let closed: ChannelError? = state.withLock {
+            if let c = $0.closedReason { return c }
+            $0.current = task
+            $0.pending = done
+            $0.phase = .busy
+            return nil
         }
+        if let closed { done(.failure(closed)); return }
+        writeFrame(frame)
     }
 
     /// After a task: back to idle.
@@ -207,24 +243,61 @@ final class WarmReplica: Sendable {
         }
     }
 
-    private func writeAll(_ bytes: [UInt8]) -> Bool {
+    /// Writes what the pipe takes now; a frame larger than the pipe's room
+    /// is finished on a blocking-work thread, waiting for POLLOUT there.
+    private func writeFrame(_ bytes: [UInt8]) {
         var off = 0
         while off < bytes.count {
             let n = bytes[off...].withUnsafeBytes { write(toWorker, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return false
-            }
-            off += n
+            if n > 0 { off += n; continue }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 && errno == EAGAIN { break }
+            // The worker is gone; the EOF on fd 4 reports it to the task.
+            running.cgroup.killAll()
+            return
         }
-        return true
+        if off == bytes.count { return }
+        let rest = Array(bytes[off...])
+        let go: Bool = state.withLock {
+            guard $0.phase != .stopped else { return false }
+            $0.writerActive = true
+            return true
+        }
+        guard go else { return }
+        Blocking.queue.async { [self] in
+            defer {
+                let closeNow: Bool = state.withLock {
+                    $0.writerActive = false
+                    return $0.closeWhenWritten
+                }
+                if closeNow { close(toWorker) }
+            }
+            var off = 0
+            while off < rest.count {
+                if state.withLock({ $0.phase == .stopped }) { return }
+                let n = rest[off...].withUnsafeBytes { write(toWorker, $0.baseAddress, $0.count) }
+                if n > 0 { off += n; continue }
+                if n < 0 && errno == EINTR { continue }
+                if n < 0 && errno == EAGAIN {
+                    var p = pollfd(fd: toWorker, events: Int16(POLLOUT), revents: 0)
+                    _ = poll(&p, 1, 1000)
+                    continue
+                }
+                running.cgroup.killAll()
+                return
+            }
+        }
     }
 
     /// Stops the worker (closing fd 3 ends it cleanly), kills what is left
     /// and removes the replica. Blocking.
     func teardown() {
-        state.withLock { $0.phase = .stopped }
-        close(toWorker)
+        let closeNow: Bool = state.withLock {
+            $0.phase = .stopped
+            if $0.writerActive { $0.closeWhenWritten = true }
+            return !$0.writerActive
+        }
+        if closeNow { close(toWorker) }
         EventThread.shared.unwatch(fromWorker)
         running.signal(SIGKILL)
         running.teardown()

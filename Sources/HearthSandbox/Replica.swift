@@ -410,11 +410,13 @@ final class PipeReader: Sendable {
     @discardableResult
     func drain() -> Bool {
         if done.load(ordering: .relaxed) { return false }
-        var buf = [UInt8](repeating: 0, count: 65536)
+        // The event thread's shared buffer: every result frame drains both
+        // pipes, usually finding nothing, so no 64 KiB allocation per call.
+        let buf = EventThread.shared.scratch
         while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            let n = read(fd, buf.baseAddress, buf.count)
             if n > 0 {
-                onData(Array(buf[0..<n]))
+                onData(Array(UnsafeRawBufferPointer(rebasing: buf[0..<n])))
                 if n < buf.count { return true }
                 continue
             }

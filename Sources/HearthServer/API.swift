@@ -1,3 +1,4 @@
+import CHearth
 import Foundation
 import Glibc
 import HearthCore
@@ -72,6 +73,9 @@ struct API: Sendable {
                 cont.yield(ImageImportEvent(event: "error", error: APIErrorBody.Detail(code: e.code.rawValue, message: e.message)))
             }
             cont.finish()
+            // An import allocates and frees tens of MiB (layers, digests):
+            // hand the freed pages back rather than keep them resident.
+            MallocTuning.trim()
         }
         return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: ResponseBody { writer in
             let encoder = JSONEncoder()
@@ -188,6 +192,16 @@ struct API: Sendable {
     private func frame(_ kind: StreamFrameKind, _ event: SandboxEvent) -> ByteBuffer {
         frame(kind, Array((try? JSONEncoder().encode(event)) ?? Data()))
     }
+}
+
+/// glibc malloc settings that keep the daemon's resident memory small.
+public enum MallocTuning {
+    /// One arena per thread that ever allocated (glibc's default, up to 8
+    /// per CPU) keeps each one's free pages resident; `n` serve a daemon
+    /// whose heavy work is a few blocking threads.
+    public static func limitArenas(_ n: Int32) { _ = hearth_malloc_arena_max(n) }
+    /// Hands freed pages back to the kernel (after an import, say).
+    public static func trim() { _ = hearth_malloc_trim() }
 }
 
 func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) throws -> Response {

@@ -41,42 +41,49 @@ struct PoolRoutes: Sendable {
                 return Response(status: .noContent)
             } catch { return errorResponse(error) }
         }
+        // The warm path: JSON in and out by hand (FastJSON), no extra hop.
         router.post("/v1/environments/:name/tasks") { request, context in
             do {
                 let env = context.parameters.get("name") ?? ""
                 let body = try await request.body.collect(upTo: Self.maxTaskBytes)
-                let req = try decodeBody(TaskRequest.self, body, what: "task request")
+                let req = try parseTaskRequest(body)
                 let task = try await pool.submit(env, try submission(req.module, req.function, req.kwargs ?? .object([:]),
                                                                      req.bundle, req.timeout, req.identity))
                 if req.wait == true {
-                    return try json(await task.wait())
+                    return jsonBytes(await task.wait().jsonBytes)
                 }
-                return try json(task.snapshot, status: .accepted)
+                return jsonBytes(task.snapshot.jsonBytes, status: .accepted)
             } catch { return errorResponse(error) }
         }
         router.post("/v1/environments/:name/batch") { request, context in
             do {
                 let env = context.parameters.get("name") ?? ""
                 let body = try await request.body.collect(upTo: Self.maxTaskBytes)
-                let req = try decodeBody(BatchRequest.self, body, what: "batch request")
-                var tasks: [TaskRecord] = []
-                tasks.reserveCapacity(req.inputs.count)
+                let req = try parseBatchRequest(body)
+                var subs: [Pool.Submission] = []
+                subs.reserveCapacity(req.inputs.count)
                 for (i, input) in req.inputs.enumerated() {
                     guard case .object = input else {
                         throw HearthError.invalid("inputs[\(i)]: each input is an object of keyword arguments")
                     }
-                    tasks.append(try await pool.submit(env, try submission(req.module, req.function, input, req.bundle,
-                                                                           req.timeout, req.identity)))
+                    subs.append(try submission(req.module, req.function, input, req.bundle, req.timeout, req.identity))
                 }
-                var results: [TaskSnapshot] = []
-                results.reserveCapacity(tasks.count)
-                for t in tasks { results.append(await t.wait()) }
-                return try json(results)
+                // All at once: one journal write, one scheduler pass, one wake-up when all are done.
+                let tasks = try pool.submitMany(env, subs)
+                await TaskRecord.waitAll(tasks)
+                var w = JSONWriter(capacity: 256 * tasks.count + 2)
+                w.bytes.append(0x5b)
+                for (i, t) in tasks.enumerated() {
+                    if i > 0 { w.bytes.append(0x2c) }
+                    t.snapshot.writeJSON(&w)
+                }
+                w.bytes.append(0x5d)
+                return jsonBytes(w.bytes)
             } catch { return errorResponse(error) }
         }
         router.get("/v1/tasks/:id") { _, context in
             do {
-                return try json(try task(context).snapshot)
+                return jsonBytes(try task(context).snapshot.jsonBytes)
             } catch { return errorResponse(error) }
         }
         router.get("/v1/tasks/:id/logs") { _, context in
@@ -158,6 +165,82 @@ struct PoolRoutes: Sendable {
             return part.allSatisfy { $0 == "_" || ($0.isASCII && ($0.isLetter || $0.isNumber)) }
         }
     }
+}
+
+func jsonBytes(_ bytes: [UInt8], status: HTTPResponse.Status = .ok) -> Response {
+    Response(status: status, headers: [.contentType: "application/json"],
+             body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
+}
+
+/// The body as one JSON object, parsed by FastJSON.
+private func parseObject(_ body: ByteBuffer, what: String) throws -> [String: JSONValue] {
+    let value: JSONValue
+    do {
+        value = try body.withUnsafeReadableBytes { raw in try FastJSON.parse(raw) }
+    } catch {
+        throw HearthError.invalid("\(what): body is not valid JSON: \(error)")
+    }
+    guard case .object(let o) = value else {
+        throw HearthError.invalid("\(what): body is not valid JSON: expected an object")
+    }
+    return o
+}
+
+/// The fields of a request object, with JSONDecoder's rules: a missing or
+/// null optional field is nil, a wrong type is refused with its name.
+private struct Fields {
+    let o: [String: JSONValue]
+    let what: String
+
+    func wrongType(_ key: String, _ want: String) -> HearthError {
+        HearthError.invalid("\(what): field \"\(key)\" has the wrong type: expected \(want)")
+    }
+
+    func string(_ key: String) throws -> String {
+        guard let v = o[key], v != .null else { throw HearthError.invalid("\(what): field \"\(key)\" is required") }
+        guard case .string(let s) = v else { throw wrongType(key, "a string") }
+        return s
+    }
+
+    func optString(_ key: String) throws -> String? {
+        guard let v = o[key], v != .null else { return nil }
+        guard case .string(let s) = v else { throw wrongType(key, "a string") }
+        return s
+    }
+
+    func optDouble(_ key: String) throws -> Double? {
+        switch o[key] {
+        case nil, .null?: return nil
+        case .int(let i)?: return Double(i)
+        case .double(let d)?: return d
+        default: throw wrongType(key, "a number")
+        }
+    }
+
+    func optBool(_ key: String) throws -> Bool? {
+        switch o[key] {
+        case nil, .null?: return nil
+        case .bool(let b)?: return b
+        default: throw wrongType(key, "a boolean")
+        }
+    }
+}
+
+func parseTaskRequest(_ body: ByteBuffer) throws -> TaskRequest {
+    let f = Fields(o: try parseObject(body, what: "task request"), what: "task request")
+    let kwargs = f.o["kwargs"].flatMap { $0 == .null ? nil : $0 }
+    return TaskRequest(module: try f.string("module"), function: try f.string("function"), kwargs: kwargs,
+                       bundle: try f.optString("bundle"), timeout: try f.optDouble("timeout"), wait: try f.optBool("wait"),
+                       identity: try f.optString("identity"))
+}
+
+func parseBatchRequest(_ body: ByteBuffer) throws -> BatchRequest {
+    let f = Fields(o: try parseObject(body, what: "batch request"), what: "batch request")
+    guard let raw = f.o["inputs"], raw != .null else { throw HearthError.invalid("batch request: field \"inputs\" is required") }
+    guard case .array(let inputs) = raw else { throw f.wrongType("inputs", "an array") }
+    return BatchRequest(module: try f.string("module"), function: try f.string("function"), inputs: inputs,
+                        bundle: try f.optString("bundle"), timeout: try f.optDouble("timeout"),
+                        identity: try f.optString("identity"))
 }
 
 func decodeBody<T: Decodable>(_ type: T.Type, _ body: ByteBuffer, what: String) throws -> T {

@@ -33,6 +33,7 @@ struct HearthdCommand: AsyncParsableCommand {
     var logLevel: String = "info"
 
     func run() async throws {
+        MallocTuning.limitArenas(2)
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("--log-level: \"\(logLevel)\" is not a level; use trace, debug, info, notice, warning, error or critical")
         }

@@ -4,6 +4,7 @@ returns the results dictionary (written as JSON, rendered as Markdown/SVG)."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from hearth_bench import peers
-from hearth_bench.client import Client, histogram, histogram_delta, parse_prometheus
+from hearth_bench.client import Client, LeanClient, histogram, histogram_delta, parse_prometheus
 from hearth_bench.daemon import Daemon, pids_in_cgroup_subtree, rss_bytes
 from hearth_bench.stats import histogram_quantile, summarize
 
@@ -198,6 +199,9 @@ class Runner:
             api.task("bench-warm", "benchmod", "trivial", self.bundle)
         sdk_call = self.sdk_setup()
         fresh = Client(self.daemon.socket)
+        lean = LeanClient(self.daemon.socket)
+        lean_body = json.dumps({"module": "benchmod", "function": "trivial", "kwargs": {}, "bundle": self.bundle,
+                                "wait": True}).encode()
         before = histogram(parse_prometheus(api.metrics()), "hearth_warm_dispatch_seconds")
         done = 0
         while done < s.warm:
@@ -215,11 +219,15 @@ class Runner:
                     if value != "2":
                         raise RuntimeError(f"SDK task returned {value!r}, expected '2'")
                     self.add("warm-sdk", t)
+            for _ in range(n):
+                t, _ = timed(lambda: lean.task("bench-warm", lean_body))
+                self.add("warm-api-lean", t)
             # A new connection per request, as a one-shot client (the CLI) makes.
             for _ in range(max(1, n // 10)):
                 t, _ = timed(lambda: (fresh.task("bench-warm", "benchmod", "trivial", self.bundle), fresh.close()))
                 self.add("warm-api-fresh", t)
             done += n
+        lean.close()
         after = histogram(parse_prometheus(api.metrics()), "hearth_warm_dispatch_seconds")
         delta = histogram_delta(after, before)
         api.delete_env("bench-warm")
@@ -419,6 +427,7 @@ class Runner:
     LABELS = {
         "warm-sdk": ("warm", "SDK call (`@env.task`), ready replica"),
         "warm-api": ("warm", "raw API, kept-alive connection, `wait: true`"),
+        "warm-api-lean": ("warm", "raw API, kept-alive, minimal HTTP/1.1 client (no http.client)"),
         "warm-api-fresh": ("warm", "raw API, new connection per task"),
         "warm-queued": ("warm", "daemon: request in → run frame out (task queuedMicros)"),
         "warm-dispatch": ("warm", "daemon dispatch: run frame out → result in (task runMicros)"),

@@ -21,6 +21,10 @@ int hearth_pipe2(int32_t fds[2], int flags);
 /* rm -rf without following symlinks or crossing mount points; -1/errno on
  * the first failure. ENOENT for the top path is success. */
 int hearth_remove_tree(const char *path);
+/* glibc's mallopt(M_ARENA_MAX, n) and malloc_trim(0): <malloc.h> is not in
+ * the Glibc module. */
+int hearth_malloc_arena_max(int n);
+int hearth_malloc_trim(void);
 
 #ifdef __cplusplus
 }
