@@ -20,6 +20,9 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(os.environ.get("HEARTH_BIN", REPO / ".build" / "release"))
 LAYOUT = pathlib.Path(os.environ.get("HEARTH_IMAGE_LAYOUT", REPO / "rootfs" / "out" / "python-3.11"))
 IMAGE = "hearth/python:3.11"
+# Where state roots and sockets go: a local filesystem overlayfs can use as
+# an upper layer (the VM suite points it at a tmpfs).
+TMP = os.environ.get("HEARTH_TEST_TMPDIR", "/var/tmp")
 # Set by the VM suite (tests/vm/guest.sh) on a pure cgroup v2 host: each
 # daemon runs in a cgroup of its own below this directory, as systemd runs a
 # service with Delegate=yes, rather than beside pytest.
@@ -214,7 +217,7 @@ def running_daemon(prefix):
             pytest.fail(f"{BIN / b} is missing: run scripts/setup first")
     if not (LAYOUT / "index.json").exists():
         pytest.fail(f"default image layout {LAYOUT} is missing: run rootfs/build first")
-    base = tempfile.mkdtemp(prefix=f"{prefix}-", dir="/var/tmp")
+    base = tempfile.mkdtemp(prefix=f"{prefix}-", dir=TMP)
     d = Daemon(root=os.path.join(base, "root"), socket=os.path.join(base, "hearthd.sock"),
                subtree=f"{prefix}-{os.getpid()}", log=os.path.join(base, "hearthd.log"))
     d.start()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import BIN, IMAGE, LAYOUT, api, running_daemon
+from conftest import BIN, IMAGE, LAYOUT, TMP, api, running_daemon
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_second_daemon_on_same_root_refuses(own):
 
 
 def test_daemon_refuses_a_live_socket(own):
-    other = tempfile.mkdtemp(prefix="hearth-lc2-", dir="/var/tmp")
+    other = tempfile.mkdtemp(prefix="hearth-lc2-", dir=TMP)
     try:
         r = subprocess.run([str(BIN / "hearthd"), "--root", other, "--socket", own.socket,
                             "--init", str(BIN / "hearth-init")], capture_output=True, timeout=30)

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import BIN, _cgroup_dirs, cgroup_layout
+from conftest import BIN, TMP, _cgroup_dirs, cgroup_layout
 
 
 DOCKER_DEFAULT_CAPS = 0x00000000A80425FB
@@ -259,7 +259,7 @@ def test_masked_and_readonly_paths(hearth):
 
 
 def test_host_files_are_unreachable(hearth):
-    marker = pathlib.Path("/var/tmp") / f"hearth-host-marker-{uuid.uuid4().hex}"
+    marker = pathlib.Path(TMP) / f"hearth-host-marker-{uuid.uuid4().hex}"
     marker.write_text("host secret")
     try:
         p = probe(hearth, f"""

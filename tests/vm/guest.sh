@@ -26,10 +26,14 @@ for c in cpu memory pids; do
 done
 
 # Writable scratch: the root is read-only 9p, and overlayfs cannot use 9p as
-# an upper layer. conftest.py makes state roots under /var/tmp.
-if [ "$(findmnt -n -o FSTYPE /var/tmp || true)" != tmpfs ]; then mount -t tmpfs -o mode=1777 hearth-vm /var/tmp; fi
-mkdir -p /var/tmp/home /var/tmp/work
-export TMPDIR=/var/tmp/work HOME=/var/tmp/home PYTHONDONTWRITEBYTECODE=1
+# an upper layer. Not over /var/tmp or /tmp: the repository itself may live
+# there (CI clones anywhere). conftest.py makes state roots under
+# HEARTH_TEST_TMPDIR.
+scratch=/run/hearth-vm
+mkdir -p "$scratch"
+mount -t tmpfs -o mode=1777 hearth-vm "$scratch"
+mkdir -p "$scratch/home" "$scratch/work"
+export HEARTH_TEST_TMPDIR="$scratch" TMPDIR="$scratch/work" HOME="$scratch/home" PYTHONDONTWRITEBYTECODE=1
 
 # A delegated subtree, as a service manager gives one: controllers enabled
 # down to /hearth-vm; this script sits in a leaf (/hearth-vm/runner) so that
@@ -86,9 +90,9 @@ remove_tree "$cg/swift" || failed+=("swift: cgroup cleanup")
 # 2. The C spawn path's tests that differ by layout (CLONE_INTO_CGROUP into
 # a v2 leaf; the v1 test says it is skipped), built on the host.
 if [ -n "${HEARTH_VM_CTEST:-}" ]; then
-  mkdir -p /var/tmp/ctest-work
+  mkdir -p "$scratch/ctest-work"
   run_suite "C: spawn_test cgroup_v1 cgroup_v2 full_replica" \
-    "$HEARTH_VM_CTEST/spawn_test" "$HEARTH_CTEST_ROOTFS" "$HEARTH_VM_CTEST/init" /var/tmp/ctest-work \
+    "$HEARTH_VM_CTEST/spawn_test" "$HEARTH_CTEST_ROOTFS" "$HEARTH_VM_CTEST/init" "$scratch/ctest-work" \
     cgroup_v1 cgroup_v2 full_replica
 fi
 
