@@ -32,7 +32,14 @@ public final class EventThread: Sendable {
     /// `.remove`. The caller keeps ownership of the fd and closes it only
     /// after removal.
     public func watch(_ fd: Int32, handler: @escaping Handler) throws {
-        handlers.withLock { $0[fd] = handler }
+        // One handler per fd: replacing a live one would drop whatever it
+        // was to resume (a waiter's continuation) without a word.
+        let added = handlers.withLock { h -> Bool in
+            if h[fd] != nil { return false }
+            h[fd] = handler
+            return true
+        }
+        guard added else { throw SystemError("epoll_ctl add fd", "\(fd)", errno: EEXIST) }
         if hearth_epoll_add(epfd, fd) != 0 {
             let err = errno
             _ = handlers.withLock { $0.removeValue(forKey: fd) }

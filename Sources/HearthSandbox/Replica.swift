@@ -331,6 +331,51 @@ public final class RunningReplica: Sendable {
         self.name = name; self.dir = dir; self.pid = pid; self.pidfd = pidfd; self.cgroup = cgroup
         self.stdoutFD = stdoutFD; self.stderrFD = stderrFD; self.memoryLimit = memoryLimit
         self.startPhases = startPhases
+        watchExit()
+    }
+
+    /// One watch on the pidfd for the replica's whole life: the exit is
+    /// reaped once, and `wait()` callers share it. (Watching per caller let
+    /// a second watch on the same fd replace the first and strand its
+    /// waiter; a pidfd closed while still watched left a stale handler for
+    /// the next fd with that number.)
+    private func watchExit() {
+        do {
+            try EventThread.shared.watch(pidfd) { [self] _ in
+                var code: Int32 = 0, status: Int32 = 0
+                let rc = hearthPidfdWait(pidfd, nohang: true, code: &code, status: &status)
+                if rc == 1 { return .keep }
+                exited(rc == 0 ? ProcessReaper.exitStatus(code: code, status: status) : .signaled(SIGKILL))
+                return .remove
+            }
+        } catch {
+            // epoll refused the fd: a blocking wait off the pool instead.
+            Blocking.queue.async { [self] in
+                var code: Int32 = 0, status: Int32 = 0
+                let rc = hearthPidfdWait(pidfd, nohang: false, code: &code, status: &status)
+                exited(rc == 0 ? ProcessReaper.exitStatus(code: code, status: status) : .signaled(SIGKILL))
+            }
+        }
+    }
+
+    /// Records the exit (first report wins) and wakes every waiter.
+    private func exited(_ status: ExitStatus) {
+        let waiters = exitWait.withLock { st -> [CheckedContinuation<ExitStatus, Never>] in
+            switch st {
+            case .done: return []
+            case .waiting(let list):
+                st = .done(status)
+                return list
+            case .idle:
+                st = .done(status)
+                return []
+            }
+        }
+        for w in waiters { w.resume(returning: status) }
+    }
+
+    private var hasExited: Bool {
+        exitWait.withLock { if case .done = $0 { return true } else { return false } }
     }
 
     /// stdout and stderr as they arrive; finishes when both reach EOF.
@@ -367,9 +412,32 @@ public final class RunningReplica: Sendable {
         for r in readers.withLock({ $0 }) { r.drain() }
     }
 
+    /// The replica's exit, for any number of callers (the pool watches for
+    /// exits while a failed task's path also waits).
     public func wait() async -> ExitStatus {
-        await ProcessReaper.wait(pidfd: pidfd)
+        await withCheckedContinuation { (cont: CheckedContinuation<ExitStatus, Never>) in
+            let done: ExitStatus? = exitWait.withLock { st in
+                switch st {
+                case .done(let status): return status
+                case .idle:
+                    st = .waiting([cont])
+                    return nil
+                case .waiting(var list):
+                    list.append(cont)
+                    st = .waiting(list)
+                    return nil
+                }
+            }
+            if let done { cont.resume(returning: done) }
+        }
     }
+
+    enum ExitWait {
+        case idle
+        case waiting([CheckedContinuation<ExitStatus, Never>])
+        case done(ExitStatus)
+    }
+    let exitWait = Mutex<ExitWait>(.idle)
 
     public func signal(_ sig: Int32) {
         _ = hearth_pidfd_send_signal_swift(pidfd, sig)
@@ -380,6 +448,14 @@ public final class RunningReplica: Sendable {
     public func teardown() {
         guard !tornDown.exchange(true, ordering: .relaxed) else { return }
         cgroup.killAll()
+        if !hasExited {
+            // Killed just now: reap it here (blocking is allowed), so the
+            // pidfd is never closed under its watch or its waiters.
+            var code: Int32 = 0, status: Int32 = 0
+            let rc = hearthPidfdWait(pidfd, nohang: false, code: &code, status: &status)
+            EventThread.shared.unwatch(pidfd)
+            exited(rc == 0 ? ProcessReaper.exitStatus(code: code, status: status) : .signaled(SIGKILL))
+        }
         try? cgroup.remove()
         close(pidfd)
         try? FileTree.removeAll(dir)

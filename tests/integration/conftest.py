@@ -232,8 +232,12 @@ def running_daemon(prefix):
                  if os.path.isdir(os.path.join(d.service_cgroup, n)) and n != d.subtree + "-daemon"]
         problems += [f"cgroup left: {d.service_cgroup}/{n}" for n in extra]
     problems += d.release_cgroup()
+    if problems or d.proc.returncode not in (0, -signal.SIGTERM):
+        # The state root goes away below: keep what the daemon said.
+        log_tail = pathlib.Path(d.log).read_text(errors="replace")[-8000:]
+        problems.append(f"hearthd exited {d.proc.returncode}; the end of its log:\n{log_tail}")
     shutil.rmtree(base, ignore_errors=True)
-    assert not problems, problems
+    assert not problems, "\n".join(problems)
 
 
 @pytest.fixture(scope="session")
