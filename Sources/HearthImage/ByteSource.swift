@@ -126,18 +126,18 @@ public final class FileSource: ByteSource {
 }
 
 /// Gives back bytes that were read ahead (to sniff a format) before the rest
-/// of the stream.
-final class PrefixedSource: ByteSource {
-    private var prefix: [UInt8]
+/// of the stream; with no `inner`, a source of just those bytes.
+public final class PrefixedSource: ByteSource {
+    private let prefix: [UInt8]
     private var prefixOffset = 0
-    private let inner: ByteSource
+    private let inner: ByteSource?
 
-    init(prefix: [UInt8], inner: ByteSource) {
+    public init(prefix: [UInt8], inner: ByteSource? = nil) {
         self.prefix = prefix
         self.inner = inner
     }
 
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         if prefixOffset < prefix.count {
             let n = min(buffer.count, prefix.count - prefixOffset)
             prefix.withUnsafeBytes { src in
@@ -146,12 +146,13 @@ final class PrefixedSource: ByteSource {
             prefixOffset += n
             return n
         }
-        return try inner.read(into: buffer)
+        return try inner?.read(into: buffer) ?? 0
     }
 
-    func skip(_ count: Int64) throws -> Int64 {
-        let fromPrefix = min(count, Int64(prefix.count - prefixOffset))
+    public func skip(_ count: Int64) throws -> Int64 {
+        let fromPrefix = min(max(count, 0), Int64(prefix.count - prefixOffset))
         prefixOffset += Int(fromPrefix)
+        guard let inner, fromPrefix < count else { return fromPrefix }
         return try fromPrefix + inner.skip(count - fromPrefix)
     }
 }

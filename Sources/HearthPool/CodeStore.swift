@@ -133,7 +133,7 @@ public final class CodeStore: Sendable, CustomStringConvertible {
     public func store(sha256 expected: String, tarball: [UInt8]) throws -> CodeBundle {
         try store(expected, size: tarball.count,
                   hash: { CodeStore.hex(SHA256.hash(data: tarball)) },
-                  open: { BytesSource(tarball) })
+                  open: { PrefixedSource(prefix: tarball) })
     }
 
     /// Stores the upload in the regular file at `path` (a temporary file the
@@ -252,7 +252,7 @@ public final class CodeStore: Sendable, CustomStringConvertible {
     /// are named rather than reported as a corrupt tar.
     private func tarStream(_ raw: ByteSource, label: String) throws -> ByteSource {
         let head = try CodeStore.readHead(raw, 6)
-        let rest = BytesSource(head, then: raw)
+        let rest = PrefixedSource(prefix: head, inner: raw)
         let format: String? = switch head {
         case let h where h.starts(with: [0x28, 0xb5, 0x2f, 0xfd]): "zstd"
         case let h where h.starts(with: [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]): "xz"
@@ -520,38 +520,6 @@ public final class CodeStore: Sendable, CustomStringConvertible {
 }
 
 // MARK: byte sources
-
-/// Bytes in memory, optionally followed by another source (to give back
-/// bytes read ahead to sniff the format).
-final class BytesSource: ByteSource {
-    private let bytes: [UInt8]
-    private var offset = 0
-    private let next: ByteSource?
-
-    init(_ bytes: [UInt8], then next: ByteSource? = nil) {
-        self.bytes = bytes
-        self.next = next
-    }
-
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        if offset < bytes.count {
-            let n = min(buffer.count, bytes.count - offset)
-            bytes.withUnsafeBytes { src in
-                buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: src[offset..<offset + n]))
-            }
-            offset += n
-            return n
-        }
-        return try next?.read(into: buffer) ?? 0
-    }
-
-    func skip(_ count: Int64) throws -> Int64 {
-        let here = min(max(count, 0), Int64(bytes.count - offset))
-        offset += Int(here)
-        guard let next, here < count else { return here }
-        return try here + next.skip(count - here)
-    }
-}
 
 /// Refuses to yield more than `limit` bytes. Skips read through (they are
 /// decompressed anyway) so every byte is counted.
