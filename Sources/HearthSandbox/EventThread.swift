@@ -110,25 +110,24 @@ public func signalName(_ sig: Int32) -> String {
 
 /// Waits for children through their pidfds on the event thread.
 public enum ProcessReaper {
-    /// Suspends until the process behind `pidfd` exits and reaps it. The
-    /// caller still owns (and closes) the pidfd.
-    public static func wait(pidfd: Int32) async -> ExitStatus {
-        await withCheckedContinuation { (cont: CheckedContinuation<ExitStatus, Never>) in
-            do {
-                try EventThread.shared.watch(pidfd) { _ in
-                    var code: Int32 = 0, status: Int32 = 0
-                    let rc = hearthPidfdWait(pidfd, nohang: true, code: &code, status: &status)
-                    if rc == 1 { return .keep }
-                    cont.resume(returning: rc == 0 ? exitStatus(code: code, status: status) : .signaled(SIGKILL))
-                    return .remove
-                }
-            } catch {
-                // epoll refused the fd: fall back to a blocking wait off the pool.
-                Blocking.queue.async {
-                    var code: Int32 = 0, status: Int32 = 0
-                    let rc = hearthPidfdWait(pidfd, nohang: false, code: &code, status: &status)
-                    cont.resume(returning: rc == 0 ? exitStatus(code: code, status: status) : .signaled(SIGKILL))
-                }
+    /// Reaps the process behind `pidfd` when it exits and hands its status
+    /// to `onExit`, once (on the event thread, or a blocking thread when
+    /// epoll refuses the fd). One watch per pidfd: callers share the result.
+    /// The caller still owns (and closes) the pidfd, after the exit.
+    public static func watch(pidfd: Int32, onExit: @escaping @Sendable (ExitStatus) -> Void) {
+        do {
+            try EventThread.shared.watch(pidfd) { _ in
+                var code: Int32 = 0, status: Int32 = 0
+                let rc = hearthPidfdWait(pidfd, nohang: true, code: &code, status: &status)
+                if rc == 1 { return .keep }
+                onExit(rc == 0 ? exitStatus(code: code, status: status) : .signaled(SIGKILL))
+                return .remove
+            }
+        } catch {
+            Blocking.queue.async {
+                var code: Int32 = 0, status: Int32 = 0
+                let rc = hearthPidfdWait(pidfd, nohang: false, code: &code, status: &status)
+                onExit(rc == 0 ? exitStatus(code: code, status: status) : .signaled(SIGKILL))
             }
         }
     }

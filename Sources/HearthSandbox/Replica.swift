@@ -340,22 +340,7 @@ public final class RunningReplica: Sendable {
     /// waiter; a pidfd closed while still watched left a stale handler for
     /// the next fd with that number.)
     private func watchExit() {
-        do {
-            try EventThread.shared.watch(pidfd) { [self] _ in
-                var code: Int32 = 0, status: Int32 = 0
-                let rc = hearthPidfdWait(pidfd, nohang: true, code: &code, status: &status)
-                if rc == 1 { return .keep }
-                exited(rc == 0 ? ProcessReaper.exitStatus(code: code, status: status) : .signaled(SIGKILL))
-                return .remove
-            }
-        } catch {
-            // epoll refused the fd: a blocking wait off the pool instead.
-            Blocking.queue.async { [self] in
-                var code: Int32 = 0, status: Int32 = 0
-                let rc = hearthPidfdWait(pidfd, nohang: false, code: &code, status: &status)
-                exited(rc == 0 ? ProcessReaper.exitStatus(code: code, status: status) : .signaled(SIGKILL))
-            }
-        }
+        ProcessReaper.watch(pidfd: pidfd) { [self] status in exited(status) }
     }
 
     /// Records the exit (first report wins) and wakes every waiter.
