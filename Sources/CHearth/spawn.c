@@ -744,6 +744,19 @@ static void __attribute__((noreturn)) child_main(struct hs_child *c)
     if ((r = RAW(SYS_setsid)) < 0)
         child_fail(c, HEARTH_STAGE_SETSID, (int)-r);
 
+    /* Modes in the plan are exact (a 0666 /dev/null must not become 0644). */
+    old_umask = (unsigned int)syscall(SYS_umask, 0);
+
+    if ((p->clone_flags & CLONE_NEWNS) &&
+        (r = RAW(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL)) < 0)
+        child_fail(c, HEARTH_STAGE_MAKE_PRIVATE, (int)-r);
+    /* The mounts run while the parent moves us into the v1 cgroups: the
+     * first cgroup.procs write waits for an RCU grace period (milliseconds),
+     * and nothing here needs the cgroup yet; only our own code runs. */
+    child_ops(c);
+    hs_mark(c, HEARTH_MARK_PIVOT);
+    (void)syscall(SYS_umask, old_umask);
+
     /* cgroup v1: wait until the parent has put us into every hierarchy. */
     if (c->sync_fd >= 0) {
         char b;
@@ -759,16 +772,6 @@ static void __attribute__((noreturn)) child_main(struct hs_child *c)
     if ((p->clone_flags & CLONE_NEWCGROUP) && p->cgroup_fd < 0 &&
         (r = RAW(SYS_unshare, CLONE_NEWCGROUP)) < 0)
         child_fail(c, HEARTH_STAGE_UNSHARE_CGROUP, (int)-r);
-
-    /* Modes in the plan are exact (a 0666 /dev/null must not become 0644). */
-    old_umask = (unsigned int)syscall(SYS_umask, 0);
-
-    if ((p->clone_flags & CLONE_NEWNS) &&
-        (r = RAW(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL)) < 0)
-        child_fail(c, HEARTH_STAGE_MAKE_PRIVATE, (int)-r);
-    child_ops(c);
-    hs_mark(c, HEARTH_MARK_PIVOT);
-    (void)syscall(SYS_umask, old_umask);
 
     if (p->hostname != NULL &&
         (r = RAW(SYS_sethostname, p->hostname, hs_strlen(p->hostname))) < 0)
@@ -1000,6 +1003,21 @@ int hearth_spawn(const struct hearth_spawn_plan *plan, struct hearth_spawn_resul
                 munmap(marks, 4096);
             kill_and_reap(pidfd);
             close(pidfd);
+            /* The child runs its mounts meanwhile: if one of them failed, it
+             * has exited (hence ESRCH or EPIPE here) and its report, the
+             * real reason, is waiting on the pipe. */
+            while (got < sizeof(msg)) {
+                ssize_t n = read(errp[0], (char *)msg + got, sizeof(msg) - got);
+                if (n < 0 && errno == EINTR)
+                    continue;
+                if (n <= 0)
+                    break;
+                got += (size_t)n;
+            }
+            if (got == sizeof(msg)) {
+                stage = msg[0];
+                err = msg[1];
+            }
             close(errp[0]);
             errno = saved_errno;
             return fail_result(result, stage, err);

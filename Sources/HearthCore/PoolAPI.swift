@@ -145,3 +145,28 @@ public struct EnvironmentStatus: Codable, Sendable {
     }
 }
 
+
+/// `GET /v1/spares`: the pre-started replicas the daemon keeps.
+public struct SparesStatus: Codable, Sendable, Equatable {
+    public struct KeyStatus: Codable, Sendable, Equatable {
+        public var image: String
+        public var network: String
+        public var ready: Int
+        public var starting: Int
+        public var replicas: [String]
+        public var lastError: String?
+        public init(image: String, network: String, ready: Int, starting: Int, replicas: [String], lastError: String?) {
+            self.image = image; self.network = network; self.ready = ready; self.starting = starting
+            self.replicas = replicas; self.lastError = lastError
+        }
+    }
+    public var enabled: Bool
+    public var perKey: Int
+    public var ttlSeconds: Int
+    public var keys: [KeyStatus]
+    /// Spares environments have taken since the daemon started.
+    public var adopted: Int
+    public init(enabled: Bool, perKey: Int, ttlSeconds: Int, keys: [KeyStatus], adopted: Int) {
+        self.enabled = enabled; self.perKey = perKey; self.ttlSeconds = ttlSeconds; self.keys = keys; self.adopted = adopted
+    }
+}

@@ -48,6 +48,8 @@ public struct PoolContext: Sendable {
     /// Host directory holding the `hearth` package (mounted read-only at /.hearth/worker).
     public var workerDir: String
     public var maxFrame: Int = Frames.defaultMaxBytes
+    /// Pre-started replicas new environments adopt; nil: none.
+    public var spares: SparePool?
 
     public init(runtime: SandboxRuntime, images: ImageStore, code: CodeStore, secrets: SecretStore,
                 tasks: TaskRegistry, logger: Logger, workerDir: String) {
@@ -241,16 +243,67 @@ actor EnvironmentPool {
         let config = self.config, ctx = self.ctx
         Task {
             do {
-                let replica = try await Self.build(config: config, ctx: ctx)
-                self.replicaStarted(replica)
+                var replica: WarmReplica?
+                if let spares = ctx.spares, let spare = await spares.take(for: config) {
+                    replica = try await Self.adopt(spare, config: config, ctx: ctx)
+                }
+                let r: WarmReplica
+                if let replica { r = replica } else { r = try await Self.build(config: config, ctx: ctx) }
+                self.replicaStarted(r)
+                if let spares = ctx.spares { Task { await spares.learn(config) } }
             } catch {
                 self.startFailed(error)
             }
         }
     }
 
-    /// Builds a replica and waits for its worker to say `ready`.
-    private static func build(config: PoolConfig, ctx: PoolContext) async throws -> WarmReplica {
+    /// Gives a spare this environment's limits and env. nil when the spare
+    /// turned out unusable (it is torn down; the caller builds a replica
+    /// instead); throws when the environment is at fault (a package the
+    /// image lacks), as a from-scratch start would.
+    private static func adopt(_ r: WarmReplica, config: PoolConfig, ctx: PoolContext) async throws -> WarmReplica? {
+        let t0 = ContinuousClock.now
+        func discard(_ why: String) async {
+            ctx.logger.warning("environment \(config.name): spare \(r.name) not adopted (\(why)); building a replica")
+            _ = try? await Blocking.run { r.teardown() }
+        }
+        do {
+            try await Blocking.run { try ctx.runtime.cgroups.apply(config.limits, to: r.running.cgroup) }
+        } catch {
+            await discard("writing its limits: \(HearthError.wrap(error).message)")
+            return nil
+        }
+        var env = config.env
+        env["HEARTH_ENVIRONMENT"] = config.name
+        env["HEARTH_IMAGE"] = config.image
+        if !config.packages.isEmpty { env["HEARTH_REQUIRE_PACKAGES"] = config.packages.joined(separator: " ") }
+        // An idle worker answers at once; one that does not is killed, and
+        // the closed channel ends the wait below.
+        let watchdog = Task {
+            try? await Task.sleep(for: .seconds(10))
+            if !Task.isCancelled { r.running.cgroup.killAll() }
+        }
+        defer { watchdog.cancel() }
+        let reply: WorkerMessage
+        do {
+            reply = try await r.adopt(env: env, packages: config.packages, image: config.image)
+        } catch {
+            await discard("\(error)")
+            return nil
+        }
+        guard reply.ok == true else {
+            _ = try? await Blocking.run { r.teardown() }
+            throw HearthError(.spawnFailed, "replica \(r.name): \(reply.message ?? "the worker refused the environment")")
+        }
+        let d = ContinuousClock.now - t0
+        r.state.withLock { $0.adoptMicros = d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000 }
+        return r
+    }
+
+    /// Builds a replica and waits for its worker to say `ready`. A spare
+    /// gets nothing of an environment: no env, no packages to check (see
+    /// SparePool).
+    static func build(config: PoolConfig, ctx: PoolContext, spare: Bool = false) async throws -> WarmReplica {
         let name = ctx.runtime.newReplicaName(prefix: config.name)
         let toWorker = try PipePair.make(), fromWorker = try PipePair.make()
         let replica: WarmReplica
@@ -261,7 +314,7 @@ actor EnvironmentPool {
                                        argv: ["python3", "-X", "utf8", "/.hearth/worker/hearth/_worker.py"],
                                        limits: config.limits)
                 spec.env = config.env.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
-                spec.env.append("HEARTH_ENVIRONMENT=\(config.name)")
+                if !spare { spec.env.append("HEARTH_ENVIRONMENT=\(config.name)") }
                 spec.env.append("HEARTH_REPLICA=\(name)")
                 spec.env.append("HEARTH_MAX_FRAME=\(ctx.maxFrame)")
                 spec.env.append("HEARTH_IMAGE=\(config.image)")
@@ -317,7 +370,8 @@ actor EnvironmentPool {
         lastError = nil
         replicas[r.name] = r
         r.setPhase(.ready)
-        PoolMetrics.coldStart.record(duration: ContinuousClock.now - r.started)
+        let adopted = r.state.withLock { $0.adoptMicros }
+        if adopted == nil { PoolMetrics.coldStart.record(duration: ContinuousClock.now - r.started) }
         watchExit(r)
         let (draining, first): (Bool, TaskRecord?) = dispatcher.state.withLock { s in
             if s.draining { return (true, nil) }
@@ -334,7 +388,11 @@ actor EnvironmentPool {
             remove(r)
             return
         }
-        ctx.logger.info("environment \(config.name): replica \(r.name) ready (\(Int((ContinuousClock.now - r.started).milliseconds)) ms)")
+        if let adopted {
+            ctx.logger.info("environment \(config.name): adopted spare replica \(r.name) (\(adopted) µs)")
+        } else {
+            ctx.logger.info("environment \(config.name): replica \(r.name) ready (\(Int((ContinuousClock.now - r.started).milliseconds)) ms)")
+        }
         if let first { dispatch(first, on: r, cold: true) }
         pump()
     }
@@ -468,6 +526,9 @@ actor EnvironmentPool {
     /// just been handled): interpreter start-up and the worker's imports.
     private nonisolated static func coldPhases(_ r: WarmReplica) -> [String: Int64] {
         func micros(_ d: Duration) -> Int64 { d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000 }
+        // An adopted spare was built earlier, off this task's path: only
+        // the adoption was on it.
+        if let adopted = r.state.withLock({ $0.adoptMicros }) { return ["spare_adopt": adopted] }
         var out: [String: Int64] = [:]
         for p in r.running.startPhases { out[p.name] = micros(p.duration) }
         out["worker_ready"] = micros(ContinuousClock.now - r.started)

@@ -31,6 +31,7 @@ public final class Pool: Sendable {
     }
 
     public var tasks: TaskRegistry { ctx.tasks }
+    public var spares: SparePool? { ctx.spares }
 
     // MARK: environments
 
@@ -186,6 +187,7 @@ public final class Pool: Sendable {
         let pools = envs.withLock { $0.values.map(\.pool) }
         await withTaskGroup(of: Void.self) { group in
             for p in pools { group.addTask { await p.drain(deadline: deadline) } }
+            if let spares = ctx.spares { group.addTask { await spares.shutdown() } }
         }
     }
 

@@ -55,6 +55,10 @@ final class WarmReplica: Sendable {
         var closeWhenWritten = false
         var readyWaiter: CheckedContinuation<WorkerMessage, any Error>?
         var ready: WorkerMessage?
+        /// A pre-started spare being adopted: waits for the worker's `adopted`.
+        var adoptWaiter: CheckedContinuation<WorkerMessage, any Error>?
+        /// Set once an environment adopted this spare: how long that took.
+        var adoptMicros: Int64?
         var closedReason: ChannelError?
         var reader: FrameReader
         /// Output while no task runs (start-up errors, a worker's last words).
@@ -141,6 +145,17 @@ final class WarmReplica: Sendable {
                 return w
             }
             waiter?.resume(returning: msg)
+        case "adopted":
+            let waiter: CheckedContinuation<WorkerMessage, any Error>? = state.withLock { s in
+                let w = s.adoptWaiter
+                s.adoptWaiter = nil
+                return w
+            }
+            if let waiter {
+                waiter.resume(returning: msg)
+            } else {
+                closeChannel(.protocolViolation("the worker sent `adopted` while no adoption was under way"))
+            }
         case "result":
             // The task's last output must land before its result.
             running.drainOutput()
@@ -166,18 +181,21 @@ final class WarmReplica: Sendable {
     /// Ends the channel: waiters get the reason; the worker is killed if it
     /// broke the protocol (it cannot be trusted to resync).
     private func closeChannel(_ reason: ChannelError) {
-        let (pending, ready): (ResultHandler?, CheckedContinuation<WorkerMessage, any Error>?) =
+        let (pending, ready, adopt): (ResultHandler?, CheckedContinuation<WorkerMessage, any Error>?,
+                                      CheckedContinuation<WorkerMessage, any Error>?) =
             state.withLock {
                 if $0.closedReason == nil { $0.closedReason = reason }
-                let p = $0.pending, r = $0.readyWaiter
+                let p = $0.pending, r = $0.readyWaiter, a = $0.adoptWaiter
                 $0.pending = nil
                 $0.readyWaiter = nil
-                return (p, r)
+                $0.adoptWaiter = nil
+                return (p, r, a)
             }
         EventThread.shared.unwatch(fromWorker)
         if case .protocolViolation = reason { running.cgroup.killAll() }
         pending?(.failure(reason))
         ready?.resume(throwing: reason)
+        adopt?.resume(throwing: reason)
     }
 
     var closedReason: ChannelError? { state.withLock { $0.closedReason } }
@@ -192,6 +210,34 @@ final class WarmReplica: Sendable {
                 return (nil, nil)
             }
             if let ready { cont.resume(returning: ready) } else if let closed { cont.resume(throwing: closed) }
+        }
+    }
+
+    /// Hands a ready spare to an environment: the worker applies `env` to
+    /// os.environ and checks `packages` against the image, then answers
+    /// `adopted` (ok, or the problems in `message`). The caller has written
+    /// the environment's limits into the cgroup already.
+    func adopt(env: [String: String], packages: [String], image: String) async throws -> WorkerMessage {
+        var w = JSONWriter(capacity: 256)
+        w.bytes += [0, 0, 0, 0]
+        w.raw("{\"type\":\"adopt\"")
+        w.key("env"); w.value(.object(env.mapValues { .string($0) }))
+        w.key("packages"); w.value(.array(packages.map { .string($0) }))
+        w.key("image"); w.string(image)
+        w.byte(0x7d)
+        let n = UInt32(w.bytes.count - 4)
+        w.bytes[0] = UInt8(n >> 24); w.bytes[1] = UInt8((n >> 16) & 0xff)
+        w.bytes[2] = UInt8((n >> 8) & 0xff); w.bytes[3] = UInt8(n & 0xff)
+        let frame = w.bytes
+        return try await withCheckedThrowingContinuation { cont in
+            let closed: ChannelError? = state.withLock {
+                if let c = $0.closedReason { return c }
+                $0.adoptWaiter = cont
+                $0.lastUsed = .now
+                return nil
+            }
+            if let closed { cont.resume(throwing: closed); return }
+            writeFrame(frame)
         }
     }
 

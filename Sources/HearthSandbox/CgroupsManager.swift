@@ -218,7 +218,10 @@ public final class CgroupManager: Sendable {
         }
     }
 
-    private func apply(_ limits: CgroupLimits, to replica: ReplicaCgroup) throws {
+    /// Writes `limits` into an existing replica cgroup: at creation, and
+    /// when an environment adopts a pre-started spare (whose cgroup has only
+    /// the default pids.max, so tightening in this order is always allowed).
+    public func apply(_ limits: CgroupLimits, to replica: ReplicaCgroup) throws {
         for setting in limits.files(for: version) {
             guard let dir = replica.directory(for: setting.controller) else {
                 if setting.optional { continue }

@@ -14,6 +14,8 @@ struct API: Sendable {
     let images: ImageStore
     let registry: ReplicaRegistry
     let logger: Logger
+    /// Runs before an image is deleted: its spare replicas go first.
+    var beforeImageRemove: @Sendable (String) async -> Void = { _ in }
 
     static let maxRequestBody = 4 << 20
 
@@ -43,6 +45,7 @@ struct API: Sendable {
                 if !users.isEmpty {
                     throw HearthError(.conflict, "image \"\(full)\" is in use by \(users.count) running replica(s) (\(users.joined(separator: ", "))); remove it when they have finished")
                 }
+                await beforeImageRemove(full)
                 try await Blocking.run { try images.remove(name: name) }
                 return Response(status: .noContent)
             } catch { return errorResponse(error) }

@@ -19,6 +19,11 @@ public struct DaemonOptions: Sendable {
     /// on different roots (tests) never clean up each other's replicas.
     public var cgroupSubtree: String?
     public var shutdownDeadline: Duration = .seconds(10)
+    /// Pre-started replicas kept per (image, network, seccomp, capabilities)
+    /// that environments have used; 0: none (see SparePool).
+    public var spares = 1
+    /// A key's spares go after this long without an environment taking one.
+    public var spareTTL: Duration = .seconds(600)
     public var logLevel: Logger.Level = .info
     /// Directory holding the `hearth` Python package (the worker).
     public var workerDir: String = "/usr/local/lib/hearth/python"
@@ -69,15 +74,19 @@ public enum Daemon {
         let code = try CodeStore(stateRoot: options.stateRoot)
         let secrets = try SecretStore(stateRoot: options.stateRoot)
         let tasks = TaskRegistry(journalDir: options.stateRoot + "/tasks")
-        let context = PoolContext(runtime: runtime, images: images, code: code, secrets: secrets, tasks: tasks,
+        var context = PoolContext(runtime: runtime, images: images, code: code, secrets: secrets, tasks: tasks,
                                   logger: logger, workerDir: options.workerDir)
+        let spares = SparePool(context: context, perKey: options.spares, ttl: options.spareTTL)
+        context.spares = spares
+        spares.start()
         let pool = try Pool(context: context, stateRoot: options.stateRoot)
         let lost = pool.recoverLostTasks()
         if !lost.isEmpty { logger.warning("\(lost.count) task(s) were in flight when the last hearthd stopped; reported as lost") }
         let admission = AdmissionControl(pool: pool, images: images, secrets: secrets, logger: logger)
         await admission.restore()
 
-        let api = API(runtime: runtime, images: images, registry: registry, logger: logger)
+        var api = API(runtime: runtime, images: images, registry: registry, logger: logger)
+        api.beforeImageRemove = { name in await spares.discard(image: name) }
         let router = Router()
         api.register(on: router)
         PoolRoutes(pool: pool, admission: admission, code: code, secrets: secrets, logger: logger).register(on: router)

@@ -115,6 +115,13 @@ struct PoolRoutes: Sendable {
                 return try json(bundle, status: .created)
             } catch { return errorResponse(error) }
         }
+        router.get("/v1/spares") { _, _ in
+            do {
+                let status = pool.spares?.status()
+                    ?? SparesStatus(enabled: false, perKey: 0, ttlSeconds: 0, keys: [], adopted: 0)
+                return try json(status)
+            } catch { return errorResponse(error) }
+        }
         router.get("/v1/secrets") { _, _ in
             do { return try json(try secrets.list()) } catch { return errorResponse(error) }
         }

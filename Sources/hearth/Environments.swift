@@ -73,6 +73,31 @@ struct EnvStatus: ParsableCommand {
     }
 }
 
+struct Spares: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the pre-started spare replicas new environments adopt (hearthd --spares).")
+    @OptionGroup var global: GlobalOptions
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        do {
+            let r = try global.client.request("GET", "/v1/spares")
+            guard r.status == 200 else { throw apiError(r) }
+            if json { writeAll(1, r.body + [10]); return }
+            let s = try JSONDecoder().decode(SparesStatus.self, from: Data(r.body))
+            guard s.enabled else { print("spares are off (hearthd --spares 0)"); return }
+            print("\(s.perKey) per image, kept \(s.ttlSeconds)s unused; \(s.adopted) adopted since hearthd started")
+            var rows = [["IMAGE", "NETWORK", "READY", "STARTING", "REPLICAS", "LAST ERROR"]]
+            for k in s.keys {
+                rows.append([k.image, k.network, "\(k.ready)", "\(k.starting)",
+                             k.replicas.isEmpty ? "-" : k.replicas.joined(separator: ","),
+                             k.lastError.map { String($0.prefix(60)) } ?? "-"])
+            }
+            printTable(rows)
+        } catch { throw failure(error) }
+    }
+}
+
 struct EnvRemove: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "rm", abstract: "Drain and remove an environment.")
     @OptionGroup var global: GlobalOptions

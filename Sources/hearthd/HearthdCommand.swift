@@ -29,6 +29,12 @@ struct HearthdCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds running replicas get to finish on SIGTERM.")
     var shutdownTimeout: Int = 10
 
+    @Option(name: .long, help: "Pre-started replicas kept per image (and network, seccomp, capabilities) that environments have used; 0 turns them off.")
+    var spares: Int = 1
+
+    @Option(name: .long, help: "Seconds an image's spare replicas are kept without an environment taking one.")
+    var spareTtl: Int = 600
+
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -37,6 +43,10 @@ struct HearthdCommand: AsyncParsableCommand {
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("--log-level: \"\(logLevel)\" is not a level; use trace, debug, info, notice, warning, error or critical")
         }
+        guard (0...16).contains(spares) else {
+            throw ValidationError("--spares: \(spares) is out of range; use 0 (off) to 16")
+        }
+        guard spareTtl > 0 else { throw ValidationError("--spare-ttl: \(spareTtl) must be a positive number of seconds") }
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var options = DaemonOptions(initBinary: self.`init` ?? Self.defaultInit())
         options.stateRoot = (root as NSString).standardizingPath
@@ -45,6 +55,8 @@ struct HearthdCommand: AsyncParsableCommand {
         options.workerDir = workerDir ?? Self.defaultWorkerDir()
         options.shutdownDeadline = .seconds(shutdownTimeout)
         options.logLevel = level
+        options.spares = spares
+        options.spareTTL = .seconds(spareTtl)
         do {
             try await Daemon.run(options)
         } catch let e as HearthError {

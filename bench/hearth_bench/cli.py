@@ -15,14 +15,17 @@ from hearth_bench.runner import Runner, log
 
 CHART_ROWS = {
     "trivial task: `json.dumps(1 + 1)`": [
-        ("warm-sdk", "warm"), ("warm-api", "warm"), ("hearth-cold", "hearth"), ("hearth-sandbox", "hearth"),
+        ("warm-sdk", "warm"), ("warm-api", "warm"), ("hearth-spare", "hearth"), ("hearth-cold", "hearth"),
+        ("hearth-sandbox", "hearth"),
         ("crun", "peer"), ("runc", "peer"), ("bwrap", "peer"), ("host", "peer")],
     "with `import numpy`": [
-        ("warm-numpy", "warm"), ("hearth-cold-numpy", "hearth"), ("hearth-sandbox-numpy", "hearth"),
+        ("warm-numpy", "warm"), ("hearth-spare-numpy", "hearth"), ("hearth-cold-numpy", "hearth"),
+        ("hearth-sandbox-numpy", "hearth"),
         ("crun-numpy", "peer"), ("runc-numpy", "peer"), ("bwrap-numpy", "peer"), ("host-numpy", "peer")],
 }
 SHORT = {"warm-sdk": "Hearth warm, SDK", "warm-api": "Hearth warm, API", "warm-numpy": "Hearth warm",
-         "hearth-cold": "Hearth cold (new env)", "hearth-sandbox": "Hearth sandbox",
+         "hearth-spare": "Hearth cold, spare adopted", "hearth-cold": "Hearth cold, from scratch",
+         "hearth-sandbox": "Hearth sandbox",
          "crun": "crun (no cgroups)", "runc": "runc", "bwrap": "bwrap", "host": "host python3"}
 
 

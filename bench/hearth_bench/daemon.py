@@ -10,21 +10,25 @@ import re
 import signal
 import subprocess
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from hearth_bench.client import APIError, Client
 
 
 class Daemon:
-    def __init__(self, bin_dir: str, worker_dir: str, work: str, log_level: str = "debug"):
+    def __init__(self, bin_dir: str, worker_dir: str, work: str, log_level: str = "debug",
+                 extra_args: Sequence[str] = (), cgroup_suffix: str = ""):
         self.bin_dir = bin_dir
         self.worker_dir = worker_dir
         self.root = os.path.join(work, "root")
         self.socket = os.path.join(work, "hearthd.sock")
         self.log_path = os.path.join(work, "hearthd.log")
-        self.cgroup_name = f"hearth-bench-{os.getpid()}"
+        # A second daemon (spares on) needs its own subtree beside the first.
+        self.cgroup_name = f"hearth-bench-{os.getpid()}{cgroup_suffix}"
         self.log_level = log_level
+        self.extra_args = list(extra_args)
         self.proc: Optional[subprocess.Popen] = None
+        self._help: Optional[str] = None
 
     @property
     def pid(self) -> int:
@@ -36,7 +40,7 @@ class Daemon:
         os.makedirs(self.root, exist_ok=True)
         argv = [os.path.join(self.bin_dir, "hearthd"), "--root", self.root, "--socket", self.socket,
                 "--init", os.path.join(self.bin_dir, "hearth-init"), "--worker-dir", self.worker_dir,
-                "--cgroup-name", self.cgroup_name, "--log-level", self.log_level]
+                "--cgroup-name", self.cgroup_name, "--log-level", self.log_level, *self.extra_args]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         log.close()
@@ -63,6 +67,22 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+    def supports(self, option: str) -> bool:
+        """Whether this hearthd build knows option (from `hearthd --help`): a
+        build older than an option is benchmarked without it, not refused."""
+        if self._help is None:
+            try:
+                p = subprocess.run([os.path.join(self.bin_dir, "hearthd"), "--help"], capture_output=True, timeout=20)
+                self._help = (p.stdout + p.stderr).decode(errors="replace")
+            except (OSError, subprocess.TimeoutExpired):
+                self._help = ""
+        return re.search(re.escape(option) + r"\b", self._help) is not None
+
+    def spares(self, client: Client) -> Any:
+        """`GET /v1/spares`: {enabled, perKey, keys: [{image, network, ready,
+        starting, replicas}], adopted}."""
+        return client.call("GET", "/v1/spares")
 
     def log_tail(self, n: int = 30) -> str:
         try:

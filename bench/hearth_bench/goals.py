@@ -19,6 +19,28 @@ def _goal(goal: str, target: str, measured: Optional[str], met: Optional[bool]) 
     return {"goal": goal, "target": target, "measured": measured, "met": met}
 
 
+def cold_vs_peer(cold: Optional[Dict[str, float]], spare: Optional[Dict[str, float]],
+                 peer: Optional[Dict[str, float]], label: str, limit: float) -> List[Dict[str, Any]]:
+    """The "cold first task / peer" goal line from the spare-adopted figure
+    (the default), else the from-scratch one; plus, when both exist, the
+    from-scratch figure as an informational line in parentheses."""
+    name, target = f"cold first task / {label}, same task and rootfs", f"≤ {limit:.1f}"
+
+    def line(goal: str, hearth: Optional[Dict[str, float]], how: str = "") -> Dict[str, Any]:
+        if not hearth or not peer:
+            return _goal(goal, target, None, None)
+        r = hearth["median"] / peer["median"]
+        return _goal(goal, target, f"{r:.2f} ({format_seconds(hearth['median'])} vs "
+                                   f"{format_seconds(peer['median'])}{', ' + how if how else ''})", r <= limit)
+
+    if not spare:
+        return [line(name, cold, "replica built from scratch")]
+    out = [line(name, spare, "spare adopted")]
+    if cold:
+        out.append(line(f"(cold first task / {label}, replica built from scratch (spares off))", cold))
+    return out
+
+
 def evaluate(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     goals: List[Dict[str, Any]] = []
 
@@ -35,29 +57,34 @@ def evaluate(results: Dict[str, Any]) -> List[Dict[str, Any]]:
                        format_seconds(disp["median"]) if disp else None,
                        disp["median"] <= 100e-6 if disp else None))
 
+    # The cold-vs-peer goals are about the default configuration, spares on
+    # (hearth-spare: a pre-started spare adopted); the from-scratch figure
+    # (hearth-cold, spares off) sits beside them in parentheses, as the raw
+    # API does beside the SDK. Without a spare figure the goal line falls back
+    # to the from-scratch one and says so.
     cold = _timing(results, "hearth-cold")
+    spare = _timing(results, "hearth-spare")
     for key, limit, label in (("bwrap", 1.0, "bwrap"), ("crun", 0.8, "crun")):
-        peer = _timing(results, key)
-        if cold and peer:
-            r = cold["median"] / peer["median"]
-            goals.append(_goal(f"cold first task / {label}, same task and rootfs", f"≤ {limit:.1f}",
-                               f"{r:.2f} ({format_seconds(cold['median'])} vs {format_seconds(peer['median'])})",
-                               r <= limit))
-        else:
-            goals.append(_goal(f"cold first task / {label}, same task and rootfs", f"≤ {limit:.1f}", None, None))
+        goals.extend(cold_vs_peer(cold, spare, _timing(results, key), label, limit))
 
+    # Cold/warm is what a cold start costs against a warm task: always the
+    # from-scratch figure (a spare only hides the cost), named so when a spare
+    # figure is beside it.
     warm_trivial = _timing(results, "warm-trivial") or api
+    name = "cold / warm, trivial task" + (", cold built from scratch (spares off)" if spare else "")
     if cold and warm_trivial:
         r = cold["median"] / warm_trivial["median"]
-        goals.append(_goal("cold / warm, trivial task", "≥ 100×", f"{r:,.0f}×", r >= 100))
+        goals.append(_goal(name, "≥ 100×", f"{r:,.0f}×", r >= 100))
     else:
-        goals.append(_goal("cold / warm, trivial task", "≥ 100×", None, None))
+        goals.append(_goal(name, "≥ 100×", None, None))
     ncold, nwarm = _timing(results, "hearth-cold-numpy"), _timing(results, "warm-numpy")
+    name = "cold / warm, numpy import" + (
+        ", cold built from scratch (spares off)" if _timing(results, "hearth-spare-numpy") else "")
     if ncold and nwarm:
         r = ncold["median"] / nwarm["median"]
-        goals.append(_goal("cold / warm, numpy import", "≥ 500×", f"{r:,.0f}×", r >= 500))
+        goals.append(_goal(name, "≥ 500×", f"{r:,.0f}×", r >= 500))
     else:
-        goals.append(_goal("cold / warm, numpy import", "≥ 500×", None, None))
+        goals.append(_goal(name, "≥ 500×", None, None))
 
     tp = {r["replicas"]: r for r in results.get("throughput", [])}
     two = tp.get(2)

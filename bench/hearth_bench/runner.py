@@ -13,12 +13,17 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from hearth_bench import peers
+from hearth_bench import peers, spares
 from hearth_bench.client import Client, LeanClient, histogram, histogram_delta, parse_prometheus
 from hearth_bench.daemon import Daemon, pids_in_cgroup_subtree, rss_bytes
 from hearth_bench.stats import histogram_quantile, summarize
 
 IMAGE = "hearth/python:3.11"
+# The two ways a new environment gets its first replica; the goals and the
+# chart pick between them by key (hearth-spare*, hearth-cold*).
+SPARE_LABEL = "Hearth: new environment → first task, pre-started spare adopted"
+SCRATCH_LABEL = "Hearth: new environment → first task result, replica built from scratch (spares off)"
+SPARE_PHASE_LABEL = "spare adoption: limits written, env sent, packages checked"
 NUMPY_IMAGE = "hearth/python-numpy:3.11"
 
 # The user code every Hearth task runs; the peers run the same lines as
@@ -124,6 +129,14 @@ class Runner:
         self.sizes = Sizes.for_mode(quick)
         self.daemon = Daemon(bin_dir, os.path.join(repo, "python"), work)
         self.client: Optional[Client] = None
+        # The second daemon, spares on, alive only around the cold rounds.
+        self.spare_daemon: Optional[Daemon] = None
+        self.spare_client: Optional[Client] = None
+        self.spare_bundle = ""
+        self.spare_wait = spares.WAIT_SECONDS
+        self.spare_runs: Dict[str, spares.Runs] = {}
+        self.spare_timeouts = 0     # waits timed out in a row
+        self.spare_status: Optional[Dict[str, Any]] = None
         self.samples: Dict[str, List[float]] = {}
         self.unavailable: Dict[str, str] = {}
         self.notes: List[str] = []
@@ -149,6 +162,11 @@ class Runner:
         started = time.monotonic()
         results: Dict[str, Any] = {"mode": "quick" if self.quick else "full",
                                    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+        # Spares off: every figure from this daemon (warm, cold from scratch and
+        # its phases, numpy, throughput, memory) means what it meant before spares.
+        has_spares = self.daemon.supports("--spares")
+        if has_spares:
+            self.daemon.extra_args += ["--spares", "0"]
         self.client = self.daemon.start()
         try:
             results["machine"] = machine_info(self.api.version())
@@ -169,12 +187,22 @@ class Runner:
             hist = self.warm()
             log("cold starts beside the peers")
             bundles = self.prepare_peers(layouts, have_numpy)
-            self.cold("trivial", IMAGE, bundles.get(IMAGE), peers.TRIVIAL_CODE, "benchmod", "trivial",
-                      self.sizes.cold_rounds, suffix="")
+            try:
+                if has_spares:
+                    self.start_spare_daemon(layouts, have_numpy)
+                else:
+                    for key in ("hearth-spare", "hearth-spare-numpy"):
+                        self.unavailable[key] = "this hearthd build has no --spares option"
+                self.cold("trivial", IMAGE, bundles.get(IMAGE), peers.TRIVIAL_CODE, "benchmod", "trivial",
+                          self.sizes.cold_rounds, suffix="")
+                if have_numpy:
+                    log("numpy: cold")
+                    self.cold("numpy", NUMPY_IMAGE, bundles.get(NUMPY_IMAGE), peers.NUMPY_CODE, "benchmod",
+                              "numpy_task", self.sizes.numpy_rounds, suffix="-numpy")
+            finally:
+                self.stop_spare_daemon()
             if have_numpy:
-                log("numpy: cold and warm")
-                self.cold("numpy", NUMPY_IMAGE, bundles.get(NUMPY_IMAGE), peers.NUMPY_CODE, "benchmod",
-                          "numpy_task", self.sizes.numpy_rounds, suffix="-numpy")
+                log("numpy: warm")
                 self.warm_numpy()
             log("throughput")
             results["throughput"] = [self.throughput(2), self.throughput(1)]
@@ -183,7 +211,11 @@ class Runner:
             results["timings"] = self.timings()
             results["phases"] = self.phases()
             results["dispatch_histogram"] = hist
-            results["notes"] = self.notes + self.standing_notes(hist)
+            results["notes"] = self.notes + self.standing_notes(hist) + spares.notes(
+                {k: r.as_dict() for k, r in self.spare_runs.items()}, self.spare_wait)
+            if self.spare_runs:
+                results["spares"] = {"runs": {k: r.as_dict() for k, r in self.spare_runs.items()},
+                                     "wait_seconds": self.spare_wait, "last_status": self.spare_status}
             results["elapsed_seconds"] = round(time.monotonic() - started, 1)
             return results
         finally:
@@ -258,6 +290,62 @@ class Runner:
             self.add("warm-numpy", t)
         api.delete_env("bench-numpy")
 
+    # MARK: the spare daemon
+
+    def start_spare_daemon(self, layouts: Dict[str, str], have_numpy: bool) -> None:
+        """A second private daemon with `--spares 1`: own root, socket and
+        cgroup, the same images and code bundle. A failure to start makes the
+        spare rows unavailable; the rest of the run goes on."""
+        log("starting a second hearthd with --spares 1")
+        d = Daemon(self.bin_dir, os.path.join(self.repo, "python"), os.path.join(self.work, "spares"),
+                   extra_args=["--spares", "1"], cgroup_suffix="-spares")
+        self.spare_daemon = d
+        try:
+            self.spare_client = d.start()
+            d.import_image(self.spare_client, layouts[IMAGE], IMAGE)
+            if have_numpy:
+                d.import_image(self.spare_client, layouts[NUMPY_IMAGE], NUMPY_IMAGE)
+            self.spare_bundle = self.spare_client.upload_code({"benchmod.py": BENCHMOD})
+            d.spares(self.spare_client)  # a build without /v1/spares fails here, not in every round
+        except Exception as e:
+            log(f"the spare daemon did not start: {e}")
+            for key in ("hearth-spare", "hearth-spare-numpy"):
+                self.unavailable[key] = f"the --spares 1 daemon: {type(e).__name__}: {str(e)[:300]}"
+            self.stop_spare_daemon()
+
+    def stop_spare_daemon(self) -> None:
+        if self.spare_client is not None:
+            try:
+                self.spare_status = self.spare_daemon.spares(self.spare_client) if self.spare_daemon else None
+            except Exception:
+                pass
+            self.spare_client.close()
+            self.spare_client = None
+        if self.spare_daemon is not None:
+            self.spare_daemon.stop()
+            self.spare_daemon = None
+
+    def spares_now(self) -> Dict[str, Any]:
+        if self.spare_client is None:
+            raise RuntimeError("the spare daemon is not running")
+        return self.spare_client.call("GET", "/v1/spares")
+
+    def wait_spare(self, image: str, key: str, why: str) -> bool:
+        """Waits for a ready spare for image; False (logged) on timeout. After
+        GIVE_UP_AFTER timeouts in a row it stops waiting: the daemon is not
+        refilling, and the bench must not stall on it."""
+        if self.spare_timeouts >= spares.GIVE_UP_AFTER:
+            return False
+        if spares.wait_ready(self.spares_now, image, self.spare_wait):
+            self.spare_timeouts = 0
+            return True
+        self.spare_timeouts += 1
+        log(f"{key}: no ready spare for {image} within {self.spare_wait:.0f} s {why}; "
+            f"`GET /v1/spares`: {json.dumps(self.spares_now())[:300]}")
+        if self.spare_timeouts >= spares.GIVE_UP_AFTER:
+            log(f"{key}: {self.spare_timeouts} waits in a row timed out: the remaining spare runs are skipped")
+        return False
+
     # MARK: cold and the peers
 
     def prepare_peers(self, layouts: Dict[str, str], have_numpy: bool) -> Dict[str, str]:
@@ -278,8 +366,11 @@ class Runner:
         argv = ["python3", "-c", code]
         runners: List[Tuple[str, Callable[[int], None]]] = [
             ("hearth-cold" + suffix, lambda i: self.hearth_cold(image, module, function, i, suffix)),
-            ("hearth-sandbox" + suffix, lambda i: self.hearth_sandbox(image, argv, suffix)),
         ]
+        if self.spare_client is not None:
+            self.spare_timeouts = 0
+            runners.append(("hearth-spare" + suffix, lambda i: self.hearth_spare(image, module, function, i, suffix)))
+        runners.append(("hearth-sandbox" + suffix, lambda i: self.hearth_sandbox(image, argv, suffix)))
         if bundle:
             rootfs = os.path.join(bundle, "rootfs")
             for tool, make in (("crun", lambda: peers.crun_argv(bundle, os.path.join(self.work, "crun-state"), self.next_cid())),
@@ -309,6 +400,12 @@ class Runner:
                         del self.samples[k]
                 finally:
                     self.recording = True
+        # A spare row with no adopted run says why instead of vanishing.
+        runs = self.spare_runs.get("hearth-spare" + suffix)
+        if runs and not self.samples.get("hearth-spare" + suffix) and "hearth-spare" + suffix not in self.unavailable:
+            self.unavailable["hearth-spare" + suffix] = (
+                f"no run adopted a spare ({runs.not_adopted} built from scratch, {runs.skipped} skipped: "
+                f"no ready spare within {self.spare_wait:.0f} s)")
 
     def next_cid(self) -> str:
         self.cid += 1
@@ -325,17 +422,53 @@ class Runner:
         return run
 
     def hearth_cold(self, image: str, module: str, function: str, i: int, suffix: str) -> None:
-        api = self.api
         name = f"bench-cold{suffix}-{i}"
-        key = "hearth-cold" + suffix
+        t0, t1, t2, snap = self.first_task(self.api, name, image, module, function, self.bundle)
+        if spares.adopted(snap):
+            # This daemon runs with --spares 0: an adoption here would mix the two rows.
+            raise RuntimeError(f"the first task of {name} adopted a spare on the spares-off daemon: {snap}")
+        self.add_cold("hearth-cold" + suffix, t0, t1, t2, snap)
+
+    def hearth_spare(self, image: str, module: str, function: str, i: int, suffix: str) -> None:
+        """New environment → first task on the spares-on daemon. The warm-up
+        round (not recorded) builds from scratch and teaches the daemon the
+        key; every later run waits for a ready spare first, and for the
+        refill afterwards, so the background build overlaps no measurement."""
+        key = "hearth-spare" + suffix
+        runs = self.spare_runs.setdefault(key, spares.Runs())
+        if self.recording and not self.wait_spare(image, key, f"before run {i}"):
+            runs.skipped += 1
+            log(f"{key}: run {i} skipped")
+            return
+        name = f"bench-spare{suffix}-{i}"
+        t0, t1, t2, snap = self.first_task(self.spare_client, name, image, module, function, self.spare_bundle)
+        if self.recording:
+            if spares.adopted(snap):
+                runs.adopted += 1
+                self.add_cold(key, t0, t1, t2, snap)
+            else:
+                # Built from scratch although a spare was ready: not what the row measures.
+                runs.not_adopted += 1
+                log(f"{key}: run {i} did not adopt a spare (coldPhases {sorted(snap.get('coldPhases') or {})}); "
+                    f"left out of the row")
+        if not self.wait_spare(image, key, f"after run {i} (the refill)") and self.recording:
+            runs.late_refill += 1
+
+    def first_task(self, api: Any, name: str, image: str, module: str, function: str,
+                   bundle: str) -> Tuple[float, float, float, Dict[str, Any]]:
+        """Applies a new environment, runs its first task and deletes it:
+        (before apply, after apply, after the result, the task's snapshot)."""
         t0 = time.perf_counter()
         api.apply(env_yaml(name, image=image))
         t1 = time.perf_counter()
-        snap = api.task(name, module, function, self.bundle)
+        snap = api.task(name, module, function, bundle)
         t2 = time.perf_counter()
         api.delete_env(name)
         if not snap.get("coldStart"):
             raise RuntimeError(f"the first task of {name} did not report a cold start: {snap}")
+        return t0, t1, t2, snap
+
+    def add_cold(self, key: str, t0: float, t1: float, t2: float, snap: Dict[str, Any]) -> None:
         self.add(key, t2 - t0)
         self.add(key + ":apply", t1 - t0)
         self.add(key + ":task", t2 - t1)
@@ -431,14 +564,16 @@ class Runner:
         "warm-api-fresh": ("warm", "raw API, new connection per task"),
         "warm-queued": ("warm", "daemon: request in → run frame out (task queuedMicros)"),
         "warm-dispatch": ("warm", "daemon dispatch: run frame out → result in (task runMicros)"),
-        "hearth-cold": ("cold", "Hearth: new environment → first task result"),
+        "hearth-spare": ("cold", SPARE_LABEL),
+        "hearth-cold": ("cold", SCRATCH_LABEL),
         "hearth-sandbox": ("cold", "Hearth: one-shot sandbox (`POST /v1/sandboxes`)"),
         "crun": ("cold", "crun run (cgroups disabled, private mount ns)"),
         "runc": ("cold", "runc run"),
         "bwrap": ("cold", "bwrap --unshare-all"),
         "host": ("cold", "/usr/bin/python3 on the host, no isolation"),
         "warm-numpy": ("numpy", "Hearth: warm task (numpy already imported)"),
-        "hearth-cold-numpy": ("numpy", "Hearth: new environment → first task result"),
+        "hearth-spare-numpy": ("numpy", SPARE_LABEL),
+        "hearth-cold-numpy": ("numpy", SCRATCH_LABEL),
         "hearth-sandbox-numpy": ("numpy", "Hearth: one-shot sandbox"),
         "crun-numpy": ("numpy", "crun run (cgroups disabled, private mount ns)"),
         "runc-numpy": ("numpy", "runc run"),
@@ -462,44 +597,15 @@ class Runner:
         ("plan", "spawn plan: seccomp BPF (cached), mount list, fds"),
         ("spawn", "clone3 → execve (one figure: no per-step marks)"),
         ("clone", "clone3 with the namespaces"),
-        ("mounts", "signals, setsid, cgroup join, overlay, /proc, /dev, /sys, binds"),
-        ("pivot_root", "pivot_root, masked and read-only paths"),
+        ("mounts", "signals, setsid, overlay, /proc, /dev, /sys, binds"),
+        ("pivot_root", "pivot_root, masked and read-only paths, cgroup join (v1: overlaps the mounts)"),
         ("caps_seccomp", "hostname, loopback, fds, rlimits, capabilities, seccomp"),
         ("execve", "execve of hearth-init, seen by the daemon"),
         ("worker_ready", "interpreter start + worker imports → `ready` frame"),
     ]
 
     def phases(self) -> List[Dict[str, Any]]:
-        rows = []
-        order = [name for name, _ in self.PHASES]
-        labels = dict(self.PHASES)
-
-        def add(key: str, label: str, samples: List[float]) -> None:
-            if samples:
-                rows.append({"key": key, "label": label, "stats": summarize(samples)})
-
-        add("hearth-cold:apply", "new environment: `POST /v1/environments`", self.samples.get("hearth-cold:apply", []))
-        cold = sorted((k.split(":", 2)[2] for k in self.samples if k.startswith("hearth-cold:phase:")),
-                      key=lambda p: order.index(p) if p in order else 99)
-        for phase in cold:
-            add("hearth-cold:phase:" + phase, "replica: " + labels.get(phase, phase),
-                self.samples["hearth-cold:phase:" + phase])
-        if not cold:
-            add("hearth-cold:queued", "replica start → worker ready (task queuedMicros; no phases reported)",
-                self.samples.get("hearth-cold:queued", []))
-        add("hearth-cold:run", "first task: run frame out → result in (runMicros)", self.samples.get("hearth-cold:run", []))
-        add("hearth-cold:worker", "…of which the call inside the worker (import benchmod, call)",
-            self.samples.get("hearth-cold:worker", []))
-        # A one-shot sandbox's phases, from the daemon's debug log.
-        logged = self.daemon.sandbox_phases()
-        per_phase: Dict[str, List[float]] = {}
-        for name in self.sandbox_names.get("hearth-sandbox", []):
-            for phase, micros in logged.get(name, {}).items():
-                per_phase.setdefault(phase, []).append(micros / 1e6)
-        add("sandbox:request", "sandbox: request in → hearth-init exec'd", per_phase.get("request to exec", []))
-        add("sandbox:after-exec", "sandbox: exec → `python3 -c …` done → last frame out",
-            self.samples.get("hearth-sandbox:after-exec", []))
-        return rows
+        return phase_rows(self.samples, self.sandbox_names.get("hearth-sandbox", []), self.daemon.sandbox_phases())
 
     def standing_notes(self, hist: Dict[str, Any]) -> List[str]:
         notes = [
@@ -510,14 +616,52 @@ class Runner:
             "with `--cgroup-manager=disabled` inside a private mount namespace (`unshare --mount`) where the cgroup2 "
             "mount at /sys/fs/cgroup/unified is detached: it creates, joins and removes no cgroup, which favours it. "
             "runc runs with its default cgroupfs manager.",
-            "Hearth's cold figure includes the environment apply, building the replica (overlay, cgroup, namespaces, "
-            "seccomp), starting the interpreter and the worker, importing the task module and the result's trip back.",
+            "Hearth's cold figure built from scratch includes the environment apply, building the replica (overlay, "
+            "cgroup, namespaces, seccomp), starting the interpreter and the worker, importing the task module and the "
+            "result's trip back; with a spare adopted, building and starting are replaced by the adoption.",
         ]
         if hist.get("count"):
             from hearth_bench.stats import format_seconds
             notes.append(f"`hearth_warm_dispatch_seconds` from /metrics over the warm phase ({hist['count']:.0f} tasks, "
                          f"bucket-interpolated): p50 {format_seconds(hist['p50'])}, p99 {format_seconds(hist['p99'])}.")
         return notes
+
+
+def phase_rows(samples: Dict[str, List[float]], sandbox_names: List[str],
+               logged: Dict[str, Dict[str, int]]) -> List[Dict[str, Any]]:
+    """The "where a cold start goes" rows: the from-scratch cold start (spares
+    off) phase by phase, the spare adoption that replaces them when a spare is
+    adopted, then the one-shot sandbox (its phases from the daemon's log)."""
+    rows = []
+    order = [name for name, _ in Runner.PHASES]
+    labels = dict(Runner.PHASES)
+
+    def add(key: str, label: str, values: List[float]) -> None:
+        if values:
+            rows.append({"key": key, "label": label, "stats": summarize(values)})
+
+    add("hearth-cold:apply", "new environment: `POST /v1/environments`", samples.get("hearth-cold:apply", []))
+    cold = sorted((k.split(":", 2)[2] for k in samples if k.startswith("hearth-cold:phase:")),
+                  key=lambda p: order.index(p) if p in order else 99)
+    for phase in cold:
+        add("hearth-cold:phase:" + phase, "replica: " + labels.get(phase, phase), samples["hearth-cold:phase:" + phase])
+    if not cold:
+        add("hearth-cold:queued", "replica start → worker ready (task queuedMicros; no phases reported)",
+            samples.get("hearth-cold:queued", []))
+    add("hearth-cold:run", "first task: run frame out → result in (runMicros)", samples.get("hearth-cold:run", []))
+    add("hearth-cold:worker", "…of which the call inside the worker (import benchmod, call)",
+        samples.get("hearth-cold:worker", []))
+    # Only adopted runs are recorded under hearth-spare, so this is every measured adoption.
+    add("hearth-spare:phase:" + spares.ADOPT_PHASE, SPARE_PHASE_LABEL,
+        samples.get("hearth-spare:phase:" + spares.ADOPT_PHASE, []))
+    per_phase: Dict[str, List[float]] = {}
+    for name in sandbox_names:
+        for phase, micros in logged.get(name, {}).items():
+            per_phase.setdefault(phase, []).append(micros / 1e6)
+    add("sandbox:request", "sandbox: request in → hearth-init exec'd", per_phase.get("request to exec", []))
+    add("sandbox:after-exec", "sandbox: exec → `python3 -c …` done → last frame out",
+        samples.get("hearth-sandbox:after-exec", []))
+    return rows
 
 
 def bare_interpreter_rss() -> Optional[int]:

@@ -97,6 +97,15 @@ belong to the task):
   ``duration_us`` is the time from decoding the arguments to encoding the
   result (module import included).
 
+    {"type":"adopt","env":{"K":"V",...},"packages":["numpy>=1.24",...],"image":"name"}
+        -> {"type":"adopted","ok":true}
+         | {"type":"adopted","ok":false,"message":"image ... does not provide ..."}
+
+  Sent at most once, before any ``run``, to a pre-started spare when an
+  environment takes it: ``env`` is applied like a run's, ``packages`` are
+  checked as ``HEARTH_REQUIRE_PACKAGES`` is at start-up. On ``ok: false``
+  the daemon tears the replica down.
+
     {"type":"ping","id":<any>}   ->   {"type":"pong","id":<same>}
     {"type":"shutdown"}          ->   exit 0
 
@@ -574,6 +583,26 @@ def _apply_env(env):
             environ[k] = v
 
 
+def _adopt(msg):
+    env = msg.get("env")
+    if env is not None:
+        if type(env) is not dict or not all(type(k) is str and type(v) is str for k, v in env.items()):
+            raise _Fatal('adopt message: "env" must be an object of strings')
+        _apply_env(env)
+    required = msg.get("packages") or []
+    if type(required) is not list or not all(type(r) is str for r in required):
+        raise _Fatal('adopt message: "packages" must be a list of strings')
+    problems = []
+    if required:
+        from hearth import _packages
+
+        problems = _packages.missing(required, msg.get("image") or os.environ.get("HEARTH_IMAGE"))
+    if problems:
+        return _protocol.dumps_message({"type": "adopted", "ok": False,
+                                        "message": "\n".join("hearth: " + p for p in problems)})
+    return _protocol.dumps_message({"type": "adopted", "ok": True})
+
+
 def _run(msg, limit, stdio):
     global current_task_id, _armed
     tid = _check_run(msg)
@@ -703,6 +732,8 @@ def main():
             kind = msg.get("type")
             if kind == "run":
                 _send(_run(msg, limit, stdio))
+            elif kind == "adopt":
+                _send(_adopt(msg))
             elif kind == "ping":
                 _send(_protocol.dumps_message({"type": "pong", "id": msg.get("id")}))
             elif kind == "shutdown":

@@ -597,6 +597,30 @@ def test_ping_pong(worker):
     assert worker.recv() == {"type": "pong", "id": 7}
 
 
+def test_adopt_applies_env_and_checks_packages(worker, bundle):
+    # A pre-started spare taken by an environment: env first, then packages.
+    worker.send({"type": "adopt", "env": {"ADOPTED_BY": "env-a"}, "packages": [], "image": "img"})
+    assert worker.recv() == {"type": "adopted", "ok": True}
+    assert worker.call(T, "get_env", bundle=bundle, key="ADOPTED_BY") == "env-a"
+    worker.send({"type": "adopt", "env": {}, "packages": ["no-such-package-xyz", "pip>=0"], "image": "img:1"})
+    msg = worker.recv()
+    assert msg["type"] == "adopted" and msg["ok"] is False
+    assert "image img:1 does not provide the Python package 'no-such-package-xyz'" in msg["message"], msg
+    # Refusing an environment is the daemon's call; the worker keeps serving.
+    assert worker.call(T, "add", bundle=bundle, a=1, b=2) == 3
+
+
+@pytest.mark.parametrize("body", [
+    b'{"type":"adopt","env":{"A":1}}', b'{"type":"adopt","env":["A"]}', b'{"type":"adopt","packages":"numpy"}',
+])
+def test_malformed_adopt_is_fatal(worker, body):
+    worker.send_raw(struct.pack(">I", len(body)) + body)
+    msg = worker.recv()
+    assert msg["type"] == "error" and "adopt message" in msg["message"], msg
+    assert worker.recv() is None
+    assert worker.wait() == 2
+
+
 def test_eof_exits_zero(worker):
     os.close(worker.w)
     assert worker.recv() is None

@@ -3,6 +3,10 @@
 Every test talks to it through the real `hearth` CLI. After each test the
 fixture checks that nothing is left behind: no mount under the state root,
 no replica directory, no cgroup under the daemon's subtree, no stray process.
+
+Daemons run with `--spares 0` unless a test asks for pre-started spares
+(`running_daemon(prefix, spares=N)`, see test_spares.py), so that every
+replica a test sees is one it caused.
 """
 import json
 import os
@@ -27,6 +31,9 @@ TMP = os.environ.get("HEARTH_TEST_TMPDIR", "/var/tmp")
 # daemon runs in a cgroup of its own below this directory, as systemd runs a
 # service with Delegate=yes, rather than beside pytest.
 CGROUP_PARENT = os.environ.get("HEARTH_TEST_CGROUP_PARENT")
+# Pre-started spare replicas are named `spare-<boot>-<n>` (replica directory,
+# cgroup leaf, hostname); a replica an environment adopted keeps that name.
+SPARE_PREFIX = "spare-"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -101,12 +108,21 @@ def api(sock, method, path, body=None):
         return status, rest
 
 
+def is_spare(name):
+    """Whether a replica name (directory, cgroup leaf) is a pre-started spare's."""
+    return name.startswith(SPARE_PREFIX)
+
+
 class Daemon:
-    def __init__(self, root, socket, subtree, log):
+    def __init__(self, root, socket, subtree, log, spares=0, extra_args=()):
+        """`spares`: hearthd's --spares (0: none, the suite's default);
+        `extra_args`: more hearthd options (e.g. ["--spare-ttl", "3"])."""
         self.root = root
         self.socket = socket
         self.subtree = subtree
         self.log = log
+        self.spares = spares
+        self.extra_args = [str(a) for a in extra_args]
         self.proc = None
 
     @property
@@ -118,7 +134,7 @@ class Daemon:
         self.logf = open(self.log, "ab")
         cmd = [str(BIN / "hearthd"), "--root", self.root, "--socket", self.socket,
                "--init", str(BIN / "hearth-init"), "--cgroup-name", self.subtree, "--shutdown-timeout", "3",
-               "--worker-dir", str(REPO / "python")]
+               "--worker-dir", str(REPO / "python"), "--spares", str(self.spares), *self.extra_args]
         if self.service_cgroup:
             # Start in the service cgroup; once hearthd has moved itself into
             # its leaf (controllers are then on in the service cgroup, which
@@ -178,20 +194,33 @@ class Daemon:
         return self.sandbox("python3", "-c", code, opts=opts, check=check, timeout=timeout)
 
     # What must be empty between tests.
-    def leftovers(self):
+    def leftovers(self, ignore_spares=False):
+        """Mounts, replica directories, cgroups and processes of replicas
+        that still exist. With `ignore_spares`, those of replicas named
+        `spare-…` (pre-started spares, and replicas adopted from them) are
+        not reported: for checks while a daemon with spares runs, which keeps
+        its spares. At daemon stop nothing may be left, spares included."""
         problems = []
+        rprefix = self.root + "/replicas/"
+
+        def skip(name):
+            return ignore_spares and name is not None and is_spare(name)
+
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 mp = line.split()[4]
                 if mp.startswith(self.root + "/replicas"):
+                    if skip(mp[len(rprefix):].split("/")[0] if mp.startswith(rprefix) else None):
+                        continue
                     problems.append(f"mount left: {mp}")
         rdir = pathlib.Path(self.root, "replicas")
         if rdir.exists():
             for p in rdir.iterdir():
-                problems.append(f"replica directory left: {p}")
+                if not skip(p.name):
+                    problems.append(f"replica directory left: {p}")
         for d in _cgroup_dirs(self.subtree):
             for sub in os.listdir(d):
-                if os.path.isdir(os.path.join(d, sub)):
+                if os.path.isdir(os.path.join(d, sub)) and not skip(sub):
                     problems.append(f"cgroup left: {d}/{sub}")
         # Processes whose root is under our replicas directory.
         for pid in os.listdir("/proc"):
@@ -203,13 +232,24 @@ class Daemon:
             except OSError:
                 continue
             if root.startswith(self.root) or f"/{self.subtree}/" in cg:
+                # The replica it belongs to: from its root, or its cgroup leaf.
+                owners = set()
+                if root.startswith(rprefix):
+                    owners.add(root[len(rprefix):].split("/")[0])
+                for cline in cg.splitlines():
+                    path = cline.split(":", 2)[-1]
+                    if f"/{self.subtree}/" in path:
+                        owners.add(path.split(f"/{self.subtree}/", 1)[1].split("/")[0])
+                if owners and all(skip(o) for o in owners):
+                    continue
                 problems.append(f"process left: pid {pid} root {root}")
         return problems
 
 
-def running_daemon(prefix):
+def running_daemon(prefix, spares=0, extra_args=()):
     """A daemon on a fresh state root with the default image imported;
-    stopped and checked for leftovers at the end."""
+    stopped and checked for leftovers (spares included) at the end.
+    `spares` and `extra_args` go to Daemon (hearthd's --spares, more options)."""
     if os.geteuid() != 0:
         pytest.skip("integration tests need root")
     for b in ("hearthd", "hearth", "hearth-init"):
@@ -219,7 +259,8 @@ def running_daemon(prefix):
         pytest.fail(f"default image layout {LAYOUT} is missing: run rootfs/build first")
     base = tempfile.mkdtemp(prefix=f"{prefix}-", dir=TMP)
     d = Daemon(root=os.path.join(base, "root"), socket=os.path.join(base, "hearthd.sock"),
-               subtree=f"{prefix}-{os.getpid()}", log=os.path.join(base, "hearthd.log"))
+               subtree=f"{prefix}-{os.getpid()}", log=os.path.join(base, "hearthd.log"),
+               spares=spares, extra_args=extra_args)
     d.start()
     d.hearth("image", "import", str(LAYOUT), "--name", IMAGE, timeout=600)
     yield d

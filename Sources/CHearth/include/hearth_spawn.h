@@ -140,8 +140,8 @@ enum hearth_stage {
 enum hearth_spawn_mark {
     HEARTH_MARK_CLONE = 0,      /* parent, just before clone3 */
     HEARTH_MARK_CHILD = 1,      /* child, first thing after clone3 */
-    HEARTH_MARK_MOUNTS = 2,     /* child, ops before the pivot done (cgroup sync too) */
-    HEARTH_MARK_PIVOT = 3,      /* child, pivot_root and the ops after it done */
+    HEARTH_MARK_MOUNTS = 2,     /* child, ops before the pivot done */
+    HEARTH_MARK_PIVOT = 3,      /* child, pivot_root, the ops after it and the v1 cgroup sync done */
     HEARTH_MARK_EXEC = 4,       /* child, just before execve (caps, seccomp done) */
     HEARTH_MARK_EXECED = 5,     /* parent, EOF on the error pipe: execve succeeded */
     HEARTH_MARK_COUNT = 6,

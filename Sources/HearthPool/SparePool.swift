@@ -1,0 +1,337 @@
+import Foundation
+import HearthCore
+import HearthImage
+import HearthSandbox
+import Synchronization
+
+/// Pre-started replicas ("spares"): complete replicas (overlay rootfs,
+/// cgroup, namespaces, seccomp, hearth-init, the worker up and `ready`) that
+/// belong to no environment. A new environment whose first replica would
+/// otherwise be built from scratch adopts one instead: its limits are
+/// written into the spare's cgroup and its env and packages go to the worker
+/// in an `adopt` frame, so the first task pays for its module and nothing
+/// else. A replacement is built in the background.
+///
+/// What is fixed when a replica is built is the key: the image (by name and
+/// config digest), the network mode, the seccomp profile and the
+/// capabilities. What an environment could need at build time rules it out
+/// (`ineligibility`): secrets (bind-mounted at build), variables the
+/// interpreter reads at start-up, limits below what an idle worker uses.
+///
+/// Keys are learned from use: once an eligible environment has started a
+/// replica, `perKey` spares of its key are kept, for at most `maxKeys` keys
+/// (least recently used dropped) and until unused for `ttl`. A spare serves
+/// one environment at most; it never comes back here.
+public final class SparePool: Sendable {
+    public struct Key: Hashable, Sendable {
+        var image: String
+        /// The config digest: a re-import under the same name is another key.
+        var imageID: String
+        var network: NetworkMode
+        var seccomp: SeccompProfile?
+        var capabilities: CapabilitySet
+    }
+
+    struct Entry {
+        /// The neutral config spares of this key are built from.
+        var config: PoolConfig
+        var ready: [WarmReplica] = []
+        var starting = 0
+        var lastUsed = ContinuousClock.now
+        var failures = 0
+        var nextBuild = ContinuousClock.now
+        var lastError: String?
+    }
+
+    struct State {
+        var entries: [Key: Entry] = [:]
+        var adopted = 0
+        /// Builds and teardowns in flight: shutdown and discard wait for them.
+        var busy = 0
+        var stopped = false
+    }
+
+    public static let maxKeys = 4
+    /// An idle worker uses about 12 MiB; a lower limit could not be written
+    /// into a running spare's cgroup, so such an environment builds its own.
+    public static let minMemoryLimit: Int64 = 64 << 20
+    public static let minPids: Int64 = 64
+    /// Read by the interpreter (or the dynamic loader) before any task
+    /// runs: setting them later would not do what the user meant.
+    static let startupVariables: Set<String> = ["PATH", "HOME", "TZ", "LANG", "LANGUAGE"]
+    static let startupPrefixes = ["PYTHON", "LD_", "LC_", "HEARTH_"]
+
+    public let perKey: Int
+    public let ttl: Duration
+    private let ctx: PoolContext
+    private let state = Mutex(State())
+    private let loop = Mutex<Task<Void, Never>?>(nil)
+
+    public init(context: PoolContext, perKey: Int, ttl: Duration) {
+        ctx = context
+        self.perKey = max(0, perKey)
+        self.ttl = ttl
+    }
+
+    /// Why `config` cannot take a spare, or nil when it can.
+    public static func ineligibility(_ config: PoolConfig) -> String? {
+        if !config.secrets.isEmpty { return "it requests secrets, which are mounted when a replica is built" }
+        for key in config.env.keys.sorted()
+        where startupVariables.contains(key) || startupPrefixes.contains(where: { key.hasPrefix($0) }) {
+            return "its env sets \(key), which is read when the interpreter starts"
+        }
+        if let m = config.limits.memoryLimit, m < minMemoryLimit {
+            return "its memory limit is below \(Quantity.formatMemory(minMemoryLimit))"
+        }
+        if config.limits.pidsMax > 0 && config.limits.pidsMax < minPids {
+            return "its pids limit is below \(minPids)"
+        }
+        return nil
+    }
+
+    /// Blocking (resolves the image).
+    private func key(for config: PoolConfig) throws -> Key {
+        let image = try ctx.images.resolve(config.image)
+        return Key(image: image.name, imageID: image.id, network: config.network, seccomp: config.seccomp,
+                   capabilities: config.capabilities)
+    }
+
+    private func eligibleKey(_ config: PoolConfig) async -> Key? {
+        guard perKey > 0, Self.ineligibility(config) == nil else { return nil }
+        return try? await Blocking.run { try self.key(for: config) }
+    }
+
+    /// Starts the TTL sweep.
+    public func start() {
+        guard perKey > 0 else { return }
+        let every = Duration.milliseconds(max(100, min(5_000, Int(ttl.milliseconds / 4))))
+        loop.withLock { l in
+            l = Task { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: every)
+                    self?.sweep()
+                }
+            }
+        }
+    }
+
+    // MARK: adoption
+
+    /// A ready spare of `config`'s key, now out of the pool, or nil. A
+    /// replacement is built in the background.
+    func take(for config: PoolConfig) async -> WarmReplica? {
+        guard let key = await eligibleKey(config) else { return nil }
+        let (spare, dead): (WarmReplica?, [WarmReplica]) = state.withLock { s in
+            guard !s.stopped, var e = s.entries[key] else { return (nil, []) }
+            e.lastUsed = .now
+            var found: WarmReplica?
+            var dead: [WarmReplica] = []
+            // Oldest first.
+            while !e.ready.isEmpty {
+                let c = e.ready.removeFirst()
+                if c.state.withLock({ $0.closedReason == nil && !$0.exited }) { found = c; break }
+                dead.append(c)
+            }
+            s.entries[key] = e
+            if found != nil { s.adopted += 1 }
+            return (found, dead)
+        }
+        for r in dead { retire(r) }
+        if spare != nil || !dead.isEmpty { refill(key, after: .milliseconds(250)) }
+        return spare
+    }
+
+    /// An eligible environment started a replica: keep spares of its key.
+    func learn(_ config: PoolConfig) async {
+        guard let key = await eligibleKey(config) else { return }
+        let evicted: [WarmReplica] = state.withLock { s in
+            guard !s.stopped else { return [] }
+            if s.entries[key] != nil {
+                s.entries[key]?.lastUsed = .now
+                return []
+            }
+            s.entries[key] = Entry(config: neutral(config))
+            var out: [WarmReplica] = []
+            while s.entries.count > Self.maxKeys,
+                  let oldest = s.entries.filter({ $0.key != key }).min(by: { $0.value.lastUsed < $1.value.lastUsed }) {
+                out += oldest.value.ready
+                s.entries.removeValue(forKey: oldest.key)
+            }
+            return out
+        }
+        for r in evicted { retire(r) }
+        // Off the path of the task that just got its replica.
+        refill(key, after: .milliseconds(250))
+    }
+
+    /// The config spares of a key are built from: the environment's image
+    /// and isolation, nothing of its own (no env, no limits but pids.max).
+    private func neutral(_ c: PoolConfig) -> PoolConfig {
+        PoolConfig(name: "spare", identity: "", image: c.image, env: [:], limits: CgroupLimits(), replicaCount: 1,
+                   ttl: ttl, secrets: [], network: c.network, seccomp: c.seccomp, capabilities: c.capabilities,
+                   timeout: nil, maxTasksPerReplica: nil, maxQueue: 1, packages: [])
+    }
+
+    // MARK: building and retiring
+
+    private func refill(_ key: Key, after delay: Duration = .zero) {
+        if delay > .zero {
+            Task { [weak self] in
+                try? await Task.sleep(for: delay)
+                self?.refill(key)
+            }
+            return
+        }
+        let (config, n, wait): (PoolConfig?, Int, Duration?) = state.withLock { s in
+            guard !s.stopped, var e = s.entries[key] else { return (nil, 0, nil) }
+            let now = ContinuousClock.now
+            if now < e.nextBuild { return (nil, 0, e.nextBuild - now) }
+            let n = max(0, perKey - e.ready.count - e.starting)
+            e.starting += n
+            s.busy += n
+            s.entries[key] = e
+            return (e.config, n, nil)
+        }
+        if let wait {
+            refill(key, after: wait)
+            return
+        }
+        guard let config else { return }
+        for _ in 0..<n { Task { await self.buildOne(key, config) } }
+    }
+
+    private func buildOne(_ key: Key, _ config: PoolConfig) async {
+        do {
+            let r = try await EnvironmentPool.build(config: config, ctx: ctx, spare: true)
+            r.setPhase(.ready)
+            let keep: Bool = state.withLock { s in
+                guard var e = s.entries[key] else { return false }
+                e.starting = max(0, e.starting - 1)
+                e.failures = 0
+                e.lastError = nil
+                guard !s.stopped else { s.entries[key] = e; return false }
+                e.ready.append(r)
+                s.entries[key] = e
+                return true
+            }
+            if keep {
+                watchExit(r, key)
+            } else {
+                _ = try? await Blocking.run { r.teardown() }
+            }
+        } catch {
+            let message = HearthError.wrap(error).message
+            let delay: Double = state.withLock { s in
+                guard var e = s.entries[key] else { return 0 }
+                e.starting = max(0, e.starting - 1)
+                e.failures += 1
+                e.lastError = message
+                // 0.5 s, 1 s, 2 s … 60 s: a broken image never spins.
+                let d = min(60.0, 0.5 * pow(2.0, Double(e.failures - 1)))
+                e.nextBuild = .now + .milliseconds(Int(d * 1000))
+                s.entries[key] = e
+                return d
+            }
+            ctx.logger.warning("spare replica for \(key.image) failed to start (next try in \(delay) s): \(message)")
+            if delay > 0 { refill(key) }
+        }
+        state.withLock { $0.busy -= 1 }
+    }
+
+    /// A spare that dies while waiting is removed and replaced (after a
+    /// backoff, so a worker that keeps dying does not spin).
+    private func watchExit(_ r: WarmReplica, _ key: Key) {
+        Task {
+            _ = await r.running.wait()
+            let wasSpare: Bool = state.withLock { s in
+                guard var e = s.entries[key], let i = e.ready.firstIndex(where: { $0 === r }) else { return false }
+                e.ready.remove(at: i)
+                e.failures += 1
+                let d = min(60.0, 0.5 * pow(2.0, Double(e.failures - 1)))
+                e.nextBuild = .now + .milliseconds(Int(d * 1000))
+                e.lastError = "spare \(r.name) exited while waiting"
+                s.entries[key] = e
+                return true
+            }
+            guard wasSpare else { return }
+            r.state.withLock { $0.exited = true }
+            ctx.logger.warning("spare replica \(r.name) exited while waiting; replacing it")
+            retire(r)
+            refill(key)
+        }
+    }
+
+    private func retire(_ r: WarmReplica) {
+        state.withLock { $0.busy += 1 }
+        Task {
+            _ = try? await Blocking.run { r.teardown() }
+            self.state.withLock { $0.busy -= 1 }
+        }
+    }
+
+    /// Keys unused for the TTL go, with their spares.
+    private func sweep() {
+        let now = ContinuousClock.now
+        let gone: [WarmReplica] = state.withLock { s in
+            var out: [WarmReplica] = []
+            for (k, e) in s.entries where now - e.lastUsed >= ttl {
+                out += e.ready
+                s.entries.removeValue(forKey: k)
+            }
+            return out
+        }
+        for r in gone {
+            ctx.logger.info("spare replica \(r.name) unused for \(Int(ttl.seconds)) s; removing it")
+            retire(r)
+        }
+    }
+
+    /// Removes the spares of an image (before the image is deleted) and
+    /// waits until none of its replicas is left.
+    public func discard(image name: String) async {
+        let gone: [WarmReplica] = state.withLock { s in
+            var out: [WarmReplica] = []
+            for (k, e) in s.entries where k.image == name {
+                out += e.ready
+                s.entries.removeValue(forKey: k)
+            }
+            return out
+        }
+        for r in gone { retire(r) }
+        await settle(deadline: .seconds(30))
+    }
+
+    /// Stops building and removes every spare.
+    public func shutdown() async {
+        loop.withLock { $0?.cancel() }
+        let gone: [WarmReplica] = state.withLock { s in
+            s.stopped = true
+            let out = s.entries.values.flatMap(\.ready)
+            for k in Array(s.entries.keys) { s.entries[k]?.ready = [] }
+            return out
+        }
+        for r in gone { retire(r) }
+        await settle(deadline: .seconds(30))
+    }
+
+    /// Waits for builds and teardowns in flight (a build finishing for a
+    /// dropped key tears its replica down itself).
+    private func settle(deadline: Duration) async {
+        let end = ContinuousClock.now + deadline
+        while state.withLock({ $0.busy > 0 }) && ContinuousClock.now < end {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    public func status() -> SparesStatus {
+        state.withLock { s in
+            let keys = s.entries.sorted { ($0.key.image, $0.key.network.rawValue) < ($1.key.image, $1.key.network.rawValue) }
+                .map { k, e in
+                    SparesStatus.KeyStatus(image: k.image, network: k.network.rawValue, ready: e.ready.count,
+                                           starting: e.starting, replicas: e.ready.map(\.name), lastError: e.lastError)
+                }
+            return SparesStatus(enabled: perKey > 0, perKey: perKey, ttlSeconds: Int(ttl.seconds), keys: keys,
+                                adopted: s.adopted)
+        }
+    }
+}
