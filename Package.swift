@@ -53,6 +53,7 @@ let package = Package(
         .target(name: "HearthServer", dependencies: [
             "HearthCore", "HearthImage", "HearthSandbox", "HearthPool",
             .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "NIOCore", package: "swift-nio"),

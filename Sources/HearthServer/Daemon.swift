@@ -98,6 +98,7 @@ public enum Daemon {
         let log = logger
         let app = Application(
             router: router,
+            server: .http1OnEventLoop,
             configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: "hearthd"),
             onServerRunning: { _ in
                 secureSocket(socketPath, logger: log)
