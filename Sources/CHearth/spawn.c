@@ -754,7 +754,6 @@ static void __attribute__((noreturn)) child_main(struct hs_child *c)
      * first cgroup.procs write waits for an RCU grace period (milliseconds),
      * and nothing here needs the cgroup yet; only our own code runs. */
     child_ops(c);
-    hs_mark(c, HEARTH_MARK_PIVOT);
     (void)syscall(SYS_umask, old_umask);
 
     /* cgroup v1: wait until the parent has put us into every hierarchy. */
@@ -772,6 +771,7 @@ static void __attribute__((noreturn)) child_main(struct hs_child *c)
     if ((p->clone_flags & CLONE_NEWCGROUP) && p->cgroup_fd < 0 &&
         (r = RAW(SYS_unshare, CLONE_NEWCGROUP)) < 0)
         child_fail(c, HEARTH_STAGE_UNSHARE_CGROUP, (int)-r);
+    hs_mark(c, HEARTH_MARK_PIVOT);
 
     if (p->hostname != NULL &&
         (r = RAW(SYS_sethostname, p->hostname, hs_strlen(p->hostname))) < 0)

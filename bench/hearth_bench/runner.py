@@ -598,7 +598,7 @@ class Runner:
         ("spawn", "clone3 → execve (one figure: no per-step marks)"),
         ("clone", "clone3 with the namespaces"),
         ("mounts", "signals, setsid, overlay, /proc, /dev, /sys, binds"),
-        ("pivot_root", "pivot_root, masked and read-only paths, cgroup join (v1: overlaps the mounts)"),
+        ("pivot_root", "pivot_root, masked and read-only paths; v1: waiting for the cgroup join (started with the mounts)"),
         ("caps_seccomp", "hostname, loopback, fds, rlimits, capabilities, seccomp"),
         ("execve", "execve of hearth-init, seen by the daemon"),
         ("worker_ready", "interpreter start + worker imports → `ready` frame"),

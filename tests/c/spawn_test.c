@@ -800,6 +800,19 @@ static void test_cgroup_v1(void)
     CHECK_KV(r.out, "cg:memory", "/");
     CHECK_KV(r.out, "cg:cpu", "/");
 
+    /* The child mounts while the parent moves it: an op that fails then is
+     * what gets reported, not the move or the release it no longer reads. */
+    {
+        uint32_t i;
+        standard_plan(&b);
+        b.plan.argv = probe_argv;
+        b.plan.cgroup_procs_fds = procs;
+        b.plan.cgroup_procs_count = 2;
+        i = add_op(&b, HEARTH_OP_MOUNT, "tmpfs", "/does/not/exist", "tmpfs", NULL, 0, 0, 0);
+        run_plan(&b, &r);
+        expect_fail(&r, HEARTH_STAGE_OP_BASE + (int)i, ENOENT);
+    }
+
     /* A cgroup.procs write that fails: the child is killed and reaped. */
     close(procs[1]);
     procs[1] = open(fmt("%s/cgroup.procs", mem), O_RDONLY | O_CLOEXEC);
