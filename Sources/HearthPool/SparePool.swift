@@ -141,8 +141,9 @@ public final class SparePool: Sendable {
         return spare
     }
 
-    /// An eligible environment started a replica: keep spares of its key.
-    func learn(_ config: PoolConfig) async {
+    /// An eligible environment started a replica (or was restored at
+    /// start-up): keep spares of its key.
+    public func learn(_ config: PoolConfig) async {
         guard let key = await eligibleKey(config) else { return }
         let evicted: [WarmReplica] = state.withLock { s in
             guard !s.stopped else { return [] }

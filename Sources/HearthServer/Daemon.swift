@@ -84,6 +84,9 @@ public enum Daemon {
         if !lost.isEmpty { logger.warning("\(lost.count) task(s) were in flight when the last hearthd stopped; reported as lost") }
         let admission = AdmissionControl(pool: pool, images: images, secrets: secrets, logger: logger)
         await admission.restore()
+        // Restored environments' keys are known: their first task after a
+        // restart adopts a spare instead of building a replica.
+        for config in pool.configs() { await spares.learn(config) }
 
         var api = API(runtime: runtime, images: images, registry: registry, logger: logger)
         api.beforeImageRemove = { name in await spares.discard(image: name) }

@@ -41,7 +41,7 @@ def _client_for(path):
 __all__ = ["ActorEnvironment", "ActorTask", "MappedTask", "map_task", "TaskRun", "runs", "applies"]
 
 TaskRun = collections.namedtuple(
-    "TaskRun", "task id environment replica pid cold state result_repr total_us queued_us run_us worker_us")
+    "TaskRun", "task id environment replica pid cold state result_repr total_us queued_us run_us worker_us spare")
 runs = collections.deque(maxlen=10000)
 # (environment, outcome) for every apply this process made: created, unchanged, replaced.
 applies = collections.deque(maxlen=1000)
@@ -320,7 +320,8 @@ class ActorTask(object):
             runs.append(TaskRun(self.__qualname__, snap.get("id"), self.environment.name, snap.get("replica"),
                                 snap.get("pid"), bool(snap.get("coldStart")), state,
                                 shown if len(shown) <= 200 else shown[:197] + "...", total_us,
-                                snap.get("queuedMicros"), snap.get("runMicros"), snap.get("workerMicros")))
+                                snap.get("queuedMicros"), snap.get("runMicros"), snap.get("workerMicros"),
+                                "spare_adopt" in (snap.get("coldPhases") or {})))
         if ok:
             return value
         raise remote_exception(self.__qualname__, snap.get("error"), snap.get("id"), snap.get("replica"),

@@ -178,7 +178,8 @@ def _report(start, applies_start):
 
 
 def _trace_line(run):
-    when = "cold" if run.cold else "warm"
+    # One token, so the line stays easy to parse: cold(spare) = a pre-started spare was adopted.
+    when = ("cold(spare)" if run.spare else "cold") if run.cold else "warm"
     return "hearth: task %s %s replica=%s pid=%s %s %.2f ms -> %s" % (
         run.task, run.id, run.replica, run.pid, when, run.total_us / 1000.0, run.result_repr)
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, running_daemon
 
 EXAMPLES = REPO / "examples"
-TRACE = re.compile(r"^hearth: task (\S+) (\S+) replica=(\S+) pid=(\S+) (cold|warm) ([0-9.]+) ms -> (.*)$", re.M)
+TRACE = re.compile(r"^hearth: task (\S+) (\S+) replica=(\S+) pid=(\S+) (cold\(spare\)|cold|warm) ([0-9.]+) ms -> (.*)$", re.M)
 
 
 @pytest.fixture(scope="module")

@@ -529,7 +529,7 @@ def test_spares_expire_after_the_spare_ttl(short):
     d.hearth("rm", "sp-ttl-next")
 
 
-def test_daemon_stop_removes_spares(sd, code):
+def test_daemon_stop_removes_spares_and_restart_arms_saved_keys(sd, code):
     ready = spare_names(prime(sd, code), IMAGE)
     snap = first_task(sd, code, "sp-stop")
     assert_adopted(snap, ready)
@@ -543,3 +543,9 @@ def test_daemon_stop_removes_spares(sd, code):
     assert rc in (0, -signal.SIGTERM), f"hearthd exited {rc}:\n{tail}"
     assert problems == [], "left after SIGTERM with a ready spare and an adopted replica:\n" \
         + "\n".join(problems) + f"\nhearthd log:\n{tail}"
+    # sp-stop's spec was saved: the restarted daemon knows its key at once,
+    # and the environment's first task after the restart adopts a spare.
+    names = spare_names(wait_ready(sd), IMAGE)
+    status, snap = run(sd, "sp-stop", code, "whoami")
+    assert status == 200, snap
+    assert_adopted(snap, names)

@@ -53,9 +53,9 @@ run_suite() {
   shift
   echo
   echo "===== $name"
-  timeout --kill-after=10 "${HEARTH_VM_SUITE_TIMEOUT:-900}" "$@" || rc=$?
+  timeout --kill-after=10 "${HEARTH_VM_SUITE_TIMEOUT:-1200}" "$@" || rc=$?
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-    echo "hearth-vm: $name did not finish within ${HEARTH_VM_SUITE_TIMEOUT:-900} s (killed)" >&2
+    echo "hearth-vm: $name did not finish within ${HEARTH_VM_SUITE_TIMEOUT:-1200} s (killed)" >&2
   fi
   timings+=("$(printf '%-44s %4d s  exit %d' "$name" $((SECONDS - t0)) "$rc")")
   [ "$rc" = 0 ] || failed+=("$name")
