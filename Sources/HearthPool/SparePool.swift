@@ -287,12 +287,13 @@ public final class SparePool: Sendable {
         }
     }
 
-    /// Removes the spares of an image (before the image is deleted) and
-    /// waits until none of its replicas is left.
-    public func discard(image name: String) async {
+    /// Removes the spares of an image (before the image is deleted, or
+    /// after a re-import gave the name other content: `keeping` is the new
+    /// config digest, whose spares stay) and waits until they are gone.
+    public func discard(image name: String, keeping id: String? = nil) async {
         let gone: [WarmReplica] = state.withLock { s in
             var out: [WarmReplica] = []
-            for (k, e) in s.entries where k.image == name {
+            for (k, e) in s.entries where k.image == name && k.imageID != id {
                 out += e.ready
                 s.entries.removeValue(forKey: k)
             }

@@ -16,6 +16,9 @@ struct API: Sendable {
     let logger: Logger
     /// Runs before an image is deleted: its spare replicas go first.
     var beforeImageRemove: @Sendable (String) async -> Void = { _ in }
+    /// Runs after an import: spares of what the name meant before go (their
+    /// layers may just have been collected).
+    var afterImageImport: @Sendable (ImageSummary) async -> Void = { _ in }
 
     static let maxRequestBody = 4 << 20
 
@@ -63,13 +66,14 @@ struct API: Sendable {
 
     private func importResponse(_ req: ImageImportRequest) -> Response {
         let (events, cont) = AsyncStream<ImageImportEvent>.makeStream()
-        let images = self.images
+        let images = self.images, imported = afterImageImport
         Blocking.queue.async {
             do {
                 let summary = try images.importImage(path: req.path, name: req.name) { p in
                     cont.yield(ImageImportEvent(event: "progress", layer: p.layer, layers: p.layers,
                                                 bytes: p.bytes, totalBytes: p.totalBytes))
                 }
+                Task { await imported(summary) }
                 cont.yield(ImageImportEvent(event: "done", image: summary))
             } catch {
                 let e = HearthError.wrap(error)

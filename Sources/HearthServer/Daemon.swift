@@ -90,6 +90,7 @@ public enum Daemon {
 
         var api = API(runtime: runtime, images: images, registry: registry, logger: logger)
         api.beforeImageRemove = { name in await spares.discard(image: name) }
+        api.afterImageImport = { image in await spares.discard(image: image.name, keeping: image.id) }
         let router = Router()
         api.register(on: router)
         PoolRoutes(pool: pool, admission: admission, code: code, secrets: secrets, logger: logger).register(on: router)

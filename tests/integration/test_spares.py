@@ -473,6 +473,35 @@ def test_image_removal_takes_its_spares(sd, code):
         sd.hearth("image", "rm", COPY, check=False)
 
 
+def test_reimport_under_the_same_name_retires_its_spares(sd, code):
+    # Another image's content under the same name: the old layers may be
+    # collected, so spares built on them go; the name's next key is the new id.
+    other = LAYOUT.parent / "python-numpy-3.11"
+    if not (other / "index.json").exists():
+        pytest.skip(f"{other} is missing (scripts/setup builds it for the benchmark)")
+    name = "sp-reimport:1"
+    sd.hearth("image", "import", str(LAYOUT), "--name", name)
+    try:
+        ok(sd, env(sd, "sp-re-a", f"container_image: {name}\n"), code, "pid")
+        old = spare_names(wait_ready(sd, name), name)
+        assert old, spares(sd)
+        sd.hearth("rm", "sp-re-a")
+        sd.hearth("image", "import", str(other), "--name", name)
+        deadline = time.time() + 30
+        while any(replica_dirs(sd, n) for n in old) or spare_names(spares(sd), name) & old:
+            assert time.time() < deadline, \
+                f"spares {sorted(old)} of the old {name} outlived its re-import: {spares(sd)}\n{log_tail(sd)}"
+            time.sleep(0.05)
+        # The new content's first environment builds, then arms the new key.
+        snap = first_task(sd, code, "sp-re-b", f"container_image: {name}\n")
+        assert_built(snap)
+        assert spare_names(wait_ready(sd, name), name).isdisjoint(old)
+    finally:
+        sd.hearth("rm", "sp-re-a", check=False)
+        sd.hearth("rm", "sp-re-b", check=False)
+        sd.hearth("image", "rm", name, check=False)
+
+
 def test_at_most_four_keys_least_recently_used_dropped(sd, code):
     images = [f"sp-lru-{i}:1" for i in range(1, 6)]
     names = {}
