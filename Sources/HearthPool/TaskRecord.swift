@@ -90,7 +90,7 @@ public final class TaskRecord: Sendable {
     }
 
     /// Runs `observer` once the task is final (now, if it already is).
-    func whenFinished(_ observer: @escaping @Sendable () -> Void) {
+    public func whenFinished(_ observer: @escaping @Sendable () -> Void) {
         let now: Bool = state.withLock {
             if $0.state.isFinal { return true }
             $0.observers.append(observer)

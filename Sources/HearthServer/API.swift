@@ -218,6 +218,12 @@ func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) throws ->
 }
 
 func errorResponse(_ error: any Error) -> Response {
+    let (status, bytes) = errorBody(error)
+    return jsonBytes(bytes, status: status)
+}
+
+/// The status and `{"error": {"code", "message"}}` body for an error.
+func errorBody(_ error: any Error) -> (HTTPResponse.Status, [UInt8]) {
     let e = HearthError.wrap(error)
     let status: HTTPResponse.Status
     switch e.code {
@@ -229,7 +235,8 @@ func errorResponse(_ error: any Error) -> Response {
     case .spawnFailed, .system, .internal: status = .internalServerError
     }
     let body = APIErrorBody(code: e.code.rawValue, message: e.message)
-    return (try? json(body, status: status)) ?? Response(status: status)
+    let bytes = (try? JSONEncoder().encode(body)).map { Array($0) } ?? Array("{}".utf8)
+    return (status, bytes)
 }
 
 extension Duration {

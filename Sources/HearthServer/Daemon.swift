@@ -93,7 +93,8 @@ public enum Daemon {
         api.afterImageImport = { image in await spares.discard(image: image.name, keeping: image.id) }
         let router = Router()
         api.register(on: router)
-        PoolRoutes(pool: pool, admission: admission, code: code, secrets: secrets, logger: logger).register(on: router)
+        let poolRoutes = PoolRoutes(pool: pool, admission: admission, code: code, secrets: secrets, logger: logger)
+        poolRoutes.register(on: router)
         MetricsRoute(registry: metricsRegistry, pool: pool).register(on: router)
 
         let socketDir = (options.socketPath as NSString).deletingLastPathComponent
@@ -102,7 +103,7 @@ public enum Daemon {
         let log = logger
         let app = Application(
             router: router,
-            server: .http1OnEventLoop,
+            server: .http1OnEventLoop(fastPath: { [TaskFastPath(routes: poolRoutes)] }),
             configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: "hearthd"),
             onServerRunning: { _ in
                 secureSocket(socketPath, logger: log)

@@ -40,7 +40,11 @@ struct EventLoopHTTP1Channel: ServerChildChannel {
 }
 
 extension HTTPServerBuilder {
-    static var http1OnEventLoop: HTTPServerBuilder {
-        .init { responder in EventLoopHTTP1Channel(inner: HTTP1Channel(responder: responder)) }
+    /// `fastPath`: pipeline handlers placed before the router (TaskFastPath).
+    static func http1OnEventLoop(fastPath: @escaping @Sendable () -> [any RemovableChannelHandler]) -> HTTPServerBuilder {
+        .init { responder in
+            EventLoopHTTP1Channel(inner: HTTP1Channel(responder: responder,
+                                                      configuration: .init(additionalChannelHandlers: fastPath())))
+        }
     }
 }

@@ -42,17 +42,15 @@ struct PoolRoutes: Sendable {
             } catch { return errorResponse(error) }
         }
         // The warm path: JSON in and out by hand (FastJSON), no extra hop.
+        // (Usually answered before it gets here: see TaskFastPath.)
         router.post("/v1/environments/:name/tasks") { request, context in
             do {
                 let env = context.parameters.get("name") ?? ""
                 let body = try await request.body.collect(upTo: Self.maxTaskBytes)
-                let req = try parseTaskRequest(body)
-                let task = try await pool.submit(env, try submission(req.module, req.function, req.kwargs ?? .object([:]),
-                                                                     req.bundle, req.timeout, req.identity))
-                if req.wait == true {
-                    return jsonBytes(await task.wait().jsonBytes)
+                let (status, bytes) = await withCheckedContinuation { c in
+                    postTask(environment: env, body: body) { c.resume(returning: ($0, $1)) }
                 }
-                return jsonBytes(task.snapshot.jsonBytes, status: .accepted)
+                return jsonBytes(bytes, status: status)
             } catch { return errorResponse(error) }
         }
         router.post("/v1/environments/:name/batch") { request, context in
@@ -139,6 +137,29 @@ struct PoolRoutes: Sendable {
                 try secrets.remove(key: context.parameters.get("key") ?? "")
                 return Response(status: .noContent)
             } catch { return errorResponse(error) }
+        }
+    }
+
+    /// `POST /v1/environments/{env}/tasks`: submits the task and calls
+    /// `reply` once with the status and JSON body: at once, or, with
+    /// `wait: true`, on the thread that finishes the task.
+    func postTask(environment env: String, body: ByteBuffer,
+                  reply: @escaping @Sendable (HTTPResponse.Status, [UInt8]) -> Void) {
+        let task: TaskRecord, wait: Bool
+        do {
+            let req = try parseTaskRequest(body)
+            task = try pool.submitMany(env, [try submission(req.module, req.function, req.kwargs ?? .object([:]),
+                                                            req.bundle, req.timeout, req.identity)])[0]
+            wait = req.wait == true
+        } catch {
+            let (status, bytes) = errorBody(error)
+            reply(status, bytes)
+            return
+        }
+        if wait {
+            task.whenFinished { reply(.ok, task.snapshot.jsonBytes) }
+        } else {
+            reply(.accepted, task.snapshot.jsonBytes)
         }
     }
 
