@@ -290,6 +290,9 @@ def test_second_environment_adopts_a_spare(sd, code):
         assert k["ready"] + k["starting"] <= before["perKey"], f"more spares than --spares 1 per key: {before}"
         assert all(is_spare(n) for n in k["replicas"]), before
     ready = spare_names(before, IMAGE)
+    # The CLI's table names the image and its ready spare.
+    table = sd.hearth("spares").stdout.decode()
+    assert IMAGE in table and any(n in table for n in ready), table
     snap = first_task(sd, code, "sp-adopt")
     assert_adopted(snap, ready)
     name = snap["replica"]
