@@ -6,7 +6,8 @@ import NIOCore
 import Prometheus
 
 /// `GET /metrics` in Prometheus text format: the pool's timers and counters,
-/// plus gauges of replicas by state and queue depth taken at scrape time.
+/// plus gauges taken at scrape time: replicas by state, queue depth,
+/// environments, spare replicas by state and spares adopted so far.
 struct MetricsRoute: Sendable {
     let registry: PrometheusCollectorRegistry
     let pool: Pool
@@ -23,6 +24,12 @@ struct MetricsRoute: Sendable {
             let queued = envs.reduce(0) { $0 + $1.queued }
             registry.makeGauge(name: "hearth_queue_depth", labels: []).set(Double(queued))
             registry.makeGauge(name: "hearth_environments", labels: []).set(Double(envs.count))
+            if let spares = pool.spares?.status() {
+                let ready = spares.keys.reduce(0) { $0 + $1.ready }, starting = spares.keys.reduce(0) { $0 + $1.starting }
+                registry.makeGauge(name: "hearth_spares", labels: [("state", "ready")]).set(Double(ready))
+                registry.makeGauge(name: "hearth_spares", labels: [("state", "starting")]).set(Double(starting))
+                registry.makeGauge(name: "hearth_spare_adoptions", labels: []).set(Double(spares.adopted))
+            }
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                             body: ResponseBody(byteBuffer: ByteBuffer(bytes: registry.emitToBuffer())))
         }

@@ -293,6 +293,10 @@ def test_second_environment_adopts_a_spare(sd, code):
     # The CLI's table names the image and its ready spare.
     table = sd.hearth("spares").stdout.decode()
     assert IMAGE in table and any(n in table for n in ready), table
+    status, metrics = api(sd.socket, "GET", "/metrics")
+    metrics = metrics.decode() if isinstance(metrics, bytes) else str(metrics)
+    assert status == 200 and 'hearth_spares{state="ready"} 1' in metrics, metrics[-2000:]
+    assert "hearth_spare_adoptions " in metrics, metrics[-2000:]
     snap = first_task(sd, code, "sp-adopt")
     assert_adopted(snap, ready)
     name = snap["replica"]
