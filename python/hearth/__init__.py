@@ -33,6 +33,8 @@ _LAZY = {
     "ActorEnvironment": "hearth._actor",
     "ActorTask": "hearth._actor",
     "map_task": "hearth._actor",
+    "runs": "hearth._actor",
+    "TaskRun": "hearth._actor",
     "Resources": "hearth._spec",
     "Secret": "hearth._spec",
     "ImageSpec": "hearth._spec",
