@@ -155,9 +155,12 @@ public struct SparesStatus: Codable, Sendable, Equatable {
         public var starting: Int
         public var replicas: [String]
         public var lastError: String?
-        public init(image: String, network: String, ready: Int, starting: Int, replicas: [String], lastError: String?) {
+        /// Named by `hearthd --spare-image`: kept without TTL or eviction.
+        public var pinned: Bool
+        public init(image: String, network: String, ready: Int, starting: Int, replicas: [String], lastError: String?,
+                    pinned: Bool = false) {
             self.image = image; self.network = network; self.ready = ready; self.starting = starting
-            self.replicas = replicas; self.lastError = lastError
+            self.replicas = replicas; self.lastError = lastError; self.pinned = pinned
         }
     }
     public var enabled: Bool

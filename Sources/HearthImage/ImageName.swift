@@ -2,9 +2,9 @@ import HearthCore
 
 /// Image names as `[host[:port]/]path[:tag]`; a name without a tag means
 /// `:latest`. Digest references (`name@sha256:…`) are not names.
-enum ImageName {
+public enum ImageName {
     /// Validates `text` and returns it with a tag (`python` → `python:latest`).
-    static func normalize(_ text: String) throws -> String {
+    public static func normalize(_ text: String) throws -> String {
         let rule = "expected [HOST[:PORT]/]NAME[:TAG] such as hearth/python:3.11 (lowercase name; tag of letters, digits, '_', '.', '-')"
         guard !text.isEmpty, text.utf8.count <= 255 else {
             throw HearthError.invalid("image name \"\(text)\" is empty or too long; \(rule)")

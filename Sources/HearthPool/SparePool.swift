@@ -41,6 +41,8 @@ public final class SparePool: Sendable {
         var failures = 0
         var nextBuild = ContinuousClock.now
         var lastError: String?
+        /// Named by `hearthd --spare-image`: kept without TTL or eviction.
+        var pinned = false
     }
 
     struct State {
@@ -142,19 +144,24 @@ public final class SparePool: Sendable {
     }
 
     /// An eligible environment started a replica (or was restored at
-    /// start-up): keep spares of its key.
-    public func learn(_ config: PoolConfig) async {
+    /// start-up): keep spares of its key. `pinned` (`--spare-image`): keep
+    /// them regardless of use; such keys do not count towards `maxKeys`.
+    public func learn(_ config: PoolConfig, pinned: Bool = false) async {
         guard let key = await eligibleKey(config) else { return }
         let evicted: [WarmReplica] = state.withLock { s in
             guard !s.stopped else { return [] }
             if s.entries[key] != nil {
                 s.entries[key]?.lastUsed = .now
+                if pinned { s.entries[key]?.pinned = true }
                 return []
             }
-            s.entries[key] = Entry(config: neutral(config))
+            var entry = Entry(config: neutral(config))
+            entry.pinned = pinned
+            s.entries[key] = entry
             var out: [WarmReplica] = []
-            while s.entries.count > Self.maxKeys,
-                  let oldest = s.entries.filter({ $0.key != key }).min(by: { $0.value.lastUsed < $1.value.lastUsed }) {
+            while s.entries.values.filter({ !$0.pinned }).count > Self.maxKeys,
+                  let oldest = s.entries.filter({ $0.key != key && !$0.value.pinned })
+                      .min(by: { $0.value.lastUsed < $1.value.lastUsed }) {
                 out += oldest.value.ready
                 s.entries.removeValue(forKey: oldest.key)
             }
@@ -275,7 +282,7 @@ public final class SparePool: Sendable {
         let now = ContinuousClock.now
         let gone: [WarmReplica] = state.withLock { s in
             var out: [WarmReplica] = []
-            for (k, e) in s.entries where now - e.lastUsed >= ttl {
+            for (k, e) in s.entries where !e.pinned && now - e.lastUsed >= ttl {
                 out += e.ready
                 s.entries.removeValue(forKey: k)
             }
@@ -330,7 +337,8 @@ public final class SparePool: Sendable {
             let keys = s.entries.sorted { ($0.key.image, $0.key.network.rawValue) < ($1.key.image, $1.key.network.rawValue) }
                 .map { k, e in
                     SparesStatus.KeyStatus(image: k.image, network: k.network.rawValue, ready: e.ready.count,
-                                           starting: e.starting, replicas: e.ready.map(\.name), lastError: e.lastError)
+                                           starting: e.starting, replicas: e.ready.map(\.name), lastError: e.lastError,
+                                           pinned: e.pinned)
                 }
             return SparesStatus(enabled: perKey > 0, perKey: perKey, ttlSeconds: Int(ttl.seconds), keys: keys,
                                 adopted: s.adopted)

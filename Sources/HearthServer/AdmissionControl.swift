@@ -88,6 +88,16 @@ actor AdmissionControl {
         admitted.removeValue(forKey: name)
     }
 
+    /// What an environment naming only `image` would get (network none,
+    /// the default seccomp profile and capabilities): the key `hearthd
+    /// --spare-image` keeps spares for. Throws while the image is missing.
+    func defaultConfig(image: String) async throws -> PoolConfig {
+        let doc = try JSONEncoder().encode(["name": "spare-image", "container_image": image])
+        let specs = try EnvironmentSpec.parseDocuments(String(decoding: doc, as: UTF8.self), source: "--spare-image")
+        guard let spec = specs.first else { throw HearthError.invalid("--spare-image \(image): no spec") }
+        return try await poolConfig(try spec.effective)
+    }
+
     private func poolConfig(_ e: EffectiveEnvironment) async throws -> PoolConfig {
         let images = self.images
         let imageName = e.image

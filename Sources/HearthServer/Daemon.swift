@@ -24,6 +24,9 @@ public struct DaemonOptions: Sendable {
     public var spares = 1
     /// A key's spares go after this long without an environment taking one.
     public var spareTTL: Duration = .seconds(600)
+    /// Images whose default key (network none, default seccomp and
+    /// capabilities) always has spares, from start-up or their import on.
+    public var spareImages: [String] = []
     public var logLevel: Logger.Level = .info
     /// Directory holding the `hearth` Python package (the worker).
     public var workerDir: String = "/usr/local/lib/hearth/python"
@@ -37,6 +40,12 @@ public enum Daemon {
     public static let version = "0.1.0"
 
     public static func run(_ options: DaemonOptions) async throws {
+        // Checked before anything is created: a bad name leaves nothing behind.
+        let spareImages = try Set(options.spareImages.map { name in
+            do { return try ImageName.normalize(name) } catch {
+                throw HearthError.invalid("--spare-image: \(HearthError.wrap(error).message)")
+            }
+        })
         var logger = Logger(label: "hearthd")
         logger.logLevel = options.logLevel
 
@@ -87,10 +96,22 @@ public enum Daemon {
         // Restored environments' keys are known: their first task after a
         // restart adopts a spare instead of building a replica.
         for config in pool.configs() { await spares.learn(config) }
+        let armLog = logger
+        let arm: @Sendable (String) async -> Void = { image in
+            do {
+                await spares.learn(try await admission.defaultConfig(image: image), pinned: true)
+            } catch {
+                armLog.info("--spare-image \(image): \(HearthError.wrap(error).message); its spares start when it is imported")
+            }
+        }
+        if options.spares > 0 { for image in spareImages.sorted() { await arm(image) } }
 
         var api = API(runtime: runtime, images: images, registry: registry, logger: logger)
         api.beforeImageRemove = { name in await spares.discard(image: name) }
-        api.afterImageImport = { image in await spares.discard(image: image.name, keeping: image.id) }
+        api.afterImageImport = { image in
+            await spares.discard(image: image.name, keeping: image.id)
+            if options.spares > 0 && spareImages.contains(image.name) { await arm(image.name) }
+        }
         let router = Router()
         api.register(on: router)
         let poolRoutes = PoolRoutes(pool: pool, admission: admission, code: code, secrets: secrets, logger: logger)

@@ -89,7 +89,7 @@ struct Spares: ParsableCommand {
             print("\(s.perKey) per image, kept \(s.ttlSeconds)s unused; \(s.adopted) adopted since hearthd started")
             var rows = [["IMAGE", "NETWORK", "READY", "STARTING", "REPLICAS", "LAST ERROR"]]
             for k in s.keys {
-                rows.append([k.image, k.network, "\(k.ready)", "\(k.starting)",
+                rows.append([k.image + (k.pinned ? " (--spare-image)" : ""), k.network, "\(k.ready)", "\(k.starting)",
                              k.replicas.isEmpty ? "-" : k.replicas.joined(separator: ","),
                              k.lastError.map { String($0.prefix(60)) } ?? "-"])
             }

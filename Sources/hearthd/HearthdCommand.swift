@@ -35,6 +35,9 @@ struct HearthdCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds an image's spare replicas are kept without an environment taking one.")
     var spareTtl: Int = 600
 
+    @Option(name: .long, help: ArgumentHelp("An image to keep spare replicas of from start-up (or its import) on, whether or not an environment has used it yet; repeatable.", valueName: "NAME"))
+    var spareImage: [String] = []
+
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -57,6 +60,7 @@ struct HearthdCommand: AsyncParsableCommand {
         options.logLevel = level
         options.spares = spares
         options.spareTTL = .seconds(spareTtl)
+        options.spareImages = spareImage
         do {
             try await Daemon.run(options)
         } catch let e as HearthError {

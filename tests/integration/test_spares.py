@@ -16,12 +16,13 @@ import json
 import os
 import pathlib
 import signal
+import subprocess
 import textwrap
 import time
 
 import pytest
 
-from conftest import IMAGE, LAYOUT, _cgroup_dirs, api, cgroup_layout, is_spare, running_daemon
+from conftest import BIN, IMAGE, LAYOUT, _cgroup_dirs, api, cgroup_layout, is_spare, running_daemon
 from test_actors import TASKS, bundle, env, ok, run
 from test_sandbox import DOCKER_DEFAULT_CAPS, SYSCALL_PROBE, _by_file, _read
 
@@ -117,6 +118,16 @@ def sd(spare_daemon):
 def short():
     """A daemon of its own whose spares expire after SHORT_TTL seconds."""
     yield from running_daemon("hearth-spt", spares=1, extra_args=["--spare-ttl", str(SHORT_TTL)])
+
+
+PRE = "sp-pre:1"
+
+
+@pytest.fixture
+def pre():
+    """A daemon told to keep spares of PRE (not imported yet), with a short TTL."""
+    yield from running_daemon("hearth-spi", spares=1,
+                              extra_args=["--spare-ttl", str(SHORT_TTL), "--spare-image", PRE])
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -538,6 +549,28 @@ def test_at_most_four_keys_least_recently_used_dropped(sd, code):
                 if r.returncode == 0 or b"not found" in r.stderr:
                     break
                 time.sleep(0.1)
+
+
+def test_spare_image_is_kept_from_its_import_on(pre):
+    d = pre
+    sha = put_code(d)
+    assert not has_spares(spares(d), PRE), spares(d)
+    d.hearth("image", "import", str(LAYOUT), "--name", PRE)
+    # No environment has used it: its spare starts with the import, pinned.
+    body = wait_ready(d, PRE)
+    assert [k.get("pinned") for k in keys_of(body, PRE)] == [True], body
+    assert "--spare-image" in d.hearth("spares").stdout.decode()
+    names = spare_names(body, PRE)
+    snap = first_task(d, sha, "sp-pre-env", f"container_image: {PRE}\n")
+    assert_adopted(snap, names)
+    d.hearth("rm", "sp-pre-env")
+    # A pinned key outlives the spare TTL: its replacement is still there after it.
+    time.sleep(SHORT_TTL + 1.5)
+    assert spare_names(wait_ready(d, PRE, exclude={snap["replica"]}), PRE), spares(d)
+    # A name that is not an image name stops the daemon at start, saying why.
+    r = subprocess.run([str(BIN / "hearthd"), "--root", d.root + "-bad", "--socket", d.socket + "-bad",
+                        "--spare-image", "Not An Image"], capture_output=True, timeout=60)
+    assert r.returncode != 0 and b"Not An Image" in r.stderr, r
 
 
 def test_spares_expire_after_the_spare_ttl(short):
