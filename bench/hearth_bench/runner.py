@@ -619,6 +619,12 @@ class Runner:
             "Hearth's cold figure built from scratch includes the environment apply, building the replica (overlay, "
             "cgroup, namespaces, seccomp), starting the interpreter and the worker, importing the task module and the "
             "result's trip back; with a spare adopted, building and starting are replaced by the adoption.",
+            "On cgroup v1 (this machine) the pivot_root phase includes the kernel's wait for the replica's move "
+            "into its cgroups: the first `cgroup.procs` write after a quiet spell waits for an RCU grace period "
+            "(`cgroup_threadgroup_rwsem`); the child mounts meanwhile. cgroup v2 places the child with "
+            "`CLONE_INTO_CGROUP` and has no such wait. The directories phase varies with the file system: ext4 "
+            "skips recently deleted inodes when it allocates new ones, which a run that makes and removes many "
+            "replica directories makes slower.",
         ]
         if hist.get("count"):
             from hearth_bench.stats import format_seconds
