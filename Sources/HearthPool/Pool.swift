@@ -117,11 +117,6 @@ public final class Pool: Sendable {
         }
     }
 
-    public func submit(_ env: String, _ s: Submission) async throws -> TaskRecord {
-        let tasks = try submitMany(env, [s])
-        return tasks[0]
-    }
-
     /// Submits tasks together: one journal write and one pass of the
     /// scheduler for the lot (the batch route). Either every task is
     /// accepted, or none is and the error says why.
