@@ -12,22 +12,13 @@ import time
 import pytest
 
 from conftest import running_daemon
-from test_actors import TASKS, bundle, env
-
-from conftest import api
+# `code` uploads test_actors' task module to whichever `hd` the test uses: this module's.
+from test_actors import code, env  # noqa: F401
 
 
 @pytest.fixture(scope="module")
 def hd():
     yield from running_daemon("hearth-tr")
-
-
-@pytest.fixture(scope="module")
-def code(hd):
-    sha, raw = bundle({"tasks.py": TASKS})
-    status, body = api(hd.socket, "PUT", f"/v1/code/{sha}", raw)
-    assert status == 201, body
-    return sha
 
 
 class Conn:
