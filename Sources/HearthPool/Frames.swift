@@ -71,8 +71,7 @@ struct RunMessage {
 
     /// The length-prefixed frame, written by hand (see FastJSON).
     func frame() -> [UInt8] {
-        var w = JSONWriter(capacity: 256)
-        w.bytes += [0, 0, 0, 0]
+        var w = Frames.writer()
         w.raw("{\"type\":\"run\"")
         w.key("id"); w.string(id)
         w.key("module"); w.string(module)
@@ -89,6 +88,20 @@ struct RunMessage {
             w.value(.object(env.mapValues { .string($0) }))
         }
         w.byte(0x7d)
+        return Frames.finish(&w)
+    }
+}
+
+extension Frames {
+    /// A writer whose first 4 bytes are kept for the length prefix.
+    static func writer(capacity: Int = 256) -> JSONWriter {
+        var w = JSONWriter(capacity: capacity)
+        w.bytes += [0, 0, 0, 0]
+        return w
+    }
+
+    /// Fills in the length prefix of a `writer()`'s frame.
+    static func finish(_ w: inout JSONWriter) -> [UInt8] {
         let n = UInt32(w.bytes.count - 4)
         w.bytes[0] = UInt8(n >> 24); w.bytes[1] = UInt8((n >> 16) & 0xff)
         w.bytes[2] = UInt8((n >> 8) & 0xff); w.bytes[3] = UInt8(n & 0xff)

@@ -218,17 +218,13 @@ final class WarmReplica: Sendable {
     /// `adopted` (ok, or the problems in `message`). The caller has written
     /// the environment's limits into the cgroup already.
     func adopt(env: [String: String], packages: [String], image: String) async throws -> WorkerMessage {
-        var w = JSONWriter(capacity: 256)
-        w.bytes += [0, 0, 0, 0]
+        var w = Frames.writer()
         w.raw("{\"type\":\"adopt\"")
         w.key("env"); w.value(.object(env.mapValues { .string($0) }))
         w.key("packages"); w.value(.array(packages.map { .string($0) }))
         w.key("image"); w.string(image)
         w.byte(0x7d)
-        let n = UInt32(w.bytes.count - 4)
-        w.bytes[0] = UInt8(n >> 24); w.bytes[1] = UInt8((n >> 16) & 0xff)
-        w.bytes[2] = UInt8((n >> 8) & 0xff); w.bytes[3] = UInt8(n & 0xff)
-        let frame = w.bytes
+        let frame = Frames.finish(&w)
         return try await withCheckedThrowingContinuation { cont in
             let closed: ChannelError? = state.withLock {
                 if let c = $0.closedReason { return c }
