@@ -5,6 +5,7 @@ import HearthImage
 import HearthSandbox
 import Logging
 import Metrics
+import NIOCore
 import Synchronization
 
 /// What one environment's replicas are, resolved from its spec.
@@ -50,6 +51,9 @@ public struct PoolContext: Sendable {
     public var maxFrame: Int = Frames.defaultMaxBytes
     /// Pre-started replicas new environments adopt; nil: none.
     public var spares: SparePool?
+    /// The daemon's (single) HTTP event loop: replicas' result frames are
+    /// read there, next to the responses waiting for them. nil: the event thread.
+    public var resultLoop: (any EventLoop)?
 
     public init(runtime: SandboxRuntime, images: ImageStore, code: CodeStore, secrets: SecretStore,
                 tasks: TaskRegistry, logger: Logger, workerDir: String) {
@@ -65,7 +69,7 @@ public struct PoolContext: Sendable {
 /// The queue and the idle replicas live in `dispatcher`, under a lock, so
 /// the warm path never waits for the actor: a submission that finds an idle
 /// replica writes the run frame at once, and a result is handled on the
-/// event thread, which hands the replica the next queued task right there.
+/// event loop that reads it, which hands the replica the next queued task right there.
 /// The actor keeps the replicas' lives: starts, exits, TTL, drain.
 actor EnvironmentPool {
     nonisolated let config: PoolConfig
@@ -349,7 +353,7 @@ actor EnvironmentPool {
             throw error
         }
         do {
-            try replica.attach()
+            try await replica.attach(loop: ctx.resultLoop)
             _ = try await replica.waitReady()
             return replica
         } catch {
@@ -535,8 +539,9 @@ actor EnvironmentPool {
         return out
     }
 
-    /// A result frame, on the event thread: the task ends here (its waiter
-    /// wakes at once) and the replica takes the next task without a hop.
+    /// A result frame, on the thread that read it (the event loop): the
+    /// task ends here (its waiter wakes at once) and the replica takes the
+    /// next task without a hop.
     private nonisolated func completed(_ task: TaskRecord, on r: WarmReplica, _ msg: WorkerMessage) {
         if let started = task.state.withLock({ $0.coldStart == false ? $0.started : nil }) {
             // Warm dispatch: run frame out → result frame in, on a ready replica.

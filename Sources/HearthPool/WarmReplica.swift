@@ -2,6 +2,8 @@ import Foundation
 import Glibc
 import HearthCore
 import HearthSandbox
+import NIOCore
+import NIOPosix
 import Synchronization
 
 /// Why a replica could not return a result.
@@ -23,8 +25,9 @@ enum ChannelError: Error, CustomStringConvertible {
 /// tasks one at a time over fd 3 and answering on fd 4.
 ///
 /// The warm path has no thread hop of its own: the run frame is written by
-/// whoever dispatches (an HTTP handler, or the event thread right after the
-/// previous result), and the result is handled on the event thread.
+/// whoever dispatches (an HTTP handler, or the reader right after the
+/// previous result), and the result is handled where fd 4 is read (the
+/// daemon's event loop).
 final class WarmReplica: Sendable {
     /// Called once per `send`, with the result frame or why none came.
     typealias ResultHandler = @Sendable (Result<WorkerMessage, ChannelError>) -> Void
@@ -35,6 +38,9 @@ final class WarmReplica: Sendable {
     let running: RunningReplica
     private let toWorker: Int32
     private let fromWorker: Int32
+    /// fd 4 as a NIO pipe channel on the daemon's event loop (see attach);
+    /// NIO owns and closes the fd then. nil: read on the event thread.
+    private let channel = Mutex<(any Channel)?>(nil)
     let started = ContinuousClock.now
 
     struct State {
@@ -79,8 +85,11 @@ final class WarmReplica: Sendable {
     var phase: Phase { state.withLock { $0.phase } }
     func setPhase(_ p: Phase) { state.withLock { $0.phase = p } }
 
-    /// Starts reading the channel and the output pipes.
-    func attach() throws {
+    /// Starts reading the channel and the output pipes. With `loop` (the
+    /// daemon's one HTTP event loop), fd 4 is read there: a result frame
+    /// then reaches the HTTP response that waits for it without another
+    /// thread's wake-up. Without, the event thread reads it.
+    func attach(loop: (any EventLoop)? = nil) async throws {
         running.startOutput { [self] chunk in
             guard let chunk else { return }
             let (stream, bytes): (LogBuffer.Stream, [UInt8]) = switch chunk {
@@ -93,12 +102,23 @@ final class WarmReplica: Sendable {
             }
             task?.appendLog(stream, bytes)
         }
-        let flags = fcntl(fromWorker, F_GETFL)
-        _ = fcntl(fromWorker, F_SETFL, flags | O_NONBLOCK)
-        // Run frames are written from the event thread and HTTP handlers:
+        // Run frames are written from the event loop and HTTP handlers:
         // never block there on a full pipe (see writeFrame).
         let wflags = fcntl(toWorker, F_GETFL)
         _ = fcntl(toWorker, F_SETFL, wflags | O_NONBLOCK)
+        if let loop {
+            let ch = try await NIOPipeBootstrap(group: loop)
+                .channelInitializer { [self] ch in
+                    ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(WorkerChannelReader(self)) }
+                }
+                .takingOwnershipOfDescriptor(input: fromWorker).get()
+            channel.withLock { $0 = ch }
+            // Closed before the channel was recorded: close it now.
+            if closedReason != nil { ch.close(promise: nil) }
+            return
+        }
+        let flags = fcntl(fromWorker, F_GETFL)
+        _ = fcntl(fromWorker, F_SETFL, flags | O_NONBLOCK)
         try EventThread.shared.watch(fromWorker) { [self] _ in readChannel() ? .keep : .remove }
     }
 
@@ -109,21 +129,7 @@ final class WarmReplica: Sendable {
         while true {
             let n = read(fromWorker, buf.baseAddress, buf.count)
             if n > 0 {
-                let frames: [[UInt8]]
-                do {
-                    frames = try state.withLock { try $0.reader.feed(UnsafeRawBufferPointer(rebasing: buf[0..<n])) }
-                } catch {
-                    closeChannel(.protocolViolation("the worker sent a \(error)"))
-                    return false
-                }
-                for f in frames {
-                    guard let msg = WorkerMessage(frame: f) else {
-                        let preview = String(decoding: f.prefix(80), as: UTF8.self)
-                        closeChannel(.protocolViolation("the worker sent a malformed frame (\(f.count) bytes, not a JSON message: \(preview.debugDescription))"))
-                        return false
-                    }
-                    deliver(msg)
-                }
+                guard consume(UnsafeRawBufferPointer(rebasing: buf[0..<n])) else { return false }
                 if n < buf.count { return true }
                 continue
             }
@@ -132,6 +138,30 @@ final class WarmReplica: Sendable {
             return false
         }
     }
+
+    /// Bytes from fd 4 (either reader): cuts frames and hands each message
+    /// on. false once the worker broke the protocol (the channel is closed).
+    fileprivate func consume(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        let frames: [[UInt8]]
+        do {
+            frames = try state.withLock { try $0.reader.feed(bytes) }
+        } catch {
+            closeChannel(.protocolViolation("the worker sent a \(error)"))
+            return false
+        }
+        for f in frames {
+            guard let msg = WorkerMessage(frame: f) else {
+                let preview = String(decoding: f.prefix(80), as: UTF8.self)
+                closeChannel(.protocolViolation("the worker sent a malformed frame (\(f.count) bytes, not a JSON message: \(preview.debugDescription))"))
+                return false
+            }
+            deliver(msg)
+        }
+        return true
+    }
+
+    /// fd 4 reached EOF or failed (the NIO reader).
+    fileprivate func channelEnded() { closeChannel(.closed) }
 
     private func deliver(_ msg: WorkerMessage) {
         switch msg.type {
@@ -191,7 +221,7 @@ final class WarmReplica: Sendable {
                 $0.adoptWaiter = nil
                 return (p, r, a)
             }
-        EventThread.shared.unwatch(fromWorker)
+        stopReading()
         if case .protocolViolation = reason { running.cgroup.killAll() }
         pending?(.failure(reason))
         ready?.resume(throwing: reason)
@@ -257,7 +287,7 @@ final class WarmReplica: Sendable {
         }
     }
 
-    /// Sends the claimed task; `done` runs once, on the event thread for a
+    /// Sends the claimed task; `done` runs once, on fd 4's reader for a
     /// result, or wherever the channel is found closed.
     func send(_ task: TaskRecord, bundlePath: String?, env: [String: String]?, done: @escaping ResultHandler) {
         let message = RunMessage(id: task.id, module: task.module, function: task.function, kwargs: task.kwargs,
@@ -340,15 +370,48 @@ final class WarmReplica: Sendable {
             return !$0.writerActive
         }
         if closeNow { close(toWorker) }
-        EventThread.shared.unwatch(fromWorker)
+        let nio = stopReading()
         running.signal(SIGKILL)
         running.teardown()
-        close(fromWorker)
+        if !nio { close(fromWorker) }
+    }
+
+    /// Stops reading fd 4; true when NIO owns it (and closes it).
+    @discardableResult
+    private func stopReading() -> Bool {
+        if let ch = channel.withLock({ $0 }) {
+            ch.close(promise: nil)
+            return true
+        }
+        EventThread.shared.unwatch(fromWorker)
+        return false
     }
 
     var idleOutput: String {
         state.withLock { s in
             s.idleLog.entries.map { String(decoding: $0.bytes, as: UTF8.self) }.joined()
         }
+    }
+}
+
+/// Reads fd 4 on the daemon's event loop (WarmReplica.attach).
+private final class WorkerChannelReader: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    private let replica: WarmReplica
+
+    init(_ replica: WarmReplica) { self.replica = replica }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let ok = unwrapInboundIn(data).withUnsafeReadableBytes { replica.consume($0) }
+        if !ok { context.close(promise: nil) }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        replica.channelEnded()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
     }
 }

@@ -391,8 +391,8 @@ public final class RunningReplica: Sendable {
     }
 
     /// Reads whatever output is already in the pipes and hands it to the
-    /// sink now. Call on the event thread (from a watch handler) so it cannot
-    /// race the readers: a task's last lines land before its result.
+    /// sink now, so a task's last lines land before its result. Any thread:
+    /// pipe reads take one lock (see PipeReader.drain).
     public func drainOutput() {
         for r in readers.withLock({ $0 }) { r.drain() }
     }
@@ -466,18 +466,29 @@ final class PipeReader: Sendable {
         try EventThread.shared.watch(fd) { [self] _ in drain() ? .keep : .remove }
     }
 
+    /// One lock for every pipe read, with its own buffer: the event
+    /// thread's reads and a drain on the thread that handles a result frame
+    /// must not interleave, or a task's lines could land after its result
+    /// or out of order. Every result drains both pipes, usually finding
+    /// nothing, so the buffer is not allocated per call.
+    private static let reading = Mutex(())
+    nonisolated(unsafe) private static let buffer =
+        UnsafeMutableBufferPointer<UInt8>.allocate(capacity: 64 << 10)
+
     /// Reads until the pipe is empty; at EOF closes it and reports nil.
-    /// Returns false once the pipe is finished. Event thread only.
+    /// Returns false once the pipe is finished. Any thread.
     @discardableResult
     func drain() -> Bool {
+        Self.reading.withLock { _ in drainLocked() }
+    }
+
+    private func drainLocked() -> Bool {
         if done.load(ordering: .relaxed) { return false }
-        // The event thread's shared buffer: every result frame drains both
-        // pipes, usually finding nothing, so no 64 KiB allocation per call.
-        let buf = EventThread.shared.scratch
+        let buf = Self.buffer
         while true {
             let n = read(fd, buf.baseAddress, buf.count)
             if n > 0 {
-                onData(Array(UnsafeRawBufferPointer(rebasing: buf[0..<n])))
+                onData(Array(buf[0..<n]))
                 if n < buf.count { return true }
                 continue
             }

@@ -9,6 +9,7 @@ import HearthSandbox
 import Hummingbird
 import Logging
 import NIOCore
+import NIOPosix
 import ServiceLifecycle
 
 public struct DaemonOptions: Sendable {
@@ -83,8 +84,12 @@ public enum Daemon {
         let code = try CodeStore(stateRoot: options.stateRoot)
         let secrets = try SecretStore(stateRoot: options.stateRoot)
         let tasks = TaskRegistry(journalDir: options.stateRoot + "/tasks")
+        // One event loop serves HTTP and reads every replica's result frames,
+        // so a result reaches the response waiting for it on the same thread.
+        let io = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         var context = PoolContext(runtime: runtime, images: images, code: code, secrets: secrets, tasks: tasks,
                                   logger: logger, workerDir: options.workerDir)
+        context.resultLoop = io.next()
         let spares = SparePool(context: context, perKey: options.spares, ttl: options.spareTTL)
         context.spares = spares
         spares.start()
@@ -130,6 +135,7 @@ public enum Daemon {
                 secureSocket(socketPath, logger: log)
                 log.info("hearthd \(version) listening on \(socketPath)")
             },
+            eventLoopGroupProvider: .shared(io),
             logger: logger
         )
         let group = ServiceGroup(
@@ -144,6 +150,7 @@ public enum Daemon {
             )
         )
         try await group.run()
+        try? await io.shutdownGracefully()
         try? runtime.cleanupStale()
         try? runtime.cgroups.removeSubtree()
         unlink(socketPath)

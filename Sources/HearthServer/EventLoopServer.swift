@@ -9,7 +9,8 @@ import NIOCore
 /// two thread wake-ups per request on top of the task's own trip to the
 /// worker. With this task executor preference the handler (and the default
 /// actors it calls) run where the bytes arrive; only the result, which the
-/// event thread delivers, crosses threads. Handlers must not block: blocking
+/// replica's reader delivers, crosses threads (and with the daemon's single
+/// event loop, not even that). Handlers must not block: blocking
 /// work goes through `Blocking.run`, as everywhere in the daemon.
 final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
     // @unchecked: EventLoop is Sendable; nothing else is stored.

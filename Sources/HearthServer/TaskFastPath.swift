@@ -109,7 +109,7 @@ final class TaskFastPath: ChannelDuplexHandler, RemovableChannelHandler {
             let bound = NIOLoopBound((self, context), eventLoop: loop)
             routes.postTask(environment: env, body: body) { status, bytes in
                 // On the event loop for an error or `wait: false`; on the
-                // event thread when a waited-for task finishes.
+                // reader's thread (the same loop) when a waited-for task finishes.
                 if loop.inEventLoop {
                     bound.value.0.respond(context: bound.value.1, status: status, bytes: bytes)
                 } else {
