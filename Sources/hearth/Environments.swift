@@ -34,10 +34,7 @@ struct EnvList: ParsableCommand {
 
     func run() throws {
         do {
-            let r = try global.client.request("GET", "/v1/environments")
-            guard r.status == 200 else { throw apiError(r) }
-            if json { writeAll(1, r.body + [10]); return }
-            let envs = try JSONDecoder().decode([EnvironmentStatus].self, from: Data(r.body))
+            guard let envs = try global.listing("/v1/environments", as: [EnvironmentStatus].self, json: json) else { return }
             var rows = [["NAME", "IMAGE", "REPLICAS", "BUSY", "QUEUED", "TTL", "LAST ERROR"]]
             for e in envs {
                 let busy = e.replicas.filter { $0.state == "busy" }.count
@@ -57,10 +54,8 @@ struct EnvStatus: ParsableCommand {
 
     func run() throws {
         do {
-            let r = try global.client.request("GET", "/v1/environments/" + percentEncodePath(name))
-            guard r.status == 200 else { throw apiError(r) }
-            if json { writeAll(1, r.body + [10]); return }
-            let e = try JSONDecoder().decode(EnvironmentStatus.self, from: Data(r.body))
+            let path = "/v1/environments/" + percentEncodePath(name)
+            guard let e = try global.listing(path, as: EnvironmentStatus.self, json: json) else { return }
             print("environment \(e.name)  image \(e.image)  replicas \(e.replicas.count)/\(e.replicaCount)  ttl \(Int(e.ttlSeconds))s  queued \(e.queued)")
             if let err = e.lastError { print("last error: \(err)") }
             var rows = [["REPLICA", "STATE", "PID", "TASKS", "IDLE", "TTL LEFT"]]
@@ -81,10 +76,7 @@ struct Spares: ParsableCommand {
 
     func run() throws {
         do {
-            let r = try global.client.request("GET", "/v1/spares")
-            guard r.status == 200 else { throw apiError(r) }
-            if json { writeAll(1, r.body + [10]); return }
-            let s = try JSONDecoder().decode(SparesStatus.self, from: Data(r.body))
+            guard let s = try global.listing("/v1/spares", as: SparesStatus.self, json: json) else { return }
             guard s.enabled else { print("spares are off (hearthd --spares 0)"); return }
             print("\(s.perKey) per image, kept \(s.ttlSeconds)s unused; \(s.adopted) adopted since hearthd started")
             var rows = [["IMAGE", "NETWORK", "READY", "STARTING", "REPLICAS", "LAST ERROR"]]

@@ -27,6 +27,17 @@ struct GlobalOptions: ParsableArguments {
     }
 }
 
+extension GlobalOptions {
+    /// GET `path` for a command with `--json`: with `json` the body is
+    /// printed as it came and nil returned; otherwise it is decoded as `T`.
+    func listing<T: Decodable>(_ path: String, as type: T.Type, json: Bool) throws -> T? {
+        let r = try client.request("GET", path)
+        guard r.status == 200 else { throw apiError(r) }
+        if json { writeAll(1, r.body + [10]); return nil }
+        return try JSONDecoder().decode(T.self, from: Data(r.body))
+    }
+}
+
 /// Prints "hearth: message" and exits with `code`.
 func fail(_ message: String, code: Int32 = 1) -> ExitCode {
     writeAll(2, Array("hearth: \(message)\n".utf8))

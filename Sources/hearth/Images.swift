@@ -69,10 +69,7 @@ struct ImageCommand: ParsableCommand {
 
         func run() throws {
             do {
-                let r = try global.client.request("GET", "/v1/images")
-                guard r.status == 200 else { throw apiError(r) }
-                if json { writeAll(1, r.body + [10]); return }
-                let images = try JSONDecoder().decode([ImageSummary].self, from: Data(r.body))
+                guard let images = try global.listing("/v1/images", as: [ImageSummary].self, json: json) else { return }
                 var rows = [["NAME", "ID", "LAYERS", "SIZE", "CREATED"]]
                 for i in images.sorted(by: { $0.name < $1.name }) {
                     let id = i.id.hasPrefix("sha256:") ? String(i.id.dropFirst(7).prefix(12)) : String(i.id.prefix(12))
