@@ -52,13 +52,13 @@ public struct PoolContext: Sendable {
     /// Pre-started replicas new environments adopt; nil: none.
     public var spares: SparePool?
     /// The daemon's (single) HTTP event loop: replicas' result frames are
-    /// read there, next to the responses waiting for them. nil: the event thread.
-    public var resultLoop: (any EventLoop)?
+    /// read there, next to the responses waiting for them.
+    public var resultLoop: any EventLoop
 
     public init(runtime: SandboxRuntime, images: ImageStore, code: CodeStore, secrets: SecretStore,
-                tasks: TaskRegistry, logger: Logger, workerDir: String) {
+                tasks: TaskRegistry, logger: Logger, workerDir: String, resultLoop: any EventLoop) {
         self.runtime = runtime; self.images = images; self.code = code; self.secrets = secrets
-        self.tasks = tasks; self.logger = logger; self.workerDir = workerDir
+        self.tasks = tasks; self.logger = logger; self.workerDir = workerDir; self.resultLoop = resultLoop
     }
 }
 

@@ -39,7 +39,7 @@ final class WarmReplica: Sendable {
     private let toWorker: Int32
     private let fromWorker: Int32
     /// fd 4 as a NIO pipe channel on the daemon's event loop (see attach);
-    /// NIO owns and closes the fd then. nil: read on the event thread.
+    /// NIO owns and closes the fd then. nil until attached.
     private let channel = Mutex<(any Channel)?>(nil)
     let started = ContinuousClock.now
 
@@ -85,11 +85,11 @@ final class WarmReplica: Sendable {
     var phase: Phase { state.withLock { $0.phase } }
     func setPhase(_ p: Phase) { state.withLock { $0.phase = p } }
 
-    /// Starts reading the channel and the output pipes. With `loop` (the
-    /// daemon's one HTTP event loop), fd 4 is read there: a result frame
-    /// then reaches the HTTP response that waits for it without another
-    /// thread's wake-up. Without, the event thread reads it.
-    func attach(loop: (any EventLoop)? = nil) async throws {
+    /// Starts reading the channel and the output pipes. fd 4 is read on
+    /// `loop` (the daemon's one HTTP event loop): a result frame then
+    /// reaches the HTTP response that waits for it without another thread's
+    /// wake-up.
+    func attach(loop: any EventLoop) async throws {
         running.startOutput { [self] chunk in
             guard let chunk else { return }
             let (stream, bytes): (LogBuffer.Stream, [UInt8]) = switch chunk {
@@ -106,40 +106,17 @@ final class WarmReplica: Sendable {
         // never block there on a full pipe (see writeFrame).
         let wflags = fcntl(toWorker, F_GETFL)
         _ = fcntl(toWorker, F_SETFL, wflags | O_NONBLOCK)
-        if let loop {
-            let ch = try await NIOPipeBootstrap(group: loop)
-                .channelInitializer { [self] ch in
-                    ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(WorkerChannelReader(self)) }
-                }
-                .takingOwnershipOfDescriptor(input: fromWorker).get()
-            channel.withLock { $0 = ch }
-            // Closed before the channel was recorded: close it now.
-            if closedReason != nil { ch.close(promise: nil) }
-            return
-        }
-        let flags = fcntl(fromWorker, F_GETFL)
-        _ = fcntl(fromWorker, F_SETFL, flags | O_NONBLOCK)
-        try EventThread.shared.watch(fromWorker) { [self] _ in readChannel() ? .keep : .remove }
-    }
-
-    /// Event thread: reads frames from fd 4 and hands them on.
-    private func readChannel() -> Bool {
-        // The event thread's scratch buffer: no 64 KiB allocation per read.
-        let buf = EventThread.shared.scratch
-        while true {
-            let n = read(fromWorker, buf.baseAddress, buf.count)
-            if n > 0 {
-                guard consume(UnsafeRawBufferPointer(rebasing: buf[0..<n])) else { return false }
-                if n < buf.count { return true }
-                continue
+        let ch = try await NIOPipeBootstrap(group: loop)
+            .channelInitializer { [self] ch in
+                ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(WorkerChannelReader(self)) }
             }
-            if n < 0 && (errno == EAGAIN || errno == EINTR) { return true }
-            closeChannel(.closed)
-            return false
-        }
+            .takingOwnershipOfDescriptor(input: fromWorker).get()
+        channel.withLock { $0 = ch }
+        // Closed before the channel was recorded: close it now.
+        if closedReason != nil { ch.close(promise: nil) }
     }
 
-    /// Bytes from fd 4 (either reader): cuts frames and hands each message
+    /// Bytes from fd 4: cuts frames and hands each message
     /// on. false once the worker broke the protocol (the channel is closed).
     fileprivate func consume(_ bytes: UnsafeRawBufferPointer) -> Bool {
         let frames: [[UInt8]]
@@ -160,7 +137,7 @@ final class WarmReplica: Sendable {
         return true
     }
 
-    /// fd 4 reached EOF or failed (the NIO reader).
+    /// fd 4 reached EOF or failed.
     fileprivate func channelEnded() { closeChannel(.closed) }
 
     private func deliver(_ msg: WorkerMessage) {
@@ -370,21 +347,19 @@ final class WarmReplica: Sendable {
             return !$0.writerActive
         }
         if closeNow { close(toWorker) }
-        let nio = stopReading()
+        let attached = stopReading()
         running.signal(SIGKILL)
         running.teardown()
-        if !nio { close(fromWorker) }
+        // Never attached (the start failed first): the fd is still ours.
+        if !attached { close(fromWorker) }
     }
 
-    /// Stops reading fd 4; true when NIO owns it (and closes it).
+    /// Stops reading fd 4; true when it was attached (NIO then closes it).
     @discardableResult
     private func stopReading() -> Bool {
-        if let ch = channel.withLock({ $0 }) {
-            ch.close(promise: nil)
-            return true
-        }
-        EventThread.shared.unwatch(fromWorker)
-        return false
+        guard let ch = channel.withLock({ $0 }) else { return false }
+        ch.close(promise: nil)
+        return true
     }
 
     var idleOutput: String {

@@ -16,12 +16,7 @@ public final class EventThread: Sendable {
     private let epfd: Int32
     private let handlers = Mutex<[Int32: Handler]>([:])
 
-    /// 64 KiB for handlers' reads, so a read needs no allocation. Only
-    /// handlers touch it, and they all run on this one thread.
-    public nonisolated(unsafe) let scratch: UnsafeMutableRawBufferPointer
-
     private init() {
-        scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
         epfd = hearth_epoll_create()
         let thread = Thread { [self] in self.loop() }
         thread.name = "hearth-events"

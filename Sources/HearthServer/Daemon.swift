@@ -88,8 +88,7 @@ public enum Daemon {
         // so a result reaches the response waiting for it on the same thread.
         let io = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         var context = PoolContext(runtime: runtime, images: images, code: code, secrets: secrets, tasks: tasks,
-                                  logger: logger, workerDir: options.workerDir)
-        context.resultLoop = io.next()
+                                  logger: logger, workerDir: options.workerDir, resultLoop: io.next())
         let spares = SparePool(context: context, perKey: options.spares, ttl: options.spareTTL)
         context.spares = spares
         spares.start()
