@@ -247,14 +247,15 @@ actor EnvironmentPool {
         let config = self.config, ctx = self.ctx
         Task {
             do {
+                let key = await ctx.spares?.key(for: config)
                 var replica: WarmReplica?
-                if let spares = ctx.spares, let spare = await spares.take(for: config) {
+                if let key, let spare = ctx.spares?.take(key) {
                     replica = try await Self.adopt(spare, config: config, ctx: ctx)
                 }
                 let r: WarmReplica
                 if let replica { r = replica } else { r = try await Self.build(config: config, ctx: ctx) }
                 self.replicaStarted(r)
-                if let spares = ctx.spares { Task { await spares.learn(config) } }
+                if let key { ctx.spares?.learn(key, config: config) }
             } catch {
                 self.startFailed(error)
             }
@@ -299,8 +300,8 @@ actor EnvironmentPool {
             _ = try? await Blocking.run { r.teardown() }
             throw HearthError(.spawnFailed, "replica \(r.name): \(reply.message ?? "the worker refused the environment")")
         }
-        let d = ContinuousClock.now - t0
-        r.state.withLock { $0.adoptMicros = d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000 }
+        let took = (ContinuousClock.now - t0).microseconds
+        r.state.withLock { $0.adoptMicros = took }
         return r
     }
 
@@ -529,13 +530,12 @@ actor EnvironmentPool {
     /// worker_ready runs from the spawn's return to now (the ready frame has
     /// just been handled): interpreter start-up and the worker's imports.
     private nonisolated static func coldPhases(_ r: WarmReplica) -> [String: Int64] {
-        func micros(_ d: Duration) -> Int64 { d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000 }
         // An adopted spare was built earlier, off this task's path: only
         // the adoption was on it.
         if let adopted = r.state.withLock({ $0.adoptMicros }) { return ["spare_adopt": adopted] }
         var out: [String: Int64] = [:]
-        for p in r.running.startPhases { out[p.name] = micros(p.duration) }
-        out["worker_ready"] = micros(ContinuousClock.now - r.started)
+        for p in r.running.startPhases { out[p.name] = p.duration.microseconds }
+        out["worker_ready"] = (ContinuousClock.now - r.started).microseconds
         return out
     }
 
@@ -673,4 +673,5 @@ extension Duration {
         return Double(s) + Double(atto) / 1e18
     }
     var milliseconds: Double { seconds * 1000 }
+    var microseconds: Int64 { components.seconds * 1_000_000 + components.attoseconds / 1_000_000_000_000 }
 }

@@ -91,16 +91,16 @@ public final class SparePool: Sendable {
         return nil
     }
 
-    /// Blocking (resolves the image).
-    private func key(for config: PoolConfig) throws -> Key {
-        let image = try ctx.images.resolve(config.image)
-        return Key(image: image.name, imageID: image.id, network: config.network, seccomp: config.seccomp,
-                   capabilities: config.capabilities)
-    }
-
-    private func eligibleKey(_ config: PoolConfig) async -> Key? {
+    /// `config`'s key, or nil when spares are off, it is not eligible or
+    /// its image is gone. Resolves the image (file I/O, off the pool): a
+    /// replica start computes it once, for `take` and `learn`.
+    public func key(for config: PoolConfig) async -> Key? {
         guard perKey > 0, Self.ineligibility(config) == nil else { return nil }
-        return try? await Blocking.run { try self.key(for: config) }
+        return try? await Blocking.run {
+            let image = try self.ctx.images.resolve(config.image)
+            return Key(image: image.name, imageID: image.id, network: config.network, seccomp: config.seccomp,
+                       capabilities: config.capabilities)
+        }
     }
 
     /// Starts the TTL sweep.
@@ -119,10 +119,9 @@ public final class SparePool: Sendable {
 
     // MARK: adoption
 
-    /// A ready spare of `config`'s key, now out of the pool, or nil. A
-    /// replacement is built in the background.
-    func take(for config: PoolConfig) async -> WarmReplica? {
-        guard let key = await eligibleKey(config) else { return nil }
+    /// A ready spare of `key`, now out of the pool, or nil. A replacement
+    /// is built in the background.
+    func take(_ key: Key) -> WarmReplica? {
         let (spare, dead): (WarmReplica?, [WarmReplica]) = state.withLock { s in
             guard !s.stopped, var e = s.entries[key] else { return (nil, []) }
             e.lastUsed = .now
@@ -143,11 +142,11 @@ public final class SparePool: Sendable {
         return spare
     }
 
-    /// An eligible environment started a replica (or was restored at
-    /// start-up): keep spares of its key. `pinned` (`--spare-image`): keep
-    /// them regardless of use; such keys do not count towards `maxKeys`.
-    public func learn(_ config: PoolConfig, pinned: Bool = false) async {
-        guard let key = await eligibleKey(config) else { return }
+    /// An eligible environment (`config`, of `key`) started a replica, or
+    /// was restored at start-up: keep spares of its key. `pinned`
+    /// (`--spare-image`): keep them regardless of use; such keys do not
+    /// count towards `maxKeys`.
+    public func learn(_ key: Key, config: PoolConfig, pinned: Bool = false) {
         let evicted: [WarmReplica] = state.withLock { s in
             guard !s.stopped else { return [] }
             if s.entries[key] != nil {

@@ -99,11 +99,14 @@ public enum Daemon {
         await admission.restore()
         // Restored environments' keys are known: their first task after a
         // restart adopts a spare instead of building a replica.
-        for config in pool.configs() { await spares.learn(config) }
+        for config in pool.configs() {
+            if let key = await spares.key(for: config) { spares.learn(key, config: config) }
+        }
         let armLog = logger
         let arm: @Sendable (String) async -> Void = { image in
             do {
-                await spares.learn(try await admission.defaultConfig(image: image), pinned: true)
+                let config = try await admission.defaultConfig(image: image)
+                if let key = await spares.key(for: config) { spares.learn(key, config: config, pinned: true) }
             } catch {
                 armLog.info("--spare-image \(image): \(HearthError.wrap(error).message); its spares start when it is imported")
             }
