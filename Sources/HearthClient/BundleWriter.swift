@@ -71,18 +71,28 @@ public enum BundleWriter {
         }
     }
 
-    /// A ustar header; long paths use the prefix field, else a PAX record.
-    private static func header(name: String, size: Int, mode: UInt32, type: Character) -> [UInt8] {
+    /// A ustar header; a path over 100 bytes or a size of 8 GiB or more
+    /// (the octal field's limit) goes into a PAX record before it.
+    static func header(name: String, size: Int, mode: UInt32, type: Character) -> [UInt8] {
         var pax: [UInt8] = []
         var stored = name
-        if name.utf8.count > 100 {
-            let record = " path=\(name)\n"
+        var records = ""
+        func record(_ kv: String) -> String {
+            let record = " \(kv)\n"
             var len = record.utf8.count + 2
             while "\(len)\(record)".utf8.count != len { len = "\(len)\(record)".utf8.count }
-            let body = Array("\(len)\(record)".utf8)
+            return "\(len)\(record)"
+        }
+        if name.utf8.count > 100 {
+            records += record("path=\(name)")
+            stored = String(name.utf8.suffix(99)) ?? "long"
+        }
+        let octalLimit = 1 << 33
+        if size >= octalLimit { records += record("size=\(size)") }
+        if !records.isEmpty {
+            let body = Array(records.utf8)
             pax += header(name: "PaxHeader", size: body.count, mode: 0o644, type: "x")
             pax += body + [UInt8](repeating: 0, count: (512 - body.count % 512) % 512)
-            stored = String(name.utf8.suffix(99)) ?? "long"
         }
         var h = [UInt8](repeating: 0, count: 512)
         func put(_ s: String, _ off: Int, _ len: Int) {
@@ -96,7 +106,7 @@ public enum BundleWriter {
         octal(Int(mode), 100, 8)
         octal(0, 108, 8)
         octal(0, 116, 8)
-        octal(size, 124, 12)
+        octal(size < (1 << 33) ? size : 0, 124, 12)
         octal(0, 136, 12)
         put("        ", 148, 8)
         h[156] = UInt8(ascii: type.unicodeScalars.first ?? "0")

@@ -50,7 +50,35 @@ public struct UnixHTTPClient: Sendable {
         var bytes = Array(request.utf8)
         if let body { bytes.append(contentsOf: body) }
         try writeAll(fd, bytes)
+        return try readResponse(fd, method: method, onData: onData, onHead: onHead)
+    }
 
+    /// Sends a body of unknown length with chunked transfer coding:
+    /// `produce` calls its argument with each piece. If hearthd answers
+    /// before the body is done (an error), that answer is returned.
+    public func upload(_ method: String, _ path: String, contentType: String,
+                       produce: (_ emit: ([UInt8]) throws -> Void) throws -> Void,
+                       onData: ([UInt8]) throws -> Void,
+                       onHead: (Int) -> Void = { _ in }) throws -> Response {
+        let fd = try connect()
+        defer { close(fd) }
+        let head = "\(method) \(path) HTTP/1.1\r\nHost: hearthd\r\nConnection: close\r\n"
+            + "Content-Type: \(contentType)\r\nTransfer-Encoding: chunked\r\n\r\n"
+        try writeAll(fd, Array(head.utf8))
+        do {
+            try produce { piece in
+                guard !piece.isEmpty else { return }
+                try writeAll(fd, Array((String(piece.count, radix: 16) + "\r\n").utf8) + piece + [13, 10])
+            }
+            try writeAll(fd, Array("0\r\n\r\n".utf8))
+        } catch let e as SystemError where e.errno == EPIPE || e.errno == ECONNRESET {
+            // hearthd stopped reading: its answer says why.
+        }
+        return try readResponse(fd, method: method, onData: onData, onHead: onHead)
+    }
+
+    private func readResponse(_ fd: Int32, method: String, onData: ([UInt8]) throws -> Void,
+                              onHead: (Int) -> Void) throws -> Response {
         var reader = SocketReader(fd: fd)
         let statusLine = try reader.readLine()
         let parts = statusLine.split(separator: " ", maxSplits: 2)

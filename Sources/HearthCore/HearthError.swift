@@ -40,6 +40,10 @@ public struct HearthError: Error, CustomStringConvertible, Sendable, Equatable {
         case invalidImage = "invalid_image"
         case unsafeLayer = "unsafe_layer"
         case conflict = "conflict"
+        /// The daemon's policy refuses it (e.g. a privileged setting
+        /// without `hearthd --allow-privileged`, a path import from a
+        /// non-root peer).
+        case forbidden = "forbidden"
         case queueFull = "queue_full"
         case unavailable = "unavailable"
         case spawnFailed = "spawn_failed"

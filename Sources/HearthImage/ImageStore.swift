@@ -85,6 +85,10 @@ public final class ImageStore: Sendable {
         }
     }
 
+    /// `<root>/tmp`, 0700: where an upload is spooled before its import.
+    /// Name entries `<pid>-…`: those of dead processes go at the next open.
+    public var scratchDirectory: String { cache.scratch }
+
     /// Opens (creating if needed) the store under `root`, the daemon's state
     /// root, and removes what crashed predecessors left in `tmp/`.
     public init(root: String) throws {

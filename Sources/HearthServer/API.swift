@@ -13,6 +13,7 @@ struct API: Sendable {
     let runtime: SandboxRuntime
     let images: ImageStore
     let registry: ReplicaRegistry
+    let policy: PrivilegePolicy
     let logger: Logger
     /// Runs before an image is deleted: its spare replicas go first.
     var beforeImageRemove: @Sendable (String) async -> Void = { _ in }
@@ -22,7 +23,7 @@ struct API: Sendable {
 
     static let maxRequestBody = 4 << 20
 
-    func register(on router: Router<BasicRequestContext>) {
+    func register(on router: Router<HearthRequestContext>) {
         router.get("/v1/version") { _, _ in
             try json(VersionInfo(version: Daemon.version, api: HearthDefaults.apiVersion,
                                  cgroup: "\(runtime.cgroups.version)", pid: getpid()))
@@ -33,11 +34,25 @@ struct API: Sendable {
                 return try json(list)
             } catch { return errorResponse(error) }
         }
-        router.post("/v1/images/import") { request, _ in
+        router.post("/v1/images/import") { request, context in
             do {
+                // The archive's bytes, from a client that may not be root:
+                // hearthd reads only what it was sent.
+                if UploadSpool.isArchive(contentType: request.headers[.contentType]) {
+                    let name = request.uri.queryParameters.get("name")
+                    let spool = try await UploadSpool.receive(request.body, into: images.scratchDirectory)
+                    return importResponse(path: spool, name: name, spooled: true)
+                }
                 let body = try await request.body.collect(upTo: Self.maxRequestBody)
                 let req = try decodeBody(ImageImportRequest.self, body, what: "image import request")
-                return importResponse(req)
+                // A path is opened by root, symlinks and all: only for a
+                // peer that could open it itself.
+                let peer = await context.peer()
+                guard let peer, peer.uid == 0 else {
+                    let who = peer.map { "uid \($0.uid)" } ?? "a peer without credentials"
+                    throw HearthError(.forbidden, "image import by path \(req.path.debugDescription): only root may have hearthd open a host path (it reads it as root); you are \(who). Send the archive's bytes instead: `hearth image import PATH` does so for a non-root user (POST /v1/images/import with Content-Type: application/x-tar)")
+                }
+                return importResponse(path: req.path, name: req.name, spooled: false)
             } catch { return errorResponse(error) }
         }
         router.delete("/v1/images/**") { _, context in
@@ -64,19 +79,23 @@ struct API: Sendable {
 
     // MARK: images
 
-    private func importResponse(_ req: ImageImportRequest) -> Response {
+    /// `spooled`: `path` is an upload in the store's scratch directory,
+    /// removed afterwards and named "the uploaded archive" in messages.
+    private func importResponse(path: String, name: String?, spooled: Bool) -> Response {
         let (events, cont) = AsyncStream<ImageImportEvent>.makeStream()
         let images = self.images, imported = afterImageImport
         Blocking.queue.async {
+            defer { if spooled { unlink(path) } }
             do {
-                let summary = try images.importImage(path: req.path, name: req.name) { p in
+                let summary = try images.importImage(path: path, name: name) { p in
                     cont.yield(ImageImportEvent(event: "progress", layer: p.layer, layers: p.layers,
                                                 bytes: p.bytes, totalBytes: p.totalBytes))
                 }
                 Task { await imported(summary) }
                 cont.yield(ImageImportEvent(event: "done", image: summary))
             } catch {
-                let e = HearthError.wrap(error)
+                var e = HearthError.wrap(error)
+                if spooled { e.message = e.message.replacingOccurrences(of: path, with: "the uploaded archive") }
                 cont.yield(ImageImportEvent(event: "error", error: APIErrorBody.Detail(code: e.code.rawValue, message: e.message)))
             }
             cont.finish()
@@ -100,6 +119,7 @@ struct API: Sendable {
     private func sandbox(_ req: SandboxRequest) async throws -> Response {
         let started = ContinuousClock.now
         guard !req.argv.isEmpty else { throw HearthError.invalid("argv: empty; give the command to run after --") }
+        try policy.check(PrivilegePolicy.violations(of: req), subject: "sandbox")
         if let pids = req.pids, pids < 1 {
             throw HearthError.invalid("pids: \(pids) is not allowed; the process limit must be at least 1")
         }
@@ -230,6 +250,7 @@ func errorBody(_ error: any Error) -> (HTTPResponse.Status, [UInt8]) {
     case .invalidArgument, .invalidImage, .unsafeLayer: status = .badRequest
     case .notFound, .imageNotFound: status = .notFound
     case .conflict: status = .conflict
+    case .forbidden: status = .forbidden
     case .queueFull: status = .tooManyRequests
     case .unavailable: status = .serviceUnavailable
     case .spawnFailed, .system, .internal: status = .internalServerError

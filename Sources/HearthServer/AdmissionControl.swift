@@ -13,14 +13,16 @@ actor AdmissionControl {
     let pool: Pool
     let images: ImageStore
     let secrets: SecretStore
+    let policy: PrivilegePolicy
     let logger: Logger
     let capacity: MachineCapacity
     private var admitted: [String: EffectiveEnvironment] = [:]
 
-    init(pool: Pool, images: ImageStore, secrets: SecretStore, logger: Logger) {
+    init(pool: Pool, images: ImageStore, secrets: SecretStore, policy: PrivilegePolicy, logger: Logger) {
         self.pool = pool
         self.images = images
         self.secrets = secrets
+        self.policy = policy
         self.logger = logger
         capacity = Self.measureCapacity()
     }
@@ -99,6 +101,9 @@ actor AdmissionControl {
     }
 
     private func poolConfig(_ e: EffectiveEnvironment) async throws -> PoolConfig {
+        // First: a profile path must not even be opened for a client the
+        // policy refuses.
+        try policy.check(PrivilegePolicy.violations(of: e), subject: "environment \"\(e.name)\"")
         let images = self.images
         let imageName = e.image
         _ = try await Blocking.run { try images.resolve(imageName) }

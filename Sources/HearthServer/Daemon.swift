@@ -29,6 +29,9 @@ public struct DaemonOptions: Sendable {
     /// capabilities) always has spares, from start-up or their import on.
     public var spareImages: [String] = []
     public var logLevel: Logger.Level = .info
+    /// Lets clients ask for settings that take down a wall of the sandbox
+    /// (PrivilegePolicy); off by default.
+    public var allowPrivileged = false
     /// Directory holding the `hearth` Python package (the worker).
     public var workerDir: String = "/usr/local/lib/hearth/python"
 
@@ -95,7 +98,8 @@ public enum Daemon {
         let pool = try Pool(context: context, stateRoot: options.stateRoot)
         let lost = pool.recoverLostTasks()
         if !lost.isEmpty { logger.warning("\(lost.count) task(s) were in flight when the last hearthd stopped; reported as lost") }
-        let admission = AdmissionControl(pool: pool, images: images, secrets: secrets, logger: logger)
+        let policy = PrivilegePolicy(allowPrivileged: options.allowPrivileged)
+        let admission = AdmissionControl(pool: pool, images: images, secrets: secrets, policy: policy, logger: logger)
         await admission.restore()
         // Restored environments' keys are known: their first task after a
         // restart adopts a spare instead of building a replica.
@@ -113,29 +117,34 @@ public enum Daemon {
         }
         if options.spares > 0 { for image in spareImages.sorted() { await arm(image) } }
 
-        var api = API(runtime: runtime, images: images, registry: registry, logger: logger)
+        var api = API(runtime: runtime, images: images, registry: registry, policy: policy, logger: logger)
         api.beforeImageRemove = { name in await spares.discard(image: name) }
         api.afterImageImport = { image in
             await spares.discard(image: image.name, keeping: image.id)
             if options.spares > 0 && spareImages.contains(image.name) { await arm(image.name) }
         }
-        let router = Router()
+        let router = Router(context: HearthRequestContext.self)
         api.register(on: router)
         let poolRoutes = PoolRoutes(pool: pool, admission: admission, code: code, secrets: secrets, logger: logger)
         poolRoutes.register(on: router)
         MetricsRoute(registry: metricsRegistry, pool: pool).register(on: router)
 
-        let socketDir = (options.socketPath as NSString).deletingLastPathComponent
-        if !socketDir.isEmpty { try? FileManager.default.createDirectory(atPath: socketDir, withIntermediateDirectories: true) }
         let socketPath = options.socketPath
+        let bind = try SocketBinding(finalPath: socketPath)
         let log = logger
         let app = Application(
             router: router,
             server: .http1OnEventLoop(fastPath: { [TaskFastPath(routes: poolRoutes)] }),
-            configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: "hearthd"),
+            configuration: .init(address: .unixDomainSocket(path: bind.bindPath), serverName: "hearthd"),
             onServerRunning: { _ in
-                secureSocket(socketPath, logger: log)
-                log.info("hearthd \(version) listening on \(socketPath)")
+                do {
+                    try bind.publish()
+                    log.info("hearthd \(version) listening on \(socketPath)")
+                } catch {
+                    // Nobody can connect: stop rather than run unreachable.
+                    log.critical("\(HearthError.wrap(error).message); stopping")
+                    kill(getpid(), SIGTERM)
+                }
             },
             eventLoopGroupProvider: .shared(io),
             logger: logger
@@ -155,7 +164,7 @@ public enum Daemon {
         try? await io.shutdownGracefully()
         try? runtime.cleanupStale()
         try? runtime.cgroups.removeSubtree()
-        unlink(socketPath)
+        bind.remove()
         logger.info("hearthd stopped")
     }
 
@@ -167,13 +176,6 @@ public enum Daemon {
         return "hearth-" + String(h & 0xffff_ffff, radix: 16)
     }
 
-    /// Mode 0660, group `hearth` when that group exists.
-    static func secureSocket(_ path: String, logger: Logger) {
-        var gid: gid_t = 0
-        if let gr = getgrnam("hearth") { gid = gr.pointee.gr_gid }
-        if chown(path, 0, gid) != 0 { logger.warning("chown \(path): \(ErrnoName.name(errno))") }
-        if chmod(path, 0o660) != 0 { logger.warning("chmod \(path): \(ErrnoName.name(errno))") }
-    }
 
     /// Hummingbird removes an existing socket file before binding; make sure
     /// it does not belong to a daemon that is still alive.

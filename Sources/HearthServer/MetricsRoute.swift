@@ -14,7 +14,7 @@ struct MetricsRoute: Sendable {
 
     static let states = ["starting", "ready", "busy", "draining", "stopped", "failed"]
 
-    func register(on router: Router<BasicRequestContext>) {
+    func register(on router: Router<HearthRequestContext>) {
         router.get("/metrics") { _, _ in
             let envs = await pool.list()
             for s in Self.states {

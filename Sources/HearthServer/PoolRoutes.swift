@@ -18,7 +18,7 @@ struct PoolRoutes: Sendable {
     static let maxSpecBytes = 1 << 20
     static let maxTaskBytes = 64 << 20
 
-    func register(on router: Router<BasicRequestContext>) {
+    func register(on router: Router<HearthRequestContext>) {
         router.post("/v1/environments") { request, _ in
             do {
                 let body = try await request.body.collect(upTo: Self.maxSpecBytes)
@@ -163,7 +163,7 @@ struct PoolRoutes: Sendable {
         }
     }
 
-    private func task(_ context: BasicRequestContext) throws -> TaskRecord {
+    private func task(_ context: HearthRequestContext) throws -> TaskRecord {
         let id = context.parameters.get("id") ?? ""
         guard let t = pool.tasks.get(id) else {
             throw HearthError(.notFound, "task \(id) not found (finished tasks are kept for the last 10,000)")

@@ -22,18 +22,22 @@ struct ImageCommand: ParsableCommand {
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Path of the image.") var path: String
         @Option(help: "NAME:TAG to store it under (default: the name recorded in the image).") var name: String?
+        @Flag(help: "Send the image's bytes even when run as root (a non-root user's import always does; root's default is to let hearthd read the path).")
+        var stream = false
 
         func run() throws {
             let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
             let showProgress = isatty(1) == 1
+            // hearthd opens a path only for a root peer (it reads it as
+            // root): everyone else sends the bytes.
+            let byPath = !stream && geteuid() == 0
             do {
-                let body = try JSONEncoder().encode(ImageImportRequest(path: normalizePath(absolute), name: name))
                 var pending: [UInt8] = []
                 var result: ImageSummary?
                 var failure: HearthError?
                 var errorBody: [UInt8] = []
                 var ok = true
-                let r = try global.client.stream("POST", "/v1/images/import", body: Array(body)) { bytes in
+                let onData: ([UInt8]) throws -> Void = { bytes in
                     if !ok { errorBody += bytes; return }
                     pending += bytes
                     while let nl = pending.firstIndex(of: 10) {
@@ -52,7 +56,26 @@ struct ImageCommand: ParsableCommand {
                         default: break
                         }
                     }
-                } onHead: { status in ok = status == 200 }
+                }
+                let onHead: (Int) -> Void = { status in ok = status == 200 }
+                let r: UnixHTTPClient.Response
+                if byPath {
+                    let body = try JSONEncoder().encode(ImageImportRequest(path: normalizePath(absolute), name: name))
+                    r = try global.client.stream("POST", "/v1/images/import", body: Array(body), onData: onData, onHead: onHead)
+                } else {
+                    let directory = try ArchiveStreamer.isDirectory(absolute)
+                    var target = "/v1/images/import"
+                    if let name {
+                        target += "?name=" + ImageCommand.percentEncoded(name)
+                    }
+                    r = try global.client.upload("POST", target, contentType: "application/x-tar", produce: { emit in
+                        if directory {
+                            try ArchiveStreamer.streamTar(directory: absolute, emit: emit)
+                        } else {
+                            try ArchiveStreamer.streamFile(absolute, emit: emit)
+                        }
+                    }, onData: onData, onHead: onHead)
+                }
                 if showProgress { writeAll(1, Array("\r\u{1B}[K".utf8)) }
                 if r.status != 200 { throw apiError(.init(status: r.status, headers: r.headers, body: errorBody)) }
                 if let failure { throw failure }
@@ -60,6 +83,20 @@ struct ImageCommand: ParsableCommand {
                 print("imported \(image.name) (\(image.id.prefix(19)), \(image.layers) layer\(image.layers == 1 ? "" : "s"), \(formatBytes(image.size)))")
             } catch { throw failure(error) }
         }
+    }
+
+    /// RFC 3986 unreserved characters stay; every other byte is %XX.
+    static func percentEncoded(_ s: String) -> String {
+        var out = ""
+        for b in s.utf8 {
+            let c = Character(Unicode.Scalar(b))
+            if b < 128 && (c.isLetter || c.isNumber || "-._~".contains(c)) {
+                out.append(c)
+            } else {
+                out += "%" + (b < 16 ? "0" : "") + String(b, radix: 16, uppercase: true)
+            }
+        }
+        return out
     }
 
     struct List: ParsableCommand {

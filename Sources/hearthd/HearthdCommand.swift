@@ -38,6 +38,9 @@ struct HearthdCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("An image to keep spare replicas of from start-up (or its import) on, whether or not an environment has used it yet; repeatable.", valueName: "NAME"))
     var spareImage: [String] = []
 
+    @Flag(name: .long, help: "Let clients ask for seccomp unconfined or a custom profile, added capabilities and network host (each takes down a wall of the sandbox; see docs/security.md).")
+    var allowPrivileged = false
+
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -61,6 +64,7 @@ struct HearthdCommand: AsyncParsableCommand {
         options.spares = spares
         options.spareTTL = .seconds(spareTtl)
         options.spareImages = spareImage
+        options.allowPrivileged = allowPrivileged
         do {
             try await Daemon.run(options)
         } catch let e as HearthError {

@@ -286,9 +286,7 @@ def daemon():
     yield from running_daemon("hearth-it")
 
 
-@pytest.fixture
-def hearth(daemon):
-    """The session daemon, checked for leftovers after the test."""
+def _checked(daemon):
     yield daemon
     deadline = time.time() + 5
     problems = daemon.leftovers()
@@ -296,3 +294,23 @@ def hearth(daemon):
         time.sleep(0.1)
         problems = daemon.leftovers()
     assert not problems, problems
+
+
+@pytest.fixture
+def hearth(daemon):
+    """The session daemon, checked for leftovers after the test. It runs
+    without --allow-privileged, as hearthd does by default."""
+    yield from _checked(daemon)
+
+
+@pytest.fixture(scope="session")
+def privileged_daemon():
+    yield from running_daemon("hearth-priv", extra_args=["--allow-privileged"])
+
+
+@pytest.fixture
+def privileged(privileged_daemon):
+    """A daemon started with --allow-privileged, for tests of the settings
+    it lets clients ask for (seccomp unconfined or a custom profile, added
+    capabilities, network host); checked for leftovers after the test."""
+    yield from _checked(privileged_daemon)

@@ -113,8 +113,8 @@ def test_hostname_and_network_none(hearth):
     assert p["lo_up"]
 
 
-def test_network_host_sees_host_interfaces(hearth):
-    p = probe(hearth, """
+def test_network_host_sees_host_interfaces(privileged):
+    p = probe(privileged, """
         import os, json
         print(json.dumps({"ifaces": sorted(os.listdir('/sys/class/net'))}))
     """, opts=("--network", "host"))
@@ -181,14 +181,15 @@ def test_dangerous_syscalls_get_eperm(hearth):
         assert rc == -1 and e == 1, f"{name}: rc={rc} errno={e}, expected EPERM"
 
 
-def test_unconfined_seccomp_still_lacks_capabilities(hearth):
+def test_unconfined_seccomp_still_lacks_capabilities(privileged):
     # Without seccomp, capabilities still refuse mount (no CAP_SYS_ADMIN).
-    p = probe(hearth, SYSCALL_PROBE, opts=("--seccomp", "unconfined"))
+    p = probe(privileged, SYSCALL_PROBE, opts=("--seccomp", "unconfined"))
     rc, e = p["mount"]
     assert rc == -1 and e == 1
 
 
-def test_seccomp_profile_file(hearth, tmp_path):
+def test_seccomp_profile_file(privileged, tmp_path):
+    hearth = privileged
     # An OCI profile that allows everything but mkdir (ENOTDIR as a marker).
     profile = {"defaultAction": "SCMP_ACT_ALLOW",
                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 20}]}

@@ -26,6 +26,15 @@ int hearth_remove_tree(const char *path);
 int hearth_malloc_arena_max(int n);
 int hearth_malloc_trim(void);
 
+/* struct ucred (SO_PEERCRED), which <sys/socket.h> shows only with
+ * _GNU_SOURCE; same layout, for getsockopt through SwiftNIO. */
+struct hearth_ucred {
+    int32_t pid;
+    uint32_t uid;
+    uint32_t gid;
+};
+#define HEARTH_SO_PEERCRED 17
+
 #ifdef __cplusplus
 }
 #endif
