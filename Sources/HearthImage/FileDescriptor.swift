@@ -27,7 +27,7 @@ public final class FileDescriptor {
     }
 
     /// openat(2) relative to this directory; `display` is the path used in errors.
-    func openAt(_ name: UnsafePointer<CChar>, _ flags: Int32, mode: mode_t = 0, display: String) throws -> FileDescriptor {
+    public func openAt(_ name: UnsafePointer<CChar>, _ flags: Int32, mode: mode_t = 0, display: String) throws -> FileDescriptor {
         while true {
             let fd = Glibc.openat(raw, name, flags | O_CLOEXEC, mode)
             if fd >= 0 { return FileDescriptor(owning: fd) }

@@ -70,7 +70,8 @@ public final class CodeStore: Sendable, CustomStringConvertible {
     /// The default upload limit, for HTTP layers that buffer the body.
     public static let maxUploadBytes = Limits.default.maxUploadBytes
 
-    /// `<stateRoot>/code`: one directory per bundle. Replicas may mount it.
+    /// `<stateRoot>/code`: one directory per bundle, 0700. No replica mounts
+    /// it: each sees hard-linked copies of its own bundles in a view.
     public let root: String
     /// `<stateRoot>/code.staging`: bundles being unpacked or removed.
     let staging: String
@@ -82,7 +83,8 @@ public final class CodeStore: Sendable, CustomStringConvertible {
         root = stateRoot + "/code"
         staging = stateRoot + "/code.staging"
         self.limits = limits
-        try FileTree.makeDirectory(root, mode: 0o755)
+        // 0700: replicas see bundles only through their own views (link(_:into:)).
+        try FileTree.makeDirectory(root, mode: 0o700)
         try FileTree.makeDirectory(staging, mode: 0o700)
         // A crash mid-store or mid-remove leaves a partial tree here; nothing
         // else can be using it (one daemon per state root).
@@ -600,5 +602,105 @@ enum Dir {
     /// A NUL-terminated copy for *at calls (directory entries hold no NUL).
     static func cString(_ bytes: [UInt8]) -> [CChar] {
         bytes.map { CChar(bitPattern: $0) } + [0]
+    }
+}
+
+// MARK: per-replica views
+
+extension CodeStore {
+    /// Makes bundle `sha` visible in `view`, a replica's own code directory
+    /// (bind-mounted read-only at `/.hearth/code`): a tree of hard links to
+    /// the stored files, so a replica sees the bundles its own tasks named
+    /// and no other environment's. Built beside its final name and renamed
+    /// in, so a replica never sees half a bundle. Idempotent. Blocking.
+    public func link(_ sha: String, into view: String) throws {
+        let source = try path(of: sha)
+        let final = view + "/" + sha
+        var st = stat()
+        if lstat(final, &st) == 0 { return }
+        let temp = view + "/." + sha + ".tmp-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        do {
+            guard mkdir(temp, 0o755) == 0 else { throw SystemError.current("mkdir", temp) }
+            let src = try FileDescriptor.open(source, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            let dst = try FileDescriptor.open(temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            try Self.mirror(src, source, into: dst, temp, depth: 0)
+            guard rename(temp, final) == 0 else {
+                // Another thread linked it meanwhile: theirs stays.
+                if errno == EEXIST || errno == ENOTEMPTY { try FileTree.removeAll(temp); return }
+                throw SystemError.current("rename to \(final)", temp)
+            }
+        } catch {
+            try? FileTree.removeAll(temp)
+            throw error
+        }
+    }
+
+    /// Directories are made, regular files hard-linked (copied across
+    /// filesystems), symlinks re-created; the store holds nothing else.
+    private static func mirror(_ src: FileDescriptor, _ srcPath: String, into dst: FileDescriptor, _ dstPath: String,
+                               depth: Int) throws {
+        guard depth < 256 else { throw HearthError(.internal, "\(srcPath): nested too deeply") }
+        for raw in try Dir.rawNames(src, display: srcPath) {
+            let shown = String(decoding: raw, as: UTF8.self)
+            try (raw + [0]).withUnsafeBufferPointer { buf in
+                try buf.withMemoryRebound(to: CChar.self) { nameBuf in
+                    guard let name = nameBuf.baseAddress else { return }
+                    var st = stat()
+                    guard fstatat(src.raw, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else {
+                        throw SystemError.current("stat", srcPath + "/" + shown)
+                    }
+                    switch st.st_mode & S_IFMT {
+                    case S_IFDIR:
+                        guard mkdirat(dst.raw, name, st.st_mode & 0o7777) == 0 else {
+                            throw SystemError.current("mkdir", dstPath + "/" + shown)
+                        }
+                        let s = try src.openAt(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, display: srcPath + "/" + shown)
+                        let d = try dst.openAt(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, display: dstPath + "/" + shown)
+                        try mirror(s, srcPath + "/" + shown, into: d, dstPath + "/" + shown, depth: depth + 1)
+                    case S_IFREG:
+                        if linkat(src.raw, name, dst.raw, name, 0) != 0 {
+                            guard errno == EXDEV else { throw SystemError.current("link", dstPath + "/" + shown) }
+                            try copyFile(src, name, to: dst, srcPath + "/" + shown, dstPath + "/" + shown,
+                                         mode: st.st_mode & 0o7777)
+                        }
+                    case S_IFLNK:
+                        var target = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+                        let n = readlinkat(src.raw, name, &target, Int(PATH_MAX))
+                        guard n >= 0 else { throw SystemError.current("readlink", srcPath + "/" + shown) }
+                        target[n] = 0
+                        guard symlinkat(target, dst.raw, name) == 0 else {
+                            throw SystemError.current("symlink", dstPath + "/" + shown)
+                        }
+                    default:
+                        throw HearthError(.internal, "\(srcPath)/\(shown): not a directory, regular file or symlink")
+                    }
+                }
+            }
+        }
+    }
+
+    private static func copyFile(_ src: FileDescriptor, _ name: UnsafePointer<CChar>, to dst: FileDescriptor,
+                                 _ srcShown: String, _ dstShown: String, mode: mode_t) throws {
+        let input = openat(src.raw, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard input >= 0 else { throw SystemError.current("open", srcShown) }
+        defer { close(input) }
+        let output = openat(dst.raw, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
+        guard output >= 0 else { throw SystemError.current("create", dstShown) }
+        defer { close(output) }
+        var buf = [UInt8](repeating: 0, count: 64 << 10)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(input, $0.baseAddress, $0.count) }
+            if n < 0 { if errno == EINTR { continue }; throw SystemError.current("read", srcShown) }
+            if n == 0 { return }
+            var off = 0
+            while off < n {
+                let w = buf.withUnsafeBytes { raw -> Int in
+                    guard let base = raw.baseAddress else { return 0 }
+                    return write(output, base + off, n - off)
+                }
+                if w < 0 { if errno == EINTR { continue }; throw SystemError.current("write", dstShown) }
+                off += w
+            }
+        }
     }
 }

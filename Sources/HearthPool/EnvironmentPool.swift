@@ -310,10 +310,14 @@ actor EnvironmentPool {
     /// SparePool).
     static func build(config: PoolConfig, ctx: PoolContext, spare: Bool = false) async throws -> WarmReplica {
         let name = ctx.runtime.newReplicaName(prefix: config.name)
+        let codeView = ctx.runtime.replicasDir + "/" + name + ".code"
         let toWorker = try PipePair.make(), fromWorker = try PipePair.make()
         let replica: WarmReplica
         do {
             let running = try await Blocking.run { () throws -> RunningReplica in
+              // What is made here for the replica goes again if it does not start.
+              var made: [String] = []
+              do {
                 let image = try ctx.images.resolve(config.image)
                 var spec = ReplicaSpec(name: name, image: image,
                                        argv: ["python3", "-X", "utf8", "/.hearth/worker/hearth/_worker.py"],
@@ -332,23 +336,36 @@ actor EnvironmentPool {
                 spec.network = config.network
                 spec.seccomp = config.seccomp
                 spec.capabilities = config.capabilities
+                // Its own view of the code store: only bundles its tasks name
+                // are linked in (at dispatch), never another environment's.
+                try FileTree.makeDirectory(codeView, mode: 0o755)
+                made.append(codeView)
+                spec.cleanupPaths.append(codeView)
                 spec.mounts = [
                     BindMount(source: ctx.workerDir, target: "/.hearth/worker", readOnly: true),
-                    BindMount(source: ctx.code.root, target: "/.hearth/code", readOnly: true),
+                    BindMount(source: codeView, target: "/.hearth/code", readOnly: true),
                 ]
                 if !config.secrets.isEmpty {
                     let dir = ctx.runtime.replicasDir + "/" + name + ".secrets"
-                    try ctx.secrets.materialize(keys: config.secrets, into: dir)
+                    made.append(dir)
+                    // Owned by the image's user, so a non-root process can
+                    // enter the 0700 directory and read its own secrets.
+                    let (uid, gid) = try SandboxRuntime.parseUser(image.user)
+                    try ctx.secrets.materialize(keys: config.secrets, into: dir, uid: uid, gid: gid)
                     spec.mounts.append(BindMount(source: dir, target: "/etc/secrets", readOnly: true))
                     spec.cleanupPaths.append(dir)
                 }
                 spec.extraFDs = [(toWorker.read, 3), (fromWorker.write, 4)]
                 return try ctx.runtime.start(spec)
+              } catch {
+                for path in made { try? FileTree.removeAll(path) }
+                throw error
+              }
             }
             close(toWorker.read)
             close(fromWorker.write)
             replica = WarmReplica(name: name, running: running, toWorker: toWorker.write,
-                                  fromWorker: fromWorker.read, maxFrame: ctx.maxFrame)
+                                  fromWorker: fromWorker.read, maxFrame: ctx.maxFrame, codeView: codeView)
         } catch {
             for fd in [toWorker.read, toWorker.write, fromWorker.read, fromWorker.write] { close(fd) }
             throw error
@@ -494,10 +511,28 @@ actor EnvironmentPool {
                 }
             }
         }
-        r.send(task, bundlePath: bundlePath, env: nil) { [self, task] result in
-            switch result {
-            case .success(let msg): completed(task, on: r, msg)
-            case .failure(let error): Task { await self.lost(task, on: r, error) }
+        let send: @Sendable () -> Void = { [self, task] in
+            r.send(task, bundlePath: bundlePath, env: nil) { [self, task] result in
+                switch result {
+                case .success(let msg): completed(task, on: r, msg)
+                case .failure(let error): Task { await self.lost(task, on: r, error) }
+                }
+            }
+        }
+        guard let sha = task.bundle, !r.hasLinked(sha) else { return send() }
+        // A bundle new to this replica: link it into its view first, off
+        // the event loop (once per replica and bundle version).
+        Blocking.queue.async { [self, task] in
+            do {
+                try ctx.code.link(sha, into: r.codeView)
+                r.markLinked(sha)
+                send()
+            } catch {
+                task.finish(.failed, error: TaskError(type: "BundleUnavailable",
+                    message: "task \(task.id): code bundle \(sha) could not be made visible to replica \(r.name): \(HearthError.wrap(error).message)"))
+                ctx.tasks.retire(task)
+                r.finishTask()
+                if let next = nextTask(for: r) { dispatch(next, on: r, cold: false) }
             }
         }
     }

@@ -42,6 +42,14 @@ final class WarmReplica: Sendable {
     /// NIO owns and closes the fd then. nil until attached.
     private let channel = Mutex<(any Channel)?>(nil)
     let started = ContinuousClock.now
+    /// The host directory mounted read-only at /.hearth/code: this
+    /// replica's own view of the code store (CodeStore.link).
+    let codeView: String
+    /// Bundles already linked into `codeView`.
+    private let linked = Mutex<Set<String>>([])
+
+    func hasLinked(_ sha: String) -> Bool { linked.withLock { $0.contains(sha) } }
+    func markLinked(_ sha: String) { _ = linked.withLock { $0.insert(sha) } }
 
     struct State {
         var phase: Phase = .starting
@@ -74,8 +82,9 @@ final class WarmReplica: Sendable {
     }
     let state: Mutex<State>
 
-    init(name: String, running: RunningReplica, toWorker: Int32, fromWorker: Int32, maxFrame: Int) {
+    init(name: String, running: RunningReplica, toWorker: Int32, fromWorker: Int32, maxFrame: Int, codeView: String) {
         self.name = name
+        self.codeView = codeView
         self.running = running
         self.toWorker = toWorker
         self.fromWorker = fromWorker

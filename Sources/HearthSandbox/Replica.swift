@@ -147,6 +147,8 @@ public final class SandboxRuntime: Sendable {
         do {
             try FileTree.makeDirectory(dir, mode: 0o700)
             cleanup.append { try? FileTree.removeAll(dir) }
+            // Host paths that belong to the replica (its secrets) go with a failed start too.
+            cleanup.append { for p in spec.cleanupPaths { try? FileTree.removeAll(p) } }
             for d in [upper, work, rootfs] { try FileTree.makeDirectory(d, mode: 0o755) }
             try writeEtcFiles(upper: upper, spec: spec)
 
@@ -178,7 +180,7 @@ public final class SandboxRuntime: Sendable {
             plan.noNewPrivs = true
             plan.seccompFilter = filter
             plan.cwd = spec.workdir ?? (spec.image.workingDir.isEmpty ? "/" : spec.image.workingDir)
-            let (uid, gid) = try parseUser(spec.image.user)
+            let (uid, gid) = try Self.parseUser(spec.image.user)
             plan.uid = uid
             plan.gid = gid
 
@@ -234,7 +236,9 @@ public final class SandboxRuntime: Sendable {
         return order.compactMap { values[$0] }
     }
 
-    private func parseUser(_ user: String) throws -> (UInt32, UInt32) {
+    /// The image's `User` as uid and gid: empty or root is 0:0; only
+    /// numeric `uid[:gid]` is supported (no /etc/passwd lookup in the image).
+    public static func parseUser(_ user: String) throws -> (UInt32, UInt32) {
         if user.isEmpty || user == "root" || user == "0" { return (0, 0) }
         let parts = user.split(separator: ":", maxSplits: 1).map(String.init)
         guard let uid = UInt32(parts[0]) else {
