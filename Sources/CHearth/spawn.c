@@ -55,6 +55,25 @@
 #ifndef MOUNT_ATTR_RDONLY
 #define MOUNT_ATTR_RDONLY 0x00000001
 #endif
+#ifndef MOUNT_ATTR_NOSUID
+#define MOUNT_ATTR_NOSUID 0x00000002
+#define MOUNT_ATTR_NODEV 0x00000004
+#endif
+#ifndef MOUNT_ATTR_IDMAP
+#define MOUNT_ATTR_IDMAP 0x00100000
+#endif
+#ifndef OPEN_TREE_CLONE
+#define OPEN_TREE_CLONE 1
+#endif
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
 
 /* Most fds a plan may map; bounds the child's on-stack scratch array. */
 #define HEARTH_SPAWN_MAX_FDS 256
@@ -533,6 +552,41 @@ static int op_write_file(const char *root, const struct hearth_op *op)
 
 /* The target of the next PIVOT at or after op i: while one is pending,
  * paths inside it are resolved as if it were already /. */
+static int op_idmap_bind(const struct hearth_spawn_plan *p, const char *root, const struct hearth_op *op)
+{
+    struct hs_mount_attr attr = { .attr_set = MOUNT_ATTR_IDMAP, .userns_fd = (uint64_t)p->userns_fd };
+    char tbuf[32];
+    const char *target;
+    int tfd = -1, e;
+    long fd, r;
+    if (!p->use_userns || op->source == NULL)
+        return -EINVAL;
+    if (op->flags & MS_RDONLY)
+        attr.attr_set |= MOUNT_ATTR_RDONLY;
+    if (op->flags & MS_NOSUID)
+        attr.attr_set |= MOUNT_ATTR_NOSUID;
+    if (op->flags & MS_NODEV)
+        attr.attr_set |= MOUNT_ATTR_NODEV;
+    fd = RAW(SYS_open_tree, AT_FDCWD, op->source, OPEN_TREE_CLONE | O_CLOEXEC);
+    if (fd < 0)
+        return (int)fd;
+    /* Only a detached mount may be idmapped: before move_mount. */
+    r = RAW(SYS_mount_setattr, (int)fd, "", AT_EMPTY_PATH, &attr, sizeof(attr));
+    if (r < 0) {
+        hs_close((int)fd);
+        return (int)r;
+    }
+    e = mount_path(root, op->target, tbuf, &target, &tfd);
+    if (e < 0) {
+        hs_close((int)fd);
+        return e;
+    }
+    r = RAW(SYS_move_mount, (int)fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH);
+    hs_close(tfd);
+    hs_close((int)fd);
+    return (int)r;
+}
+
 static const char *next_pivot(const struct hearth_spawn_plan *p, uint32_t i)
 {
     for (; i < p->op_count; i++)
@@ -579,6 +633,9 @@ static void child_ops(const struct hs_child *c)
             break;
         case HEARTH_OP_WRITE_FILE:
             e = op_write_file(root, op);
+            break;
+        case HEARTH_OP_IDMAP_BIND:
+            e = op_idmap_bind(p, root, op);
             break;
         default:
             e = -EINVAL;
@@ -779,6 +836,13 @@ static void __attribute__((noreturn)) child_main(struct hs_child *c)
     if (p->loopback_up && (r = child_loopback()) < 0)
         child_fail(c, HEARTH_STAGE_LOOPBACK, (int)-r);
 
+    /* Into the user namespace: last of what needs the host's root (the
+     * mounts, hostname and lo above act on namespaces the host's user
+     * namespace owns), before the fd map closes userns_fd. From here on
+     * uid 0 is the namespace's root, an unprivileged host uid. */
+    if (p->use_userns && (r = RAW(SYS_setns, p->userns_fd, CLONE_NEWUSER)) < 0)
+        child_fail(c, HEARTH_STAGE_USERNS, (int)-r);
+
     /* fds before rlimits: a lower RLIMIT_NOFILE must not make the
      * temporary high dups fail. */
     if ((r = child_fds(c)) < 0)
@@ -851,6 +915,11 @@ static int validate(const struct hearth_spawn_plan *p, int *stage)
             *stage = HEARTH_STAGE_FDS;
             return EINVAL;
         }
+    }
+    /* The namespace is joined with setns: never cloned, and its fd must be real. */
+    if ((p->clone_flags & CLONE_NEWUSER) || (p->use_userns && p->userns_fd < 0)) {
+        *stage = HEARTH_STAGE_USERNS;
+        return EINVAL;
     }
     if (p->group_count > 0 && p->groups == NULL) {
         *stage = HEARTH_STAGE_SETGROUPS;
@@ -1120,4 +1189,103 @@ int hearth_close_range(unsigned int first, unsigned int last, unsigned int flags
 int hearth_memfd_create(const char *name, unsigned int flags)
 {
     return (int)syscall(SYS_memfd_create, name, flags);
+}
+
+/* "0 <base> <count>\n" into /proc/<pid>/<file>. */
+static int write_id_map(long pid, const char *file, uint32_t base, uint32_t count)
+{
+    char path[64], line[48];
+    size_t n = 0, i;
+    const char *pre = "/proc/";
+    int fd, e = 0;
+    for (i = 0; pre[i]; i++)
+        path[n++] = pre[i];
+    n += hs_utoa(path + n, (unsigned int)pid);
+    path[n++] = '/';
+    for (i = 0; file[i]; i++)
+        path[n++] = file[i];
+    path[n] = 0;
+    n = 0;
+    line[n++] = '0';
+    line[n++] = ' ';
+    n += hs_utoa(line + n, base);
+    line[n++] = ' ';
+    n += hs_utoa(line + n, count);
+    line[n++] = '\n';
+    fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    if (write(fd, line, n) != (ssize_t)n)
+        e = errno ? errno : EIO;
+    close(fd);
+    return e;
+}
+
+int hearth_userns_open(uint32_t uid_base, uint32_t gid_base, uint32_t count, int32_t *error)
+{
+    struct hs_clone_args args;
+    uint64_t all = ~0ULL, oldmask = 0;
+    int hold[2] = { -1, -1 }, pidfd = -1, nsfd = -1, e = 0, saved_errno = errno;
+    char path[48];
+    size_t n = 0, i;
+    long pid;
+    const char *pre = "/proc/", *post = "/ns/user";
+
+    if (count == 0 || (uint64_t)uid_base + count > 0xFFFFFFFFULL || (uint64_t)gid_base + count > 0xFFFFFFFFULL) {
+        *error = EINVAL;
+        return -1;
+    }
+    if (pipe2(hold, O_CLOEXEC) < 0) {
+        *error = errno;
+        return -1;
+    }
+    for (i = 0; i < sizeof(args); i++)
+        ((char *)&args)[i] = 0;
+    args.flags = CLONE_NEWUSER | CLONE_PIDFD;
+    args.pidfd = (uint64_t)(uintptr_t)&pidfd;
+    args.exit_signal = SIGCHLD;
+    (void)syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &oldmask, sizeof(uint64_t));
+    pid = syscall(SYS_clone3, &args, sizeof(args));
+    if (pid == 0) {
+        /* Holds the namespace until the parent has its fd: EOF on the pipe. */
+        char b;
+        (void)syscall(SYS_close, hold[1]);
+        while (syscall(SYS_read, hold[0], &b, 1) > 0)
+            ;
+        for (;;)
+            syscall(SYS_exit_group, 0);
+    }
+    e = errno;
+    (void)syscall(SYS_rt_sigprocmask, SIG_SETMASK, &oldmask, NULL, sizeof(uint64_t));
+    close(hold[0]);
+    if (pid < 0) {
+        close(hold[1]);
+        *error = e;
+        errno = saved_errno;
+        return -1;
+    }
+    /* setgroups stays "allow": the maps are written by the host's root. */
+    e = write_id_map(pid, "uid_map", uid_base, count);
+    if (e == 0)
+        e = write_id_map(pid, "gid_map", gid_base, count);
+    if (e == 0) {
+        for (i = 0; pre[i]; i++)
+            path[n++] = pre[i];
+        n += hs_utoa(path + n, (unsigned int)pid);
+        for (i = 0; post[i]; i++)
+            path[n++] = post[i];
+        path[n] = 0;
+        nsfd = open(path, O_RDONLY | O_CLOEXEC);
+        if (nsfd < 0)
+            e = errno;
+    }
+    close(hold[1]);
+    reap(pidfd);
+    close(pidfd);
+    errno = saved_errno;
+    if (e != 0) {
+        *error = e;
+        return -1;
+    }
+    return nsfd;
 }

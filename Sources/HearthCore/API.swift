@@ -77,11 +77,14 @@ public struct SandboxRequest: Codable, Sendable {
     /// OCI `linux.seccomp` JSON when seccomp == "profile" (the CLI reads the file).
     public var seccompProfile: String?
     public var workdir: String?
+    /// A user namespace of its own; nil: the daemon's default (--userns).
+    public var userNamespace: Bool?
     public var argv: [String]
     public init(image: String? = nil, memory: String? = nil, cpus: String? = nil, pids: Int64? = nil,
-                network: String? = nil, env: [String]? = nil, seccomp: String? = nil,
+                network: String? = nil, userNamespace: Bool? = nil, env: [String]? = nil, seccomp: String? = nil,
                 seccompProfile: String? = nil, workdir: String? = nil, argv: [String]) {
         self.image = image; self.memory = memory; self.cpus = cpus; self.pids = pids; self.network = network
+        self.userNamespace = userNamespace
         self.env = env; self.seccomp = seccomp; self.seccompProfile = seccompProfile; self.workdir = workdir
         self.argv = argv
     }

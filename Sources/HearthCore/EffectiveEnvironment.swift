@@ -43,6 +43,9 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
     /// Required Python distributions, sorted; nil when none (so environments
     /// without any keep the identity they had before this field existed).
     public var packages: [String]?
+    /// nil: the daemon's default; left out of the identity then, so
+    /// environments that do not say keep the identity they had.
+    public var userNamespace: Bool?
 
     public init(
         name: String, image: String, environment: [String: String] = [:],
@@ -52,7 +55,8 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
         secrets: [String] = [], network: EnvironmentSpec.Network = .none, seccomp: EnvironmentSpec.Seccomp = .default,
         capabilities: EnvironmentSpec.Capabilities = .init(), timeoutSeconds: Double? = nil,
         maxTasksPerReplica: Int? = nil, maxQueue: Int = EnvironmentSpec.defaultMaxQueue,
-        labels: [String: String] = [:], annotations: [String: String] = [:], packages: [String]? = nil
+        labels: [String: String] = [:], annotations: [String: String] = [:], packages: [String]? = nil,
+        userNamespace: Bool? = nil
     ) {
         self.name = name; self.image = image; self.environment = environment
         self.cpuRequestMilli = cpuRequestMilli; self.cpuLimitMilli = cpuLimitMilli
@@ -62,6 +66,7 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
         self.network = network; self.seccomp = seccomp; self.capabilities = capabilities
         self.timeoutSeconds = timeoutSeconds; self.maxTasksPerReplica = maxTasksPerReplica; self.maxQueue = maxQueue
         self.labels = labels; self.annotations = annotations; self.packages = packages
+        self.userNamespace = userNamespace
     }
 
     /// The per-task timeout as a `Duration`.
@@ -88,6 +93,7 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
         case maxTasksPerReplica = "max_tasks_per_replica"
         case maxQueue = "max_queue"
         case labels, annotations, packages
+        case userNamespace = "user_namespace"
     }
 
     /// Hex SHA-256 of the canonical encoding (JSON, sorted keys). Two specs

@@ -42,6 +42,9 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
     /// as ImageSpec's `packages` spells them); checked by the worker when a
     /// replica starts, and a missing one fails the start naming it.
     public var packages: [String]
+    /// Run each replica in a user namespace of its own (root inside is an
+    /// unprivileged host uid); nil: the daemon's default (`hearthd --userns`).
+    public var userNamespace: Bool?
 
     public init(
         name: String, containerImage: String? = nil, environment: [String: String] = [:],
@@ -70,6 +73,7 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
         case maxTasksPerReplica = "max_tasks_per_replica"
         case maxQueue = "max_queue"
         case packages
+        case userNamespace = "user_namespace"
     }
 
     // MARK: Defaults and ranges

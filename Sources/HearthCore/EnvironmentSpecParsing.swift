@@ -154,6 +154,7 @@ extension EnvironmentSpec {
         maxTasksPerReplica = try r.int(K.maxTasksPerReplica.rawValue)
         maxQueue = try r.int(K.maxQueue.rawValue) ?? Self.defaultMaxQueue
         packages = try Self.unique(r.list(K.packages.rawValue, SpecReader.string))
+        userNamespace = try r.bool(K.userNamespace.rawValue)
     }
 
     /// A secret request: `"KEY"` or flytekit's `Secret` as `{key, group}`;

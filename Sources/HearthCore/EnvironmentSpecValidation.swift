@@ -96,7 +96,7 @@ extension EnvironmentSpec {
             network: network, seccomp: seccomp, capabilities: capabilities, timeoutSeconds: timeout,
             maxTasksPerReplica: maxTasksPerReplica, maxQueue: maxQueue,
             labels: podTemplate?.labels ?? [:], annotations: podTemplate?.annotations ?? [:],
-            packages: packages.isEmpty ? nil : Array(Set(packages)).sorted())
+            packages: packages.isEmpty ? nil : Array(Set(packages)).sorted(), userNamespace: userNamespace)
     }
 
     // MARK: Helpers

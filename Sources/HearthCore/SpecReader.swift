@@ -68,6 +68,15 @@ struct SpecReader {
         return try Self.int(node, path: path(key))
     }
 
+    /// true or false; nothing else (not "yes", not 1) is a boolean here.
+    func bool(_ key: String) throws -> Bool? {
+        guard let node = node(key) else { return nil }
+        guard case .bool(let b) = node.value else {
+            throw Self.error(path(key), "expected true or false, got \(node.kindDescription)")
+        }
+        return b
+    }
+
     /// `{KEY: value}` with string values; numbers and booleans are taken as
     /// written (`PORT: 8080` gives "8080"), as a YAML author expects.
     func stringMap(_ key: String) throws -> [String: String] {

@@ -26,6 +26,8 @@ public struct PoolConfig: Sendable {
     public var maxQueue: Int
     /// Python distributions the worker must find before it says `ready`.
     public var packages: [String]
+    /// Each replica in a user namespace of its own (ReplicaSpec.userNamespace).
+    public var userNamespace = false
 
     public init(name: String, identity: String, image: String, env: [String: String], limits: CgroupLimits,
                 replicaCount: Int, ttl: Duration, secrets: [String], network: NetworkMode,
@@ -334,6 +336,7 @@ actor EnvironmentPool {
                 // Bundles are read-only: do not even try to write bytecode caches there.
                 spec.env.append("PYTHONDONTWRITEBYTECODE=1")
                 spec.network = config.network
+                spec.userNamespace = config.userNamespace
                 spec.seccomp = config.seccomp
                 spec.capabilities = config.capabilities
                 // Its own view of the code store: only bundles its tasks name
@@ -354,6 +357,7 @@ actor EnvironmentPool {
                     try ctx.secrets.materialize(keys: config.secrets, into: dir, uid: uid, gid: gid)
                     spec.mounts.append(BindMount(source: dir, target: "/etc/secrets", readOnly: true))
                     spec.cleanupPaths.append(dir)
+                    spec.idShiftedPaths.append(dir)
                 }
                 spec.extraFDs = [(toWorker.read, 3), (fromWorker.write, 4)]
                 return try ctx.runtime.start(spec)
@@ -709,4 +713,12 @@ extension Duration {
     }
     var milliseconds: Double { seconds * 1000 }
     var microseconds: Int64 { components.seconds * 1_000_000 + components.attoseconds / 1_000_000_000_000 }
+}
+
+extension PoolConfig {
+    public func with(userNamespace: Bool) -> PoolConfig {
+        var c = self
+        c.userNamespace = userNamespace
+        return c
+    }
 }

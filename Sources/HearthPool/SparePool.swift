@@ -30,6 +30,7 @@ public final class SparePool: Sendable {
         var network: NetworkMode
         var seccomp: SeccompProfile?
         var capabilities: CapabilitySet
+        var userNamespace: Bool
     }
 
     struct Entry {
@@ -99,7 +100,7 @@ public final class SparePool: Sendable {
         return try? await Blocking.run {
             let image = try self.ctx.images.resolve(config.image)
             return Key(image: image.name, imageID: image.id, network: config.network, seccomp: config.seccomp,
-                       capabilities: config.capabilities)
+                       capabilities: config.capabilities, userNamespace: config.userNamespace)
         }
     }
 
@@ -174,9 +175,11 @@ public final class SparePool: Sendable {
     /// The config spares of a key are built from: the environment's image
     /// and isolation, nothing of its own (no env, no limits but pids.max).
     private func neutral(_ c: PoolConfig) -> PoolConfig {
-        PoolConfig(name: "spare", identity: "", image: c.image, env: [:], limits: CgroupLimits(), replicaCount: 1,
+        var spare = PoolConfig(name: "spare", identity: "", image: c.image, env: [:], limits: CgroupLimits(), replicaCount: 1,
                    ttl: ttl, secrets: [], network: c.network, seccomp: c.seccomp, capabilities: c.capabilities,
                    timeout: nil, maxTasksPerReplica: nil, maxQueue: 1, packages: [])
+        spare.userNamespace = c.userNamespace
+        return spare
     }
 
     // MARK: building and retiring

@@ -36,6 +36,13 @@ public struct ReplicaSpec: Sendable {
     public var extraFDs: [(source: Int32, target: Int32)] = []
     /// Host paths that belong to this replica and go with it (e.g. its secrets).
     public var cleanupPaths: [String] = []
+    /// Run in a user namespace of its own: root inside is an unprivileged
+    /// host uid from a range of the replica's (UserNamespaces), and the
+    /// image layers are idmapped mounts, so nothing is chowned on disk.
+    public var userNamespace = false
+    /// Host paths made for this replica whose owners are ids inside it
+    /// (its secrets): shifted into its host range when it has a user namespace.
+    public var idShiftedPaths: [String] = []
 
     public init(name: String, image: ResolvedImage, argv: [String], limits: CgroupLimits) {
         self.name = name; self.image = image; self.argv = argv; self.limits = limits
@@ -77,6 +84,7 @@ public final class SandboxRuntime: Sendable {
     public let runtimeDir: String
     public let cgroups: CgroupManager
     public let seccomp: SeccompCompiler
+    public let userNamespaces = UserNamespaces()
     private let counter = Atomic<Int>(0)
     private let bootID: String
 
@@ -152,6 +160,30 @@ public final class SandboxRuntime: Sendable {
             for d in [upper, work, rootfs] { try FileTree.makeDirectory(d, mode: 0o755) }
             try writeEtcFiles(upper: upper, spec: spec)
 
+            // A user namespace: its id range, the namespace, a mount point
+            // per image layer for its idmapped copy, and what we wrote into
+            // the upper layer (and the secrets) owned by the range's ids.
+            var lease: UserNamespaces.Lease?
+            var lowers = spec.image.layerPaths
+            var usernsFD: Int32?
+            if spec.userNamespace {
+                let l = try userNamespaces.take()
+                lease = l
+                cleanup.append { [userNamespaces] in userNamespaces.release(l) }
+                let fd = try userNamespaces.open(l)
+                usernsFD = fd
+                cleanup.append { close(fd) }
+                try FileTree.makeDirectory(dir + "/lower", mode: 0o700)
+                lowers = []
+                for i in spec.image.layerPaths.indices {
+                    let mountPoint = dir + "/lower/\(i)"
+                    try FileTree.makeDirectory(mountPoint, mode: 0o755)
+                    lowers.append(mountPoint)
+                }
+                try IDShift.shift(upper, into: l, recursive: true)
+                for p in spec.idShiftedPaths { try IDShift.shift(p, into: l, recursive: true) }
+            }
+
             let t1 = ContinuousClock.now
             let cgroup = try cgroups.create(name: spec.name, limits: spec.limits)
             let t2 = ContinuousClock.now
@@ -160,7 +192,13 @@ public final class SandboxRuntime: Sendable {
             let filter = try spec.seccomp.map { try seccomp.compile($0) } ?? []
             var plan = SpawnPlan(path: ContainerPaths.runtimeMount + "/hearth-init",
                                  argv: ["hearth-init"] + spec.argv, envp: environment(for: spec))
-            plan.ops = mountOps(spec: spec, rootfs: rootfs, upper: upper, work: work)
+            if let usernsFD {
+                plan.usernsFD = usernsFD
+                plan.ops = zip(spec.image.layerPaths, lowers).map { layer, mountPoint in
+                    .idmapBind(layer, on: mountPoint, flags: MountFlags.rdonly | MountFlags.nosuid | MountFlags.nodev)
+                }
+            }
+            plan.ops += mountOps(spec: spec, lowers: lowers, rootfs: rootfs, upper: upper, work: work)
             plan.hostname = spec.name
             if spec.network == .host {
                 plan.cloneFlags &= ~CloneFlags.newnet
@@ -207,14 +245,23 @@ public final class SandboxRuntime: Sendable {
             }
             attach.close()
             close(out.write); close(err.write)
+            // The child joined it; the daemon's reference is not needed.
+            if let usernsFD { close(usernsFD) }
             let t4 = ContinuousClock.now
+            var releaseLease: (@Sendable () -> Void)?
+            if let lease {
+                let namespaces = userNamespaces
+                releaseLease = { namespaces.release(lease) }
+            }
             let phases = [StartPhase(name: "dirs", duration: t1 - t0), StartPhase(name: "cgroup", duration: t2 - t1),
                           StartPhase(name: "plan", duration: t3 - t2)]
                 + (spawned.phases.isEmpty ? [StartPhase(name: "spawn", duration: t4 - t3)] : spawned.phases)
             return RunningReplica(name: spec.name, dir: dir, pid: spawned.pid, pidfd: spawned.pidfd, cgroup: cgroup,
                                   stdoutFD: out.read, stderrFD: err.read, memoryLimit: spec.limits.memoryLimit,
                                   startPhases: phases,
-                                  cleanupPaths: spec.cleanupPaths)
+                                  cleanupPaths: spec.cleanupPaths,
+                                  hostIDBase: lease?.base,
+                                  onTeardown: releaseLease)
         } catch {
             throw fail(error)
         }
@@ -269,8 +316,10 @@ public final class SandboxRuntime: Sendable {
         try FileTree.writeFile(upper + "/etc/resolv.conf", resolv)
     }
 
-    private func mountOps(spec: ReplicaSpec, rootfs r: String, upper: String, work: String) -> [FSOp] {
-        let lower = spec.image.layerPaths.reversed().joined(separator: ":")
+    /// `lowers`: the image's layer directories bottom first (or their
+    /// idmapped copies).
+    private func mountOps(spec: ReplicaSpec, lowers: [String], rootfs r: String, upper: String, work: String) -> [FSOp] {
+        let lower = lowers.reversed().joined(separator: ":")
         var ops: [FSOp] = [
             // volatile: replicas are disposable, so overlay may skip syncs.
             .mount("overlay", on: r, data: "lowerdir=\(lower),upperdir=\(upper),workdir=\(work),volatile"),
@@ -321,6 +370,9 @@ public final class RunningReplica: Sendable {
     public let cgroup: ReplicaCgroup
     public let memoryLimit: Int64?
     private let cleanupPaths: [String]
+    /// With a user namespace: the host uid (and gid) of root inside.
+    public let hostIDBase: UInt32?
+    private let onTeardown: (@Sendable () -> Void)?
     /// Where the start time went (dirs, cgroup, plan, then the spawn's own
     /// phases: clone, mounts, pivot_root, caps_seccomp, execve).
     public let startPhases: [StartPhase]
@@ -330,8 +382,11 @@ public final class RunningReplica: Sendable {
     private let readers = Mutex<[PipeReader]>([])
 
     init(name: String, dir: String, pid: Int32, pidfd: Int32, cgroup: ReplicaCgroup, stdoutFD: Int32,
-         stderrFD: Int32, memoryLimit: Int64?, startPhases: [StartPhase], cleanupPaths: [String]) {
+         stderrFD: Int32, memoryLimit: Int64?, startPhases: [StartPhase], cleanupPaths: [String],
+         hostIDBase: UInt32? = nil, onTeardown: (@Sendable () -> Void)? = nil) {
         self.cleanupPaths = cleanupPaths
+        self.hostIDBase = hostIDBase
+        self.onTeardown = onTeardown
         self.name = name; self.dir = dir; self.pid = pid; self.pidfd = pidfd; self.cgroup = cgroup
         self.stdoutFD = stdoutFD; self.stderrFD = stderrFD; self.memoryLimit = memoryLimit
         self.startPhases = startPhases
@@ -449,6 +504,8 @@ public final class RunningReplica: Sendable {
         close(pidfd)
         try? FileTree.removeAll(dir)
         for p in cleanupPaths { try? FileTree.removeAll(p) }
+        // Its id range is free again only once nothing of it runs or remains.
+        onTeardown?()
     }
 }
 

@@ -27,7 +27,7 @@ public enum CloneFlags {
 /// One filesystem operation of the spawn path (see hearth_spawn.h).
 public struct FSOp: Sendable, Equatable, CustomStringConvertible {
     public enum Kind: Int32, Sendable {
-        case mount = 1, mkdir, mknod, symlink, pivot, mask, readonly, writeFile
+        case mount = 1, mkdir, mknod, symlink, pivot, mask, readonly, writeFile, idmapBind
     }
     public var kind: Kind
     public var source: String? = nil
@@ -46,6 +46,10 @@ public struct FSOp: Sendable, Equatable, CustomStringConvertible {
     public static func bind(_ source: String, on target: String, readOnly: Bool, flags: UInt = 0) -> FSOp {
         FSOp(kind: .mount, source: source, target: target, fstype: nil, data: nil,
              flags: MountFlags.bind | MountFlags.rec | (readOnly ? MountFlags.rdonly : 0) | flags)
+    }
+    /// An idmapped copy of `source` (through the plan's user namespace) on `target`.
+    public static func idmapBind(_ source: String, on target: String, flags: UInt) -> FSOp {
+        FSOp(kind: .idmapBind, source: source, target: target, flags: flags)
     }
     public static func mkdir(_ target: String, mode: UInt32 = 0o755) -> FSOp {
         FSOp(kind: .mkdir, target: target, mode: mode)
@@ -76,6 +80,7 @@ public struct FSOp: Sendable, Equatable, CustomStringConvertible {
         case .mask: return "mask \(target)"
         case .readonly: return "make \(target) read-only"
         case .writeFile: return "write \(target)"
+        case .idmapBind: return "idmapped mount of \(source ?? "?") on \(target)"
         }
     }
 
@@ -107,6 +112,8 @@ public struct SpawnPlan: Sendable {
     public var capInheritable: UInt64 = 0
     public var lastCap: Int32 = 40
     public var noNewPrivs = true
+    /// A user namespace for the child to join (hearth_userns_open), or nil.
+    public var usernsFD: Int32?
     /// Raw `struct sock_filter` bytes; empty means no filter.
     public var seccompFilter: [UInt8] = []
     public var cwd: String = "/"
@@ -193,6 +200,8 @@ public struct SpawnPlan: Sendable {
                                 p.cap_inheritable = capInheritable
                                 p.last_cap = lastCap
                                 p.no_new_privs = noNewPrivs ? 1 : 0
+                                p.use_userns = usernsFD == nil ? 0 : 1
+                                p.userns_fd = usernsFD ?? -1
                                 p.seccomp_filter = filterBuf.isEmpty ? nil : UnsafeRawPointer(filterBuf.baseAddress)
                                 p.seccomp_filter_len = UInt32(filterBuf.count / 8)
                                 p.cwd = arena.string(cwd)
@@ -250,6 +259,7 @@ public struct SpawnPlan: Sendable {
             case HEARTH_STAGE_CHDIR.rawValue: what = "chdir \(cwd)"
             case HEARTH_STAGE_EXEC.rawValue: what = "execve \(path)"
             case HEARTH_STAGE_SETSID.rawValue: what = "setsid"
+            case HEARTH_STAGE_USERNS.rawValue: what = "join the replica's user namespace"
             default: what = "stage \(stage)"
             }
         }

@@ -14,6 +14,8 @@ struct API: Sendable {
     let images: ImageStore
     let registry: ReplicaRegistry
     let policy: PrivilegePolicy
+    /// hearthd --userns: replicas run in a user namespace unless asked not to.
+    var defaultUserNamespace = false
     let logger: Logger
     /// Runs before an image is deleted: its spare replicas go first.
     var beforeImageRemove: @Sendable (String) async -> Void = { _ in }
@@ -159,6 +161,7 @@ struct API: Sendable {
             spec.workdir = req.workdir
             spec.network = network
             spec.seccomp = profile
+            spec.userNamespace = req.userNamespace ?? defaultUserNamespace
             return (try runtime.start(spec), image.name)
         }
         registry.add(replica, image: imageName)

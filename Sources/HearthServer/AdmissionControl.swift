@@ -14,11 +14,15 @@ actor AdmissionControl {
     let images: ImageStore
     let secrets: SecretStore
     let policy: PrivilegePolicy
+    /// hearthd --userns: environments that do not say get user namespaces.
+    let defaultUserNamespace: Bool
     let logger: Logger
     let capacity: MachineCapacity
     private var admitted: [String: EffectiveEnvironment] = [:]
 
-    init(pool: Pool, images: ImageStore, secrets: SecretStore, policy: PrivilegePolicy, logger: Logger) {
+    init(pool: Pool, images: ImageStore, secrets: SecretStore, policy: PrivilegePolicy, defaultUserNamespace: Bool = false,
+         logger: Logger) {
+        self.defaultUserNamespace = defaultUserNamespace
         self.pool = pool
         self.images = images
         self.secrets = secrets
@@ -130,5 +134,6 @@ actor AdmissionControl {
                           network: e.network == .host ? .host : .none, seccomp: seccomp, capabilities: caps,
                           timeout: e.timeout, maxTasksPerReplica: e.maxTasksPerReplica, maxQueue: e.maxQueue,
                           packages: e.packages ?? [])
+            .with(userNamespace: e.userNamespace ?? defaultUserNamespace)
     }
 }

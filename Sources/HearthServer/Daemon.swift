@@ -32,6 +32,9 @@ public struct DaemonOptions: Sendable {
     /// Lets clients ask for settings that take down a wall of the sandbox
     /// (PrivilegePolicy); off by default.
     public var allowPrivileged = false
+    /// Replicas run in user namespaces unless a spec or request says
+    /// otherwise (`user_namespace: false`).
+    public var userNamespaces = false
     /// Directory holding the `hearth` Python package (the worker).
     public var workerDir: String = "/usr/local/lib/hearth/python"
 
@@ -99,7 +102,8 @@ public enum Daemon {
         let lost = pool.recoverLostTasks()
         if !lost.isEmpty { logger.warning("\(lost.count) task(s) were in flight when the last hearthd stopped; reported as lost") }
         let policy = PrivilegePolicy(allowPrivileged: options.allowPrivileged)
-        let admission = AdmissionControl(pool: pool, images: images, secrets: secrets, policy: policy, logger: logger)
+        let admission = AdmissionControl(pool: pool, images: images, secrets: secrets, policy: policy,
+                                         defaultUserNamespace: options.userNamespaces, logger: logger)
         await admission.restore()
         // Restored environments' keys are known: their first task after a
         // restart adopts a spare instead of building a replica.
@@ -118,6 +122,7 @@ public enum Daemon {
         if options.spares > 0 { for image in spareImages.sorted() { await arm(image) } }
 
         var api = API(runtime: runtime, images: images, registry: registry, policy: policy, logger: logger)
+        api.defaultUserNamespace = options.userNamespaces
         api.beforeImageRemove = { name in await spares.discard(image: name) }
         api.afterImageImport = { image in
             await spares.discard(image: image.name, keeping: image.id)

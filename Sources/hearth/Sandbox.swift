@@ -23,13 +23,15 @@ struct Sandbox: ParsableCommand {
     @Option(name: .customLong("env"), help: "KEY=VALUE, repeatable.") var env: [String] = []
     @Option(help: "default, unconfined, or the path of an OCI seccomp profile (JSON).") var seccomp: String?
     @Option(help: "Working directory inside the replica.") var workdir: String?
+    @Flag(inversion: .prefixedNo, help: "Run in a user namespace (root inside is an unprivileged host uid); default: hearthd's --userns.")
+    var userns: Bool?
     @Argument(parsing: .captureForPassthrough, help: "-- CMD ARGS...") var command: [String] = []
 
     func run() throws {
         var argv = command
         if argv.first == "--" { argv.removeFirst() }
         guard !argv.isEmpty else { throw fail("sandbox: no command given; usage: hearth sandbox [OPTIONS] -- CMD ARGS...", code: 125) }
-        var req = SandboxRequest(image: image, memory: memory, cpus: cpus, pids: pids, network: network,
+        var req = SandboxRequest(image: image, memory: memory, cpus: cpus, pids: pids, network: network, userNamespace: userns,
                                  env: env.isEmpty ? nil : env, workdir: workdir, argv: argv)
         switch seccomp {
         case nil, "default": req.seccomp = seccomp

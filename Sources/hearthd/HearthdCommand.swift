@@ -41,6 +41,9 @@ struct HearthdCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Let clients ask for seccomp unconfined or a custom profile, added capabilities and network host (each takes down a wall of the sandbox; see docs/security.md).")
     var allowPrivileged = false
 
+    @Flag(name: .long, help: "Run replicas in user namespaces by default (root inside is an unprivileged host uid; a spec's user_namespace: false opts out).")
+    var userns = false
+
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -65,6 +68,7 @@ struct HearthdCommand: AsyncParsableCommand {
         options.spareTTL = .seconds(spareTtl)
         options.spareImages = spareImage
         options.allowPrivileged = allowPrivileged
+        options.userNamespaces = userns
         do {
             try await Daemon.run(options)
         } catch let e as HearthError {

@@ -65,12 +65,14 @@ class ActorEnvironment(object):
 
     Hearth's own, keyword only: ``timeout`` (default per-task limit),
     ``max_tasks_per_replica``, ``max_queue``, ``network`` ("none" or
-    "host"), ``socket`` (default ``HEARTH_SOCKET``)."""
+    "host"), ``user_namespace`` (True: root in each replica is an
+    unprivileged host uid; None: the daemon's default), ``socket`` (default
+    ``HEARTH_SOCKET``)."""
 
     def __init__(self, name, container_image=None, replica_count=1, ttl_seconds=None, environment=None,
                  requests=None, limits=None, accelerator=None, secret_requests=None, pod_template=None,
                  interruptible=False, *, timeout=None, max_tasks_per_replica=None, max_queue=None, network=None,
-                 socket=None):
+                 user_namespace=None, socket=None):
         if not isinstance(name, str) or not name:
             raise TypeError("ActorEnvironment: name must be a non-empty string, got %r" % (name,))
         if isinstance(replica_count, bool) or not isinstance(replica_count, int):
@@ -96,6 +98,9 @@ class ActorEnvironment(object):
         self.max_tasks_per_replica = max_tasks_per_replica
         self.max_queue = max_queue
         self.network = network
+        if user_namespace is not None and not isinstance(user_namespace, bool):
+            raise TypeError("ActorEnvironment %s: user_namespace must be True, False or None, got %r" % (name, user_namespace))
+        self.user_namespace = user_namespace
         self.socket = socket
         self._applied = {}  # socket path -> identity the daemon gave this process's spec
         self._lock = threading.Lock()
@@ -147,6 +152,8 @@ class ActorEnvironment(object):
             spec["max_queue"] = self.max_queue
         if self.network is not None:
             spec["network"] = self.network
+        if self.user_namespace is not None:
+            spec["user_namespace"] = self.user_namespace
         return spec
 
     def apply(self, client=None):

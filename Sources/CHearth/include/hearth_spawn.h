@@ -38,6 +38,12 @@ enum hearth_op_kind {
     HEARTH_OP_READONLY = 7,
     /* Write data (NUL-terminated) into a new file target with mode. */
     HEARTH_OP_WRITE_FILE = 8,
+    /* An idmapped copy of source mounted on target: open_tree(CLONE),
+     * mount_setattr(MOUNT_ATTR_IDMAP with the plan's userns_fd, plus
+     * read-only/nosuid/nodev from flags), move_mount. For the image
+     * layers of a replica in a user namespace: the host's uid 0 files
+     * appear as the namespace's root, and nothing is chowned on disk. */
+    HEARTH_OP_IDMAP_BIND = 9,
 };
 
 struct hearth_op {
@@ -97,6 +103,15 @@ struct hearth_spawn_plan {
     uint64_t cap_bounding, cap_effective, cap_permitted, cap_inheritable;
     int32_t last_cap;                  /* highest capability number the kernel knows */
 
+    /* User namespace (opt-in): with use_userns, the child joins userns_fd
+     * (a namespace whose uid/gid maps the daemon wrote, see
+     * hearth_userns_open) after its mounts, hostname and loopback and
+     * before it drops capabilities and sets uid/gid, which are then ids
+     * inside that namespace. Every other namespace stays owned by the
+     * host's, so root inside holds no capability over any of them. */
+    int32_t use_userns;
+    int32_t userns_fd;
+
     int32_t no_new_privs;
     /* struct sock_filter array; NULL or 0 length: no filter. */
     const void *seccomp_filter;
@@ -132,6 +147,7 @@ enum hearth_stage {
     HEARTH_STAGE_CHDIR = 19,
     HEARTH_STAGE_EXEC = 20,
     HEARTH_STAGE_SETSID = 21,
+    HEARTH_STAGE_USERNS = 22,
     HEARTH_STAGE_OP_BASE = 1000,
 };
 
@@ -163,6 +179,14 @@ struct hearth_spawn_result {
  * Safe to call from any thread of a multi-threaded process.
  */
 int hearth_spawn(const struct hearth_spawn_plan *plan, struct hearth_spawn_result *result);
+
+/*
+ * A new user namespace whose ids 0..count-1 are the host's uid_base.. and
+ * gid_base..: a short-lived child is cloned into it, the maps are written,
+ * and the namespace is kept by an O_CLOEXEC fd, returned (the child is
+ * reaped). -1 with *error = errno on failure. Any thread.
+ */
+int hearth_userns_open(uint32_t uid_base, uint32_t gid_base, uint32_t count, int32_t *error);
 
 /* Small raw-syscall shims Swift cannot call directly (variadic syscall()). */
 int hearth_pidfd_open(pid_t pid, unsigned int flags);
