@@ -263,7 +263,13 @@ public struct SpawnPlan: Sendable {
             default: what = "stage \(stage)"
             }
         }
-        return "\(what): \(ErrnoName.name(err)) (\(String(cString: strerror(err))))"
+        var hint = ""
+        if stage >= Int32(HEARTH_STAGE_OP_BASE.rawValue), err == EINVAL,
+           ops.indices.contains(Int(stage - Int32(HEARTH_STAGE_OP_BASE.rawValue))),
+           ops[Int(stage - Int32(HEARTH_STAGE_OP_BASE.rawValue))].kind == .idmapBind {
+            hint = "; the filesystem of the state root may not support idmapped mounts (ext4, xfs and btrfs do; tmpfs from Linux 6.3), which user namespaces need"
+        }
+        return "\(what): \(ErrnoName.name(err)) (\(String(cString: strerror(err))))" + hint
     }
 }
 
