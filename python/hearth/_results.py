@@ -314,7 +314,8 @@ def _creatable(cls, label):
         raise _Refused("creates %s with %s" % (_describe(cls), label), "enum members are only looked up")
 
 
-_OPCODES = {pickle.INST[0]: "INST (protocol 0-1 instance creation)", pickle.OBJ[0]: "OBJ (protocol 1 instance creation)",
+_OPCODES = {pickle.INST[0]: "INST (protocol 0-1 instance creation)",
+            pickle.OBJ[0]: "OBJ (protocol 1 instance creation)",
             pickle.EXT1[0]: "EXT1 (the extension registry)", pickle.EXT2[0]: "EXT2 (the extension registry)",
             pickle.EXT4[0]: "EXT4 (the extension registry)", pickle.PERSID[0]: "PERSID (persistent ids)",
             pickle.BINPERSID[0]: "BINPERSID (persistent ids)"}

@@ -542,7 +542,9 @@ def test_container_opcodes_never_act_on_a_class():
 def test_calls_and_creations_are_checked():
     cls = classes_for(Plain)
     cases = [
-        (p4(call(sg("builtins", "bytearray"), integer(10 ** 12))), "calls builtins.bytearray with an int object, which is not allowed: it is rebuilt from bytes, never from a size"),
+        (p4(call(sg("builtins", "bytearray"), integer(10 ** 12))),
+         "calls builtins.bytearray with an int object, which is not allowed: it is rebuilt from bytes, never from "
+         "a size"),
         (p4(call(sg("collections", "Counter"), call(sg("builtins", "range"), integer(10 ** 12)))),
          "calls collections.Counter with a range"),
         (p4(call(sg("fractions", "Fraction"), s("1e999999999"))), "a Fraction is rebuilt from integers"),

@@ -90,7 +90,8 @@ def normal(n: int) -> Box:
 
 DOTTED = ("the result of task hostile_tasks.dotted names fractions.operator.itemgetter (module 'fractions', name "
           "'operator.itemgetter'), which is not allowed: a dotted name is never followed.")
-REDUCE = "the result of task hostile_tasks.reduce_chain names builtins.eval, which is not allowed: it is not an allowed type."
+REDUCE = ("the result of task hostile_tasks.reduce_chain names builtins.eval, which is not allowed: it is not an "
+          "allowed type.")
 TRUST = "set HEARTH_TRUST_RESULTS=1 to trust this replica"
 
 
