@@ -49,6 +49,7 @@ _LAZY = {
     "EnvironmentRefused": "hearth._errors",
     "QueueFull": "hearth._errors",
     "BundleError": "hearth._errors",
+    "UnsafeResult": "hearth._errors",
     "TaskFailed": "hearth._errors",
     "TaskTimeout": "hearth._errors",
     "InputError": "hearth._typecheck",

@@ -244,7 +244,7 @@ class ActorTask(object):
                             % fn.__qualname__)
         self._sig = None
         self._where = None
-        self._packages = None
+        self._classes = None
 
     def __repr__(self):
         return "<hearth task %s in %s>" % (self.__qualname__, self.environment.name)
@@ -311,11 +311,10 @@ class ActorTask(object):
     def _decode(self, value):
         from hearth import _results
 
-        if self._packages is None:
-            pk = _results.annotation_packages(self.signature.returns, set())
-            pk.add(self.location()[0].split(".")[0])
-            self._packages = frozenset(pk)
-        return _results.decode(value, self._packages)
+        module = self.location()[0]
+        if self._classes is None:
+            self._classes = _results.task_classes(self.signature.returns, self._hearth_fn.__module__, module)
+        return _results.decode(value, self._classes, "%s.%s" % (module, self._hearth_fn.__qualname__))
 
     def _outcome(self, snap, total_us, record=True):
         state = snap.get("state")

@@ -7,6 +7,7 @@
     │   ├── EnvironmentRefused                     apply failed: the daemon's reason
     │   └── QueueFull                              HTTP 429
     ├── BundleError (also ValueError)              the code cannot be shipped
+    ├── UnsafeResult                               a result would run code here if unpickled
     └── TaskFailed                                 the task ran and failed
         ├── TaskTimeout (also TimeoutError)
         └── <RemoteType> (also the builtin of that name, e.g. ValueError)
@@ -14,7 +15,7 @@
 
 __all__ = [
     "HearthError", "DaemonUnavailable", "SocketPermissionError", "APIError", "EnvironmentRefused",
-    "QueueFull", "BundleError", "TaskFailed", "TaskTimeout", "remote_exception",
+    "QueueFull", "BundleError", "UnsafeResult", "TaskFailed", "TaskTimeout", "remote_exception",
 ]
 
 
@@ -51,6 +52,16 @@ class QueueFull(APIError):
 
 class BundleError(HearthError, ValueError):
     pass
+
+
+class UnsafeResult(HearthError):
+    """A task's pickled result names something the caller does not load
+    (see hearth._results); nothing of it ran. ``task``, ``what`` (the name,
+    call or opcode refused) and ``rule``."""
+
+    def __init__(self, message, task=None, what=None, rule=None):
+        self.task, self.what, self.rule = task, what, rule
+        HearthError.__init__(self, message)
 
 
 class TaskFailed(HearthError):
