@@ -144,7 +144,8 @@ def readme_block(results: Dict[str, Any], chart_path: str) -> str:
     if results.get("goals"):
         lines += [goals_table(results["goals"]), ""]
     rows = [t for t in results.get("timings", []) if t.get("group") in ("warm", "cold")
-            and t["key"] in ("warm-sdk", "warm-api", "warm-dispatch", "hearth-spare", "hearth-cold", "hearth-sandbox",
+            and t["key"] in ("warm-sdk", "warm-api", "warm-dispatch", "hearth-spare", "hearth-cold", "hearth-userns",
+                             "hearth-sandbox",
                              "crun", "runc", "bwrap", "host")]
     if rows:
         lines += [timings_table(rows, "bwrap" if any(t["key"] == "bwrap" for t in rows) else None), ""]

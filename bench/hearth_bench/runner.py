@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ IMAGE = "hearth/python:3.11"
 # chart pick between them by key (hearth-spare*, hearth-cold*).
 SPARE_LABEL = "Hearth: new environment → first task, pre-started spare adopted"
 SCRATCH_LABEL = "Hearth: new environment → first task result, replica built from scratch (spares off)"
+USERNS_LABEL = "Hearth: the same, replica in a user namespace (`user_namespace: true`, idmapped layers)"
 SPARE_PHASE_LABEL = "spare adoption: limits written, env sent, packages checked"
 NUMPY_IMAGE = "hearth/python-numpy:3.11"
 
@@ -73,10 +75,13 @@ def log(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
-def env_yaml(name: str, replicas: int = 1, image: Optional[str] = None, max_queue: int = 20000) -> str:
+def env_yaml(name: str, replicas: int = 1, image: Optional[str] = None, max_queue: int = 20000,
+             user_namespace: bool = False) -> str:
     lines = [f"name: {name}", f"replica_count: {replicas}", "ttl_seconds: 600", f"max_queue: {max_queue}"]
     if image:
         lines.append(f"container_image: {image}")
+    if user_namespace:
+        lines.append("user_namespace: true")
     return "\n".join(lines) + "\n"
 
 
@@ -367,6 +372,14 @@ class Runner:
         runners: List[Tuple[str, Callable[[int], None]]] = [
             ("hearth-cold" + suffix, lambda i: self.hearth_cold(image, module, function, i, suffix)),
         ]
+        if workload == "trivial":
+            # The same from-scratch start in a user namespace, interleaved
+            # with it: the difference is what user namespaces cost.
+            if self.daemon.supports("--userns"):
+                runners.append(("hearth-userns", lambda i: self.hearth_cold(image, module, function, i, "",
+                                                                            userns=True)))
+            else:
+                self.unavailable["hearth-userns"] = "this hearthd build has no user namespaces"
         if self.spare_client is not None:
             self.spare_timeouts = 0
             runners.append(("hearth-spare" + suffix, lambda i: self.hearth_spare(image, module, function, i, suffix)))
@@ -421,13 +434,13 @@ class Runner:
             self.add(key, t)
         return run
 
-    def hearth_cold(self, image: str, module: str, function: str, i: int, suffix: str) -> None:
-        name = f"bench-cold{suffix}-{i}"
-        t0, t1, t2, snap = self.first_task(self.api, name, image, module, function, self.bundle)
+    def hearth_cold(self, image: str, module: str, function: str, i: int, suffix: str, userns: bool = False) -> None:
+        name = f"bench-{'userns' if userns else 'cold'}{suffix}-{i}"
+        t0, t1, t2, snap = self.first_task(self.api, name, image, module, function, self.bundle, userns=userns)
         if spares.adopted(snap):
             # This daemon runs with --spares 0: an adoption here would mix the two rows.
             raise RuntimeError(f"the first task of {name} adopted a spare on the spares-off daemon: {snap}")
-        self.add_cold("hearth-cold" + suffix, t0, t1, t2, snap)
+        self.add_cold(("hearth-userns" if userns else "hearth-cold") + suffix, t0, t1, t2, snap)
 
     def hearth_spare(self, image: str, module: str, function: str, i: int, suffix: str) -> None:
         """New environment → first task on the spares-on daemon. The warm-up
@@ -455,11 +468,11 @@ class Runner:
             runs.late_refill += 1
 
     def first_task(self, api: Any, name: str, image: str, module: str, function: str,
-                   bundle: str) -> Tuple[float, float, float, Dict[str, Any]]:
+                   bundle: str, userns: bool = False) -> Tuple[float, float, float, Dict[str, Any]]:
         """Applies a new environment, runs its first task and deletes it:
         (before apply, after apply, after the result, the task's snapshot)."""
         t0 = time.perf_counter()
-        api.apply(env_yaml(name, image=image))
+        api.apply(env_yaml(name, image=image, user_namespace=userns))
         t1 = time.perf_counter()
         snap = api.task(name, module, function, bundle)
         t2 = time.perf_counter()
@@ -566,6 +579,7 @@ class Runner:
         "warm-dispatch": ("warm", "daemon dispatch: run frame out → result in (task runMicros)"),
         "hearth-spare": ("cold", SPARE_LABEL),
         "hearth-cold": ("cold", SCRATCH_LABEL),
+        "hearth-userns": ("cold", USERNS_LABEL),
         "hearth-sandbox": ("cold", "Hearth: one-shot sandbox (`POST /v1/sandboxes`)"),
         "crun": ("cold", "crun run (cgroups disabled, private mount ns)"),
         "runc": ("cold", "runc run"),
@@ -626,8 +640,15 @@ class Runner:
             "skips recently deleted inodes when it allocates new ones, which a run that makes and removes many "
             "replica directories makes slower.",
         ]
+        from hearth_bench.stats import format_seconds
+        cold, userns = self.samples.get("hearth-cold"), self.samples.get("hearth-userns")
+        if cold and userns:
+            a, b = statistics.median(cold), statistics.median(userns)
+            notes.append(f"User namespaces on the cold start (same daemon, interleaved, from scratch): "
+                         f"{format_seconds(b)} against {format_seconds(a)} without, {format_seconds(b - a)} "
+                         f"({(b / a - 1) * 100:+.0f}%): a user namespace made per replica and one idmapped mount per "
+                         f"image layer.")
         if hist.get("count"):
-            from hearth_bench.stats import format_seconds
             notes.append(f"`hearth_warm_dispatch_seconds` from /metrics over the warm phase ({hist['count']:.0f} tasks, "
                          f"bucket-interpolated): p50 {format_seconds(hist['p50'])}, p99 {format_seconds(hist['p99'])}.")
         return notes
