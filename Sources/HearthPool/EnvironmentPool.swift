@@ -467,6 +467,10 @@ actor EnvironmentPool {
             }
         }
         if busy { return }
+        if case .protocolViolation(let m)? = r.closedReason {
+            // No task to carry the reason: the log does.
+            ctx.logger.warning("environment \(config.name): replica \(r.name) broke the task protocol while idle (\(m)); it was killed and will be replaced")
+        }
         remove(r)
         pump()
     }

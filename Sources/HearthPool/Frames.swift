@@ -19,7 +19,9 @@ public enum Frames {
     }
 }
 
-/// Accumulates bytes from the worker and cuts them into frames.
+/// Accumulates bytes from the worker and cuts them into frames, one at a
+/// time: the reader stops at the first frame that breaks the protocol, so
+/// the rest of a flood is never copied or parsed.
 struct FrameReader {
     let maxBytes: Int
     private var buffer: [UInt8] = []
@@ -36,22 +38,24 @@ struct FrameReader {
         }
     }
 
-    /// Appends bytes; returns every complete frame body.
-    mutating func feed<C: Collection>(_ bytes: C) throws -> [[UInt8]] where C.Element == UInt8 {
-        buffer.append(contentsOf: bytes)
-        var frames: [[UInt8]] = []
-        while buffer.count - start >= 4 {
-            let n = Int(buffer[start]) << 24 | Int(buffer[start + 1]) << 16 | Int(buffer[start + 2]) << 8 | Int(buffer[start + 3])
-            if n > maxBytes { throw Failure.tooLarge(n, maxBytes) }
-            guard buffer.count - start - 4 >= n else { break }
-            frames.append(Array(buffer[(start + 4)..<(start + 4 + n)]))
-            start += 4 + n
-        }
+    /// Appends bytes read from the channel.
+    mutating func append<C: Collection>(_ bytes: C) where C.Element == UInt8 {
         if start > 0 && (start == buffer.count || start > 1 << 16) {
             buffer.removeFirst(start)
             start = 0
         }
-        return frames
+        buffer.append(contentsOf: bytes)
+    }
+
+    /// The next complete frame body, or nil until more bytes arrive.
+    mutating func next() throws -> [UInt8]? {
+        guard buffer.count - start >= 4 else { return nil }
+        let n = Int(buffer[start]) << 24 | Int(buffer[start + 1]) << 16 | Int(buffer[start + 2]) << 8 | Int(buffer[start + 3])
+        if n > maxBytes { throw Failure.tooLarge(n, maxBytes) }
+        guard buffer.count - start - 4 >= n else { return nil }
+        let frame = Array(buffer[(start + 4)..<(start + 4 + n)])
+        start += 4 + n
+        return frame
     }
 }
 

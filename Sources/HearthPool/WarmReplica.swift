@@ -125,41 +125,68 @@ final class WarmReplica: Sendable {
         if closedReason != nil { ch.close(promise: nil) }
     }
 
-    /// Bytes from fd 4: cuts frames and hands each message
-    /// on. false once the worker broke the protocol (the channel is closed).
+    /// Bytes from fd 4: cuts frames and hands each message on, stopping
+    /// at the first that breaks the protocol. false once the worker broke
+    /// it (the channel is closed and the worker killed).
+    ///
+    /// Every frame must answer something the daemon is waiting for (the one
+    /// `ready`, an `adopt`, the running task's `run`), and at most one of
+    /// those is outstanding at a time, so one read costs at most one
+    /// legitimate frame and one offending frame of parsing: the rest of a
+    /// flood is discarded unread with the channel.
     fileprivate func consume(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        let frames: [[UInt8]]
-        do {
-            frames = try state.withLock { try $0.reader.feed(bytes) }
-        } catch {
-            closeChannel(.protocolViolation("the worker sent a \(error)"))
-            return false
-        }
-        for f in frames {
+        state.withLock { $0.reader.append(bytes) }
+        while true {
+            let frame: [UInt8]?
+            let expecting: Bool
+            do {
+                (frame, expecting) = try state.withLock { s in
+                    (try s.reader.next(), s.ready == nil || s.adoptWaiter != nil || s.pending != nil)
+                }
+            } catch {
+                closeChannel(.protocolViolation("the worker sent a \(error)"))
+                return false
+            }
+            guard let f = frame else { return true }
+            // Nothing is outstanding: the frame is unsolicited whatever it
+            // says. A small one is parsed to name it; a large one is not parsed.
+            if !expecting && f.count > Self.nameableFrameBytes {
+                closeChannel(.protocolViolation("the worker sent a \(f.count)-byte frame while the daemon was waiting for nothing; a worker only answers the daemon's requests"))
+                return false
+            }
             guard let msg = WorkerMessage(frame: f) else {
                 let preview = String(decoding: f.prefix(80), as: UTF8.self)
                 closeChannel(.protocolViolation("the worker sent a malformed frame (\(f.count) bytes, not a JSON message: \(preview.debugDescription))"))
                 return false
             }
-            deliver(msg)
+            if let violation = deliver(msg) {
+                closeChannel(.protocolViolation(violation))
+                return false
+            }
         }
-        return true
     }
+
+    /// Unsolicited frames up to this size are parsed only to name them in the error.
+    static let nameableFrameBytes = 4096
 
     /// fd 4 reached EOF or failed.
     fileprivate func channelEnded() { closeChannel(.closed) }
 
-    private func deliver(_ msg: WorkerMessage) {
+    /// Hands a message to whoever waits for it; the rule it broke when
+    /// nobody does (the caller closes the channel).
+    private func deliver(_ msg: WorkerMessage) -> String? {
         switch msg.type {
         case "ready":
-            let waiter: CheckedContinuation<WorkerMessage, any Error>? = state.withLock {
+            let (waiter, again): (CheckedContinuation<WorkerMessage, any Error>?, Bool) = state.withLock {
+                if $0.ready != nil { return (nil, true) }
                 $0.ready = msg
                 $0.workerPid = msg.pid
                 $0.python = msg.python
                 let w = $0.readyWaiter
                 $0.readyWaiter = nil
-                return w
+                return (w, false)
             }
+            if again { return "the worker sent a second \"ready\" frame; a worker says ready once" }
             waiter?.resume(returning: msg)
         case "adopted":
             let waiter: CheckedContinuation<WorkerMessage, any Error>? = state.withLock { s in
@@ -167,31 +194,33 @@ final class WarmReplica: Sendable {
                 s.adoptWaiter = nil
                 return w
             }
-            if let waiter {
-                waiter.resume(returning: msg)
-            } else {
-                closeChannel(.protocolViolation("the worker sent `adopted` while no adoption was under way"))
+            guard let waiter else {
+                return "the worker sent an \"adopted\" frame while no adoption was under way; a worker answers each \"adopt\" once"
             }
+            waiter.resume(returning: msg)
         case "result":
             // The task's last output must land before its result.
             running.drainOutput()
-            let pending: ResultHandler? = state.withLock {
-                guard let p = $0.pending, $0.current?.id == msg.id else { return nil }
+            let (pending, current): (ResultHandler?, String?) = state.withLock {
+                guard let p = $0.pending, $0.current?.id == msg.id else { return (nil, $0.current?.id) }
                 $0.pending = nil
-                return p
+                return (p, $0.current?.id)
             }
-            if let pending {
-                pending(.success(msg))
-            } else {
-                closeChannel(.protocolViolation("the worker sent a result for task \(msg.id ?? "?") that is not running"))
+            guard let pending else {
+                let running = current.map { "task \($0) is running" } ?? "no task is running"
+                return "the worker sent a \"result\" frame for task \(msg.id ?? "?"), but \(running); a worker answers each \"run\" with one result for its id"
             }
+            pending(.success(msg))
         case "error":
-            closeChannel(.protocolViolation("the worker reported a channel error: \(msg.message ?? "?")"))
+            return "the worker reported a channel error: \(msg.message ?? "?")"
         case "pong":
-            break
+            // The daemon learns of a worker's death from its exit (pidfd),
+            // never by pinging it: every pong is unsolicited.
+            return "the worker sent a \"pong\" frame, but the daemon never sends \"ping\"; a worker only answers the daemon's requests"
         default:
-            closeChannel(.protocolViolation("the worker sent an unknown message type \(msg.type.debugDescription)"))
+            return "the worker sent an unknown message type \(msg.type.debugDescription)"
         }
+        return nil
     }
 
     /// Ends the channel: waiters get the reason; the worker is killed if it
