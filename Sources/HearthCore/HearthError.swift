@@ -45,6 +45,8 @@ public struct HearthError: Error, CustomStringConvertible, Sendable, Equatable {
         /// non-root peer).
         case forbidden = "forbidden"
         case queueFull = "queue_full"
+        /// A finished task's result or logs were dropped over the result budget (HTTP 410).
+        case resultExpired = "result_expired"
         case unavailable = "unavailable"
         case spawnFailed = "spawn_failed"
         case system = "system"

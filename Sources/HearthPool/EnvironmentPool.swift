@@ -592,13 +592,13 @@ actor EnvironmentPool {
         }
         let cancelled = r.state.withLock { $0.cancelRequested }
         if msg.ok == true {
-            task.finish(.succeeded, result: msg.value ?? .null, workerMicros: msg.duration_us)
+            task.finish(.succeeded, result: msg.value ?? Array("null".utf8), workerMicros: msg.duration_us, resultBytes: msg.frameBytes)
         } else if cancelled && msg.error?.type == "KeyboardInterrupt" {
             task.finish(.cancelled, error: TaskError(type: "Cancelled", message: "task \(task.id) was cancelled while running"),
                         workerMicros: msg.duration_us)
         } else {
             task.finish(.failed, error: msg.error ?? TaskError(type: "TaskFailed", message: "the task failed"),
-                        workerMicros: msg.duration_us)
+                        workerMicros: msg.duration_us, resultBytes: msg.frameBytes)
         }
         ctx.tasks.retire(task)
         r.finishTask()

@@ -31,6 +31,58 @@ public enum FastJSON {
         }
     }
 
+    /// A JSON object whose `rawKey` member is validated but not built: its
+    /// bytes are returned as they are. A task's result crosses the daemon
+    /// this way (frame in, response out), so it costs its size in memory,
+    /// not the many times that a tree of small values would.
+    static func parseObject(_ bytes: [UInt8], rawKey: String) throws(ParseError) -> (object: [String: JSONValue], raw: [UInt8]?) {
+        do {
+            return try bytes.withUnsafeBytes { buf in try parseObject(buf, rawKey: rawKey) }
+        } catch let e as ParseError {
+            throw e
+        } catch {
+            throw ParseError(offset: 0, reason: "\(error)")
+        }
+    }
+
+    static func parseObject(_ buf: UnsafeRawBufferPointer, rawKey: String) throws(ParseError) -> (object: [String: JSONValue], raw: [UInt8]?) {
+        var p = Parser(bytes: buf.bindMemory(to: UInt8.self))
+        var out: [String: JSONValue] = [:]
+        var raw: [UInt8]?
+        p.skipSpace()
+        guard p.pos < p.bytes.count, p.bytes[p.pos] == UInt8(ascii: "{") else { throw p.fail("expected an object") }
+        p.pos += 1
+        p.skipSpace()
+        if p.pos < p.bytes.count && p.bytes[p.pos] == UInt8(ascii: "}") {
+            p.pos += 1
+        } else {
+            members: while true {
+                p.skipSpace()
+                guard p.pos < p.bytes.count, p.bytes[p.pos] == UInt8(ascii: "\"") else { throw p.fail("expected a key") }
+                let key = try p.string()
+                p.skipSpace()
+                guard p.pos < p.bytes.count, p.bytes[p.pos] == UInt8(ascii: ":") else { throw p.fail("expected ':'") }
+                p.pos += 1
+                p.skipSpace()
+                if key == rawKey {
+                    let start = p.pos
+                    try p.skipValue(depth: 1)
+                    raw = Array(UnsafeBufferPointer(rebasing: p.bytes[start..<p.pos]))
+                } else {
+                    out[key] = try p.value(depth: 1)
+                }
+                p.skipSpace()
+                guard p.pos < p.bytes.count else { throw p.fail("unexpected end of input") }
+                if p.bytes[p.pos] == UInt8(ascii: ",") { p.pos += 1; continue }
+                if p.bytes[p.pos] == UInt8(ascii: "}") { p.pos += 1; break members }
+                throw p.fail("expected ',' or '}'")
+            }
+        }
+        p.skipSpace()
+        if p.pos != p.bytes.count { throw p.fail("trailing characters") }
+        return (out, raw)
+    }
+
     /// Nesting deeper than this is refused rather than risking the stack.
     static let maxDepth = 512
 
@@ -97,6 +149,52 @@ public enum FastJSON {
                 try literal("null"); return .null
             default:
                 return try number()
+            }
+        }
+
+        /// Checks one value by `value`'s rules without building it (strings
+        /// are still decoded, one at a time, to check their escapes and UTF-8).
+        mutating func skipValue(depth: Int) throws(ParseError) {
+            guard depth < FastJSON.maxDepth else { throw fail("nesting deeper than \(FastJSON.maxDepth)") }
+            guard pos < bytes.count else { throw fail("unexpected end of input") }
+            switch bytes[pos] {
+            case UInt8(ascii: "{"):
+                pos += 1
+                skipSpace()
+                if pos < bytes.count && bytes[pos] == UInt8(ascii: "}") { pos += 1; return }
+                while true {
+                    skipSpace()
+                    guard pos < bytes.count, bytes[pos] == UInt8(ascii: "\"") else { throw fail("expected a key") }
+                    _ = try string()
+                    skipSpace()
+                    guard pos < bytes.count, bytes[pos] == UInt8(ascii: ":") else { throw fail("expected ':'") }
+                    pos += 1
+                    skipSpace()
+                    try skipValue(depth: depth + 1)
+                    skipSpace()
+                    guard pos < bytes.count else { throw fail("unexpected end of input") }
+                    if bytes[pos] == UInt8(ascii: ",") { pos += 1; continue }
+                    if bytes[pos] == UInt8(ascii: "}") { pos += 1; return }
+                    throw fail("expected ',' or '}'")
+                }
+            case UInt8(ascii: "["):
+                pos += 1
+                skipSpace()
+                if pos < bytes.count && bytes[pos] == UInt8(ascii: "]") { pos += 1; return }
+                while true {
+                    skipSpace()
+                    try skipValue(depth: depth + 1)
+                    skipSpace()
+                    guard pos < bytes.count else { throw fail("unexpected end of input") }
+                    if bytes[pos] == UInt8(ascii: ",") { pos += 1; continue }
+                    if bytes[pos] == UInt8(ascii: "]") { pos += 1; return }
+                    throw fail("expected ',' or ']'")
+                }
+            case UInt8(ascii: "\""): _ = try string()
+            case UInt8(ascii: "t"): try literal("true")
+            case UInt8(ascii: "f"): try literal("false")
+            case UInt8(ascii: "n"): try literal("null")
+            default: _ = try number()
             }
         }
 
@@ -319,15 +417,20 @@ public struct JSONWriter {
 }
 
 extension TaskSnapshot {
-    /// The snapshot as JSON, the fields JSONEncoder would write (nil ones left out).
-    public func writeJSON(_ w: inout JSONWriter) {
+    /// The snapshot as JSON, the fields JSONEncoder would write (nil ones
+    /// left out); `rawResult`: the result as JSON bytes, in place of `result`.
+    public func writeJSON(_ w: inout JSONWriter, rawResult: [UInt8]? = nil) {
         w.byte(0x7b)
         w.key("id", first: true); w.string(id)
         w.key("environment"); w.string(environment)
         w.key("module"); w.string(module)
         w.key("function"); w.string(function)
         w.key("state"); w.string(state.rawValue)
-        if let result { w.key("result"); w.value(result) }
+        if let rawResult {
+            w.key("result"); w.bytes += rawResult
+        } else if let result {
+            w.key("result"); w.value(result)
+        }
         if let error { w.key("error"); error.writeJSON(&w) }
         if let replica { w.key("replica"); w.string(replica) }
         if let pid { w.key("pid"); w.int(Int64(pid)) }

@@ -125,20 +125,26 @@ struct WorkerMessage: Sendable {
     var pid: Int32?
     var python: String?
     var ok: Bool?
-    var value: JSONValue?
+    /// A result's value as the worker wrote it (validated JSON, not built).
+    var value: [UInt8]?
     var error: TaskError?
     var message: String?
     var duration_us: Int64?
+    /// The frame's size: what a result costs the result budget.
+    var frameBytes = 0
 
     /// From a frame's body; nil when it is not a JSON object with a string `type`.
     init?(frame: [UInt8]) {
-        guard case .object(let o)? = try? FastJSON.parse(frame), let type = o["type"]?.stringValue else { return nil }
+        guard let (o, raw) = try? FastJSON.parseObject(frame, rawKey: "value"), let type = o["type"]?.stringValue else {
+            return nil
+        }
         self.type = type
+        frameBytes = frame.count
+        value = raw
         id = o["id"]?.stringValue
         if case .int(let p)? = o["pid"], let p32 = Int32(exactly: p) { pid = p32 }
         python = o["python"]?.stringValue
         if case .bool(let b)? = o["ok"] { ok = b }
-        value = o["value"]
         error = o["error"].flatMap { TaskError(json: $0) }
         message = o["message"]?.stringValue
         if case .int(let d)? = o["duration_us"] { duration_us = d }

@@ -110,6 +110,9 @@ public final class Pool: Sendable {
         public var timeout: Duration?
         /// The identity the caller applied; nil skips the check.
         public var identity: String?
+        /// Someone waits for the result: it stays out of the result budget
+        /// (never spilled or dropped) until `TaskRegistry.release`.
+        public var pinned = false
         public init(module: String, function: String, kwargs: JSONValue, bundle: String?, timeout: Duration?,
                     identity: String? = nil) {
             self.module = module; self.function = function; self.kwargs = kwargs; self.bundle = bundle; self.timeout = timeout
@@ -136,8 +139,10 @@ public final class Pool: Sendable {
             }
         }
         let tasks = subs.map { s in
-            TaskRecord(id: ctx.tasks.newID(), environment: env, module: s.module, function: s.function,
-                       kwargs: s.kwargs, bundle: s.bundle, timeout: s.timeout)
+            let t = TaskRecord(id: ctx.tasks.newID(), environment: env, module: s.module, function: s.function,
+                               kwargs: s.kwargs, bundle: s.bundle, timeout: s.timeout)
+            if s.pinned { t.pin() }
+            return t
         }
         for t in tasks { ctx.tasks.add(t) }
         ctx.tasks.journal.add(tasks.map { (id: $0.id, environment: env) })
@@ -147,6 +152,7 @@ public final class Pool: Sendable {
             for task in tasks {
                 task.finish(.failed, error: TaskError(type: "Refused", message: HearthError.wrap(error).message))
                 ctx.tasks.retire(task)
+                if subs.first?.pinned == true { ctx.tasks.release(task) }
             }
             throw error
         }

@@ -1,6 +1,8 @@
 import Foundation
 import Glibc
 import HearthCore
+import HearthSandbox
+import Logging
 import Synchronization
 
 /// One task from submission to its final state. Thread-safe.
@@ -9,14 +11,14 @@ public final class TaskRecord: Sendable {
     public let environment: String
     public let module: String
     public let function: String
-    let kwargs: JSONValue
     let bundle: String?
     let timeout: Duration?
     let submitted = ContinuousClock.now
 
     struct State {
         var state: TaskState = .queued
-        var result: JSONValue?
+        /// The result as JSON bytes, as the worker wrote it (see FastJSON.parseObject).
+        var result: [UInt8]?
         var error: TaskError?
         var replica: String?
         var pid: Int32?
@@ -25,7 +27,16 @@ public final class TaskRecord: Sendable {
         var workerMicros: Int64?
         var coldStart: Bool?
         var coldPhases: [String: Int64]?
-        var logs = LogBuffer(limit: 1 << 20)
+        var logs = LogBuffer(limit: TaskRecord.logLimit)
+        /// Released once the run frame is written (see takeKwargs).
+        var kwargs: JSONValue?
+        /// The result's size as it arrived (the result frame's bytes), for the budget.
+        var resultBytes = 0
+        /// Where the payload (result, full error, logs) is once finished.
+        var payload: PayloadPlace = .memory
+        /// Waiters yet to be answered; the budget admits the task after the last.
+        var pins = 0
+        var admitWhenReleased = false
         var waiters: [CheckedContinuation<TaskSnapshot, Never>] = []
         var observers: [@Sendable () -> Void] = []
     }
@@ -34,19 +45,42 @@ public final class TaskRecord: Sendable {
     init(id: String, environment: String, module: String, function: String, kwargs: JSONValue, bundle: String?,
          timeout: Duration?) {
         self.id = id; self.environment = environment; self.module = module; self.function = function
-        self.kwargs = kwargs; self.bundle = bundle; self.timeout = timeout
+        self.bundle = bundle; self.timeout = timeout
+        state.withLock { $0.kwargs = kwargs }
     }
 
-    public var snapshot: TaskSnapshot { state.withLock { snapshot(of: $0) } }
+    static let logLimit = 1 << 20
 
-    private func snapshot(of s: State) -> TaskSnapshot {
+    /// The task's arguments, for its run frame; not kept after that (a
+    /// finished task's arguments would count against nothing).
+    func takeKwargs() -> JSONValue {
+        state.withLock { s in
+            defer { s.kwargs = nil }
+            return s.kwargs ?? .object([:])
+        }
+    }
+
+    /// The task as a value; its result is parsed from the JSON it is kept
+    /// as (the API's routes write `jsonBytes` instead, without parsing).
+    public var snapshot: TaskSnapshot { state.withLock { snapshot(of: $0, withResult: true) } }
+
+    /// The task as the API shows it, as JSON.
+    public var jsonBytes: [UInt8] { state.withLock { Self.json(snapshot(of: $0, withResult: false), result: $0.result) } }
+
+    static func json(_ snap: TaskSnapshot, result: [UInt8]?) -> [UInt8] {
+        var w = JSONWriter(capacity: 320 + (result?.count ?? 0))
+        snap.writeJSON(&w, rawResult: result)
+        return w.bytes
+    }
+
+    private func snapshot(of s: State, withResult: Bool = false) -> TaskSnapshot {
         func micros(_ d: Duration) -> Int64 {
             let (sec, atto) = d.components
             return sec * 1_000_000 + atto / 1_000_000_000_000
         }
         return TaskSnapshot(
             id: id, environment: environment, module: module, function: function, state: s.state,
-            result: s.result, error: s.error, replica: s.replica, pid: s.pid,
+            result: withResult ? s.result.flatMap { try? FastJSON.parse($0) } : nil, error: s.error, replica: s.replica, pid: s.pid,
             queuedMicros: s.started.map { micros($0 - submitted) },
             runMicros: s.started.flatMap { st in s.finished.map { micros($0 - st) } },
             workerMicros: s.workerMicros, coldStart: s.coldStart, coldPhases: s.coldPhases)
@@ -68,7 +102,8 @@ public final class TaskRecord: Sendable {
 
     /// Sets the final state once; later calls are ignored. Wakes waiters.
     @discardableResult
-    func finish(_ final: TaskState, result: JSONValue? = nil, error: TaskError? = nil, workerMicros: Int64? = nil) -> Bool {
+    func finish(_ final: TaskState, result: [UInt8]? = nil, error: TaskError? = nil, workerMicros: Int64? = nil,
+                resultBytes: Int? = nil) -> Bool {
         let done: (waiters: [CheckedContinuation<TaskSnapshot, Never>], observers: [@Sendable () -> Void], snap: TaskSnapshot?)? = state.withLock {
             guard !$0.state.isFinal else { return nil }
             $0.state = final
@@ -76,11 +111,13 @@ public final class TaskRecord: Sendable {
             $0.error = error
             $0.workerMicros = workerMicros
             $0.finished = .now
+            $0.kwargs = nil
+            $0.resultBytes = resultBytes ?? (error.map { $0.message.utf8.count + ($0.traceback?.utf8.count ?? 0) + 64 } ?? 0)
             let w = $0.waiters, o = $0.observers
             $0.waiters = []
             $0.observers = []
             // Only a waiter needs the snapshot now; a batch takes its own later.
-            return (w, o, w.isEmpty ? nil : snapshot(of: $0))
+            return (w, o, w.isEmpty ? nil : snapshot(of: $0, withResult: true))
         }
         guard let done else { return false }
         PoolMetrics.tasks(final).increment()
@@ -126,7 +163,7 @@ public final class TaskRecord: Sendable {
     public func wait() async -> TaskSnapshot {
         await withCheckedContinuation { cont in
             let snap: TaskSnapshot? = state.withLock {
-                if $0.state.isFinal { return snapshot(of: $0) }
+                if $0.state.isFinal { return snapshot(of: $0, withResult: true) }
                 $0.waiters.append(cont)
                 return nil
             }
@@ -135,11 +172,143 @@ public final class TaskRecord: Sendable {
     }
 
     func appendLog(_ stream: LogBuffer.Stream, _ bytes: [UInt8]) {
-        state.withLock { $0.logs.append(stream, bytes) }
+        state.withLock {
+            // A spilled or dropped task's logs are no longer in memory to add to.
+            guard case .memory = $0.payload else { return }
+            $0.logs.append(stream, bytes)
+        }
     }
 
     public func logs() -> [LogBuffer.Entry] { state.withLock { $0.logs.entries } }
     public var logsTruncated: Bool { state.withLock { $0.logs.dropped > 0 } }
+}
+
+/// Where a finished task's payload (result, full error, logs) is.
+enum PayloadPlace: Sendable {
+    case memory
+    /// Spilled to this file; memory keeps the error's summary.
+    case disk(String)
+    /// Dropped over budget: the budget's rule, for the error.
+    case expired(String)
+}
+
+/// A task whose result or logs were dropped over the result budget: HTTP
+/// 410 `result_expired`, with what is still known of the task.
+public struct ResultExpired: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public let task: TaskSnapshot
+    public var description: String { message }
+}
+
+extension TaskRecord {
+    func pin() { state.withLock { $0.pins += 1 } }
+
+    /// Retired: true when the budget may take it now, false when a waiter
+    /// holds it (the last `unpin` says so then).
+    func readyForBudget() -> Bool {
+        state.withLock {
+            if $0.pins > 0 { $0.admitWhenReleased = true; return false }
+            return true
+        }
+    }
+
+    /// true when this was the last pin of a task already retired.
+    func unpin() -> Bool {
+        state.withLock {
+            $0.pins = max(0, $0.pins - 1)
+            guard $0.pins == 0, $0.admitWhenReleased else { return false }
+            $0.admitWhenReleased = false
+            return true
+        }
+    }
+
+    /// What the budget counts for this task: the result frame and the logs.
+    var payloadBytes: Int { state.withLock { $0.resultBytes + $0.logs.size } }
+
+    /// The payload while it is in memory.
+    var payloadInMemory: TaskPayload? {
+        state.withLock { s in
+            guard case .memory = s.payload else { return nil }
+            return TaskPayload(result: s.result, error: s.error, logs: s.logs.entries, logsDropped: s.logs.dropped)
+        }
+    }
+
+    /// The payload is in `path` now: memory keeps only the error's summary.
+    func markSpilled(_ path: String) {
+        state.withLock { s in
+            guard case .memory = s.payload else { return }
+            Self.release(&s)
+            s.payload = .disk(path)
+        }
+    }
+
+    /// The payload was dropped over budget; `rule` says which.
+    func expire(_ rule: String) {
+        state.withLock { s in
+            if case .expired = s.payload { return }
+            Self.release(&s)
+            s.payload = .expired(rule)
+        }
+    }
+
+    private static func release(_ s: inout State) {
+        s.result = nil
+        s.error = s.error.map(summary)
+        s.logs = LogBuffer(limit: logLimit)
+    }
+
+    /// An error as kept without its payload: type, module, the message's
+    /// first 1 KiB, no traceback.
+    static func summary(_ e: TaskError) -> TaskError {
+        var m = e.message
+        if m.utf8.count > 1024 {
+            m = String(decoding: Array(m.utf8.prefix(1024)), as: UTF8.self) + " [... the rest is kept with the task's result]"
+        }
+        return TaskError(type: e.type, module: e.module, message: m, traceback: nil)
+    }
+
+    /// The task as the API shows it, as JSON, its result read back from
+    /// disk if it was spilled (blocking work off the caller's thread).
+    /// Throws `ResultExpired` when it was dropped.
+    public func fullJSON() async throws -> [UInt8] {
+        let (snap, result, place) = state.withLock { (snapshot(of: $0), $0.result, $0.payload) }
+        switch place {
+        case .memory: return Self.json(snap, result: result)
+        case .expired(let rule): throw expired("result", rule)
+        case .disk(let path):
+            let payload = try await readSpill(path, what: "result")
+            var full = snap
+            full.error = payload.error ?? snap.error
+            return Self.json(full, result: payload.result)
+        }
+    }
+
+    /// The task's logs and whether older output was dropped, read back from
+    /// disk if spilled. Throws `ResultExpired` when they were dropped.
+    public func fullLogs() async throws -> (entries: [LogBuffer.Entry], truncated: Bool) {
+        let (entries, dropped, place) = state.withLock { ($0.logs.entries, $0.logs.dropped, $0.payload) }
+        switch place {
+        case .memory: return (entries, dropped > 0)
+        case .expired(let rule): throw expired("logs", rule)
+        case .disk(let path):
+            let payload = try await readSpill(path, what: "logs")
+            return (payload.logs, payload.logsDropped > 0)
+        }
+    }
+
+    private func readSpill(_ path: String, what: String) async throws -> TaskPayload {
+        do {
+            return try await Blocking.run { try ResultStore.read(path) }
+        } catch let e as SystemError where e.errno == ENOENT {
+            // Dropped while we looked: the state says why.
+            let rule: String = state.withLock { if case .expired(let r) = $0.payload { return r }; return "" }
+            throw expired(what, rule.isEmpty ? "its file \(path) is gone" : rule)
+        }
+    }
+
+    private func expired(_ what: String, _ rule: String) -> ResultExpired {
+        ResultExpired(message: "the \(what) of task \(id) (\(currentState.rawValue)) expired: \(rule)", task: snapshot)
+    }
 }
 
 /// A task's stdout and stderr, bounded: the newest bytes are kept.
@@ -151,7 +320,7 @@ public struct LogBuffer: Sendable {
     }
     let limit: Int
     public private(set) var entries: [Entry] = []
-    private var size = 0
+    public private(set) var size = 0
     public private(set) var dropped = 0
 
     init(limit: Int) { self.limit = limit }
@@ -198,10 +367,20 @@ public final class TaskRegistry: Sendable {
     public let journal: TaskJournal
     public var journalDir: String { journal.dir }
 
-    public init(journalDir: String, keepFinished: Int = 10_000) {
+    /// Finished tasks' results and logs, within their byte budget; nil:
+    /// kept in memory without one (unit tests).
+    let results: ResultStore?
+
+    public init(journalDir: String, keepFinished: Int = 10_000, results budget: ResultBudget? = nil,
+                logger: Logger? = nil) {
         journal = TaskJournal(dir: journalDir)
         self.keepFinished = keepFinished
+        results = budget.map { ResultStore(budget: $0, logger: logger) }
     }
+
+    /// Makes the spill directory and empties it (finished tasks do not
+    /// outlive the daemon).
+    public func prepareResults() throws { try results?.prepare() }
 
     func newID() -> String {
         "t-\(prefix)-\(counter.wrappingAdd(1, ordering: .relaxed).newValue)"
@@ -214,14 +393,23 @@ public final class TaskRegistry: Sendable {
     /// Remembers a finished task for later GETs; evicts the oldest beyond the bound.
     func retire(_ t: TaskRecord) {
         journal.remove(t.id)
-        state.withLock {
+        let evicted: [String] = state.withLock {
             $0.finishedOrder.append(t.id)
-            if $0.finishedOrder.count > keepFinished {
-                let drop = $0.finishedOrder.count - keepFinished
-                for id in $0.finishedOrder.prefix(drop) { $0.tasks.removeValue(forKey: id) }
-                $0.finishedOrder.removeFirst(drop)
-            }
+            guard $0.finishedOrder.count > keepFinished else { return [] }
+            let drop = $0.finishedOrder.count - keepFinished
+            let ids = Array($0.finishedOrder.prefix(drop))
+            for id in ids { $0.tasks.removeValue(forKey: id) }
+            $0.finishedOrder.removeFirst(drop)
+            return ids
         }
+        for id in evicted { results?.forget(id) }
+        if t.readyForBudget() { results?.admit(t) }
+    }
+
+    /// A pinned task's waiter has its result: the budget takes it from here.
+    public func release(_ t: TaskRecord) {
+        // One the registry evicted meanwhile has nobody to fetch it: not admitted.
+        if t.unpin(), get(t.id) === t { results?.admit(t) }
     }
 }
 

@@ -305,7 +305,7 @@ final class WarmReplica: Sendable {
     /// Sends the claimed task; `done` runs once, on fd 4's reader for a
     /// result, or wherever the channel is found closed.
     func send(_ task: TaskRecord, bundlePath: String?, env: [String: String]?, done: @escaping ResultHandler) {
-        let message = RunMessage(id: task.id, module: task.module, function: task.function, kwargs: task.kwargs,
+        let message = RunMessage(id: task.id, module: task.module, function: task.function, kwargs: task.takeKwargs(),
                                  bundle: task.bundle.map { .init(version: $0, path: bundlePath ?? "") }, env: env)
         let frame = message.frame()
         let closed: ChannelError? = state.withLock {

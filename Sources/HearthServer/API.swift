@@ -255,6 +255,7 @@ func errorBody(_ error: any Error) -> (HTTPResponse.Status, [UInt8]) {
     case .conflict: status = .conflict
     case .forbidden: status = .forbidden
     case .queueFull: status = .tooManyRequests
+    case .resultExpired: status = .gone
     case .unavailable: status = .serviceUnavailable
     case .spawnFailed, .system, .internal: status = .internalServerError
     }

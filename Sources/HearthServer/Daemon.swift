@@ -35,6 +35,12 @@ public struct DaemonOptions: Sendable {
     /// Replicas run in user namespaces unless a spec or request says
     /// otherwise (`user_namespace: false`).
     public var userNamespaces = false
+    /// Bytes of finished tasks' results and logs kept in memory
+    /// (`--result-budget`); past it the oldest are spilled to disk.
+    public var resultBudget = ResultBudget.defaultMemory
+    /// Bytes of spilled results kept under `<root>/results`
+    /// (`--result-disk-budget`); past it the oldest are dropped. 0: no spilling.
+    public var resultDiskBudget = ResultBudget.defaultDisk
     /// Directory holding the `hearth` Python package (the worker).
     public var workerDir: String = "/usr/local/lib/hearth/python"
 
@@ -89,7 +95,11 @@ public enum Daemon {
         }
         let code = try CodeStore(stateRoot: options.stateRoot)
         let secrets = try SecretStore(stateRoot: options.stateRoot)
-        let tasks = TaskRegistry(journalDir: options.stateRoot + "/tasks")
+        let tasks = TaskRegistry(journalDir: options.stateRoot + "/tasks",
+                                 results: ResultBudget(memory: options.resultBudget, disk: options.resultDiskBudget,
+                                                       dir: options.stateRoot + "/results"),
+                                 logger: logger)
+        try tasks.prepareResults()
         // One event loop serves HTTP and reads every replica's result frames,
         // so a result reaches the response waiting for it on the same thread.
         let io = MultiThreadedEventLoopGroup(numberOfThreads: 1)

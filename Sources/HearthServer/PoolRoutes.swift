@@ -64,7 +64,9 @@ struct PoolRoutes: Sendable {
                     guard case .object = input else {
                         throw HearthError.invalid("inputs[\(i)]: each input is an object of keyword arguments")
                     }
-                    subs.append(try submission(req.module, req.function, input, req.bundle, req.timeout, req.identity))
+                    var sub = try submission(req.module, req.function, input, req.bundle, req.timeout, req.identity)
+                    sub.pinned = true
+                    subs.append(sub)
                 }
                 // All at once: one journal write, one scheduler pass, one wake-up when all are done.
                 let tasks = try pool.submitMany(env, subs)
@@ -73,7 +75,9 @@ struct PoolRoutes: Sendable {
                 w.bytes.append(0x5b)
                 for (i, t) in tasks.enumerated() {
                     if i > 0 { w.bytes.append(0x2c) }
-                    t.snapshot.writeJSON(&w)
+                    w.bytes += t.jsonBytes
+                    // Delivered: now the result budget may spill or drop it.
+                    pool.tasks.release(t)
                 }
                 w.bytes.append(0x5d)
                 return jsonBytes(w.bytes)
@@ -81,20 +85,25 @@ struct PoolRoutes: Sendable {
         }
         router.get("/v1/tasks/:id") { _, context in
             do {
-                return jsonBytes(try task(context).snapshot.jsonBytes)
+                return jsonBytes(try await task(context).fullJSON())
+            } catch let e as ResultExpired {
+                return expiredResponse(e)
             } catch { return errorResponse(error) }
         }
         router.get("/v1/tasks/:id/logs") { _, context in
             do {
                 let t = try task(context)
-                let entries = t.logs().map { TaskLogs.Entry(stream: $0.stream.rawValue, text: String(decoding: $0.bytes, as: UTF8.self)) }
-                return try json(TaskLogs(id: t.id, entries: entries, truncated: t.logsTruncated))
+                let (logs, truncated) = try await t.fullLogs()
+                let entries = logs.map { TaskLogs.Entry(stream: $0.stream.rawValue, text: String(decoding: $0.bytes, as: UTF8.self)) }
+                return try json(TaskLogs(id: t.id, entries: entries, truncated: truncated))
+            } catch let e as ResultExpired {
+                return expiredResponse(e)
             } catch { return errorResponse(error) }
         }
         router.delete("/v1/tasks/:id") { _, context in
             do {
                 let t = try await pool.cancel(context.parameters.get("id") ?? "")
-                return try json(t.snapshot, status: .accepted)
+                return jsonBytes(t.jsonBytes, status: .accepted)
             } catch { return errorResponse(error) }
         }
         // Lets a client skip the upload of a bundle the daemon already has.
@@ -148,18 +157,25 @@ struct PoolRoutes: Sendable {
         let task: TaskRecord, wait: Bool
         do {
             let req = try parseTaskRequest(body)
-            task = try pool.submitMany(env, [try submission(req.module, req.function, req.kwargs ?? .object([:]),
-                                                            req.bundle, req.timeout, req.identity)])[0]
+            var sub = try submission(req.module, req.function, req.kwargs ?? .object([:]), req.bundle, req.timeout,
+                                     req.identity)
             wait = req.wait == true
+            sub.pinned = wait
+            task = try pool.submitMany(env, [sub])[0]
         } catch {
             let (status, bytes) = errorBody(error)
             reply(status, bytes)
             return
         }
         if wait {
-            task.whenFinished { reply(.ok, task.snapshot.jsonBytes) }
+            // Pinned until delivered: the result budget cannot spill or drop it first.
+            let tasks = pool.tasks
+            task.whenFinished {
+                reply(.ok, task.jsonBytes)
+                tasks.release(task)
+            }
         } else {
-            reply(.accepted, task.snapshot.jsonBytes)
+            reply(.accepted, task.jsonBytes)
         }
     }
 
@@ -193,6 +209,20 @@ struct PoolRoutes: Sendable {
             return part.allSatisfy { $0 == "_" || ($0.isASCII && ($0.isLetter || $0.isNumber)) }
         }
     }
+}
+
+/// 410 `result_expired`: the error, and what is still known of the task
+/// (state, timing, the error's summary) under `task`.
+func expiredResponse(_ e: ResultExpired) -> Response {
+    var w = JSONWriter(capacity: 512)
+    w.bytes += Array("{\"error\":{\"code\":".utf8)
+    w.string(HearthError.Code.resultExpired.rawValue)
+    w.bytes += Array(",\"message\":".utf8)
+    w.string(e.message)
+    w.bytes += Array("},\"task\":".utf8)
+    e.task.writeJSON(&w)
+    w.bytes.append(0x7d)
+    return jsonBytes(w.bytes, status: .gone)
 }
 
 func jsonBytes(_ bytes: [UInt8], status: HTTPResponse.Status = .ok) -> Response {

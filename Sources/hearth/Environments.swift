@@ -141,19 +141,44 @@ struct RunTask: ParsableCommand {
             let r = try global.client.request("POST", "/v1/environments/" + percentEncodePath(environment) + "/tasks",
                                               body: Array(try JSONEncoder().encode(req)))
             guard r.status == 200 else { throw apiError(r) }
-            if json { writeAll(1, r.body + [10]); return }
+            try printOutcome(r.body, json: json)
+        } catch { throw failure(error) }
+    }
+}
+
+/// A finished task's result as JSON on stdout; its error on stderr and a
+/// failure. `json`: the whole task record.
+func printOutcome(_ body: [UInt8], json: Bool) throws {
+    if json { writeAll(1, body + [10]); return }
+    let t = try JSONDecoder().decode(TaskSnapshot.self, from: Data(body))
+    if t.state == .succeeded {
+        let out = try JSONEncoder().encode(t.result ?? .null)
+        writeAll(1, Array(out) + [10])
+        return
+    }
+    var message = "task \(t.id) \(t.state.rawValue)"
+    if let e = t.error {
+        message += ": \(e.type): \(e.message)"
+        if let tb = e.traceback { writeAll(2, Array(tb.utf8)) }
+    }
+    throw fail(message)
+}
+
+struct TaskResult: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "result",
+        abstract: "Print a task's result (JSON), or its error; fails while it runs and once the result budget dropped it.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Task id.") var task: String
+    @Flag(help: "Print the whole task record as JSON.") var json = false
+
+    func run() throws {
+        do {
+            let r = try global.client.request("GET", "/v1/tasks/" + percentEncodePath(task))
+            guard r.status == 200 else { throw apiError(r) }
             let t = try JSONDecoder().decode(TaskSnapshot.self, from: Data(r.body))
-            if t.state == .succeeded {
-                let out = try JSONEncoder().encode(t.result ?? .null)
-                writeAll(1, Array(out) + [10])
-                return
-            }
-            var message = "task \(t.id) \(t.state.rawValue)"
-            if let e = t.error {
-                message += ": \(e.type): \(e.message)"
-                if let tb = e.traceback { writeAll(2, Array(tb.utf8)) }
-            }
-            throw fail(message)
+            if !t.state.isFinal && !json { throw fail("task \(t.id) is \(t.state.rawValue); it has no result yet") }
+            try printOutcome(r.body, json: json)
         } catch { throw failure(error) }
     }
 }

@@ -13,7 +13,7 @@ struct Hearth: ParsableCommand {
         commandName: "hearth",
         abstract: "Hearth: warm, isolated Python replicas on one machine.",
         discussion: "Talks to hearthd over its Unix socket (HEARTH_SOCKET, default \(HearthDefaults.socketPath)).",
-        subcommands: [Apply.self, EnvList.self, EnvStatus.self, EnvRemove.self, RunTask.self, Logs.self,
+        subcommands: [Apply.self, EnvList.self, EnvStatus.self, EnvRemove.self, RunTask.self, TaskResult.self, Logs.self,
                       SecretCommand.self, Spares.self, Sandbox.self, ImageCommand.self, Version.self]
     )
 }

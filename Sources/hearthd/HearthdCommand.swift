@@ -44,6 +44,12 @@ struct HearthdCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Run replicas in user namespaces by default (root inside is an unprivileged host uid; a spec's user_namespace: false opts out).")
     var userns = false
 
+    @Option(name: .long, help: ArgumentHelp("Bytes of finished tasks' results and logs kept in memory; past it the oldest are spilled to <root>/results (e.g. 256Mi).", valueName: "SIZE"))
+    var resultBudget: String = "256Mi"
+
+    @Option(name: .long, help: ArgumentHelp("Bytes of spilled results kept on disk; past it the oldest are dropped and fetching them gives result_expired (0: no spilling).", valueName: "SIZE"))
+    var resultDiskBudget: String = "1Gi"
+
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -56,6 +62,14 @@ struct HearthdCommand: AsyncParsableCommand {
             throw ValidationError("--spares: \(spares) is out of range; use 0 (off) to 16")
         }
         guard spareTtl > 0 else { throw ValidationError("--spare-ttl: \(spareTtl) must be a positive number of seconds") }
+        let memoryBudget: Int64, diskBudget: Int64
+        do {
+            memoryBudget = try Quantity.parseMemory(resultBudget, field: "--result-budget")
+            diskBudget = resultDiskBudget.trimmingCharacters(in: .whitespaces) == "0"
+                ? 0 : try Quantity.parseMemory(resultDiskBudget, field: "--result-disk-budget")
+        } catch let e as HearthError {
+            throw ValidationError(e.message)
+        }
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var options = DaemonOptions(initBinary: self.`init` ?? Self.defaultInit())
         options.stateRoot = (root as NSString).standardizingPath
@@ -69,6 +83,8 @@ struct HearthdCommand: AsyncParsableCommand {
         options.spareImages = spareImage
         options.allowPrivileged = allowPrivileged
         options.userNamespaces = userns
+        options.resultBudget = Int(clamping: memoryBudget)
+        options.resultDiskBudget = Int(clamping: diskBudget)
         do {
             try await Daemon.run(options)
         } catch let e as HearthError {

@@ -15,7 +15,8 @@ import os
 import socket
 import threading
 
-from hearth._errors import APIError, DaemonUnavailable, EnvironmentRefused, QueueFull, SocketPermissionError
+from hearth._errors import (APIError, DaemonUnavailable, EnvironmentRefused, QueueFull, ResultExpired,
+                            SocketPermissionError)
 
 __all__ = ["Client", "default_socket", "client"]
 
@@ -172,11 +173,16 @@ class Client(object):
         if status == 404 and not_found is not None:
             return not_found
         code, message = "http_%d" % status, raw.decode("utf-8", "replace")[:2000]
+        task = None
         try:
-            err = json.loads(raw)["error"]
+            doc = json.loads(raw)
+            err = doc["error"]
             code, message = err.get("code", code), err.get("message", message)
-        except (ValueError, KeyError, TypeError):
+            task = doc.get("task")
+        except (ValueError, KeyError, TypeError, AttributeError):
             pass
+        if status == 410 and code == "result_expired":
+            raise ResultExpired(status, code, message, what, task=task)
         cls = APIError
         if status == 429:
             cls = QueueFull

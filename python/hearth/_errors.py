@@ -5,7 +5,9 @@
     ├── SocketPermissionError (also PermissionError)
     ├── APIError                                   the daemon refused a request
     │   ├── EnvironmentRefused                     apply failed: the daemon's reason
-    │   └── QueueFull                              HTTP 429
+    │   ├── QueueFull                              HTTP 429
+    │   └── ResultExpired                          HTTP 410: a finished task's result
+    │                                              was dropped over hearthd's result budget
     ├── BundleError (also ValueError)              the code cannot be shipped
     ├── UnsafeResult                               a result would run code here if unpickled
     └── TaskFailed                                 the task ran and failed
@@ -15,7 +17,7 @@
 
 __all__ = [
     "HearthError", "DaemonUnavailable", "SocketPermissionError", "APIError", "EnvironmentRefused",
-    "QueueFull", "BundleError", "UnsafeResult", "TaskFailed", "TaskTimeout", "remote_exception",
+    "QueueFull", "ResultExpired", "BundleError", "UnsafeResult", "TaskFailed", "TaskTimeout", "remote_exception",
 ]
 
 
@@ -48,6 +50,16 @@ class EnvironmentRefused(APIError):
 
 class QueueFull(APIError):
     pass
+
+
+class ResultExpired(APIError):
+    """The task finished, but hearthd dropped its result (or logs) to stay
+    within ``--result-budget``/``--result-disk-budget``; ``task`` is what
+    is still known of it (state, timing, the error's summary), or None."""
+
+    def __init__(self, status, code, message, what=None, task=None):
+        APIError.__init__(self, status, code, message, what)
+        self.task = task
 
 
 class BundleError(HearthError, ValueError):

@@ -107,6 +107,11 @@ belong to the task):
   the daemon tears the replica down.
 
     {"type":"ping","id":<any>}   ->   {"type":"pong","id":<same>}
+
+  (hearthd sends no ping: it learns of a worker's death from its exit. To
+  hearthd any frame that answers nothing it asked -- a pong, a second
+  ready, a result for another id, anything while idle -- is a protocol
+  violation: the replica is killed and its task fails with ProtocolError.)
     {"type":"shutdown"}          ->   exit 0
 
   Messages are handled one at a time, in order: a ping sent while a task runs
