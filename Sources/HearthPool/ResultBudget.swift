@@ -260,6 +260,12 @@ final class ResultStore: Sendable {
     func prepare() throws {
         try FileTree.makeDirectory(budget.dir, mode: 0o700)
         guard chmod(budget.dir, 0o700) == 0 else { throw SystemError.current("chmod", budget.dir) }
+        try removeFiles()
+    }
+
+    /// Every spill file (at start, and when the daemon stops: results are
+    /// not left on disk after it).
+    func removeFiles() throws {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: budget.dir)) ?? []
         for n in names where unlink(budget.dir + "/" + n) != 0 && errno != ENOENT {
             throw SystemError.current("unlink", budget.dir + "/" + n)

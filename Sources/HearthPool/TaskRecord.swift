@@ -382,6 +382,9 @@ public final class TaskRegistry: Sendable {
     /// outlive the daemon).
     public func prepareResults() throws { try results?.prepare() }
 
+    /// Removes the spill files (the daemon is stopping).
+    public func removeSpilledResults() throws { try results?.removeFiles() }
+
     func newID() -> String {
         "t-\(prefix)-\(counter.wrappingAdd(1, ordering: .relaxed).newValue)"
     }

@@ -177,6 +177,7 @@ public enum Daemon {
         )
         try await group.run()
         try? await io.shutdownGracefully()
+        do { try tasks.removeSpilledResults() } catch { logger.warning("removing spilled results: \(error)") }
         try? runtime.cleanupStale()
         try? runtime.cgroups.removeSubtree()
         bind.remove()
