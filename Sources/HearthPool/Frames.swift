@@ -47,6 +47,12 @@ struct FrameReader {
         buffer.append(contentsOf: bytes)
     }
 
+    /// The length the next frame's header announces, once its 4 bytes are in.
+    var announced: Int? {
+        guard buffer.count - start >= 4 else { return nil }
+        return Int(buffer[start]) << 24 | Int(buffer[start + 1]) << 16 | Int(buffer[start + 2]) << 8 | Int(buffer[start + 3])
+    }
+
     /// The next complete frame body, or nil until more bytes arrive.
     mutating func next() throws -> [UInt8]? {
         guard buffer.count - start >= 4 else { return nil }

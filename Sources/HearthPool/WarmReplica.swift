@@ -139,19 +139,27 @@ final class WarmReplica: Sendable {
         while true {
             let frame: [UInt8]?
             let expecting: Bool
+            let announced: Int?
             do {
-                (frame, expecting) = try state.withLock { s in
-                    (try s.reader.next(), s.ready == nil || s.adoptWaiter != nil || s.pending != nil)
+                (frame, expecting, announced) = try state.withLock { s in
+                    (try s.reader.next(), s.ready == nil || s.adoptWaiter != nil || s.pending != nil, s.reader.announced)
                 }
             } catch {
                 closeChannel(.protocolViolation("the worker sent a \(error)"))
                 return false
             }
-            guard let f = frame else { return true }
+            guard let f = frame else {
+                // An unsolicited frame is refused at its header: its body is never buffered.
+                if let n = announced, !expecting, n > Self.nameableFrameBytes {
+                    closeChannel(.protocolViolation("the worker started a \(n)-byte frame while the daemon was waiting for nothing; a worker only answers the daemon's requests"))
+                    return false
+                }
+                return true
+            }
             // Nothing is outstanding: the frame is unsolicited whatever it
             // says. A small one is parsed to name it; a large one is not parsed.
             if !expecting && f.count > Self.nameableFrameBytes {
-                closeChannel(.protocolViolation("the worker sent a \(f.count)-byte frame while the daemon was waiting for nothing; a worker only answers the daemon's requests"))
+                closeChannel(.protocolViolation("the worker started a \(f.count)-byte frame while the daemon was waiting for nothing; a worker only answers the daemon's requests"))
                 return false
             }
             guard let msg = WorkerMessage(frame: f) else {

@@ -67,10 +67,15 @@ def pong_flood(frames, writes):
     return sent
 
 
-def late_pong(delay):
+def late_frame(delay, kind):
+    # Written after the task's result, while the daemon asks nothing.
     def later():
         time.sleep(delay)
-        write_all(frame({"type": "pong", "id": 2}))
+        if kind == "pong":
+            write_all(frame({"type": "pong", "id": 2}))
+        else:
+            # The header of a 50 MiB frame whose body never comes.
+            write_all(struct.pack(">I", 50 << 20) + b"{")
     threading.Thread(target=later, daemon=True).start()
     return os.getpid()
 
@@ -190,9 +195,14 @@ def test_pong_flood_is_cut_at_the_first_frame_and_the_daemon_keeps_serving(hd, c
     assert api(hd.socket, "GET", "/v1/version")[0] == 200
 
 
-def test_a_frame_while_idle_replaces_the_replica(hd, code):
-    e = env(hd, "idle-pong")
-    first = ok(hd, e, code, "late_pong", delay=0.3)
+@pytest.mark.parametrize("kind,logged", [
+    ("pong", 'the worker sent a "pong" frame'),
+    # Refused at its header: 50 MiB are never buffered.
+    ("header", "the worker started a 52428800-byte frame while the daemon was waiting for nothing"),
+])
+def test_a_frame_while_idle_replaces_the_replica(hd, code, kind, logged):
+    e = env(hd, "idle-" + kind)
+    first = ok(hd, e, code, "late_frame", delay=0.3, kind=kind)
     # The pong arrives after the task's result, while nothing is asked: the
     # replica is killed and removed (pids repeat across replicas: each has
     # its own pid namespace, so replicas are told apart by name).
@@ -207,7 +217,7 @@ def test_a_frame_while_idle_replaces_the_replica(hd, code):
     assert ok(hd, e, code, "pid")["replica"] != first["replica"]
     log = open(hd.log, errors="replace").read()
     assert f"replica {first['replica']} broke the task protocol while idle" in log
-    assert 'the worker sent a "pong" frame' in log
+    assert logged in log
 
 
 # ---- result budget -------------------------------------------------------------
