@@ -262,7 +262,7 @@ extension TaskRecord {
     static func summary(_ e: TaskError) -> TaskError {
         var m = e.message
         if m.utf8.count > 1024 {
-            m = String(decoding: Array(m.utf8.prefix(1024)), as: UTF8.self) + " [... the rest is kept with the task's result]"
+            m = String(decoding: Array(m.utf8.prefix(1024)), as: UTF8.self) + " [... truncated; the whole message is part of the result]"
         }
         return TaskError(type: e.type, module: e.module, message: m, traceback: nil)
     }
