@@ -79,14 +79,18 @@ public struct SandboxRequest: Codable, Sendable {
     public var workdir: String?
     /// A user namespace of its own; nil: the daemon's default (--userns).
     public var userNamespace: Bool?
+    /// Bytes the command may write to the replica's writable layer (a
+    /// memory quantity); over it the replica is killed.
+    public var ephemeralStorage: String?
     public var argv: [String]
     public init(image: String? = nil, memory: String? = nil, cpus: String? = nil, pids: Int64? = nil,
                 network: String? = nil, userNamespace: Bool? = nil, env: [String]? = nil, seccomp: String? = nil,
-                seccompProfile: String? = nil, workdir: String? = nil, argv: [String]) {
+                seccompProfile: String? = nil, workdir: String? = nil, ephemeralStorage: String? = nil,
+                argv: [String]) {
         self.image = image; self.memory = memory; self.cpus = cpus; self.pids = pids; self.network = network
         self.userNamespace = userNamespace
         self.env = env; self.seccomp = seccomp; self.seccompProfile = seccompProfile; self.workdir = workdir
-        self.argv = argv
+        self.ephemeralStorage = ephemeralStorage; self.argv = argv
     }
 }
 
@@ -108,6 +112,8 @@ public struct SandboxEvent: Codable, Sendable {
     public var signal: Int32?
     public var oomKilled: Bool?
     public var memoryLimit: String?
+    /// The daemon killed the replica for writing more than its ephemeral storage limit.
+    public var ephemeralStorageExceeded: Bool?
     public var message: String?
     public var error: APIErrorBody.Detail?
     public init(event: String, replica: String? = nil, startMicros: Int64? = nil, exitCode: Int32? = nil,

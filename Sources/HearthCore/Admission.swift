@@ -11,12 +11,23 @@ public struct MachineCapacity: Codable, Sendable, Equatable {
     }
 }
 
+/// The pre-started spare replicas that hold memory beside the environments:
+/// `count` spares, each with the memory limit `each` (the daemon's default
+/// memory limit; 0 when it has none).
+public struct SpareReservation: Sendable, Equatable {
+    public var count: Int
+    public var each: Int64
+    public init(count: Int = 0, each: Int64 = 0) { self.count = count; self.each = each }
+    public var bytes: Int64 { Admission.times(Int64(count), each) }
+}
+
 /// Admission control: an environment is admitted only if every environment
-/// could run all its replicas at once within the machine. Memory counts
-/// each replica's limit (its request when it has no limit), because that
-/// is what the cgroup lets it take; cpu counts requests, because limits are
-/// a ceiling on a shared resource, not a reservation. An environment with
-/// neither counts as 0.
+/// could run all its replicas at once within the machine, beside the spare
+/// replicas that exist. Memory counts each replica's limit (its request
+/// when it has no limit, the daemon's default memory limit when it has
+/// neither), because that is what the cgroup lets it take; cpu counts
+/// requests, because limits are a ceiling on a shared resource, not a
+/// reservation. An environment with nothing and no default counts as 0.
 public enum Admission {
     /// Throws unless `new` fits beside `admitted`. Environments in
     /// `admitted` named `replacing` or `new.name` are left out: they are the
@@ -25,13 +36,20 @@ public enum Admission {
     /// gives the arithmetic. The code is `invalidArgument` when `new` alone
     /// is too big for the machine (it can never fit), `conflict` when it
     /// would fit but others hold the room.
+    /// `defaultMemory`: the memory limit a replica gets when its spec sets
+    /// none (`hearthd --default-memory`); `spares`: what pre-started spares
+    /// hold now (memory only).
     public static func admit(_ new: EffectiveEnvironment, replacing: String?, admitted: [EffectiveEnvironment],
-                             capacity: MachineCapacity) throws {
+                             capacity: MachineCapacity, defaultMemory: Int64? = nil,
+                             spares: SpareReservation = SpareReservation()) throws {
         let replaced = admitted.filter { $0.name == new.name || $0.name == replacing }
         let others = admitted.filter { $0.name != new.name && $0.name != replacing }
+        let memoryLabel = new.memoryLimit != nil ? "memory limit"
+            : new.memoryRequest != nil ? "memory request" : "default memory limit"
         let resources = [
-            Resource(label: new.memoryLimit != nil ? "memory limit" : "memory request", unit: "",
-                     perReplica: { $0.memoryLimit ?? $0.memoryRequest ?? 0 }, available: capacity.memoryBytes, format: formatMemory),
+            Resource(label: memoryLabel, unit: "",
+                     perReplica: { memory($0, defaultMemory: defaultMemory) }, available: capacity.memoryBytes,
+                     format: formatMemory, spares: spares.bytes),
             Resource(label: "cpu request", unit: " cpus",
                      perReplica: { $0.cpuRequestMilli ?? 0 }, available: capacity.cpuMilli, format: formatCores),
             Resource(label: "gpu", unit: " GPUs",
@@ -40,17 +58,24 @@ public enum Admission {
         for resource in resources {
             let each = resource.perReplica(new)
             let wanted = times(Int64(new.replicaCount), each)
-            let held = others.reduce(Int64(0)) { plus($0, times(Int64($1.replicaCount), resource.perReplica($1))) }
+            let admittedHeld = others.reduce(Int64(0)) { plus($0, times(Int64($1.replicaCount), resource.perReplica($1))) }
+            let held = plus(admittedHeld, resource.spares)
             let before = replaced.reduce(Int64(0)) { plus($0, times(Int64($1.replicaCount), resource.perReplica($1))) }
             // A version that takes no more than the one it replaces is let
             // through even on a machine already over (say, one measured
             // smaller after a restart): refusing it would free nothing.
             guard plus(wanted, held) > resource.available, wanted > before else { continue }
             let f = resource.format
-            let already = held > 0 ? ", plus \(f(held)) already admitted," : ""
+            var already = admittedHeld > 0 ? ", plus \(f(admittedHeld)) already admitted" : ""
+            if resource.spares > 0 {
+                already += ", plus \(spares.count) spare replica\(spares.count == 1 ? "" : "s") × \(f(spares.each))"
+                    + " = \(f(resource.spares))"
+            }
+            if !already.isEmpty { already += "," }
             let message = "environment \"\(new.name)\": replica_count \(new.replicaCount) × \(resource.label) \(f(each))"
                 + " = \(f(wanted))\(resource.unit)\(already) exceeds the \(f(max(resource.available, 0)))\(resource.unit)"
                 + " this machine can give"
+                + (resource.spares > 0 ? " (hearthd --spares 0 keeps no spares)" : "")
             throw HearthError(wanted > resource.available ? .invalidArgument : .conflict, message)
         }
     }
@@ -62,11 +87,20 @@ public enum Admission {
         var perReplica: (EffectiveEnvironment) -> Int64
         var available: Int64
         var format: (Int64) -> String
+        /// What spare replicas hold of it.
+        var spares: Int64 = 0
     }
 
-    /// Memory `env` holds with all replicas running: replicas × (limit, else request).
-    public static func memoryReservation(_ env: EffectiveEnvironment) -> Int64 {
-        times(Int64(env.replicaCount), env.memoryLimit ?? env.memoryRequest ?? 0)
+    /// The memory one replica of `env` may take: its limit, else its
+    /// request, else the daemon's default limit, else 0.
+    public static func memory(_ env: EffectiveEnvironment, defaultMemory: Int64?) -> Int64 {
+        env.memoryLimit ?? env.memoryRequest ?? defaultMemory ?? 0
+    }
+
+    /// Memory `env` holds with all replicas running: replicas × (limit,
+    /// else request, else `defaultMemory`).
+    public static func memoryReservation(_ env: EffectiveEnvironment, defaultMemory: Int64? = nil) -> Int64 {
+        times(Int64(env.replicaCount), memory(env, defaultMemory: defaultMemory))
     }
 
     /// Millicores `env` asks for with all replicas running: replicas × request.
@@ -75,19 +109,19 @@ public enum Admission {
     }
 
     // Saturating: a sum past Int64 exceeds any machine, which is the answer.
-    private static func times(_ a: Int64, _ b: Int64) -> Int64 {
+    static func times(_ a: Int64, _ b: Int64) -> Int64 {
         let (r, overflow) = a.multipliedReportingOverflow(by: b)
         return overflow ? .max : r
     }
 
-    private static func plus(_ a: Int64, _ b: Int64) -> Int64 {
+    static func plus(_ a: Int64, _ b: Int64) -> Int64 {
         let (r, overflow) = a.addingReportingOverflow(b)
         return overflow ? .max : r
     }
 
     /// In the largest binary unit that fits: `8Gi`, `23.5Gi`, `1.25Mi`
     /// (two decimals at most); bytes below 1Ki.
-    static func formatMemory(_ bytes: Int64) -> String {
+    public static func formatMemory(_ bytes: Int64) -> String {
         let units: [(String, Int64)] = [("Ei", 1 << 60), ("Pi", 1 << 50), ("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)]
         for (suffix, size) in units where bytes >= size {
             if bytes % size == 0 { return "\(bytes / size)\(suffix)" }

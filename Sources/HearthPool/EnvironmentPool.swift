@@ -28,15 +28,19 @@ public struct PoolConfig: Sendable {
     public var packages: [String]
     /// Each replica in a user namespace of its own (ReplicaSpec.userNamespace).
     public var userNamespace = false
+    /// Bytes a replica may write to its writable layer before it is
+    /// evicted (`ephemeral_storage`); nil: not measured.
+    public var ephemeralStorage: Int64?
 
     public init(name: String, identity: String, image: String, env: [String: String], limits: CgroupLimits,
                 replicaCount: Int, ttl: Duration, secrets: [String], network: NetworkMode,
                 seccomp: SeccompProfile?, capabilities: CapabilitySet, timeout: Duration?,
-                maxTasksPerReplica: Int?, maxQueue: Int, packages: [String] = []) {
+                maxTasksPerReplica: Int?, maxQueue: Int, packages: [String] = [], ephemeralStorage: Int64? = nil) {
         self.name = name; self.identity = identity; self.image = image; self.env = env; self.limits = limits
         self.replicaCount = replicaCount; self.ttl = ttl; self.secrets = secrets; self.network = network
         self.seccomp = seccomp; self.capabilities = capabilities; self.timeout = timeout
         self.maxTasksPerReplica = maxTasksPerReplica; self.maxQueue = maxQueue; self.packages = packages
+        self.ephemeralStorage = ephemeralStorage
     }
 }
 
@@ -53,6 +57,12 @@ public struct PoolContext: Sendable {
     public var maxFrame: Int = Frames.defaultMaxBytes
     /// Pre-started replicas new environments adopt; nil: none.
     public var spares: SparePool?
+    /// The memory limit of a replica whose spec sets none, spares included
+    /// (`hearthd --default-memory`); nil: no limit.
+    public var defaultMemory: Int64?
+    /// Admission's memory ledger, where spares reserve their limit; nil:
+    /// spares are not counted.
+    public var memory: MemoryLedger?
     /// The daemon's (single) HTTP event loop: replicas' result frames are
     /// read there, next to the responses waiting for them.
     public var resultLoop: any EventLoop
@@ -280,6 +290,7 @@ actor EnvironmentPool {
             await discard("writing its limits: \(HearthError.wrap(error).message)")
             return nil
         }
+        if let storage = config.ephemeralStorage { r.running.limitEphemeralStorage(storage) }
         var env = config.env
         env["HEARTH_ENVIRONMENT"] = config.name
         env["HEARTH_IMAGE"] = config.image
@@ -344,6 +355,7 @@ actor EnvironmentPool {
                 try FileTree.makeDirectory(codeView, mode: 0o755)
                 made.append(codeView)
                 spec.cleanupPaths.append(codeView)
+                spec.ephemeralStorageLimit = config.ephemeralStorage
                 spec.mounts = [
                     BindMount(source: ctx.workerDir, target: "/.hearth/worker", readOnly: true),
                     BindMount(source: codeView, target: "/.hearth/code", readOnly: true),
@@ -615,7 +627,10 @@ actor EnvironmentPool {
         status = await r.running.wait()
         let (timedOut, cancelled) = r.state.withLock { ($0.timedOut, $0.cancelRequested) }
         let taskError: TaskError
-        if timedOut {
+        if let eviction = r.running.eviction {
+            ctx.logger.warning("environment \(config.name): \(eviction.message)")
+            taskError = TaskError(type: "EphemeralStorageExceeded", message: "task \(task.id): \(eviction.message) and will be replaced")
+        } else if timedOut {
             let t = task.timeout ?? config.timeout ?? .zero
             taskError = TaskError(type: "Timeout", message: "task \(task.id) did not finish within \(t.seconds) s; its replica was killed")
         } else if r.running.cgroup.oomKilled() {

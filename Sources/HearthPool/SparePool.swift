@@ -138,6 +138,8 @@ public final class SparePool: Sendable {
             if found != nil { s.adopted += 1 }
             return (found, dead)
         }
+        // Adopted: its environment's share of the ledger holds it now.
+        if spare != nil { ctx.memory?.releaseSpare() }
         for r in dead { retire(r) }
         if spare != nil || !dead.isEmpty { refill(key, after: .milliseconds(250)) }
         return spare
@@ -173,9 +175,12 @@ public final class SparePool: Sendable {
     }
 
     /// The config spares of a key are built from: the environment's image
-    /// and isolation, nothing of its own (no env, no limits but pids.max).
+    /// and isolation, nothing of its own (no env, no limits but pids.max and
+    /// the daemon's default memory limit, so a spare is never unbounded
+    /// while it waits; adoption writes the environment's own).
     private func neutral(_ c: PoolConfig) -> PoolConfig {
-        var spare = PoolConfig(name: "spare", identity: "", image: c.image, env: [:], limits: CgroupLimits(), replicaCount: 1,
+        var spare = PoolConfig(name: "spare", identity: "", image: c.image, env: [:],
+                               limits: CgroupLimits(memoryLimit: ctx.defaultMemory), replicaCount: 1,
                    ttl: ttl, secrets: [], network: c.network, seccomp: c.seccomp, capabilities: c.capabilities,
                    timeout: nil, maxTasksPerReplica: nil, maxQueue: 1, packages: [])
         spare.userNamespace = c.userNamespace
@@ -196,7 +201,14 @@ public final class SparePool: Sendable {
             guard !s.stopped, var e = s.entries[key] else { return (nil, 0, nil) }
             let now = ContinuousClock.now
             if now < e.nextBuild { return (nil, 0, e.nextBuild - now) }
-            let n = max(0, perKey - e.ready.count - e.starting)
+            var n = 0
+            // Each spare holds its memory limit in the ledger admission
+            // reads; one that does not fit is not built (the sweep tries
+            // again once room is freed).
+            while n < perKey - e.ready.count - e.starting, ctx.memory?.reserveSpare() ?? true { n += 1 }
+            if n < perKey - e.ready.count - e.starting, let memory = ctx.memory {
+                e.lastError = memory.noRoomMessage()
+            }
             e.starting += n
             s.busy += n
             s.entries[key] = e
@@ -228,8 +240,10 @@ public final class SparePool: Sendable {
                 watchExit(r, key)
             } else {
                 _ = try? await Blocking.run { r.teardown() }
+                ctx.memory?.releaseSpare()
             }
         } catch {
+            ctx.memory?.releaseSpare()
             let message = HearthError.wrap(error).message
             let delay: Double = state.withLock { s in
                 guard var e = s.entries[key] else { return 0 }
@@ -271,29 +285,35 @@ public final class SparePool: Sendable {
         }
     }
 
+    /// Tears down a spare that left `ready` without being adopted.
     private func retire(_ r: WarmReplica) {
         state.withLock { $0.busy += 1 }
         Task {
             _ = try? await Blocking.run { r.teardown() }
+            self.ctx.memory?.releaseSpare()
             self.state.withLock { $0.busy -= 1 }
         }
     }
 
-    /// Keys unused for the TTL go, with their spares.
+    /// Keys unused for the TTL go, with their spares; keys short of
+    /// spares (there was no room in the memory ledger) try again.
     private func sweep() {
         let now = ContinuousClock.now
-        let gone: [WarmReplica] = state.withLock { s in
+        let (gone, short): ([WarmReplica], [Key]) = state.withLock { s in
             var out: [WarmReplica] = []
             for (k, e) in s.entries where !e.pinned && now - e.lastUsed >= ttl {
                 out += e.ready
                 s.entries.removeValue(forKey: k)
             }
-            return out
+            let short = s.entries.filter { $0.value.ready.count + $0.value.starting < perKey && now >= $0.value.nextBuild }
+                .map(\.key)
+            return (out, short)
         }
         for r in gone {
             ctx.logger.info("spare replica \(r.name) unused for \(Int(ttl.seconds)) s; removing it")
             retire(r)
         }
+        for key in short { refill(key) }
     }
 
     /// Removes the spares of an image (before the image is deleted, or

@@ -82,9 +82,11 @@ public struct CgroupLimits: Sendable, Equatable {
     }
 
     /// Files to write in each v1 hierarchy, in order. The period goes before
-    /// the quota, and memory.memsw.limit_in_bytes after memory.limit_in_bytes
-    /// because the kernel keeps memsw ≥ limit at every step.
-    public func v1Files() -> [CgroupFileValue] {
+    /// the quota; the kernel keeps memory.memsw.limit_in_bytes ≥
+    /// memory.limit_in_bytes at every step, so memsw goes after the limit
+    /// when it comes down (a new cgroup: from unlimited) and before it when
+    /// `raisingMemory` (an adopted spare given a limit above its default).
+    public func v1Files(raisingMemory: Bool = false) -> [CgroupFileValue] {
         var files = [CgroupFileValue]()
         if let cpu = cpuLimitMilli {
             files.append(CgroupFileValue("cpu.cfs_period_us", "\(Self.cpuPeriod)"))
@@ -94,9 +96,10 @@ public struct CgroupLimits: Sendable, Equatable {
             files.append(CgroupFileValue("cpu.shares", "\(Self.shares(milli: request))"))
         }
         if let memory = memoryLimit {
-            files.append(CgroupFileValue("memory.limit_in_bytes", "\(memory)"))
+            let limit = CgroupFileValue("memory.limit_in_bytes", "\(memory)")
             // Equal to the memory limit: no swap on top of it.
-            files.append(CgroupFileValue("memory.memsw.limit_in_bytes", "\(memory)", optional: true))
+            let memsw = CgroupFileValue("memory.memsw.limit_in_bytes", "\(memory)", optional: true)
+            files += raisingMemory ? [memsw, limit] : [limit, memsw]
         }
         if let request = memoryRequest {
             files.append(CgroupFileValue("memory.soft_limit_in_bytes", "\(request)"))
@@ -129,7 +132,7 @@ public struct CgroupLimits: Sendable, Equatable {
         return files
     }
 
-    public func files(for version: CgroupVersion) -> [CgroupFileValue] {
-        version == .v1 ? v1Files() : v2Files()
+    public func files(for version: CgroupVersion, raisingMemory: Bool = false) -> [CgroupFileValue] {
+        version == .v1 ? v1Files(raisingMemory: raisingMemory) : v2Files()
     }
 }

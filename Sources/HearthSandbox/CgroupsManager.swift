@@ -219,10 +219,21 @@ public final class CgroupManager: Sendable {
     }
 
     /// Writes `limits` into an existing replica cgroup: at creation, and
-    /// when an environment adopts a pre-started spare (whose cgroup has only
-    /// the default pids.max, so tightening in this order is always allowed).
+    /// when an environment adopts a pre-started spare, whose cgroup already
+    /// has the default memory limit: the environment's may be higher or
+    /// lower. On v1 the kernel keeps memory.memsw.limit_in_bytes ≥
+    /// memory.limit_in_bytes at every write, so a raise writes memsw first
+    /// and a cut writes it last. (v2's memory.max and memory.swap.max are
+    /// independent; a memory.max under the current use makes the kernel
+    /// reclaim, then OOM-kill, rather than refuse.)
     public func apply(_ limits: CgroupLimits, to replica: ReplicaCgroup) throws {
-        for setting in limits.files(for: version) {
+        var raising = false
+        if version == .v1, let memory = limits.memoryLimit, let dir = replica.directory(for: "memory"),
+           let text = CgroupFiles.readIfPresent(dir + "/memory.limit_in_bytes"),
+           let current = Int64(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            raising = memory > current
+        }
+        for setting in limits.files(for: version, raisingMemory: raising) {
             guard let dir = replica.directory(for: setting.controller) else {
                 if setting.optional { continue }
                 throw HearthError(.unavailable, "cgroup v1: no \(setting.controller) hierarchy for \(setting.file)")

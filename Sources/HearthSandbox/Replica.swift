@@ -43,6 +43,9 @@ public struct ReplicaSpec: Sendable {
     /// Host paths made for this replica whose owners are ids inside it
     /// (its secrets): shifted into its host range when it has a user namespace.
     public var idShiftedPaths: [String] = []
+    /// Bytes the replica may write to its writable layer before it is
+    /// evicted (`ephemeral_storage`); nil: not measured.
+    public var ephemeralStorageLimit: Int64?
 
     public init(name: String, image: ResolvedImage, argv: [String], limits: CgroupLimits) {
         self.name = name; self.image = image; self.argv = argv; self.limits = limits
@@ -85,20 +88,36 @@ public final class SandboxRuntime: Sendable {
     public let cgroups: CgroupManager
     public let seccomp: SeccompCompiler
     public let userNamespaces = UserNamespaces()
+    /// Where replicas' upper and work directories live when not under
+    /// `replicasDir` (`hearthd --scratch DIR`): a filesystem of its own, so
+    /// a replica that fills it never fills the state root.
+    public let scratchDir: String?
+    /// Measures writable layers against `ephemeral_storage` limits.
+    public let storage = StorageWatch()
     private let counter = Atomic<Int>(0)
     private let bootID: String
 
     /// - Parameters:
     ///   - initBinary: the static hearth-init to copy into the runtime directory.
-    public init(stateRoot: String, initBinary: String, cgroupSubtree: String) throws {
+    ///   - scratchDir: see `scratchDir`; created 0700. It belongs to this
+    ///     daemon: stale-state cleanup empties it.
+    public init(stateRoot: String, initBinary: String, cgroupSubtree: String, scratchDir: String? = nil) throws {
         self.stateRoot = stateRoot
         replicasDir = stateRoot + "/replicas"
         runtimeDir = stateRoot + "/runtime"
         cgroups = try CgroupManager(subtree: cgroupSubtree)
         seccomp = SeccompCompiler()
         bootID = String(UInt32.random(in: 0..<0x100_0000), radix: 16)
+        if let scratchDir {
+            // The overlay's mount options are comma- and colon-separated.
+            guard scratchDir.hasPrefix("/"), !scratchDir.contains(","), !scratchDir.contains(":") else {
+                throw HearthError.invalid("--scratch: \"\(scratchDir)\" must be an absolute path without ',' or ':' (it goes into overlay mount options)")
+            }
+        }
+        self.scratchDir = scratchDir
         try FileTree.makeDirectory(stateRoot, mode: 0o711)
         try FileTree.makeDirectory(replicasDir, mode: 0o700)
+        if let scratchDir { try FileTree.makeDirectory(scratchDir, mode: 0o700) }
         try installInit(from: initBinary)
     }
 
@@ -111,8 +130,10 @@ public final class SandboxRuntime: Sendable {
         for mount in FileTree.mountPoints(under: replicasDir).sorted(by: >) {
             _ = umount2(mount, Int32(MNT_DETACH))
         }
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: replicasDir)) ?? [] {
-            try FileTree.removeAll(replicasDir + "/" + entry)
+        for dir in [replicasDir] + (scratchDir.map { [$0] } ?? []) {
+            for entry in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
+                try FileTree.removeAll(dir + "/" + entry)
+            }
         }
         if let cgroupError { throw cgroupError }
     }
@@ -146,17 +167,26 @@ public final class SandboxRuntime: Sendable {
     public func start(_ spec: ReplicaSpec) throws -> RunningReplica {
         let t0 = ContinuousClock.now
         let dir = replicasDir + "/" + spec.name
-        let upper = dir + "/upper", work = dir + "/work", rootfs = dir + "/rootfs"
+        // Upper and work share a filesystem (overlayfs needs that): the
+        // scratch one when there is one.
+        let writable = scratchDir.map { $0 + "/" + spec.name } ?? dir
+        let upper = writable + "/upper", work = writable + "/work", rootfs = dir + "/rootfs"
         var cleanup: [() -> Void] = []
         func fail(_ e: any Error) -> any Error {
             for c in cleanup.reversed() { c() }
             return e
         }
+        var cleanupPaths = spec.cleanupPaths
         do {
             try FileTree.makeDirectory(dir, mode: 0o700)
             cleanup.append { try? FileTree.removeAll(dir) }
             // Host paths that belong to the replica (its secrets) go with a failed start too.
             cleanup.append { for p in spec.cleanupPaths { try? FileTree.removeAll(p) } }
+            if writable != dir {
+                try FileTree.makeDirectory(writable, mode: 0o700)
+                cleanup.append { try? FileTree.removeAll(writable) }
+                cleanupPaths.append(writable)
+            }
             for d in [upper, work, rootfs] { try FileTree.makeDirectory(d, mode: 0o755) }
             try writeEtcFiles(upper: upper, spec: spec)
 
@@ -256,12 +286,13 @@ public final class SandboxRuntime: Sendable {
             let phases = [StartPhase(name: "dirs", duration: t1 - t0), StartPhase(name: "cgroup", duration: t2 - t1),
                           StartPhase(name: "plan", duration: t3 - t2)]
                 + (spawned.phases.isEmpty ? [StartPhase(name: "spawn", duration: t4 - t3)] : spawned.phases)
-            return RunningReplica(name: spec.name, dir: dir, pid: spawned.pid, pidfd: spawned.pidfd, cgroup: cgroup,
-                                  stdoutFD: out.read, stderrFD: err.read, memoryLimit: spec.limits.memoryLimit,
-                                  startPhases: phases,
-                                  cleanupPaths: spec.cleanupPaths,
-                                  hostIDBase: lease?.base,
-                                  onTeardown: releaseLease)
+            let replica = RunningReplica(name: spec.name, dir: dir, pid: spawned.pid, pidfd: spawned.pidfd,
+                                         cgroup: cgroup, stdoutFD: out.read, stderrFD: err.read,
+                                         memoryLimit: spec.limits.memoryLimit, startPhases: phases,
+                                         cleanupPaths: cleanupPaths, writableDirs: [upper, work], storage: storage,
+                                         hostIDBase: lease?.base, onTeardown: releaseLease)
+            if let limit = spec.ephemeralStorageLimit { replica.limitEphemeralStorage(limit) }
+            return replica
         } catch {
             throw fail(error)
         }
@@ -373,6 +404,10 @@ public final class RunningReplica: Sendable {
     /// With a user namespace: the host uid (and gid) of root inside.
     public let hostIDBase: UInt32?
     private let onTeardown: (@Sendable () -> Void)?
+    /// The overlay's upper and work directories on the host.
+    public let writableDirs: [String]
+    private let storage: StorageWatch
+    private let evictionState = Mutex<Eviction?>(nil)
     /// Where the start time went (dirs, cgroup, plan, then the spawn's own
     /// phases: clone, mounts, pivot_root, caps_seccomp, execve).
     public let startPhases: [StartPhase]
@@ -383,10 +418,13 @@ public final class RunningReplica: Sendable {
 
     init(name: String, dir: String, pid: Int32, pidfd: Int32, cgroup: ReplicaCgroup, stdoutFD: Int32,
          stderrFD: Int32, memoryLimit: Int64?, startPhases: [StartPhase], cleanupPaths: [String],
+         writableDirs: [String], storage: StorageWatch,
          hostIDBase: UInt32? = nil, onTeardown: (@Sendable () -> Void)? = nil) {
         self.cleanupPaths = cleanupPaths
         self.hostIDBase = hostIDBase
         self.onTeardown = onTeardown
+        self.writableDirs = writableDirs
+        self.storage = storage
         self.name = name; self.dir = dir; self.pid = pid; self.pidfd = pidfd; self.cgroup = cgroup
         self.stdoutFD = stdoutFD; self.stderrFD = stderrFD; self.memoryLimit = memoryLimit
         self.startPhases = startPhases
@@ -487,10 +525,26 @@ public final class RunningReplica: Sendable {
         _ = hearth_pidfd_send_signal_swift(pidfd, sig)
     }
 
+    /// Measures the writable layer against `limit` from now on (at start, or
+    /// when an environment adopts a spare); over it, the replica is killed
+    /// and `eviction` says why.
+    public func limitEphemeralStorage(_ limit: Int64) {
+        storage.watch(name: name, roots: writableDirs, limit: limit) { [weak self] eviction in
+            guard let self else { return }
+            self.evictionState.withLock { $0 = eviction }
+            self.cgroup.killAll()
+        }
+    }
+
+    /// Set when the daemon killed the replica for writing more than its
+    /// ephemeral_storage limit.
+    public var eviction: Eviction? { evictionState.withLock { $0 } }
+
     /// Kills everything left in the cgroup, removes it and the replica
     /// directory. Idempotent; blocking.
     public func teardown() {
         guard !tornDown.exchange(true, ordering: .relaxed) else { return }
+        storage.unwatch(name: name)
         cgroup.killAll()
         if !hasExited {
             // Killed just now: reap it here (blocking is allowed), so the

@@ -17,6 +17,8 @@ struct API: Sendable {
     /// hearthd --userns: replicas run in a user namespace unless asked not to.
     var defaultUserNamespace = false
     let logger: Logger
+    /// A sandbox without `memory` gets this limit (`--default-memory`); nil: none.
+    var defaultMemory: Int64?
     /// Runs before an image is deleted: its spare replicas go first.
     var beforeImageRemove: @Sendable (String) async -> Void = { _ in }
     /// Runs after an import: spares of what the name meant before go (their
@@ -125,8 +127,9 @@ struct API: Sendable {
         if let pids = req.pids, pids < 1 {
             throw HearthError.invalid("pids: \(pids) is not allowed; the process limit must be at least 1")
         }
-        let memory = try req.memory.map { try Quantity.parseMemory($0, field: "memory") }
+        let memory = try req.memory.map { try Quantity.parseMemory($0, field: "memory") } ?? defaultMemory
         let cpu = try req.cpus.map { try Quantity.parseCPU($0, field: "cpus") }
+        let storage = try req.ephemeralStorage.map { try Quantity.parseMemory($0, field: "ephemeralStorage") }
         let limits = CgroupLimits(cpuLimitMilli: cpu, cpuRequestMilli: cpu, memoryLimit: memory,
                                   pidsMax: req.pids ?? HearthDefaults.pidsMax)
         let network: NetworkMode
@@ -162,6 +165,7 @@ struct API: Sendable {
             spec.network = network
             spec.seccomp = profile
             spec.userNamespace = req.userNamespace ?? defaultUserNamespace
+            spec.ephemeralStorageLimit = storage
             return (try runtime.start(spec), image.name)
         }
         registry.add(replica, image: imageName)
@@ -186,7 +190,11 @@ struct API: Sendable {
                 case .exited(let c): event.exitCode = c
                 case .signaled(let s): event.signal = s; event.exitCode = 128 + s
                 }
-                if oom {
+                if let eviction = replica.eviction {
+                    event.ephemeralStorageExceeded = true
+                    event.exitCode = 137
+                    event.message = "killed: \(eviction.message)"
+                } else if oom {
                     event.oomKilled = true
                     event.exitCode = 137
                     let limit = replica.memoryLimit.map(Quantity.formatMemory) ?? "none"

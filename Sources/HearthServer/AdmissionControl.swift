@@ -18,17 +18,24 @@ actor AdmissionControl {
     let defaultUserNamespace: Bool
     let logger: Logger
     let capacity: MachineCapacity
+    /// Memory held by admitted environments and by spares, shared with the
+    /// spare pool.
+    let ledger: MemoryLedger
+    /// The limit of a replica whose spec sets no memory (`--default-memory`).
+    let defaultMemory: Int64?
     private var admitted: [String: EffectiveEnvironment] = [:]
 
     init(pool: Pool, images: ImageStore, secrets: SecretStore, policy: PrivilegePolicy, defaultUserNamespace: Bool = false,
-         logger: Logger) {
+         logger: Logger, capacity: MachineCapacity, ledger: MemoryLedger, defaultMemory: Int64?) {
         self.defaultUserNamespace = defaultUserNamespace
         self.pool = pool
         self.images = images
         self.secrets = secrets
         self.policy = policy
         self.logger = logger
-        capacity = Self.measureCapacity()
+        self.capacity = capacity
+        self.ledger = ledger
+        self.defaultMemory = defaultMemory
     }
 
     /// Every CPU, and the memory the daemon's own cgroup (or the machine)
@@ -69,14 +76,24 @@ actor AdmissionControl {
         guard !specs.isEmpty else { throw HearthError.invalid("\(source): no environment in the document") }
         // Check every document before applying any.
         var prepared: [(EnvironmentSpec, EffectiveEnvironment, PoolConfig)] = []
-        var planned = admitted
         for spec in specs {
             let eff = try spec.effective
-            let config = try await poolConfig(eff)
-            try Admission.admit(eff, replacing: eff.name, admitted: Array(planned.values), capacity: capacity)
-            planned[eff.name] = eff
-            prepared.append((spec, eff, config))
+            prepared.append((spec, eff, try await poolConfig(eff)))
         }
+        // Checked and recorded under the ledger's lock, against the spares
+        // that exist now: none can be built into this room meanwhile.
+        let capacity = self.capacity, defaultMemory = self.defaultMemory, current = admitted
+        try ledger.admit { spares in
+            var planned = current
+            for (_, eff, _) in prepared {
+                try Admission.admit(eff, replacing: eff.name, admitted: Array(planned.values), capacity: capacity,
+                                    defaultMemory: defaultMemory, spares: spares)
+                planned[eff.name] = eff
+            }
+            return Self.memory(planned.values, defaultMemory: defaultMemory)
+        }
+        // Whatever happens below, the ledger ends up with what was applied.
+        defer { ledger.setEnvironments(Self.memory(admitted.values, defaultMemory: defaultMemory)) }
         var results: [ApplyResult] = []
         for (spec, eff, config) in prepared {
             let encoder = JSONEncoder()
@@ -92,6 +109,15 @@ actor AdmissionControl {
     func remove(_ name: String) async throws {
         try await pool.remove(name)
         admitted.removeValue(forKey: name)
+        ledger.setEnvironments(Self.memory(admitted.values, defaultMemory: defaultMemory))
+    }
+
+    /// What `environments` hold with all replicas running (saturating).
+    static func memory(_ environments: some Sequence<EffectiveEnvironment>, defaultMemory: Int64?) -> Int64 {
+        environments.reduce(Int64(0)) { sum, e in
+            let (r, overflow) = sum.addingReportingOverflow(Admission.memoryReservation(e, defaultMemory: defaultMemory))
+            return overflow ? .max : r
+        }
     }
 
     /// What an environment naming only `image` would get (network none,
@@ -126,14 +152,18 @@ actor AdmissionControl {
         case .unconfined: seccomp = nil
         case .profile(let path): seccomp = try SeccompProfile.load(path: path)
         }
+        // A spec without memory gets the daemon's default limit; its request
+        // stays unset (no memory.low / soft limit).
         let limits = CgroupLimits(cpuLimitMilli: e.cpuLimitMilli, cpuRequestMilli: e.cpuRequestMilli,
-                                  memoryLimit: e.memoryLimit, memoryRequest: e.memoryRequest,
-                                  pidsMax: HearthDefaults.pidsMax)
+                                  memoryLimit: e.memoryLimit ?? e.memoryRequest ?? defaultMemory,
+                                  memoryRequest: e.memoryRequest, pidsMax: HearthDefaults.pidsMax)
         return PoolConfig(name: e.name, identity: e.identity, image: e.image, env: e.environment, limits: limits,
                           replicaCount: e.replicaCount, ttl: .seconds(e.ttlSeconds), secrets: e.secrets,
                           network: e.network == .host ? .host : .none, seccomp: seccomp, capabilities: caps,
                           timeout: e.timeout, maxTasksPerReplica: e.maxTasksPerReplica, maxQueue: e.maxQueue,
-                          packages: e.packages ?? [])
+                          packages: e.packages ?? [],
+                          // Flyte's rule: a request alone is also the limit.
+                          ephemeralStorage: e.ephemeralStorageLimit ?? e.ephemeralStorageRequest)
             .with(userNamespace: e.userNamespace ?? defaultUserNamespace)
     }
 }

@@ -43,6 +43,12 @@ public struct DaemonOptions: Sendable {
     public var resultDiskBudget = ResultBudget.defaultDisk
     /// Directory holding the `hearth` Python package (the worker).
     public var workerDir: String = "/usr/local/lib/hearth/python"
+    /// The memory limit of every replica whose spec sets none (environment
+    /// replicas, sandboxes, spares); nil: none.
+    public var defaultMemory: Int64? = 1 << 30
+    /// Replicas' upper and work directories go here instead of under the
+    /// state root (`--scratch`); nil: under the state root.
+    public var scratchDir: String?
 
     public init(initBinary: String) { self.initBinary = initBinary }
 }
@@ -83,12 +89,12 @@ public enum Daemon {
 
         let subtree = options.cgroupSubtree ?? defaultSubtree(for: options.stateRoot)
         let runtime = try SandboxRuntime(stateRoot: options.stateRoot, initBinary: options.initBinary,
-                                         cgroupSubtree: subtree)
+                                         cgroupSubtree: subtree, scratchDir: options.scratchDir)
         try runtime.prepare()
         try runtime.cleanupStale()
         let images = try ImageStore(root: options.stateRoot)
         let registry = ReplicaRegistry()
-        logger.info("state root \(options.stateRoot), cgroup \(runtime.cgroups.version) subtree \(subtree)")
+        logger.info("state root \(options.stateRoot), cgroup \(runtime.cgroups.version) subtree \(subtree), default memory limit \(options.defaultMemory.map(Quantity.formatMemory) ?? "none"), writable layers under \(options.scratchDir ?? runtime.replicasDir)")
 
         guard FileManager.default.fileExists(atPath: options.workerDir + "/hearth/_worker.py") else {
             throw HearthError(.unavailable, "the Hearth worker is missing: \(options.workerDir)/hearth/_worker.py; pass --worker-dir DIR (the repository's python/ directory) or run scripts/setup")
@@ -105,6 +111,10 @@ public enum Daemon {
         let io = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         var context = PoolContext(runtime: runtime, images: images, code: code, secrets: secrets, tasks: tasks,
                                   logger: logger, workerDir: options.workerDir, resultLoop: io.next())
+        let capacity = AdmissionControl.measureCapacity()
+        let ledger = MemoryLedger(capacity: capacity.memoryBytes, spareLimit: options.defaultMemory)
+        context.defaultMemory = options.defaultMemory
+        context.memory = ledger
         let spares = SparePool(context: context, perKey: options.spares, ttl: options.spareTTL)
         context.spares = spares
         spares.start()
@@ -113,7 +123,8 @@ public enum Daemon {
         if !lost.isEmpty { logger.warning("\(lost.count) task(s) were in flight when the last hearthd stopped; reported as lost") }
         let policy = PrivilegePolicy(allowPrivileged: options.allowPrivileged)
         let admission = AdmissionControl(pool: pool, images: images, secrets: secrets, policy: policy,
-                                         defaultUserNamespace: options.userNamespaces, logger: logger)
+                                         defaultUserNamespace: options.userNamespaces, logger: logger,
+                                         capacity: capacity, ledger: ledger, defaultMemory: options.defaultMemory)
         await admission.restore()
         // Restored environments' keys are known: their first task after a
         // restart adopts a spare instead of building a replica.
@@ -131,7 +142,8 @@ public enum Daemon {
         }
         if options.spares > 0 { for image in spareImages.sorted() { await arm(image) } }
 
-        var api = API(runtime: runtime, images: images, registry: registry, policy: policy, logger: logger)
+        var api = API(runtime: runtime, images: images, registry: registry, policy: policy, logger: logger,
+                      defaultMemory: options.defaultMemory)
         api.defaultUserNamespace = options.userNamespaces
         api.beforeImageRemove = { name in await spares.discard(image: name) }
         api.afterImageImport = { image in

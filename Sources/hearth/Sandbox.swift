@@ -16,7 +16,9 @@ struct Sandbox: ParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     @Option(help: "Image (default \(HearthDefaults.image)).") var image: String?
-    @Option(help: "Memory limit, e.g. 64Mi, 1Gi.") var memory: String?
+    @Option(help: "Memory limit, e.g. 64Mi, 1Gi (default: hearthd's --default-memory).") var memory: String?
+    @Option(help: "Bytes the command may write to the replica's filesystem, e.g. 100Mi; over it the replica is killed.")
+    var ephemeralStorage: String?
     @Option(help: "CPU limit in cores, e.g. 0.5, 2, 500m.") var cpus: String?
     @Option(help: "Process limit (default \(HearthDefaults.pidsMax)).") var pids: Int64?
     @Option(help: "none (loopback only, default) or host.") var network: String?
@@ -32,7 +34,8 @@ struct Sandbox: ParsableCommand {
         if argv.first == "--" { argv.removeFirst() }
         guard !argv.isEmpty else { throw fail("sandbox: no command given; usage: hearth sandbox [OPTIONS] -- CMD ARGS...", code: 125) }
         var req = SandboxRequest(image: image, memory: memory, cpus: cpus, pids: pids, network: network, userNamespace: userns,
-                                 env: env.isEmpty ? nil : env, workdir: workdir, argv: argv)
+                                 env: env.isEmpty ? nil : env, workdir: workdir, ephemeralStorage: ephemeralStorage,
+                                 argv: argv)
         switch seccomp {
         case nil, "default": req.seccomp = seccomp
         case "unconfined": req.seccomp = "unconfined"
@@ -77,7 +80,7 @@ struct Sandbox: ParsableCommand {
         guard let e = exitEvent else {
             throw HearthError(.unavailable, "hearthd ended the sandbox stream without an exit status")
         }
-        if let message = e.message, e.oomKilled == true {
+        if let message = e.message, e.oomKilled == true || e.ephemeralStorageExceeded == true {
             writeAll(2, Array("hearth: \(message)\n".utf8))
         }
         return e.exitCode ?? 125

@@ -49,6 +49,11 @@ struct HearthdCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("Bytes of spilled results kept on disk; past it the oldest are dropped and fetching them gives result_expired (0: no spilling).", valueName: "SIZE"))
     var resultDiskBudget: String = "1Gi"
+    @Option(name: .long, help: ArgumentHelp("Memory limit of every replica whose spec sets none (environments, sandboxes, spares); 0 or none: no limit.", valueName: "SIZE"))
+    var defaultMemory: String = "1Gi"
+
+    @Option(name: .long, help: ArgumentHelp("Directory on a filesystem of its own for replicas' writable layers (overlay upper and work directories), so a replica that fills it never fills the state root; created 0700, emptied at start.", valueName: "DIR"))
+    var scratch: String?
 
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
@@ -70,6 +75,14 @@ struct HearthdCommand: AsyncParsableCommand {
         } catch let e as HearthError {
             throw ValidationError(e.message)
         }
+        let memory: Int64?
+        switch defaultMemory.trimmingCharacters(in: .whitespaces).lowercased() {
+        case "0", "none": memory = nil
+        default:
+            do { memory = try Quantity.parseMemory(defaultMemory, field: "--default-memory") } catch let e as HearthError {
+                throw ValidationError(e.message + "; or 0 / none for no default limit")
+            }
+        }
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var options = DaemonOptions(initBinary: self.`init` ?? Self.defaultInit())
         options.stateRoot = (root as NSString).standardizingPath
@@ -85,6 +98,8 @@ struct HearthdCommand: AsyncParsableCommand {
         options.userNamespaces = userns
         options.resultBudget = Int(clamping: memoryBudget)
         options.resultDiskBudget = Int(clamping: diskBudget)
+        options.defaultMemory = memory
+        options.scratchDir = scratch.map { ($0 as NSString).standardizingPath }
         do {
             try await Daemon.run(options)
         } catch let e as HearthError {

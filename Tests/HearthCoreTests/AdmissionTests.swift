@@ -135,4 +135,28 @@ final class AdmissionTests: XCTestCase {
         XCTAssertEqual(refusal(b, admitted: [a], capacity: MachineCapacity(cpuMilli: 7999, memoryBytes: 24 * gi))?.message,
                        "environment \"b\": replica_count 4 × cpu request 1 = 4 cpus, plus 4 already admitted, exceeds the 7.999 cpus this machine can give")
     }
+
+    func testSparesAndTheDefaultMemoryCount() {
+        let spares = SpareReservation(count: 2, each: gi)
+        // 20Gi + 2 spares × 1Gi = 22Gi fits 23.5Gi; 21Gi + 2Gi + 1Gi admitted does not.
+        XCTAssertNil(try? Admission.admit(env("a", memLimit: 20 * gi), replacing: nil, admitted: [], capacity: machine,
+                                          spares: spares) as Void?)
+        do {
+            try Admission.admit(env("a", memLimit: 21 * gi), replacing: nil, admitted: [env("b", memLimit: gi)],
+                                capacity: machine, spares: spares)
+            XCTFail("admitted past the spares")
+        } catch let e as HearthError {
+            XCTAssertEqual(e.code, .conflict)
+            XCTAssertEqual(e.message, "environment \"a\": replica_count 1 × memory limit 21Gi = 21Gi, plus 1Gi already admitted, plus 2 spare replicas × 1Gi = 2Gi, exceeds the 23.5Gi this machine can give (hearthd --spares 0 keeps no spares)")
+        } catch { XCTFail("\(error)") }
+        // Without a memory limit or request, the default counts.
+        do {
+            try Admission.admit(env("d", replicas: 24), replacing: nil, admitted: [], capacity: machine, defaultMemory: gi)
+            XCTFail("admitted 24 × the default")
+        } catch let e as HearthError {
+            XCTAssertEqual(e.message, "environment \"d\": replica_count 24 × default memory limit 1Gi = 24Gi exceeds the 23.5Gi this machine can give")
+        } catch { XCTFail("\(error)") }
+        XCTAssertEqual(Admission.memoryReservation(env("d", replicas: 3), defaultMemory: gi), 3 * gi)
+        XCTAssertEqual(Admission.memoryReservation(env("d", replicas: 3, memLimit: 2 * gi), defaultMemory: gi), 6 * gi)
+    }
 }

@@ -53,6 +53,16 @@ final class CgroupLimitsTests: XCTestCase {
         XCTAssertEqual(limits.v1Files().map(\.controller), ["cpu", "cpu", "cpu", "memory", "memory", "memory", "pids"])
     }
 
+    func testV1MemswGoesFirstWhenTheLimitRises() {
+        let limits = CgroupLimits(memoryLimit: 256 << 20)
+        XCTAssertEqual(limits.v1Files(raisingMemory: true), [
+            CgroupFileValue("memory.memsw.limit_in_bytes", "268435456", optional: true),
+            CgroupFileValue("memory.limit_in_bytes", "268435456"),
+            CgroupFileValue("pids.max", "4096"),
+        ])
+        XCTAssertEqual(limits.v1Files().prefix(2).map(\.file), ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"])
+    }
+
     func testV2Files() {
         let limits = CgroupLimits(cpuLimitMilli: 1500, cpuRequestMilli: 1000, memoryLimit: 256 << 20,
                                   memoryRequest: 128 << 20, pidsMax: 100)
@@ -289,6 +299,21 @@ final class CgroupRootTests: XCTestCase {
         try replica.remove()
         for dir in replica.paths { XCTAssertFalse(FileManager.default.fileExists(atPath: dir), dir) }
         try replica.remove()  // already gone: fine
+    }
+
+    /// An adopted spare's limit may go up or down from its default; on v1
+    /// memsw must stay ≥ the limit at every write.
+    func testApplyRaisesAndCutsTheMemoryLimit() throws {
+        let replica = try manager.create(name: "r-adopt", limits: CgroupLimits(memoryLimit: 64 << 20))
+        defer { replica.killAll(); try? replica.remove() }
+        let (limitFile, swapFile) = manager.version == .v1
+            ? ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes") : ("memory.max", "memory.swap.max")
+        let dir = replica.directory(for: "memory")
+        for bytes: Int64 in [256 << 20, 32 << 20, 128 << 20] {
+            try manager.apply(CgroupLimits(memoryLimit: bytes), to: replica)
+            XCTAssertEqual(value(dir, limitFile), "\(bytes)")
+            if let swap = value(dir, swapFile) { XCTAssertEqual(swap, manager.version == .v1 ? "\(bytes)" : "0") }
+        }
     }
 
     func testOOMKillIsDetected() throws {
