@@ -134,7 +134,11 @@ class Daemon:
         self.logf = open(self.log, "ab")
         cmd = [str(BIN / "hearthd"), "--root", self.root, "--socket", self.socket,
                "--init", str(BIN / "hearth-init"), "--cgroup-name", self.subtree, "--shutdown-timeout", "3",
-               "--worker-dir", str(REPO / "python"), "--spares", str(self.spares), *self.extra_args]
+               "--worker-dir", str(REPO / "python"), "--spares", str(self.spares),
+               # No default memory limit unless a test asks (test_limits.py):
+               # admission would count 1Gi per replica, more than the VM
+               # suite's machine has for the environments a module keeps.
+               "--default-memory", "none", *self.extra_args]
         if self.service_cgroup:
             # Start in the service cgroup; once hearthd has moved itself into
             # its leaf (controllers are then on in the service cgroup, which
