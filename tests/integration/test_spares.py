@@ -214,7 +214,8 @@ def stray_spares(d):
     on_disk = set()
     rdir = pathlib.Path(d.root, "replicas")
     if rdir.exists():
-        on_disk |= {p.name for p in rdir.iterdir() if is_spare(p.name)}
+        # A replica's companions (`<name>.code`, `<name>.secrets`) are its own.
+        on_disk |= {p.name.split(".")[0] for p in rdir.iterdir() if is_spare(p.name)}
     for top in _cgroup_dirs(d.subtree):
         on_disk |= {n for n in os.listdir(top) if is_spare(n) and os.path.isdir(os.path.join(top, n))}
     listed = spare_names(spares(d))
