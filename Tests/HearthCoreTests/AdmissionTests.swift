@@ -139,8 +139,8 @@ final class AdmissionTests: XCTestCase {
     func testSparesAndTheDefaultMemoryCount() {
         let spares = SpareReservation(count: 2, each: gi)
         // 20Gi + 2 spares × 1Gi = 22Gi fits 23.5Gi; 21Gi + 2Gi + 1Gi admitted does not.
-        XCTAssertNil(try? Admission.admit(env("a", memLimit: 20 * gi), replacing: nil, admitted: [], capacity: machine,
-                                          spares: spares) as Void?)
+        XCTAssertNoThrow(try Admission.admit(env("a", memLimit: 20 * gi), replacing: nil, admitted: [], capacity: machine,
+                                             spares: spares))
         do {
             try Admission.admit(env("a", memLimit: 21 * gi), replacing: nil, admitted: [env("b", memLimit: gi)],
                                 capacity: machine, spares: spares)
