@@ -342,6 +342,7 @@ def scratch_daemon():
             d.stop()
         problems = d.leftovers()
         problems += [f"left on the scratch: {n}" for n in os.listdir(scratch)]
+        problems += d.release_cgroup()  # the v2 VM suite's service cgroup
         assert not problems, "\n".join(problems) + "\n" + log_tail(d)
     finally:
         for m in reversed(mounted):
