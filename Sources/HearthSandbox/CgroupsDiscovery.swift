@@ -18,7 +18,7 @@ struct CgroupHierarchy: Sendable, Equatable {
 }
 
 /// What the host offers: the v2 unified hierarchy, or v1 hierarchies for
-/// cpu, memory and pids (plus cpuacct, for usage, when mounted).
+/// cpu, memory, pids and devices (plus cpuacct, for usage, when mounted).
 struct CgroupLayout: Sendable, Equatable {
     var version: CgroupVersion
     var hierarchies: [CgroupHierarchy]
@@ -28,8 +28,12 @@ struct CgroupLayout: Sendable, Equatable {
 /// /proc/self/mountinfo and /proc/self/cgroup. Pure parsing, so that the
 /// rules can be tested with the texts of other hosts.
 enum CgroupDiscovery {
+    /// The v1 controllers whose presence makes a host v1 (legacy or hybrid).
+    static let layoutV1 = ["cpu", "memory", "pids"]
     /// v1 controllers Hearth needs; each must be on some v1 hierarchy.
-    static let requiredV1 = ["cpu", "memory", "pids"]
+    /// `devices` keeps replicas off host devices: without it hearthd does
+    /// not start (it would run replicas that can open any node they make).
+    static let requiredV1 = ["cpu", "memory", "pids", "devices"]
     /// v1 controllers used when present (cpuacct gives the CPU usage).
     static let optionalV1 = ["cpuacct"]
 
@@ -54,14 +58,18 @@ enum CgroupDiscovery {
         let (v1Paths, v2Path) = parseProcCgroup(procCgroup)
         let v1Mounts = mounts.filter { !$0.isV2 }
 
-        if v1Mounts.contains(where: { !$0.options.isDisjoint(with: requiredV1) }) {
+        if v1Mounts.contains(where: { !$0.options.isDisjoint(with: layoutV1) }) {
             var hierarchies = [CgroupHierarchy]()
             for controller in requiredV1 + optionalV1 {
                 let required = requiredV1.contains(controller)
+                let need = controller == "devices"
+                    ? "; hearthd needs the devices controller to keep replicas off host devices"
+                    + " (mount it, e.g. mount -t cgroup -o devices cgroup /sys/fs/cgroup/devices, or boot with cgroup v2)"
+                    : ""
                 guard let path = v1Paths[controller] else {
                     if required {
                         throw HearthError(.unavailable,
-                            "cgroup v1: /proc/self/cgroup has no line for the \(controller) controller")
+                            "cgroup v1: /proc/self/cgroup has no line for the \(controller) controller\(need)")
                     }
                     continue
                 }
@@ -70,7 +78,7 @@ enum CgroupDiscovery {
                     if required {
                         let why = candidates.isEmpty ? "no \(controller) hierarchy is mounted"
                             : "no mount of the \(controller) hierarchy shows \(path)"
-                        throw HearthError(.unavailable, "cgroup v1: \(why) (see /proc/self/mountinfo)")
+                        throw HearthError(.unavailable, "cgroup v1: \(why) (see /proc/self/mountinfo)\(need)")
                     }
                     continue
                 }

@@ -4,7 +4,7 @@ import HearthCore
 
 /// Hearth's cgroup subtree under the daemon's own cgroup: `<own>/<subtree>`
 /// on v2, `<mount>/<own>/<subtree>` in each v1 hierarchy (cpu, memory,
-/// pids, and cpuacct when mounted). Never touches the host's mounts or
+/// pids, devices, and cpuacct when mounted). Never touches the host's mounts or
 /// anything outside its own cgroup. Blocking file I/O: call off the
 /// cooperative pool.
 public final class CgroupManager: Sendable {
@@ -145,12 +145,14 @@ public final class CgroupManager: Sendable {
         for dir in subtreePaths { try CgroupFiles.rmdir(dir) }
     }
 
-    /// Creates the replica cgroup `<subtree>/<name>` with `limits` applied.
+    /// Creates the replica cgroup `<subtree>/<name>` with `limits` applied
+    /// and only the `devices` allowed (see `restrictDevices`).
     /// `name` may nest (`env/replica`): parents are created as needed and
     /// pruned again by `ReplicaCgroup.remove()`. An existing cgroup of that
     /// name is a conflict (it may be a live replica). On failure nothing
     /// created here is left behind.
-    public func create(name: String, limits: CgroupLimits) throws -> ReplicaCgroup {
+    public func create(name: String, limits: CgroupLimits,
+                       devices: [DeviceRule] = DeviceRule.standard) throws -> ReplicaCgroup {
         let components = name.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
         for component in components { try Self.validate(component: component, field: "cgroup name \"\(name)\"") }
         for root in subtreePaths where !CgroupFiles.exists(root) {
@@ -171,6 +173,7 @@ public final class CgroupManager: Sendable {
             let replica = ReplicaCgroup(name: name, version: version, paths: created,
                                         controllers: hierarchies.map(\.controllers), subtreeRoots: subtreePaths)
             try apply(limits, to: replica)
+            try restrictDevices(replica, to: devices)
             return replica
         } catch {
             rollback()
@@ -241,6 +244,30 @@ public final class CgroupManager: Sendable {
             let file = dir + "/" + setting.file
             if setting.optional && !CgroupFiles.exists(file) { continue }
             try CgroupFiles.write(file, setting.value)
+        }
+    }
+
+    /// Allows the replica only `devices` (default deny), before any process
+    /// is placed in it. v1: `a` into devices.deny, then each rule into
+    /// devices.allow (one rule per write; a fresh leaf has no children, so
+    /// the kernel accepts the deny-all). v2: the rules as a BPF device
+    /// program attached to the leaf; the child enters with
+    /// CLONE_INTO_CGROUP, so it is never without it.
+    func restrictDevices(_ replica: ReplicaCgroup, to devices: [DeviceRule]) throws {
+        switch version {
+        case .v2:
+            guard let leaf = replica.paths.first else { throw HearthError(.internal, "cgroup \(replica.name): no leaf directory") }
+            try DeviceFilterLoader.shared.attach(devices, toCgroup: leaf)
+        case .v1:
+            guard let dir = replica.directory(for: "devices") else {
+                throw HearthError(.unavailable, "cgroup v1: no devices hierarchy for replica \(replica.name)")
+            }
+            try CgroupFiles.write(dir + "/devices.deny", "a")
+            let file = dir + "/devices.allow"
+            let fd = open(file, O_WRONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw SystemError.current("write cgroup", file) }
+            defer { close(fd) }
+            for rule in devices { try CgroupFiles.write(fd: fd, rule.description, path: file) }
         }
     }
 

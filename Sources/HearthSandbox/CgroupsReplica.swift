@@ -52,8 +52,8 @@ public struct CgroupUsage: Sendable, Equatable {
 public final class ReplicaCgroup: Sendable, CustomStringConvertible {
     public let name: String
     public let version: CgroupVersion
-    /// The leaf directories (v2: one; v1: cpu, memory, pids and, when
-    /// mounted on its own, cpuacct), for messages and inspection.
+    /// The leaf directories (v2: one; v1: cpu, memory, pids, devices and,
+    /// when mounted on its own, cpuacct), for messages and inspection.
     public let paths: [String]
     /// Controllers per entry of `paths` (v1); empty lists on v2.
     let controllers: [[String]]

@@ -32,6 +32,9 @@ public struct ReplicaSpec: Sendable {
     public var seccomp: SeccompProfile? = SeccompProfile.default
     public var capabilities: CapabilitySet = .dockerDefault
     public var mounts: [BindMount] = []
+    /// Devices granted beyond `DeviceRule.standard` (nothing grants any yet;
+    /// GPUs will). Everything else is refused by the replica's cgroup.
+    public var devices: [DeviceRule] = []
     /// Extra pipes for the child: (fd in the daemon, fd number in the replica).
     public var extraFDs: [(source: Int32, target: Int32)] = []
     /// Host paths that belong to this replica and go with it (e.g. its secrets).
@@ -67,12 +70,45 @@ public enum OutputChunk: Sendable {
     case stderr([UInt8])
 }
 
-/// The masked and read-only paths Docker applies.
+/// The masked and read-only paths Docker applies (moby's
+/// daemon/pkg/oci/defaults.go, checked December 2026).
 enum ContainerPaths {
-    static let masked = [
-        "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-        "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+    /// Masked: a file reads as /dev/null, a directory as an empty
+    /// read-only tmpfs. /proc/interrupts and each CPU's thermal_throttle
+    /// leak host activity and let a replica wear the host's CPUs
+    /// (GHSA-6fw5-f8r9-fgfm); powercap leaks energy counters (GHSA-jq35-85cj-fj4p).
+    static let maskedFixed = [
+        "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+        "/proc/sched_debug", "/proc/scsi", "/proc/timer_list", "/proc/timer_stats",
+        "/sys/devices/virtual/powercap", "/sys/firmware",
     ]
+
+    /// The fixed list plus `/sys/devices/system/cpu/cpu<N>/thermal_throttle`
+    /// for every possible CPU where the host has one (expanded here, as
+    /// moby does, because the plan holds plain paths). Computed once: CPUs
+    /// that can appear are in `possible` already.
+    static let masked: [String] = maskedFixed + thermalThrottle(
+        possible: (try? String(contentsOfFile: "/sys/devices/system/cpu/possible", encoding: .utf8)) ?? "",
+        exists: { access($0, F_OK) == 0 })
+
+    static func thermalThrottle(possible: String, exists: (String) -> Bool) -> [String] {
+        cpuList(possible).map { "/sys/devices/system/cpu/cpu\($0)/thermal_throttle" }.filter(exists)
+    }
+
+    /// A kernel CPU list (`0-3,8,10-11`); malformed parts are skipped, and
+    /// a range is bounded so a corrupt file cannot make a huge list.
+    static func cpuList(_ text: String) -> [Int] {
+        var cpus = [Int]()
+        for part in text.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ",") {
+            let bounds = part.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false).map { Int($0) }
+            guard let first = bounds.first ?? nil, first >= 0 else { continue }
+            let last = bounds.count == 2 ? (bounds[1] ?? -1) : first
+            guard last >= first, last - first < 65536 else { continue }
+            cpus += Array(first...last)
+        }
+        return cpus
+    }
+
     static let readOnly = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
     static let defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     /// Where hearth-init (and later the worker) is mounted read-only.
@@ -215,7 +251,8 @@ public final class SandboxRuntime: Sendable {
             }
 
             let t1 = ContinuousClock.now
-            let cgroup = try cgroups.create(name: spec.name, limits: spec.limits)
+            let cgroup = try cgroups.create(name: spec.name, limits: spec.limits,
+                                            devices: DeviceRule.standard + spec.devices)
             let t2 = ContinuousClock.now
             cleanup.append { cgroup.killAll(); try? cgroup.remove() }
 
@@ -353,10 +390,15 @@ public final class SandboxRuntime: Sendable {
         let lower = lowers.reversed().joined(separator: ":")
         var ops: [FSOp] = [
             // volatile: replicas are disposable, so overlay may skip syncs.
-            .mount("overlay", on: r, data: "lowerdir=\(lower),upperdir=\(upper),workdir=\(work),volatile"),
+            // nodev: a node made anywhere but /dev (root keeps CAP_MKNOD)
+            // cannot even be opened; in /dev the device cgroup decides.
+            .mount("overlay", on: r, flags: MountFlags.nodev,
+                   data: "lowerdir=\(lower),upperdir=\(upper),workdir=\(work),volatile"),
             .mkdir(r + "/proc", mode: 0o555), .mkdir(r + "/dev"), .mkdir(r + "/sys", mode: 0o555),
             .mkdir(r + ContainerPaths.runtimeMount),
             .mount("proc", on: r + "/proc", flags: MountFlags.nosuid | MountFlags.nodev | MountFlags.noexec),
+            // Not nodev: the standard nodes below live here. What a node
+            // made here may open is the device cgroup's allow-list.
             .mount("tmpfs", on: r + "/dev", flags: MountFlags.nosuid, data: "mode=755,size=65536k"),
         ]
         for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),

@@ -90,6 +90,7 @@ final class CgroupDiscoveryTests: XCTestCase {
     32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
     33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
     35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+    36 31 0:33 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
     39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
     40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
     41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
@@ -97,6 +98,7 @@ final class CgroupDiscoveryTests: XCTestCase {
     let hybridCgroup = """
     9:name=systemd:/
     8:pids:/
+    5:devices:/
     4:memory:/process_api/abc
     2:cpuacct:/
     1:cpu:/
@@ -106,10 +108,31 @@ final class CgroupDiscoveryTests: XCTestCase {
     func testHybridHostIsV1() throws {
         let layout = try CgroupDiscovery.layout(mountinfo: hybridMountinfo, procCgroup: hybridCgroup)
         XCTAssertEqual(layout.version, .v1)
-        XCTAssertEqual(layout.hierarchies.map(\.controllers), [["cpu"], ["memory"], ["pids"], ["cpuacct"]])
+        XCTAssertEqual(layout.hierarchies.map(\.controllers), [["cpu"], ["memory"], ["pids"], ["devices"], ["cpuacct"]])
         XCTAssertEqual(layout.hierarchies.map(\.directory), [
-            "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/memory/process_api/abc", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpuacct",
+            "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/memory/process_api/abc", "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/devices", "/sys/fs/cgroup/cpuacct",
         ])
+    }
+
+    /// A v1 host without the devices controller: hearthd refuses to start
+    /// rather than run replicas that could open any node they make.
+    func testV1WithoutDevicesFailsClosed() {
+        let mountinfo = hybridMountinfo.split(separator: "\n").filter { !$0.contains("devices") }.joined(separator: "\n")
+        XCTAssertThrowsError(try CgroupDiscovery.layout(mountinfo: mountinfo, procCgroup: hybridCgroup)) { error in
+            XCTAssertEqual((error as? HearthError)?.code, .unavailable)
+            XCTAssertEqual("\(error)", "cgroup v1: no devices hierarchy is mounted (see /proc/self/mountinfo); "
+                + "hearthd needs the devices controller to keep replicas off host devices "
+                + "(mount it, e.g. mount -t cgroup -o devices cgroup /sys/fs/cgroup/devices, or boot with cgroup v2)")
+        }
+        let noLine = hybridCgroup.split(separator: "\n").filter { !$0.contains("devices") }.joined(separator: "\n")
+        XCTAssertThrowsError(try CgroupDiscovery.layout(mountinfo: hybridMountinfo, procCgroup: noLine)) { error in
+            XCTAssertTrue("\(error)".hasPrefix("cgroup v1: /proc/self/cgroup has no line for the devices controller; hearthd needs"),
+                          "\(error)")
+        }
+        // A pure v2 host needs no devices hierarchy (a BPF program does the job).
+        XCTAssertNoThrow(try CgroupDiscovery.layout(
+            mountinfo: "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n", procCgroup: "0::/x\n"))
     }
 
     func testCoMountedCpuCpuacct() throws {
@@ -117,11 +140,12 @@ final class CgroupDiscoveryTests: XCTestCase {
         25 24 0:22 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
         26 24 0:23 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
         27 24 0:24 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
+        28 24 0:25 / /sys/fs/cgroup/devices rw - cgroup cgroup rw,devices
         """
-        let cgroup = "3:cpu,cpuacct:/docker/x\n2:memory:/docker/x\n1:pids:/docker/x\n"
+        let cgroup = "3:cpu,cpuacct:/docker/x\n2:memory:/docker/x\n1:pids:/docker/x\n4:devices:/docker/x\n"
         let layout = try CgroupDiscovery.layout(mountinfo: mountinfo, procCgroup: cgroup)
         XCTAssertEqual(layout.version, .v1)
-        XCTAssertEqual(layout.hierarchies.map(\.controllers), [["cpu", "cpuacct"], ["memory"], ["pids"]])
+        XCTAssertEqual(layout.hierarchies.map(\.controllers), [["cpu", "cpuacct"], ["memory"], ["pids"], ["devices"]])
         XCTAssertEqual(layout.hierarchies[0].directory, "/sys/fs/cgroup/cpu,cpuacct/docker/x")
     }
 
@@ -179,6 +203,37 @@ final class CgroupDiscoveryTests: XCTestCase {
             XCTAssertThrowsError(try CgroupManager.validate(component: bad, field: "cgroup name"), bad)
         }
     }
+}
+
+/// Opens two allowed devices and /dev/kmsg (c 1:11, not on the list).
+let deviceScript = """
+    (exec 3<>/dev/null) && echo null-ok
+    (exec 3</dev/zero) && echo zero-ok
+    (exec 3>/dev/kmsg) 2>/dev/null && echo kmsg-opened || echo kmsg-refused
+    """
+
+/// Runs `sh -c script` placed in `replica` (nil: not placed) before it
+/// starts; returns its stdout. Bounded: a hung script is killed after 10 s.
+func runPlaced(in replica: ReplicaCgroup?, _ script: String) throws -> String {
+    let process = Foundation.Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/sh")
+    process.arguments = ["-c", "read _; " + script]
+    let stdin = Foundation.Pipe(), stdout = Foundation.Pipe()
+    process.standardInput = stdin
+    process.standardOutput = stdout
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    do {
+        if let replica { try replica.add(pid: process.processIdentifier) }
+    } catch {
+        process.terminate()
+        throw error
+    }
+    stdin.fileHandleForWriting.write(Data("go\n".utf8))
+    let deadline = Date().addingTimeInterval(10)
+    while process.isRunning && Date() < deadline { usleep(10_000) }
+    if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    return String(decoding: stdout.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
 }
 
 /// Real cgroups on this machine. Root only; on a cgroup v2 host only with
@@ -314,6 +369,23 @@ final class CgroupRootTests: XCTestCase {
             XCTAssertEqual(value(dir, limitFile), "\(bytes)")
             if let swap = value(dir, swapFile) { XCTAssertEqual(swap, manager.version == .v1 ? "\(bytes)" : "0") }
         }
+    }
+
+    /// A process placed in a replica cgroup opens the standard devices and
+    /// nothing else: v1 through the devices controller (devices.list reads
+    /// the allow-list back), v2 through the attached BPF program.
+    func testDevicesAllowListIsEnforced() throws {
+        let replica = try manager.create(name: "dev", limits: CgroupLimits())
+        defer { replica.killAll(); try? replica.remove() }
+        if manager.version == .v1 {
+            XCTAssertEqual(value(replica.directory(for: "devices"), "devices.list")?.split(separator: "\n").map(String.init),
+                           DeviceRule.standard.map(\.description))
+        } else {
+            XCTAssertEqual(try DeviceFilterLoader.attachedCount(cgroup: replica.paths[0]), 1)
+        }
+        XCTAssertEqual(try runPlaced(in: replica, deviceScript), "null-ok\nzero-ok\nkmsg-refused\n")
+        // The control: outside the replica cgroup the same device opens.
+        XCTAssertEqual(try runPlaced(in: nil, deviceScript), "null-ok\nzero-ok\nkmsg-opened\n")
     }
 
     func testOOMKillIsDetected() throws {
@@ -515,6 +587,26 @@ final class CgroupV2OnHybridTests: XCTestCase {
             XCTAssertEqual("\(error)", "write cgroup \(self.root!)/env/cgroup.subtree_control (\"+cpu\"): ENOENT (No such file or directory)")
         }
         XCTAssertEqual(CgroupFiles.childDirectories(root), [])
+    }
+
+    /// The cgroup v2 device filter, for real, on this host's unified
+    /// hierarchy: the kernel runs BPF_CGROUP_DEVICE programs of a process's
+    /// v2 cgroup on hybrid hosts too.
+    func testDeviceFilterIsEnforced() throws {
+        try CgroupFiles.mkdir(root)
+        try CgroupFiles.mkdir(root + "/r")
+        let replica = ReplicaCgroup(name: "r", version: .v2, paths: [root + "/r"], controllers: [[]], subtreeRoots: [root])
+        let manager = try CgroupManager(subtree: (root as NSString).lastPathComponent, layout: layout)
+        try manager.restrictDevices(replica, to: DeviceRule.standard)
+        XCTAssertEqual(try DeviceFilterLoader.attachedCount(cgroup: root + "/r"), 1)
+        XCTAssertEqual(try DeviceFilterLoader.attachedCount(cgroup: root), 0)
+        XCTAssertEqual(try runPlaced(in: replica, deviceScript), "null-ok\nzero-ok\nkmsg-refused\n")
+        XCTAssertEqual(try runPlaced(in: nil, deviceScript), "null-ok\nzero-ok\nkmsg-opened\n")
+        // The attach error names the operation, the cgroup and the errno.
+        XCTAssertThrowsError(try DeviceFilterLoader.shared.attach(DeviceRule.standard, toCgroup: root + "/gone")) {
+            XCTAssertEqual("\($0)", "open cgroup \(self.root!)/gone: ENOENT (No such file or directory)")
+        }
+        try replica.remove()  // the program goes with the cgroup
     }
 
     func testPlacementKillUsageAndRemove() throws {

@@ -70,13 +70,14 @@ remove_tree() {
   fi
 }
 
-# 1. The Swift tests that use real cgroups, in a cgroup of their own:
+# 1. The Swift tests that use real cgroups (and load device filters), in a cgroup of their own:
 # CgroupManager.prepare() moves every process of the cgroup it runs in into
 # a leaf, as hearthd does. HEARTH_CGROUP_V2_TESTS=1 allows that.
 mkdir "$cg/swift"
 swift_tests=HearthSandboxTests.CgroupLimitsTests,HearthSandboxTests.CgroupDiscoveryTests
 swift_tests+=,HearthSandboxTests.CgroupRootTests,HearthSandboxTests.CgroupV2Tests
 swift_tests+=,HearthSandboxTests.CgroupV2OnHybridTests,HearthSandboxTests.SeccompTests
+swift_tests+=,HearthSandboxTests.DeviceFilterTests
 run_suite "swift: HearthSandboxTests (cgroups, seccomp)" \
   sh -c 'echo $$ > "$1/cgroup.procs" && exec env HEARTH_CGROUP_V2_TESTS=1 "$2" "$3"' \
   sh "$cg/swift" "$HEARTH_VM_XCTEST" "$swift_tests"

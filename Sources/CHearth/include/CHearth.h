@@ -2,3 +2,4 @@
 #include "hearth_spawn.h"
 #include "hearth_fs.h"
 #include "hearth_sys.h"
+#include "hearth_bpf.h"
