@@ -173,7 +173,10 @@ public final class CgroupManager: Sendable {
             let replica = ReplicaCgroup(name: name, version: version, paths: created,
                                         controllers: hierarchies.map(\.controllers), subtreeRoots: subtreePaths)
             try apply(limits, to: replica)
+            let d0 = ContinuousClock.now
             try restrictDevices(replica, to: devices)
+            let took = ContinuousClock.now - d0
+            replica.deviceSetup.withLock { $0 = took }
             return replica
         } catch {
             rollback()

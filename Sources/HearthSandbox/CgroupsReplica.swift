@@ -59,6 +59,8 @@ public final class ReplicaCgroup: Sendable, CustomStringConvertible {
     let controllers: [[String]]
     /// The subtree roots (parallel to `paths`) that `remove()` prunes up to.
     let subtreeRoots: [String]
+    /// How long writing the device allow-list took (a start phase of its own).
+    public let deviceSetup = Mutex<Duration>(.zero)
 
     init(name: String, version: CgroupVersion, paths: [String], controllers: [[String]], subtreeRoots: [String]) {
         self.name = name

@@ -607,7 +607,9 @@ class Runner:
 
     PHASES = [
         ("dirs", "replica directories, /etc files in the upper dir"),
+        ("userns", "user namespace made, /etc files chowned into its range (user_namespace: true only)"),
         ("cgroup", "cgroup created, limits written"),
+        ("devices", "device allow-list: v1 devices.deny/allow writes, v2 BPF program attached"),
         ("plan", "spawn plan: seccomp BPF (cached), mount list, fds"),
         ("spawn", "clone3 → execve (one figure: no per-step marks)"),
         ("clone", "clone3 with the namespaces"),
@@ -644,10 +646,17 @@ class Runner:
         cold, userns = self.samples.get("hearth-cold"), self.samples.get("hearth-userns")
         if cold and userns:
             a, b = statistics.median(cold), statistics.median(userns)
+            made = self.samples.get("hearth-userns:phase:userns")
             notes.append(f"User namespaces on the cold start (same daemon, interleaved, from scratch): "
                          f"{format_seconds(b)} against {format_seconds(a)} without, {format_seconds(b - a)} "
-                         f"({(b / a - 1) * 100:+.0f}%): a user namespace made per replica and one idmapped mount per "
-                         f"image layer.")
+                         f"({(b / a - 1) * 100:+.0f}%): a user namespace made per replica"
+                         + (f" (the `userns` phase, median {format_seconds(statistics.median(made))})" if made else "")
+                         + " and one idmapped mount per image layer (in the mounts phase).")
+        dev = self.samples.get("hearth-cold:phase:devices")
+        if dev and cold:
+            d = statistics.median(dev)
+            notes.append(f"The device allow-list on the cold start: the `devices` phase, median {format_seconds(d)} "
+                         f"({d / statistics.median(cold) * 100:.1f}% of the from-scratch cold start).")
         if hist.get("count"):
             notes.append(f"`hearth_warm_dispatch_seconds` from /metrics over the warm phase ({hist['count']:.0f} tasks, "
                          f"bucket-interpolated): p50 {format_seconds(hist['p50'])}, p99 {format_seconds(hist['p99'])}.")
