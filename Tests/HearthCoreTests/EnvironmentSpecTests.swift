@@ -523,7 +523,7 @@ final class EnvironmentSpecTests: XCTestCase {
     func testUnknownFieldsAtEveryDepth() {
         assertRefused("name: a\nreplicas: 2", "env.yaml: replicas: unknown field")
         XCTAssertEqual(refusal("name: a\nttl: 2"),
-                       "env.yaml: ttl: unknown field; expected one of name, container_image, environment, requests, limits, replica_count, ttl_seconds, secret_requests, pod_template, network, seccomp, capabilities, timeout, max_tasks_per_replica, max_queue, packages")
+                       "env.yaml: ttl: unknown field; expected one of name, container_image, environment, requests, limits, replica_count, ttl_seconds, secret_requests, pod_template, network, seccomp, capabilities, timeout, max_tasks_per_replica, max_queue, packages, user_namespace")
         XCTAssertEqual(refusal("name: a\nreplica_cont: 2"), "env.yaml: replica_cont: unknown field (did you mean replica_count?)")
         assertRefused("name: a\nrequests: {cpus: 1}", "env.yaml: requests.cpus: unknown field (did you mean cpu?)")
         assertRefused("name: a\ncapabilities: {add: [], remove: []}", "env.yaml: capabilities.remove: unknown field")
@@ -685,5 +685,17 @@ final class EnvironmentSpecTests: XCTestCase {
         XCTAssertNil(EnvironmentSpec.parseDuration(""))
         XCTAssertNil(EnvironmentSpec.parseDuration("s"))
         XCTAssertNil(EnvironmentSpec.parseDuration("1d"))
+    }
+
+    func testUserNamespaceIsABooleanAndLeftOutOfTheIdentityWhenUnset() throws {
+        XCTAssertNil(try one("name: a").userNamespace)
+        XCTAssertEqual(try one("name: a\nuser_namespace: true").userNamespace, true)
+        XCTAssertEqual(try one(#"{"name": "a", "user_namespace": false}"#).effective.userNamespace, false)
+        assertRefused("name: a\nuser_namespace: yes please", "env.yaml: user_namespace: expected true or false")
+        assertRefused("name: a\nuser_namespace: 1", "env.yaml: user_namespace: expected true or false")
+        // Unset: the identity an environment had before the field existed.
+        let plain = try one("name: a").effective
+        XCTAssertFalse(String(decoding: plain.canonicalEncoding, as: UTF8.self).contains("user_namespace"))
+        XCTAssertNotEqual(plain.identity, try one("name: a\nuser_namespace: true").effective.identity)
     }
 }
