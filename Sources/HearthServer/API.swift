@@ -7,6 +7,7 @@ import HearthSandbox
 import Hummingbird
 import Logging
 import NIOCore
+import Synchronization
 
 /// The versioned HTTP API. Every error is JSON: {"error": {"code", "message"}}.
 struct API: Sendable {
@@ -173,8 +174,29 @@ struct API: Sendable {
         let registry = self.registry, logger = self.logger
         logger.debug("sandbox \(name) started in \(startMicros) µs: \(replica.startPhases.map(\.description).joined(separator: ", "))")
 
+        // A client that hangs up early can leave the body below never run,
+        // or stuck in its first write: nothing would then reap the replica.
+        // A watcher does, once the command has exited and the body has not
+        // handled the exit within 5 s (it does within microseconds when its
+        // client is there).
+        let bodyDone = Atomic<Bool>(false)
+        Task.detached {
+            _ = await replica.wait()
+            for _ in 0..<50 {
+                if bodyDone.load(ordering: .acquiring) { return }
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+            guard !bodyDone.load(ordering: .acquiring) else { return }
+            logger.warning("sandbox \(name): exited, and its client is gone; removing it")
+            _ = try? await Blocking.run { replica.teardown() }
+            registry.remove(name)
+        }
+
         return Response(status: .ok, headers: [.contentType: "application/vnd.hearth.stream"], body: ResponseBody { writer in
-            defer { registry.remove(name) }
+            defer {
+                bodyDone.store(true, ordering: .releasing)
+                registry.remove(name)
+            }
             do {
                 try await writer.write(frame(.event, SandboxEvent(event: "started", replica: name, startMicros: startMicros)))
                 for await chunk in replica.output() {
@@ -185,6 +207,7 @@ struct API: Sendable {
                 }
                 let status = await replica.wait()
                 let oom = replica.cgroup.oomKilled()
+                bodyDone.store(true, ordering: .releasing)
                 var event = SandboxEvent(event: "exit", replica: name)
                 switch status {
                 case .exited(let c): event.exitCode = c

@@ -140,7 +140,7 @@ def test_a_waiting_spare_has_the_default_memory_limit(sd):
 
 def test_a_sandbox_without_memory_gets_the_default(sd):
     env_ = dict(os.environ, HEARTH_SOCKET=sd.socket)
-    p = subprocess.Popen([str(BIN / "hearth"), "sandbox", "--", "sleep", "10"], env=env_,
+    p = subprocess.Popen([str(BIN / "hearth"), "sandbox", "--", "sleep", "5"], env=env_,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 60

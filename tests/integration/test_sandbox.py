@@ -442,3 +442,23 @@ def test_daemon_sits_in_its_own_leaf_on_cgroup_v2(hearth):
     assert {"cpu", "memory", "pids"} <= set(_read(os.path.join(base, "cgroup.subtree_control")).split())
     assert {"cpu", "memory", "pids"} <= set(_read(os.path.join(base, hearth.subtree, "cgroup.subtree_control")).split())
 
+
+
+def test_client_gone_before_the_output_leaves_nothing(hearth):
+    """A client that sends the request and hangs up at once: once the
+    command exits, the replica is removed, whether or not the server got to
+    stream the body (it may never run it, or stall in its first write)."""
+    import socket as _socket
+    body = json.dumps({"argv": ["sleep", "3"]}).encode()
+    for _ in range(3):
+        s = _socket.socket(_socket.AF_UNIX)
+        s.connect(hearth.socket)
+        s.sendall(b"POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        s.close()
+    deadline = time.time() + 60
+    problems = ["not checked yet"]
+    while problems and time.time() < deadline:
+        time.sleep(0.5)
+        problems = hearth.leftovers()
+    assert not problems, problems
