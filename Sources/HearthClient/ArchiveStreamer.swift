@@ -31,16 +31,7 @@ public enum ArchiveStreamer {
     }
 
     private static func walk(_ dir: String, relative: String, emit: ([UInt8]) throws -> Void) throws {
-        guard let d = opendir(dir) else { throw SystemError.current("opendir", dir) }
-        var names: [String] = []
-        while let ent = readdir(d) {
-            let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        closedir(d)
-        for name in names.sorted() {
+        for name in try BundleWriter.names(in: dir).sorted() {
             let full = dir + "/" + name
             let rel = relative.isEmpty ? name : relative + "/" + name
             var st = stat()

@@ -32,13 +32,8 @@ public enum BundleWriter {
 
     private static func walk(_ dir: String, relative: String,
                              into entries: inout [(path: String, full: String, isDir: Bool, mode: UInt32)]) throws {
-        guard let d = opendir(dir) else { throw SystemError.current("opendir", dir) }
-        defer { closedir(d) }
-        while let ent = readdir(d) {
-            let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            if name == "." || name == ".." || skippedNames.contains(name) || name.hasSuffix(".pyc") { continue }
+        for name in try names(in: dir) {
+            if skippedNames.contains(name) || name.hasSuffix(".pyc") { continue }
             let full = dir + "/" + name
             let rel = relative.isEmpty ? name : relative + "/" + name
             var st = stat()
@@ -53,6 +48,20 @@ public enum BundleWriter {
                 continue // symlinks, sockets, devices: not code
             }
         }
+    }
+
+    /// The entries of a directory, without `.` and `..`, in readdir order.
+    static func names(in dir: String) throws -> [String] {
+        guard let d = opendir(dir) else { throw SystemError.current("opendir", dir) }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let ent = readdir(d) {
+            let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
     }
 
     /// Reads a whole file ("-" is stdin), up to `maxBytes`.

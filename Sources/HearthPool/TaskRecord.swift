@@ -179,8 +179,6 @@ public final class TaskRecord: Sendable {
         }
     }
 
-    public func logs() -> [LogBuffer.Entry] { state.withLock { $0.logs.entries } }
-    public var logsTruncated: Bool { state.withLock { $0.logs.dropped > 0 } }
 }
 
 /// Where a finished task's payload (result, full error, logs) is.
