@@ -53,9 +53,15 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
         ]),
+        // Image builds from ImageSpecs: steps in build replicas, upper dirs → OCI layers, the step cache.
+        .target(name: "HearthBuild", dependencies: [
+            "HearthCore", "HearthImage", "HearthSandbox", "CHearth",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // HTTP API on the Unix socket.
         .target(name: "HearthServer", dependencies: [
-            "HearthCore", "HearthImage", "HearthSandbox", "HearthPool",
+            "HearthCore", "HearthImage", "HearthSandbox", "HearthPool", "HearthBuild",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
@@ -98,6 +104,7 @@ let package = Package(
         .testTarget(name: "HearthImageTests", dependencies: ["HearthImage", "HearthCore"]),
         .testTarget(name: "HearthSandboxTests", dependencies: ["HearthSandbox", "HearthCore"]),
         .testTarget(name: "HearthPoolTests", dependencies: ["HearthPool", "HearthCore", "HearthSandbox"]),
+        .testTarget(name: "HearthBuildTests", dependencies: ["HearthBuild", "HearthImage", "HearthCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -10,9 +10,14 @@ public enum BundleWriter {
     public static let maxBytes = 64 << 20
 
     public static func tar(directory: String) throws -> [UInt8] {
-        var out: [UInt8] = []
         var entries: [(path: String, full: String, isDir: Bool, mode: UInt32)] = []
         try walk(directory, relative: "", into: &entries)
+        return try archive(entries, what: "code bundle from \(directory)")
+    }
+
+    private static func archive(_ entries: [(path: String, full: String, isDir: Bool, mode: UInt32)],
+                                what: String) throws -> [UInt8] {
+        var out: [UInt8] = []
         for e in entries.sorted(by: { $0.path < $1.path }) {
             if e.isDir {
                 out += header(name: e.path + "/", size: 0, mode: 0o755, type: "5")
@@ -23,11 +28,52 @@ public enum BundleWriter {
                 out += [UInt8](repeating: 0, count: (512 - data.count % 512) % 512)
             }
             if out.count > maxBytes {
-                throw HearthError.invalid("code bundle from \(directory) exceeds \(maxBytes >> 20) MiB; leave data files out of the code directory")
+                throw HearthError.invalid("\(what) exceeds \(maxBytes >> 20) MiB; leave data files out of the code directory")
             }
         }
         out += [UInt8](repeating: 0, count: 1024)
         return out
+    }
+
+    /// A tar of `paths` (files or directories, relative to `base`) under
+    /// their relative paths, with the directories above them: what an
+    /// ImageSpec's `copy` lists. Paths may not leave `base`.
+    public static func tar(paths: [String], base: String) throws -> [UInt8] {
+        var entries: [(path: String, full: String, isDir: Bool, mode: UInt32)] = []
+        var seen = Set<String>()
+        func add(_ e: (path: String, full: String, isDir: Bool, mode: UInt32)) {
+            if seen.insert(e.path).inserted { entries.append(e) }
+        }
+        for (i, path) in paths.enumerated() {
+            var parts: [String] = []
+            for part in path.split(separator: "/") where part != "." {
+                guard part != ".." || !parts.isEmpty else {
+                    throw HearthError.invalid("copy[\(i)]: \"\(path)\" leaves the directory of the spec file (\(base)); copy takes paths inside it")
+                }
+                if part == ".." { parts.removeLast() } else { parts.append(String(part)) }
+            }
+            guard !path.hasPrefix("/"), !parts.isEmpty else {
+                throw HearthError.invalid("copy[\(i)]: \"\(path)\" is not a path relative to the spec file's directory (\(base))")
+            }
+            for depth in 1..<parts.count {
+                let rel = parts[..<depth].joined(separator: "/")
+                add((rel, base + "/" + rel, true, 0o755))
+            }
+            let rel = parts.joined(separator: "/"), full = base + "/" + rel
+            var st = stat()
+            guard stat(full, &st) == 0 else { throw SystemError.current("stat", full) }
+            if (st.st_mode & S_IFMT) == S_IFDIR {
+                add((rel, full, true, 0o755))
+                var below: [(path: String, full: String, isDir: Bool, mode: UInt32)] = []
+                try walk(full, relative: rel, into: &below)
+                below.forEach(add)
+            } else if (st.st_mode & S_IFMT) == S_IFREG {
+                add((rel, full, false, UInt32(st.st_mode)))
+            } else {
+                throw HearthError.invalid("copy[\(i)]: \(full) is neither a file nor a directory")
+            }
+        }
+        return try archive(entries, what: "copy from \(base)")
     }
 
     private static func walk(_ dir: String, relative: String,

@@ -47,6 +47,8 @@ public struct HearthError: Error, CustomStringConvertible, Sendable, Equatable {
         case queueFull = "queue_full"
         /// A finished task's result or logs were dropped over the result budget (HTTP 410).
         case resultExpired = "result_expired"
+        /// An image build step failed (its exit status and the end of its output).
+        case buildFailed = "build_failed"
         case unavailable = "unavailable"
         case spawnFailed = "spawn_failed"
         case system = "system"

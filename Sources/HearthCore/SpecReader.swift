@@ -24,6 +24,10 @@ struct SpecReader {
 
     var keys: [String] { pairs.map(\.key) }
 
+    /// Whether `key` was given at all (null included), where a null must be
+    /// told apart from an absent field.
+    func has(_ key: String) -> Bool { pairs.contains { $0.key == key } }
+
     /// Refuses the first key not in `known`, suggesting the nearest known
     /// key when it looks like a typo.
     func rejectUnknown(_ known: [String]) throws {

@@ -70,10 +70,10 @@ public final class ImageStore: Sendable {
     public let root: String
     private let indexPath: String
     private let lockPath: String
-    private let cache: LayerCache
-    private let state = Mutex(State())
+    let cache: LayerCache
+    let state = Mutex(State())
 
-    private struct State: Sendable {
+    struct State: Sendable {
         /// Layers an import in progress relies on: garbage collection must
         /// not take them before the image that uses them is recorded.
         var pinned: [String: Int] = [:]
@@ -123,7 +123,7 @@ public final class ImageStore: Sendable {
 
     /// Runs `body` on the current index under the store's mutex and file
     /// lock; writes the index back if `body` changed it.
-    private func withIndex<T: Sendable>(_ body: (inout StoreIndex, inout State) throws -> T) throws -> T {
+    func withIndex<T: Sendable>(_ body: (inout StoreIndex, inout State) throws -> T) throws -> T {
         try state.withLock { state throws -> T in
             let lock = try FileDescriptor.open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, mode: 0o600)
             while flock(lock.raw, LOCK_EX) != 0 {
@@ -138,13 +138,13 @@ public final class ImageStore: Sendable {
         }
     }
 
-    private func pin(_ layers: [String]) {
+    func pin(_ layers: [String]) {
         state.withLock { state in
             for hex in layers { state.pinned[hex, default: 0] += 1 }
         }
     }
 
-    private func unpin(_ layers: [String]) {
+    func unpin(_ layers: [String]) {
         state.withLock { state in
             for hex in layers {
                 let n = (state.pinned[hex] ?? 1) - 1
@@ -153,7 +153,7 @@ public final class ImageStore: Sendable {
         }
     }
 
-    private func tempName(_ purpose: String) -> String {
+    func tempName(_ purpose: String) -> String {
         state.withLock { $0.tempName(purpose) }
     }
 
@@ -296,7 +296,7 @@ public final class ImageStore: Sendable {
     /// Drops layers no image uses (and no import in progress relies on)
     /// from the index and moves them out of `layers/` into `tmp/`. Returns
     /// their new paths, to be deleted outside the lock.
-    private func collectGarbage(_ index: inout StoreIndex, _ state: inout State) throws -> [String] {
+    func collectGarbage(_ index: inout StoreIndex, _ state: inout State) throws -> [String] {
         let referenced = index.referencedLayers
         var candidates = Set(index.layers.keys)
         candidates.formUnion(try cache.installed())
@@ -314,7 +314,7 @@ public final class ImageStore: Sendable {
         return moved
     }
 
-    private func removeGarbage(_ paths: [String]) {
+    func removeGarbage(_ paths: [String]) {
         // The index no longer lists these; what fails to go now is removed
         // from tmp/ at the next start.
         for path in paths { try? FS.removeTree(path: path) }

@@ -287,6 +287,7 @@ func errorBody(_ error: any Error) -> (HTTPResponse.Status, [UInt8]) {
     case .forbidden: status = .forbidden
     case .queueFull: status = .tooManyRequests
     case .resultExpired: status = .gone
+    case .buildFailed: status = .unprocessableContent
     case .unavailable: status = .serviceUnavailable
     case .spawnFailed, .system, .internal: status = .internalServerError
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import HearthBuild
 import HearthCore
 import HearthImage
 import HearthPool
@@ -49,6 +50,11 @@ public struct DaemonOptions: Sendable {
     /// Replicas' upper and work directories go here instead of under the
     /// state root (`--scratch`); nil: under the state root.
     public var scratchDir: String?
+    /// Image builds (`POST /v1/images/build`): memory limit of a build
+    /// replica (`--build-memory`) and the time one step may take
+    /// (`--build-timeout`).
+    public var buildMemory: Int64 = BuildOptions().memoryLimit
+    public var buildTimeout: Duration = BuildOptions().stepTimeout
 
     public init(initBinary: String) { self.initBinary = initBinary }
 }
@@ -155,6 +161,18 @@ public enum Daemon {
         let poolRoutes = PoolRoutes(pool: pool, admission: admission, code: code, secrets: secrets, logger: logger)
         poolRoutes.register(on: router)
         MetricsRoute(registry: metricsRegistry, pool: pool).register(on: router)
+        var buildOptions = BuildOptions()
+        buildOptions.memoryLimit = options.buildMemory
+        buildOptions.stepTimeout = options.buildTimeout
+        var buildHooks = ImageBuilder.Hooks()
+        buildHooks.admit = { try registry.admit() }
+        buildHooks.replicaStarted = { replica, image in registry.add(replica, image: image) }
+        buildHooks.replicaEnded = { name in registry.remove(name) }
+        // The base image comes from the store; a registry pull plugs in here.
+        let builder = ImageBuilder(runtime: runtime, store: images, options: buildOptions, logger: logger,
+                                   ensureBaseImage: { ref in try await Blocking.run { try images.resolve(ref) } },
+                                   codeBundlePath: { try code.path(of: $0) }, hooks: buildHooks)
+        ImageBuildRoutes(builder: builder, logger: logger, afterBuild: api.afterImageImport).register(on: router)
 
         let socketPath = options.socketPath
         let bind = try SocketBinding(finalPath: socketPath)

@@ -11,8 +11,8 @@ import HearthCore
 struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
-        abstract: "Import, list and remove images.",
-        subcommands: [Import.self, List.self, Remove.self]
+        abstract: "Import, build, list and remove images.",
+        subcommands: [Import.self, Build.self, List.self, Remove.self]
     )
 
     struct Import: ParsableCommand {

@@ -55,6 +55,12 @@ struct HearthdCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Directory on a filesystem of its own for replicas' writable layers (overlay upper and work directories), so a replica that fills it never fills the state root; created 0700, emptied at start.", valueName: "DIR"))
     var scratch: String?
 
+    @Option(name: .long, help: ArgumentHelp("Memory limit of an image build's step replicas (hearth image build).", valueName: "SIZE"))
+    var buildMemory: String = "4Gi"
+
+    @Option(name: .long, help: ArgumentHelp("How long one step of an image build may run before it is killed (e.g. 30m, 1h).", valueName: "DURATION"))
+    var buildTimeout: String = "30m"
+
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -83,6 +89,13 @@ struct HearthdCommand: AsyncParsableCommand {
                 throw ValidationError(e.message + "; or 0 / none for no default limit")
             }
         }
+        let buildMemoryBytes: Int64, buildTimeoutDuration: Duration
+        do {
+            buildMemoryBytes = try Quantity.parseMemory(buildMemory, field: "--build-memory")
+            buildTimeoutDuration = try DurationText.parse(buildTimeout, field: "--build-timeout")
+        } catch let e as HearthError {
+            throw ValidationError(e.message)
+        }
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var options = DaemonOptions(initBinary: self.`init` ?? Self.defaultInit())
         options.stateRoot = (root as NSString).standardizingPath
@@ -100,6 +113,8 @@ struct HearthdCommand: AsyncParsableCommand {
         options.resultDiskBudget = Int(clamping: diskBudget)
         options.defaultMemory = memory
         options.scratchDir = scratch.map { ($0 as NSString).standardizingPath }
+        options.buildMemory = buildMemoryBytes
+        options.buildTimeout = buildTimeoutDuration
         do {
             try await Daemon.run(options)
         } catch let e as HearthError {

@@ -15,6 +15,7 @@ extern "C" {
 
 int hearth_fsetxattr(int fd, const char *name, const void *value, size_t size, int flags);
 ssize_t hearth_fgetxattr(int fd, const char *name, void *value, size_t size);
+ssize_t hearth_flistxattr(int fd, char *list, size_t size);
 /* Path-based, not following a final symlink. */
 ssize_t hearth_lgetxattr(const char *path, const char *name, void *value, size_t size);
 ssize_t hearth_llistxattr(const char *path, char *list, size_t size);
