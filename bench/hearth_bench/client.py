@@ -99,6 +99,21 @@ class Client:
         self.call("PUT", f"/v1/code/{sha}", raw=raw, content_type="application/x-tar")
         return sha
 
+    def build_image(self, spec: Dict[str, Any]) -> List[Dict[str, Any]]:
+        """POST /v1/images/build; the NDJSON events, the last `done` (an
+        `error` event raises)."""
+        status, out = self.raw("POST", "/v1/images/build", json.dumps({"spec": spec}).encode())
+        if status != 200:
+            raise APIError(f"POST /v1/images/build: HTTP {status}: {out[:500].decode(errors='replace')}")
+        events = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+        if not events or events[-1].get("event") != "done":
+            last = events[-1] if events else {}
+            raise APIError(f"image build: {(last.get('error') or {}).get('message', last)}"[:500])
+        return events
+
+    def delete_image(self, name: str) -> None:
+        self.call("DELETE", f"/v1/images/{name}", ok=(200, 204, 404))
+
     def metrics(self) -> str:
         status, out = self.raw("GET", "/metrics")
         if status != 200:

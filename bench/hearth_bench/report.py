@@ -94,6 +94,7 @@ def render(results: Dict[str, Any], chart_name: Optional[str] = "bench.svg") -> 
         ("warm", "Warm task (ready replica, trivial task)", None),
         ("cold", "Cold first task beside the peers (same rootfs, same task, cold each run)", "bwrap"),
         ("numpy", "Realistic imports: `import numpy` (python3-numpy from Debian)", "bwrap-numpy"),
+        ("build", "Image build of a small ImageSpec (`packages: [six]`, one command; `POST /v1/images/build`)", None),
     ]
     for group, title, baseline in sections:
         rows = [t for t in timings if t.get("group") == group]

@@ -27,6 +27,8 @@ SCRATCH_LABEL = "Hearth: new environment → first task result, replica built fr
 USERNS_LABEL = "Hearth: the same, replica in a user namespace (`user_namespace: true`, idmapped layers)"
 SPARE_PHASE_LABEL = "spare adoption: limits written, env sent, packages checked"
 NUMPY_IMAGE = "hearth/python-numpy:3.11"
+# A small ImageSpec: one package from PyPI and one command (two steps).
+BUILD_SPEC = {"name": "bench-build", "packages": ["six"], "commands": ["echo built > /opt/bench"]}
 
 # The user code every Hearth task runs; the peers run the same lines as
 # `python3 -c` (peers.TRIVIAL_CODE, peers.NUMPY_CODE).
@@ -61,14 +63,15 @@ class Sizes:
     numpy_warm: int
     throughput: int      # tasks per batch
     memory_replicas: int
+    builds: int          # rounds of image builds (uncached, then cached), after one warm-up round
 
     @staticmethod
     def for_mode(quick: bool) -> "Sizes":
         if quick:
             return Sizes(warm=400, block=50, cold_rounds=4, numpy_rounds=3, numpy_warm=200, throughput=2000,
-                         memory_replicas=8)
+                         memory_replicas=8, builds=2)
         return Sizes(warm=4000, block=100, cold_rounds=20, numpy_rounds=12, numpy_warm=1000, throughput=10000,
-                     memory_replicas=8)
+                     memory_replicas=8, builds=5)
 
 
 def log(msg: str) -> None:
@@ -213,6 +216,8 @@ class Runner:
             results["throughput"] = [self.throughput(2), self.throughput(1)]
             log("memory")
             results["memory"] = self.memory(idle_rss)
+            log("image builds")
+            self.image_builds()
             results["timings"] = self.timings()
             results["phases"] = self.phases()
             results["dispatch_histogram"] = hist
@@ -568,6 +573,41 @@ class Runner:
             ]
         return rows
 
+    # MARK: image builds
+
+    def image_builds(self) -> None:
+        """A small ImageSpec built with every step run (its image removed
+        first, which takes its layers and so its cache entries), then again
+        with every step cached; one discarded warm-up round, then
+        `sizes.builds` rounds. Needs PyPI and uv in the default image; a
+        failure makes both rows unavailable, the rest of the run stands."""
+        api = self.api
+        name = None
+        try:
+            for r in range(self.sizes.builds + 1):
+                self.recording = r > 0
+                if name:
+                    api.delete_image(name)
+                t, events = timed(lambda: api.build_image(BUILD_SPEC))
+                done = events[-1]
+                name = done["image"]["name"]
+                ran = [e for e in events if e.get("event") == "step_done" and not e.get("cached")]
+                if done.get("cached") or len(ran) != 2:
+                    raise RuntimeError(f"the uncached build ran {len(ran)} of 2 steps: {events}")
+                self.add("build-uncached", t)
+                t, events = timed(lambda: api.build_image(BUILD_SPEC))
+                if not events[-1].get("cached"):
+                    raise RuntimeError(f"the second build of the same spec ran steps: {events}")
+                self.add("build-cached", t)
+        except Exception as e:
+            for key in ("build-uncached", "build-cached"):
+                self.unavailable[key] = f"{type(e).__name__}: {str(e)[:300]}"
+                self.samples.pop(key, None)
+        finally:
+            self.recording = True
+            if name:
+                api.delete_image(name)
+
     # MARK: results
 
     LABELS = {
@@ -593,6 +633,8 @@ class Runner:
         "runc-numpy": ("numpy", "runc run"),
         "bwrap-numpy": ("numpy", "bwrap --unshare-all"),
         "host-numpy": ("numpy", "/usr/bin/python3 on the host, no isolation"),
+        "build-uncached": ("build", "every step run (uv from PyPI, one command; layers written and installed)"),
+        "build-cached": ("build", "the same spec again: every step cached, nothing run"),
     }
 
     def timings(self) -> List[Dict[str, Any]]:
@@ -657,6 +699,11 @@ class Runner:
             d = statistics.median(dev)
             notes.append(f"The device allow-list on the cold start: the `devices` phase, median {format_seconds(d)} "
                          f"({d / statistics.median(cold) * 100:.1f}% of the from-scratch cold start).")
+        if self.samples.get("build-uncached"):
+            notes.append("Image builds: the uncached build removes the image first (its layers go, and with them "
+                         "its cache entries), then runs both steps in build replicas (uv fetching `six` from PyPI, "
+                         "so the figure includes the index's latency), writes each upper directory as a layer and "
+                         "installs it; the cached build of the same spec runs nothing and records the image.")
         if hist.get("count"):
             notes.append(f"`hearth_warm_dispatch_seconds` from /metrics over the warm phase ({hist['count']:.0f} tasks, "
                          f"bucket-interpolated): p50 {format_seconds(hist['p50'])}, p99 {format_seconds(hist['p99'])}.")

@@ -16,6 +16,8 @@ def results():
             {"key": "hearth-cold", "group": "cold", "label": "Hearth cold", "stats": summarize([0.04, 0.05, 0.06])},
             {"key": "bwrap", "group": "cold", "label": "bwrap", "stats": summarize([0.1, 0.1])},
             {"key": "crun", "group": "cold", "label": "crun", "stats": summarize([0.04])},
+            {"key": "build-uncached", "group": "build", "label": "every step run", "stats": summarize([1.5, 1.7])},
+            {"key": "build-cached", "group": "build", "label": "all cached", "stats": summarize([0.02])},
         ],
         "throughput": [{"replicas": 2, "tasks": 10000, "seconds": 1.6, "tasks_per_second": 6250.0},
                        {"replicas": 1, "tasks": 10000, "seconds": 2.5, "tasks_per_second": 4000.0}],
@@ -35,6 +37,9 @@ class ReportTest(unittest.TestCase):
         self.assertIn("| Hearth cold | 50.0 ms |", md)
         self.assertIn("0.50×", md)  # Hearth cold vs bwrap
         self.assertIn("| 2 | 10000 | 1.60 | 6,250 |", md)
+        self.assertIn("## Image build of a small ImageSpec", md)
+        self.assertIn("| every step run | 1.60 s |", md)
+        self.assertIn("| all cached | 20.0 ms |", md)
         self.assertIn("| hearthd idle | 40.0 MiB |", md)
         self.assertIn("- crun ran without cgroups.", md)
 
