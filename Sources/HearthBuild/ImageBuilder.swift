@@ -116,24 +116,28 @@ public final class ImageBuilder: Sendable {
         let baseRef = spec.baseImage ?? options.defaultBaseImage
         let resolved = try await ensureBaseImage(baseRef)
         let store = self.store
-        var found = try await Blocking.run { try store.details(resolved.id) }
-        // Images with the same config share a record's content; the name is the one asked for.
-        found.name = resolved.name
+        // Pinned from the moment it is looked up: removing the base image
+        // meanwhile cannot take its layers.
+        let found = try await Blocking.run { () throws -> ImageDetails in
+            var details = try store.details(resolved.id)
+            store.pinLayers(details.diffIDs)
+            // Images with the same config share a record's content; the name is the one asked for.
+            details.name = resolved.name
+            return details
+        }
         let base = found
-        let plan = BuildPlan(spec: spec, baseID: base.id)
-        let baseLayers = try await Blocking.run { try store.layerPaths(base.diffIDs) }
-        let tools = Toolchain.detect(layers: baseLayers)
-        let total = plan.steps.count
-        emit(.start(image: name, steps: total))
-
         var pinned = base.diffIDs
-        store.pinLayers(base.diffIDs)
         var layers: [String] = []
         var entries: [String: BuildCache.Entry] = [:]
         var sizes: [String: Int64] = [:]
         var ran = 0
         var checkedPython = spec.pythonVersion == nil
         do {
+            let plan = BuildPlan(spec: spec, baseID: base.id)
+            let baseLayers = try await Blocking.run { try store.layerPaths(base.diffIDs) }
+            let tools = Toolchain.detect(layers: baseLayers)
+            let total = plan.steps.count
+            emit(.start(image: name, steps: total))
             for (i, step) in plan.steps.enumerated() {
                 let index = i + 1
                 let description = Self.describe(step.kind, tools: tools)
@@ -167,12 +171,16 @@ public final class ImageBuilder: Sendable {
             }
             let env = Self.merge(base.env, plan.env)
             let newEntries = entries, finalLayers = layers, finalSizes = sizes
-            let image = try await Blocking.run { [cache] in
-                let image = try store.recordBuiltImage(name: name, base: base, layers: finalLayers, env: env, sizes: finalSizes)
-                if !newEntries.isEmpty {
-                    try cache.record(newEntries, layerExists: { try store.hasLayer($0) })
+            let image = try await Blocking.run {
+                try store.recordBuiltImage(name: name, base: base, layers: finalLayers, env: env, sizes: finalSizes)
+            }
+            if !newEntries.isEmpty {
+                // The image stands either way: a cache entry not written costs a rebuild, nothing more.
+                do {
+                    try await Blocking.run { [cache] in try cache.record(newEntries, layerExists: { try store.hasLayer($0) }) }
+                } catch {
+                    logger.warning("build \(name): the step cache was not updated: \(HearthError.wrap(error).message)")
                 }
-                return image
             }
             store.unpinLayers(pinned)
             return (image, ran == 0)
@@ -270,7 +278,8 @@ public final class ImageBuilder: Sendable {
         spec.seccomp = SeccompProfile.default
         spec.capabilities = .dockerDefault
         spec.userNamespace = false
-        let trust = try BuildNetwork.prepareTrust(stateRoot: runtime.stateRoot)
+        let stateRoot = runtime.stateRoot
+        let trust = try await Blocking.run { try BuildNetwork.prepareTrust(stateRoot: stateRoot) }
         BuildNetwork.configure(&spec, trust: trust)
 
         try hooks.admit()
@@ -330,7 +339,7 @@ public final class ImageBuilder: Sendable {
             var result: Exit = .timedOut
             if let first = await group.next() { result = first ?? .timedOut }
             if case .timedOut = result {
-                replica.cgroup.killAll()
+                _ = try? await Blocking.run { replica.cgroup.killAll() }
                 _ = await replica.wait()
             }
             group.cancelAll()
