@@ -48,6 +48,7 @@ _LAZY = {
     "APIError": "hearth._errors",
     "EnvironmentRefused": "hearth._errors",
     "QueueFull": "hearth._errors",
+    "ImageBuildFailed": "hearth._errors",
     "ResultExpired": "hearth._errors",
     "BundleError": "hearth._errors",
     "UnsafeResult": "hearth._errors",

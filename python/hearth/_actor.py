@@ -26,7 +26,7 @@ import threading
 import time
 import warnings
 
-from hearth import _protocol, _spec
+from hearth import _images, _protocol, _spec
 from hearth._errors import APIError, remote_exception
 
 # A module of tasks is imported inside replicas too, where only the
@@ -160,7 +160,14 @@ class ActorEnvironment(object):
         """Applies the environment now; returns the daemon's outcome
         (``created``, ``unchanged`` or ``replaced``)."""
         c = client or _client_for(self.socket)
-        body = json.dumps(self.spec(), sort_keys=True)
+        spec = self.spec()
+        images = [self.container_image]
+        if self.pod_template is not None:
+            images += _spec.pod_template_images(self.pod_template)
+        for image in images:
+            for build in _spec.image_builds(image):
+                _images.ensure_built(build, c)
+        body = json.dumps(spec, sort_keys=True)
         results = c.call("POST", "/v1/environments", body.encode(),
                          what="environment %s refused" % self.name, timeout=60)
         identity = results[0].get("identity") if results else None

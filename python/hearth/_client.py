@@ -191,6 +191,88 @@ class Client(object):
         raise cls(status, code, message, what)
 
 
+    def stream(self, method, path, body=None, what=None, timeout=None):
+        """Yields the JSON objects of an NDJSON response as they arrive (a
+        build's steps, a pull's progress). An error status raises as
+        ``call`` does. The connection is not reused afterwards."""
+        if body is not None and not isinstance(body, (bytes, bytearray, memoryview)):
+            body = json.dumps(body, separators=(",", ":")).encode()
+        data = b"" if body is None else bytes(body)
+        sock = self._connect()
+        try:
+            sock.settimeout(timeout)
+            sock.sendall(("%s %s HTTP/1.1\r\nHost: hearthd\r\nContent-Type: application/json\r\n"
+                          "Content-Length: %d\r\nConnection: close\r\n\r\n" % (method, path, len(data))).encode())
+            sock.sendall(data)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise DaemonUnavailable("hearthd at %s closed the connection without answering %s %s"
+                                            % (self.path, method, path))
+                buf += chunk
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            headers = {}
+            for line in lines[1:]:
+                k, _, v = line.partition(":")
+                headers[k.strip().lower()] = v.strip()
+            chunked = headers.get("transfer-encoding", "").lower() == "chunked"
+
+            def body_bytes(rest):
+                # De-chunks as bytes arrive; without chunking, reads to EOF.
+                while True:
+                    if not chunked:
+                        if rest:
+                            yield rest
+                        rest = sock.recv(65536)
+                        if not rest:
+                            return
+                        continue
+                    while b"\r\n" not in rest:
+                        more = sock.recv(65536)
+                        if not more:
+                            raise DaemonUnavailable("hearthd at %s closed the connection in the middle of %s %s"
+                                                    % (self.path, method, path))
+                        rest += more
+                    size_line, _, rest = rest.partition(b"\r\n")
+                    n = int(size_line.split(b";")[0], 16)
+                    if n == 0:
+                        return
+                    while len(rest) < n + 2:
+                        more = sock.recv(65536)
+                        if not more:
+                            raise DaemonUnavailable("hearthd at %s closed the connection in the middle of %s %s"
+                                                    % (self.path, method, path))
+                        rest += more
+                    yield rest[:n]
+                    rest = rest[n + 2:]
+
+            if status >= 300:
+                raw = b"".join(body_bytes(rest))
+                code, message = "http_%d" % status, raw.decode("utf-8", "replace")[:2000]
+                try:
+                    err = json.loads(raw)["error"]
+                    code, message = err.get("code", code), err.get("message", message)
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    pass
+                raise APIError(status, code, message, what)
+            pending = b""
+            for piece in body_bytes(rest):
+                pending += piece
+                while b"\n" in pending:
+                    line, _, pending = pending.partition(b"\n")
+                    if line.strip():
+                        yield json.loads(line)
+            if pending.strip():
+                yield json.loads(pending)
+        except socket.timeout:
+            raise TimeoutError("hearthd at %s did not answer %s %s within %s s" % (self.path, method, path, timeout))
+        finally:
+            sock.close()
+
+
 _lock = threading.Lock()
 _clients = {}
 

@@ -5,6 +5,8 @@
     ├── SocketPermissionError (also PermissionError)
     ├── APIError                                   the daemon refused a request
     │   ├── EnvironmentRefused                     apply failed: the daemon's reason
+    │   ├── ImageBuildFailed                       an ImageSpec build failed: the step, its
+    │   │                                          exit status and the end of its output
     │   ├── QueueFull                              HTTP 429
     │   └── ResultExpired                          HTTP 410: a finished task's result
     │                                              was dropped over hearthd's result budget
@@ -17,7 +19,7 @@
 
 __all__ = [
     "HearthError", "DaemonUnavailable", "SocketPermissionError", "APIError", "EnvironmentRefused",
-    "QueueFull", "ResultExpired", "BundleError", "UnsafeResult", "TaskFailed", "TaskTimeout", "remote_exception",
+    "QueueFull", "ImageBuildFailed", "ResultExpired", "BundleError", "UnsafeResult", "TaskFailed", "TaskTimeout", "remote_exception",
 ]
 
 
@@ -49,6 +51,10 @@ class EnvironmentRefused(APIError):
 
 
 class QueueFull(APIError):
+    pass
+
+
+class ImageBuildFailed(APIError):
     pass
 
 

@@ -12,7 +12,7 @@ import warnings
 # Imported inside replicas too (ImageSpec at module level): keep it light.
 
 __all__ = ["Resources", "Secret", "ImageSpec", "PodTemplate", "DEFAULT_IMAGE",
-           "resources_dict", "image_name", "image_packages", "pod_template_dict"]
+           "resources_dict", "image_name", "image_packages", "image_builds", "pod_template_dict"]
 
 DEFAULT_IMAGE = "hearth/python:3.11"
 
@@ -103,37 +103,50 @@ def secret_keys(requests):
 
 
 class ImageSpec(str):
-    """flytekit's ImageSpec. Until Hearth builds images it resolves to
-    ``base_image`` (a name, or another ImageSpec) or the default image, and
-    ``packages`` are checked in the image when a replica starts: packages
-    Hearth provides (union, flytekit, flytekitplugins-pod, hearth) are
-    satisfied; a missing one fails the environment, naming the package and
-    the image. ``env`` becomes environment variables of the replicas;
-    ``requirements`` (a requirements.txt) adds its plain ``name[op version]``
-    lines to ``packages``. The other parameters are kept for compatibility;
-    ``apt_packages``, ``commands`` and ``copy`` warn that they need an image
-    build.
+    """flytekit's ImageSpec. A spec that asks for nothing its base image
+    lacks (``packages`` Hearth provides: union, flytekit,
+    flytekitplugins-pod, hearth; ``env``; ``registry``) resolves to
+    ``base_image`` (a name, or another ImageSpec) or the default image.
+    Otherwise (other ``packages``, ``requirements``, ``apt_packages``,
+    ``commands``, ``copy``, ``pip_index``/``pip_extra_index_url`` with
+    packages, ``pip_extra_args``) it names the image hearthd builds from it,
+    ``[registry/]name:<hash of the spec>`` as flytekit tags its images, and
+    the first ``apply`` of an environment on it builds it (see
+    hearth._images). ``env`` becomes environment variables of the replicas
+    (and of a built image). ``conda_packages``, ``cuda`` and ``cudnn`` are
+    not built: they warn.
 
     An ImageSpec *is* the image reference it resolves to (a ``str``), so it
     goes wherever an image name may: kubernetes' own models (which validate
     ``V1Container.image`` as a string and keep a plain copy) included. Such
-    a copy still brings the ImageSpec's package checks: ``image_packages``
-    looks a plain name up among the ImageSpecs made in this process."""
+    a copy still brings the ImageSpec's build and env: ``image_spec`` looks
+    a plain name up among the ImageSpecs made in this process."""
 
     _made = {}  # resolved name -> [ImageSpec], for plain copies (see above)
 
-    def __new__(cls, name="flytekit", *args, **kwargs):
-        base = kwargs.get("base_image")
-        resolved = image_name(base) if base is not None else DEFAULT_IMAGE
-        return str.__new__(cls, resolved)
+    def __new__(cls, *args, **kwargs):
+        import inspect
 
+        try:
+            bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        except TypeError as e:
+            raise TypeError("ImageSpec: %s" % e)
+        bound.apply_defaults()
+        fields = dict(bound.arguments)
+        fields.pop("self", None)
+        probe = str.__new__(cls, "")
+        probe.__dict__.update(fields)
+        plan = _build_plan(probe)
+        self = str.__new__(cls, plan[2] if plan is not None else image_name(fields.get("base_image")))
+        self._hearth_build = plan
+        return self
 
     def __init__(self, name="flytekit", python_version=None, builder=None, source_root=None, env=None,
                  registry=None, packages=None, conda_packages=None, conda_channels=None, requirements=None,
                  apt_packages=None, cuda=None, cudnn=None, base_image=None, platform="linux/amd64",
                  pip_index=None, pip_extra_index_url=None, registry_config=None, entrypoint=None, commands=None,
                  tag_format=None, source_copy_mode=None, copy=None, python_exec=None, pip_secret_mounts=None,
-                 builder_options=None):
+                 builder_options=None, pip_extra_args=None):
         self.name, self.python_version, self.builder, self.source_root = name, python_version, builder, source_root
         self.env = dict(env or {})
         self.registry, self.packages = registry, list(packages or [])
@@ -143,10 +156,11 @@ class ImageSpec(str):
         self.pip_extra_index_url, self.registry_config, self.entrypoint = pip_extra_index_url, registry_config, entrypoint
         self.commands, self.tag_format, self.source_copy_mode, self.copy = commands, tag_format, source_copy_mode, copy
         self.python_exec, self.pip_secret_mounts, self.builder_options = python_exec, pip_secret_mounts, builder_options
-        for field in ("apt_packages", "conda_packages", "commands", "copy"):
+        self.pip_extra_args = pip_extra_args
+        for field in ("conda_packages", "cuda", "cudnn"):
             if getattr(self, field):
-                warnings.warn("ImageSpec.%s needs an image build, which Hearth does not do yet; the image "
-                              "(%s) must already contain it" % (field, image_name(self)), stacklevel=2)
+                warnings.warn("ImageSpec.%s: Hearth does not build it (no conda, no CUDA download); use a base "
+                              "image that has it (%s)" % (field, image_name(self)), stacklevel=2)
         ImageSpec._made.setdefault(str(self), []).append(self)
         if platform not in (None, "linux/amd64"):
             warnings.warn("ImageSpec.platform %r: Hearth runs replicas on this machine's platform" % (platform,),
@@ -164,15 +178,29 @@ class ImageSpec(str):
 
 
 def _rebuild_image_spec(state):
-    spec = str.__new__(ImageSpec, image_name(state.get("base_image")))
+    plan = state.get("_hearth_build")
+    spec = str.__new__(ImageSpec, plan[2] if plan else image_name(state.get("base_image")))
     spec.__dict__.update(state)
     return spec
+
+
+def _build_plan(spec):
+    """``(build request spec, copy bundle, image name)`` when ``spec`` needs
+    a build, else None. Inside a replica nothing is read: None."""
+    from hearth import _images
+
+    if _images.in_replica() or not _images.needs_build(spec):
+        return None
+    build, bundle = _images.build_spec(spec, image_name(spec.base_image))
+    return build, bundle, _images.image_ref(build, _images.spec_tag(build))
 
 
 def image_name(image):
     """The image reference an ImageSpec or a name resolves to."""
     seen = 0
     while isinstance(image, ImageSpec):
+        if getattr(image, "_hearth_build", None) is not None:
+            return str(image)
         seen += 1
         if seen > 16:
             raise ValueError("ImageSpec.base_image chain is too deep (a cycle?)")
@@ -185,9 +213,11 @@ def image_name(image):
 
 
 def image_packages(image):
-    """Requirement strings an ImageSpec (and its base ImageSpecs) ask for,
-    without the ones Hearth provides. A plain name brings the packages of
-    the ImageSpecs that resolve to it (kubernetes models keep plain copies)."""
+    """Requirement strings an ImageSpec (and its base ImageSpecs) ask the
+    image to have, without the ones Hearth provides, for the worker's check
+    at start. An ImageSpec that is built contributes none: its build
+    installed them (and its bases'). A plain name brings the packages of the
+    ImageSpecs that resolve to it (kubernetes models keep plain copies)."""
     if isinstance(image, str) and not isinstance(image, ImageSpec):
         out = []
         for spec in ImageSpec._made.get(image, []):
@@ -196,11 +226,10 @@ def image_packages(image):
     out = []
     seen = 0
     while isinstance(image, ImageSpec) and seen < 16:
+        if getattr(image, "_hearth_build", None) is not None:
+            break
         seen += 1
-        reqs = list(image.packages)
-        if image.requirements:
-            reqs.extend(_read_requirements(image.requirements))
-        for i, req in enumerate(reqs):
+        for i, req in enumerate(image.packages):
             if not isinstance(req, str):
                 raise TypeError("ImageSpec.packages[%d]: expected a string, got %r" % (i, req))
             name, op, version = _pk().parse(req)
@@ -211,6 +240,21 @@ def image_packages(image):
                 out.append(text)
         image = getattr(image, "base_image", None)
     return out
+
+
+def pod_template_images(template):
+    """The container images a PodTemplate names (ImageSpecs kept as such)."""
+    spec = getattr(template, "pod_spec", None)
+    if spec is None or (not isinstance(spec, dict) and not hasattr(spec, "containers")):
+        return []
+    return [_get(c, "image") for c in (_get(spec, "containers") or []) if _get(c, "image") is not None]
+
+
+def image_builds(image):
+    """The ImageSpecs behind ``image`` (an ImageSpec, or a plain name an
+    ImageSpec of this process resolves to) that hearthd must build."""
+    specs = [image] if isinstance(image, ImageSpec) else ImageSpec._made.get(image, []) if isinstance(image, str) else []
+    return [s for s in specs[-1:] if getattr(s, "_hearth_build", None) is not None]
 
 
 def image_env(image):
@@ -225,37 +269,6 @@ def image_env(image):
     for spec in reversed(chain):  # the outer spec's variables win
         env.update({str(k): str(v) for k, v in spec.env.items()})
     return env
-
-
-def _read_requirements(path):
-    import re
-
-    out = []
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise ValueError("ImageSpec.requirements: cannot read %s: %s" % (path, e.strerror))
-    for n, line in enumerate(lines, 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        if line.startswith("-"):
-            warnings.warn("%s:%d: pip option %r ignored (Hearth only checks packages)" % (path, n, line))
-            continue
-        req = re.sub(r"\[[^\]]*\]", "", line.split(";", 1)[0]).replace(" ", "")
-        try:
-            _pk().parse(req)
-        except ValueError:
-            m = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9]|[A-Za-z0-9]", req)
-            if m is None:
-                warnings.warn("%s:%d: %r is not a requirement Hearth understands; ignored" % (path, n, line))
-                continue
-            warnings.warn("%s:%d: %r has more than one version clause; Hearth checks the name only"
-                          % (path, n, line))
-            req = m.group(0)
-        out.append(req)
-    return out
 
 
 class PodTemplate(object):

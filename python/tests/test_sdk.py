@@ -118,9 +118,13 @@ def test_module_root():
 
 # -- specs --------------------------------------------------------------------------
 
+# The tag of the spec in test_image_spec_that_needs_a_build_is_named_by_its_hash; the
+# daemon's unit tests hold the same vector.
+TAG_VECTOR = "QncL5jpynRtNImi4yqCGxA"
+
+
 def test_environment_spec_translation():
-    image = _spec.ImageSpec(registry="r.example", packages=["union", "numpy>=1.2", "flytekitplugins-pod"],
-                            env={"FROM_IMAGE": "1"})
+    image = _spec.ImageSpec(registry="r.example", packages=["union", "flytekitplugins-pod"], env={"FROM_IMAGE": "1"})
     env = ActorEnvironment(name="e", replica_count=2, ttl_seconds=datetime.timedelta(minutes=5),
                            requests=_spec.Resources(cpu=1, mem="300Mi"), limits=_spec.Resources(mem="1Gi", gpu=1),
                            environment={"A": "b"}, container_image=image,
@@ -129,22 +133,65 @@ def test_environment_spec_translation():
         "name": "e", "replica_count": 2, "container_image": "hearth/python:3.11",
         "environment": {"FROM_IMAGE": "1", "A": "b"}, "requests": {"cpu": "1", "mem": "300Mi"},
         "limits": {"mem": "1Gi", "gpu": "1"}, "ttl_seconds": 300, "secret_requests": ["tok", "other"],
-        "packages": ["numpy>=1.2"], "timeout": 30,
+        "timeout": 30,
     }
 
 
-def test_image_spec_is_its_image_name():
-    base = _spec.ImageSpec(base_image="hearth/python-numpy:3.11", packages=["numpy"])
-    top = _spec.ImageSpec(base_image=base, packages=["scipy==1.10.*"])
-    assert top == "hearth/python-numpy:3.11" and isinstance(top, str)
-    assert _spec.image_packages(top) == ["scipy==1.10.*", "numpy"]
-    assert _spec.image_packages(str(top)) != []  # a plain copy still brings the checks
-    assert pickle.loads(pickle.dumps(top)).packages == ["scipy==1.10.*"]
+def test_image_spec_that_needs_nothing_is_its_base():
+    assert _spec.ImageSpec(packages=["union", "flytekit>=1.10"]) == "hearth/python:3.11"
+    assert _spec.ImageSpec(base_image="img:1", env={"A": "1"}) == "img:1"
+    assert _spec.image_builds(_spec.ImageSpec(packages=["union"])) == []
 
 
-def test_image_spec_warns_about_what_needs_a_build():
-    with pytest.warns(UserWarning, match="apt_packages needs an image build"):
-        _spec.ImageSpec(apt_packages=["git"])
+def test_image_spec_that_needs_a_build_is_named_by_its_hash():
+    from hearth import _images
+
+    spec = _spec.ImageSpec(packages=["union", "pandas"], registry="localhost:5000/team")
+    build, bundle, name = spec._hearth_build
+    assert bundle is None
+    assert build == {"name": "flytekit", "registry": "localhost:5000/team", "base_image": "hearth/python:3.11",
+                     "python_version": None, "packages": ["union", "pandas"], "requirements": None,
+                     "apt_packages": [], "pip_index": None, "pip_extra_index_url": [], "pip_extra_args": None,
+                     "env": {}, "commands": [], "copy": None}
+    # The fixed vector POST /v1/images/build computes too (docs/design.md, "Image builds").
+    assert _images.spec_tag({"name": "flytekit", "registry": None, "base_image": "hearth/python:3.11",
+                             "python_version": None, "packages": ["pandas"], "requirements": None,
+                             "apt_packages": [], "pip_index": None, "pip_extra_index_url": [],
+                             "pip_extra_args": None, "env": {"K": "\u00e9"}, "commands": [], "copy": None}) \
+        == TAG_VECTOR
+    assert spec == name == "localhost:5000/team/flytekit:" + _images.spec_tag(build)
+    assert _spec.ImageSpec(packages=["union", "pandas"], registry="localhost:5000/team") == spec
+    assert _spec.ImageSpec(packages=["pandas==2.1"], registry="localhost:5000/team") != spec
+    assert _spec.image_builds(spec) == [spec] and _spec.image_builds(str(spec)) != []
+    assert _spec.image_packages(spec) == []  # the build installs them
+    copy = pickle.loads(pickle.dumps(spec))
+    assert copy == spec and copy._hearth_build == spec._hearth_build
+
+
+def test_image_spec_on_a_built_base_builds_on_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "requirements.txt").write_text("numpy>=1.24\n")
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "a.txt").write_text("hello")
+    base = _spec.ImageSpec(apt_packages=["jq"])
+    top = _spec.ImageSpec(base_image=base, requirements="requirements.txt", copy=["conf"], commands=["true"])
+    build, bundle, name = top._hearth_build
+    assert build["base_image"] == str(base) and build["requirements"] == "numpy>=1.24\n"
+    assert build["copy"] == {"bundle": bundle[0], "dest": "/root"}
+    import io, tarfile
+    names = tarfile.open(fileobj=io.BytesIO(bundle[1])).getnames()
+    assert names == ["conf", "conf/a.txt"]
+    with pytest.raises(ValueError, match="ImageSpec.copy: nope does not exist"):
+        _spec.ImageSpec(copy=["nope"])
+    with pytest.raises(ValueError, match="must be a relative path"):
+        _spec.ImageSpec(copy=["/etc/passwd"])
+    with pytest.raises(ValueError, match="ImageSpec.requirements: cannot read missing.txt"):
+        _spec.ImageSpec(requirements="missing.txt")
+
+
+def test_image_spec_warns_about_what_it_does_not_build():
+    with pytest.warns(UserWarning, match="conda_packages: Hearth does not build it"):
+        _spec.ImageSpec(conda_packages=["numpy"])
 
 
 def test_pod_template_from_dict_and_warnings():
@@ -171,14 +218,15 @@ def test_pod_template_value_from_is_refused():
 def test_pod_template_with_kubernetes_models():
     models = pytest.importorskip("kubernetes.client.models")
     image = _spec.ImageSpec(packages=["union", "pyarrow"])
+    assert image.startswith("flytekit:")
     pt = _spec.PodTemplate(primary_container_name="primary", pod_spec=models.V1PodSpec(containers=[
         models.V1Container(name="primary", image=image, env=[models.V1EnvVar(name="E", value="1")],
                            resources=models.V1ResourceRequirements(requests={"cpu": "1", "memory": "1Gi"}))]))
     d, packages, env = _spec.pod_template_dict(pt)
     c = d["pod_spec"]["containers"][0]
-    assert c == {"name": "primary", "image": "hearth/python:3.11", "env": [{"name": "E", "value": "1"}],
+    assert c == {"name": "primary", "image": str(image), "env": [{"name": "E", "value": "1"}],
                  "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}
-    assert "pyarrow" in packages
+    assert packages == []  # the build installs pyarrow
 
 
 def test_k8s_stand_in_models():
