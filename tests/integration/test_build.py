@@ -309,3 +309,51 @@ def test_same_spec_built_twice_at_once_runs_once(hb):
     r = hb.sandbox("cat", "/opt/marker", opts=("--image", dones[0]["image"]["name"]), check=True)
     assert out(r) == marker + "\n"
     assert IMAGE in out(hb.hearth("image", "ls"))
+
+
+SDK_WORKFLOW = '''
+from hearth import ActorEnvironment, ImageSpec
+
+image = ImageSpec(packages=["union", "pandas"], commands=["echo sdk > /opt/sdk-marker"])
+env = ActorEnvironment(name="sdk-pandas", container_image=image)
+
+@env.task
+def version() -> str:
+    import pandas
+    return pandas.__version__ + " " + open("/opt/sdk-marker").read().strip()
+
+if __name__ == "__main__":
+    print("IMAGE", image)
+    print("RESULT", version())
+'''
+
+
+def test_sdk_builds_an_image_spec_on_first_use_and_reuses_it(hb, pandas_image, tmp_path):
+    # What a first-time user's workflow does: ImageSpec(packages=["pandas"])
+    # is built when its environment is first applied, with a line per step
+    # on stderr; a second run finds the image and prints nothing about it.
+    import subprocess
+    import sys
+    from conftest import REPO
+
+    (tmp_path / "wf.py").write_text(SDK_WORKFLOW)
+    env = dict(os.environ, HEARTH_SOCKET=hb.socket, PYTHONPATH=str(REPO / "python"))
+    try:
+        runs = [subprocess.run([sys.executable, str(tmp_path / "wf.py")], capture_output=True, text=True,
+                               timeout=BUILD_TIMEOUT, env=env, cwd=tmp_path) for _ in range(2)]
+    finally:
+        hb.hearth("rm", "sdk-pandas", check=False)
+    first, second = runs
+    assert first.returncode == 0, first.stdout + first.stderr
+    image = first.stdout.split("IMAGE ", 1)[1].split()[0]
+    assert re.fullmatch(r"flytekit:[A-Za-z0-9_]{22}", image)
+    result = first.stdout.split("RESULT ", 1)[1].strip()
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S* sdk", result), first.stdout
+    # The pandas step is the one pandas_image ran (same base, same step):
+    # cached; the command step runs and is reported.
+    assert f"hearth: building image {image} (2 steps" in first.stderr, first.stderr
+    assert "[2/2] echo sdk > /opt/sdk-marker ..." in first.stderr and "[1/2]" not in first.stderr
+    assert f"hearth: image {image} built in" in first.stderr
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert second.stdout.split("RESULT ", 1)[1].strip() == result
+    assert "hearth: " not in second.stderr, second.stderr
