@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import HearthCore
+import HearthEgress
 import HearthImage
 import HearthPool
 import Metrics
@@ -49,6 +50,9 @@ public struct DaemonOptions: Sendable {
     /// Replicas' upper and work directories go here instead of under the
     /// state root (`--scratch`); nil: under the state root.
     public var scratchDir: String?
+    /// What replicas with network egress may reach beyond public addresses
+    /// on ports 80 and 443 (`--egress-allow CIDR[:PORT]`).
+    public var egressAllow: [String] = []
 
     public init(initBinary: String) { self.initBinary = initBinary }
 }
@@ -65,6 +69,7 @@ public enum Daemon {
                 throw HearthError.invalid("--spare-image: \(HearthError.wrap(error).message)")
             }
         })
+        let egressPolicy = EgressPolicy(allow: try options.egressAllow.map(EgressPolicy.parseRule))
         var logger = Logger(label: "hearthd")
         logger.logLevel = options.logLevel
 
@@ -88,13 +93,17 @@ public enum Daemon {
         try refuseLiveSocket(options.socketPath)
 
         let subtree = options.cgroupSubtree ?? defaultSubtree(for: options.stateRoot)
+        let egress = EgressProxy(policy: egressPolicy, logger: logger)
         let runtime = try SandboxRuntime(stateRoot: options.stateRoot, initBinary: options.initBinary,
-                                         cgroupSubtree: subtree, scratchDir: options.scratchDir)
+                                         cgroupSubtree: subtree, scratchDir: options.scratchDir, egress: egress)
         try runtime.prepare()
         try runtime.cleanupStale()
         let images = try ImageStore(root: options.stateRoot)
         let registry = ReplicaRegistry()
         logger.info("state root \(options.stateRoot), cgroup \(runtime.cgroups.version) subtree \(subtree), default memory limit \(options.defaultMemory.map(Quantity.formatMemory) ?? "none"), writable layers under \(options.scratchDir ?? runtime.replicasDir)")
+        if !egressPolicy.allow.isEmpty {
+            logger.info("network egress also reaches \(egressPolicy.allow.map(\.description).joined(separator: ", ")) (--egress-allow)")
+        }
 
         guard FileManager.default.fileExists(atPath: options.workerDir + "/hearth/_worker.py") else {
             throw HearthError(.unavailable, "the Hearth worker is missing: \(options.workerDir)/hearth/_worker.py; pass --worker-dir DIR (the repository's python/ directory) or run scripts/setup")
@@ -189,6 +198,7 @@ public enum Daemon {
         )
         try await group.run()
         try? await io.shutdownGracefully()
+        await egress.shutdown()
         do { try tasks.removeSpilledResults() } catch { logger.warning("removing spilled results: \(error)") }
         try? runtime.cleanupStale()
         try? runtime.cgroups.removeSubtree()

@@ -55,6 +55,9 @@ struct HearthdCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Directory on a filesystem of its own for replicas' writable layers (overlay upper and work directories), so a replica that fills it never fills the state root; created 0700, emptied at start.", valueName: "DIR"))
     var scratch: String?
 
+    @Option(name: .long, help: ArgumentHelp("Let replicas with network egress reach this address block beyond public addresses on ports 80 and 443: on PORT only, or without one on ports 80 and 443 (e.g. a private package index: 10.1.2.3:3141; IPv6 with a port in brackets); repeatable.", valueName: "CIDR[:PORT]"))
+    var egressAllow: [String] = []
+
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -99,6 +102,7 @@ struct HearthdCommand: AsyncParsableCommand {
         options.resultBudget = Int(clamping: memoryBudget)
         options.resultDiskBudget = Int(clamping: diskBudget)
         options.defaultMemory = memory
+        options.egressAllow = egressAllow
         options.scratchDir = scratch.map { ($0 as NSString).standardizingPath }
         do {
             try await Daemon.run(options)
