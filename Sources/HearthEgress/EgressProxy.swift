@@ -111,6 +111,16 @@ final class ProxySession: EgressSession {
         var open: [ObjectIdentifier: any Channel] = [:]
     }
     private let state = Mutex(State())
+    private let refusals = Atomic<Int>(0)
+
+    /// A replica refused in a loop must not flood the daemon's log.
+    static let refusalsAtInfo = 100
+    enum LogLevel { case info, last, debug }
+
+    func countRefusal() -> LogLevel {
+        let n = refusals.add(1, ordering: .relaxed).newValue
+        return n < Self.refusalsAtInfo ? .info : n == Self.refusalsAtInfo ? .last : .debug
+    }
 
     init(replica: String, proxy: EgressProxy) {
         self.replica = replica

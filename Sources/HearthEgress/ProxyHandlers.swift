@@ -311,7 +311,12 @@ final class EgressClientHandler: ChannelInboundHandler {
     // MARK: answers
 
     private func refuse(_ context: ChannelHandlerContext, _ destination: String, _ why: String) {
-        proxy.logger.info("egress \(replica): \(destination) refused: \(why)")
+        switch session.countRefusal() {
+        case .info: proxy.logger.info("egress \(replica): \(destination) refused: \(why)")
+        case .last:
+            proxy.logger.info("egress \(replica): \(destination) refused: \(why) (\(ProxySession.refusalsAtInfo) refusals: the rest of this replica's are logged at debug)")
+        case .debug: proxy.logger.debug("egress \(replica): \(destination) refused: \(why)")
+        }
         fail(context, 403, EgressPolicy.refusal(destination, why))
     }
 
