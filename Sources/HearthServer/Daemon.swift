@@ -93,6 +93,14 @@ public enum Daemon {
         try refuseLiveSocket(options.socketPath)
 
         let subtree = options.cgroupSubtree ?? defaultSubtree(for: options.stateRoot)
+        // The egress proxy holds two fds per connection (up to 1024
+        // connections): a soft limit of 1024, systemd's default for a
+        // service, would run out. Replicas get the hard limit anyway.
+        var files = rlimit()
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0 && files.rlim_cur < files.rlim_max {
+            files.rlim_cur = files.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &files)
+        }
         let egress = EgressProxy(policy: egressPolicy, logger: logger)
         let runtime = try SandboxRuntime(stateRoot: options.stateRoot, initBinary: options.initBinary,
                                          cgroupSubtree: subtree, scratchDir: options.scratchDir, egress: egress)
