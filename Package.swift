@@ -59,9 +59,16 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The filtering HTTP(S) forward proxy of replicas with network egress.
+        .target(name: "HearthEgress", dependencies: [
+            "HearthCore", "HearthSandbox",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // HTTP API on the Unix socket.
         .target(name: "HearthServer", dependencies: [
-            "HearthCore", "HearthImage", "HearthSandbox", "HearthPool", "HearthBuild",
+            "HearthCore", "HearthImage", "HearthSandbox", "HearthPool", "HearthBuild", "HearthEgress",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),

@@ -801,6 +801,13 @@ static void __attribute__((noreturn)) child_main(struct hs_child *c)
     if ((r = RAW(SYS_setsid)) < 0)
         child_fail(c, HEARTH_STAGE_SETSID, (int)-r);
 
+    /* network egress: the daemon's namespace, before the mounts so that
+     * sysfs (mounted below) shows its interfaces, as a cloned one would;
+     * and before the user namespace, which could not join it (the host's
+     * user namespace owns it). */
+    if (p->use_netns && (r = RAW(SYS_setns, p->netns_fd, CLONE_NEWNET)) < 0)
+        child_fail(c, HEARTH_STAGE_NETNS, (int)-r);
+
     /* Modes in the plan are exact (a 0666 /dev/null must not become 0644). */
     old_umask = (unsigned int)syscall(SYS_umask, 0);
 
@@ -919,6 +926,11 @@ static int validate(const struct hearth_spawn_plan *p, int *stage)
     /* The namespace is joined with setns: never cloned, and its fd must be real. */
     if ((p->clone_flags & CLONE_NEWUSER) || (p->use_userns && p->userns_fd < 0)) {
         *stage = HEARTH_STAGE_USERNS;
+        return EINVAL;
+    }
+    /* Joined, never cloned as well: either one namespace or the other. */
+    if (p->use_netns && (p->netns_fd < 0 || (p->clone_flags & CLONE_NEWNET))) {
+        *stage = HEARTH_STAGE_NETNS;
         return EINVAL;
     }
     if (p->group_count > 0 && p->groups == NULL) {

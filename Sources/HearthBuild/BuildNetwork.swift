@@ -6,17 +6,19 @@ import HearthCore
 import HearthSandbox
 
 /// How a build step reaches the package indexes: the one place that decides
-/// a build replica's network. For now the host's network (`.host`), with
-/// the host's trust store and proxy settings, so a step reaches what the
-/// host reaches the way the host does (a host that inspects TLS with its own
-/// CA keeps working). The egress-proxy network mode will replace this: a
-/// build replica in its own network namespace that reaches only the proxy.
+/// a build replica's network. `.egress`: a network namespace of its own
+/// whose only way out is hearthd's filtering proxy (public addresses on
+/// ports 80 and 443, plus `--egress-allow`), since a step runs code from any
+/// client of the socket (commands, apt maintainer scripts, setup.py) and must
+/// not reach the host's loopback services, its LAN or cloud metadata. The
+/// host's CA bundle goes in too, so a host whose way out inspects TLS with
+/// its own CA (a corporate proxy, this project's build machines) still
+/// reaches PyPI.
 public enum BuildNetwork {
     /// Where the trust store is mounted in a build replica (read-only); the
     /// layer writer leaves the mount point out of the layer.
     public static let mountPoint = "/.hearth-build"
     static let hostCABundle = "/etc/ssl/certs/ca-certificates.crt"
-    static let proxyVariables = ["http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"]
 
     /// Prepares `<stateRoot>/build/trust` (the host's CA bundle, copied
     /// fresh for each build) and returns its path; nil when the host has no
@@ -32,12 +34,9 @@ public enum BuildNetwork {
 
     /// Sets the network of a build replica and what goes with it.
     static func configure(_ spec: inout ReplicaSpec, trust: String?) {
-        spec.network = .host
-        for name in proxyVariables {
-            if let value = ProcessInfo.processInfo.environment[name], !value.isEmpty {
-                spec.env.append("\(name)=\(value)")
-            }
-        }
+        // The replica's proxy variables point at the egress proxy; the
+        // host's own are not passed (they name what the host reaches).
+        spec.network = .egress
         if let trust {
             spec.mounts.append(BindMount(source: trust, target: mountPoint, readOnly: true))
             let file = mountPoint + "/ca-certificates.crt"

@@ -71,7 +71,7 @@ public struct SandboxRequest: Codable, Sendable {
     public var memory: String?
     public var cpus: String?
     public var pids: Int64?
-    public var network: String?        // "none" | "host"
+    public var network: String?        // "none" | "egress" | "host"
     public var env: [String]?          // K=V
     public var seccomp: String?        // "default" | "unconfined" | "profile"
     /// OCI `linux.seccomp` JSON when seccomp == "profile" (the CLI reads the file).

@@ -194,6 +194,9 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
         case none
         /// The host's network namespace.
         case host
+        /// A fresh namespace with loopback and the daemon's filtering
+        /// proxy at 127.0.0.1:3128: HTTP and HTTPS to public hosts only.
+        case egress
     }
 
     /// The replica's seccomp filter; written as `default`, `unconfined` or

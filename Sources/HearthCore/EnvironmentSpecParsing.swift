@@ -133,7 +133,7 @@ extension EnvironmentSpec {
         }
         if let text = try r.string(K.network.rawValue) {
             guard let value = Network(rawValue: text) else {
-                throw SpecReader.error(r.path(K.network.rawValue), "\"\(text)\" is not supported; expected none (loopback only) or host")
+                throw SpecReader.error(r.path(K.network.rawValue), "\"\(text)\" is not supported; expected none (loopback only), egress (HTTP and HTTPS to public hosts through the daemon's proxy) or host")
             }
             network = value
         }

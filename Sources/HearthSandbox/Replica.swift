@@ -6,7 +6,9 @@ import HearthImage
 import Synchronization
 
 public enum NetworkMode: String, Sendable, Codable {
-    case none, host
+    /// none: loopback only. egress: loopback, and the daemon's filtering
+    /// proxy at 127.0.0.1:3128 (Egress.swift). host: the host's namespace.
+    case none, host, egress
 }
 
 /// A host path mounted into a replica.
@@ -130,6 +132,9 @@ public final class SandboxRuntime: Sendable {
     public let scratchDir: String?
     /// Measures writable layers against `ephemeral_storage` limits.
     public let storage = StorageWatch()
+    /// Serves the proxy of replicas with network egress; nil: such a
+    /// replica fails to start.
+    public let egress: (any EgressGateway)?
     private let counter = Atomic<Int>(0)
     private let bootID: String
 
@@ -137,8 +142,11 @@ public final class SandboxRuntime: Sendable {
     ///   - initBinary: the static hearth-init to copy into the runtime directory.
     ///   - scratchDir: see `scratchDir`; created 0700. It belongs to this
     ///     daemon: stale-state cleanup empties it.
-    public init(stateRoot: String, initBinary: String, cgroupSubtree: String, scratchDir: String? = nil) throws {
+    ///   - egress: the proxy of replicas with network egress.
+    public init(stateRoot: String, initBinary: String, cgroupSubtree: String, scratchDir: String? = nil,
+                egress: (any EgressGateway)? = nil) throws {
         self.stateRoot = stateRoot
+        self.egress = egress
         replicasDir = stateRoot + "/replicas"
         runtimeDir = stateRoot + "/runtime"
         cgroups = try CgroupManager(subtree: cgroupSubtree)
@@ -252,6 +260,17 @@ public final class SandboxRuntime: Sendable {
             }
 
             let t1 = ContinuousClock.now
+            // network egress: the namespace, with the proxy listening and
+            // served, before the replica's first process exists.
+            var netnsFD: Int32?
+            var egressSession: (any EgressSession)?
+            if spec.network == .egress {
+                let (ns, session) = try openEgress(replica: spec.name)
+                netnsFD = ns
+                egressSession = session
+                cleanup.append { close(ns); session.close() }
+            }
+            let tEgress = ContinuousClock.now
             let cgroup = try cgroups.create(name: spec.name, limits: spec.limits,
                                             devices: DeviceRule.standard + spec.devices)
             let t2 = ContinuousClock.now
@@ -269,6 +288,12 @@ public final class SandboxRuntime: Sendable {
             plan.ops += mountOps(spec: spec, lowers: lowers, rootfs: rootfs, upper: upper, work: work)
             plan.hostname = spec.name
             if spec.network == .host {
+                plan.cloneFlags &= ~CloneFlags.newnet
+                plan.loopbackUp = false
+            }
+            if let netnsFD {
+                // Joined, not cloned; its lo is up already.
+                plan.netnsFD = netnsFD
                 plan.cloneFlags &= ~CloneFlags.newnet
                 plan.loopbackUp = false
             }
@@ -315,18 +340,25 @@ public final class SandboxRuntime: Sendable {
             close(out.write); close(err.write)
             // The child joined it; the daemon's reference is not needed.
             if let usernsFD { close(usernsFD) }
+            if let netnsFD { close(netnsFD) }
             let t4 = ContinuousClock.now
             var releaseLease: (@Sendable () -> Void)?
             if let lease {
                 let namespaces = userNamespaces
                 releaseLease = { namespaces.release(lease) }
             }
+            if let egressSession {
+                // The proxy's listener and connections go with the replica.
+                let release = releaseLease
+                releaseLease = { egressSession.close(); release?() }
+            }
             // The device allow-list and the user namespace are phases of their
             // own, so the benchmark shows what each costs a cold start.
             let devices = cgroup.deviceSetup.withLock { $0 }
             var phases = [StartPhase(name: "dirs", duration: tDirs - t0)]
             if lease != nil { phases.append(StartPhase(name: "userns", duration: t1 - tDirs)) }
-            phases += [StartPhase(name: "cgroup", duration: t2 - t1 - devices), StartPhase(name: "devices", duration: devices),
+            if netnsFD != nil { phases.append(StartPhase(name: "egress", duration: tEgress - t1)) }
+            phases += [StartPhase(name: "cgroup", duration: t2 - tEgress - devices), StartPhase(name: "devices", duration: devices),
                        StartPhase(name: "plan", duration: t3 - t2)]
             phases += (spawned.phases.isEmpty ? [StartPhase(name: "spawn", duration: t4 - t3)] : spawned.phases)
             let replica = RunningReplica(name: spec.name, dir: dir, pid: spawned.pid, pidfd: spawned.pidfd,
@@ -353,6 +385,7 @@ public final class SandboxRuntime: Sendable {
         if values["PATH"] == nil { set("PATH=" + ContainerPaths.defaultPath) }
         if values["HOME"] == nil { set("HOME=/root") }
         set("HOSTNAME=" + spec.name)
+        if spec.network == .egress { for kv in EgressNamespace.environment { set(kv) } }
         for kv in spec.env { set(kv) }
         return order.compactMap { values[$0] }
     }
@@ -384,6 +417,8 @@ public final class SandboxRuntime: Sendable {
         let resolv: String
         if spec.network == .host, let host = try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8) {
             resolv = host
+        } else if spec.network == .egress {
+            resolv = "# network: egress (no DNS here: HTTP and HTTPS go through the daemon's proxy, \(EgressNamespace.proxyURL), which resolves names)\n"
         } else {
             resolv = "# network: none (loopback only)\n"
         }

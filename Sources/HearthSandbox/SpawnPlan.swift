@@ -114,6 +114,9 @@ public struct SpawnPlan: Sendable {
     public var noNewPrivs = true
     /// A user namespace for the child to join (hearth_userns_open), or nil.
     public var usernsFD: Int32?
+    /// A network namespace for the child to join instead of cloning one
+    /// (network egress: hearth_egress_netns_open), or nil.
+    public var netnsFD: Int32?
     /// Raw `struct sock_filter` bytes; empty means no filter.
     public var seccompFilter: [UInt8] = []
     public var cwd: String = "/"
@@ -202,6 +205,8 @@ public struct SpawnPlan: Sendable {
                                 p.no_new_privs = noNewPrivs ? 1 : 0
                                 p.use_userns = usernsFD == nil ? 0 : 1
                                 p.userns_fd = usernsFD ?? -1
+                                p.use_netns = netnsFD == nil ? 0 : 1
+                                p.netns_fd = netnsFD ?? -1
                                 p.seccomp_filter = filterBuf.isEmpty ? nil : UnsafeRawPointer(filterBuf.baseAddress)
                                 p.seccomp_filter_len = UInt32(filterBuf.count / 8)
                                 p.cwd = arena.string(cwd)
@@ -260,6 +265,7 @@ public struct SpawnPlan: Sendable {
             case HEARTH_STAGE_EXEC.rawValue: what = "execve \(path)"
             case HEARTH_STAGE_SETSID.rawValue: what = "setsid"
             case HEARTH_STAGE_USERNS.rawValue: what = "join the replica's user namespace"
+            case HEARTH_STAGE_NETNS.rawValue: what = "join the replica's network namespace (network egress)"
             default: what = "stage \(stage)"
             }
         }

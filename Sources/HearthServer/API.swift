@@ -137,7 +137,8 @@ struct API: Sendable {
         switch req.network ?? "none" {
         case "none": network = .none
         case "host": network = .host
-        case let other: throw HearthError.invalid("network: \"\(other)\" is not a network mode; use none or host")
+        case "egress": network = .egress
+        case let other: throw HearthError.invalid("network: \"\(other)\" is not a network mode; use none, egress or host")
         }
         let profile: SeccompProfile?
         switch req.seccomp ?? "default" {

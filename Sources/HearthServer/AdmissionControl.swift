@@ -157,9 +157,14 @@ actor AdmissionControl {
         let limits = CgroupLimits(cpuLimitMilli: e.cpuLimitMilli, cpuRequestMilli: e.cpuRequestMilli,
                                   memoryLimit: e.memoryLimit ?? e.memoryRequest ?? defaultMemory,
                                   memoryRequest: e.memoryRequest, pidsMax: HearthDefaults.pidsMax)
+        let network: NetworkMode = switch e.network {
+        case .none: .none
+        case .egress: .egress
+        case .host: .host
+        }
         return PoolConfig(name: e.name, identity: e.identity, image: e.image, env: e.environment, limits: limits,
                           replicaCount: e.replicaCount, ttl: .seconds(e.ttlSeconds), secrets: e.secrets,
-                          network: e.network == .host ? .host : .none, seccomp: seccomp, capabilities: caps,
+                          network: network, seccomp: seccomp, capabilities: caps,
                           timeout: e.timeout, maxTasksPerReplica: e.maxTasksPerReplica, maxQueue: e.maxQueue,
                           packages: e.packages ?? [],
                           // Flyte's rule: a request alone is also the limit.

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import HearthBuild
 import HearthCore
+import HearthEgress
 import HearthImage
 import HearthPool
 import Metrics
@@ -55,6 +56,9 @@ public struct DaemonOptions: Sendable {
     /// (`--build-timeout`).
     public var buildMemory: Int64 = BuildOptions().memoryLimit
     public var buildTimeout: Duration = BuildOptions().stepTimeout
+    /// What replicas with network egress may reach beyond public addresses
+    /// on ports 80 and 443 (`--egress-allow CIDR[:PORT]`).
+    public var egressAllow: [String] = []
 
     public init(initBinary: String) { self.initBinary = initBinary }
 }
@@ -71,6 +75,7 @@ public enum Daemon {
                 throw HearthError.invalid("--spare-image: \(HearthError.wrap(error).message)")
             }
         })
+        let egressPolicy = EgressPolicy(allow: try options.egressAllow.map(EgressPolicy.parseRule))
         var logger = Logger(label: "hearthd")
         logger.logLevel = options.logLevel
 
@@ -94,13 +99,25 @@ public enum Daemon {
         try refuseLiveSocket(options.socketPath)
 
         let subtree = options.cgroupSubtree ?? defaultSubtree(for: options.stateRoot)
+        // The egress proxy holds two fds per connection (up to 1024
+        // connections): a soft limit of 1024, systemd's default for a
+        // service, would run out. Replicas get the hard limit anyway.
+        var files = rlimit()
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0 && files.rlim_cur < files.rlim_max {
+            files.rlim_cur = files.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &files)
+        }
+        let egress = EgressProxy(policy: egressPolicy, logger: logger)
         let runtime = try SandboxRuntime(stateRoot: options.stateRoot, initBinary: options.initBinary,
-                                         cgroupSubtree: subtree, scratchDir: options.scratchDir)
+                                         cgroupSubtree: subtree, scratchDir: options.scratchDir, egress: egress)
         try runtime.prepare()
         try runtime.cleanupStale()
         let images = try ImageStore(root: options.stateRoot)
         let registry = ReplicaRegistry()
         logger.info("state root \(options.stateRoot), cgroup \(runtime.cgroups.version) subtree \(subtree), default memory limit \(options.defaultMemory.map(Quantity.formatMemory) ?? "none"), writable layers under \(options.scratchDir ?? runtime.replicasDir)")
+        if !egressPolicy.allow.isEmpty {
+            logger.info("network egress also reaches \(egressPolicy.allow.map(\.description).joined(separator: ", ")) (--egress-allow)")
+        }
 
         guard FileManager.default.fileExists(atPath: options.workerDir + "/hearth/_worker.py") else {
             throw HearthError(.unavailable, "the Hearth worker is missing: \(options.workerDir)/hearth/_worker.py; pass --worker-dir DIR (the repository's python/ directory) or run scripts/setup")
@@ -207,6 +224,7 @@ public enum Daemon {
         )
         try await group.run()
         try? await io.shutdownGracefully()
+        await egress.shutdown()
         do { try tasks.removeSpilledResults() } catch { logger.warning("removing spilled results: \(error)") }
         try? runtime.cleanupStale()
         try? runtime.cgroups.removeSubtree()

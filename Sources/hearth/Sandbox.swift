@@ -21,7 +21,7 @@ struct Sandbox: ParsableCommand {
     var ephemeralStorage: String?
     @Option(help: "CPU limit in cores, e.g. 0.5, 2, 500m.") var cpus: String?
     @Option(help: "Process limit (default \(HearthDefaults.pidsMax)).") var pids: Int64?
-    @Option(help: "none (loopback only, default) or host.") var network: String?
+    @Option(help: "none (loopback only, default), egress (HTTP and HTTPS to public hosts through hearthd's proxy) or host.") var network: String?
     @Option(name: .customLong("env"), help: "KEY=VALUE, repeatable.") var env: [String] = []
     @Option(help: "default, unconfined, or the path of an OCI seccomp profile (JSON).") var seccomp: String?
     @Option(help: "Working directory inside the replica.") var workdir: String?

@@ -60,6 +60,8 @@ struct HearthdCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("How long one step of an image build may run before it is killed (e.g. 30m, 1h).", valueName: "DURATION"))
     var buildTimeout: String = "30m"
+    @Option(name: .long, help: ArgumentHelp("Let replicas with network egress reach this address block beyond public addresses on ports 80 and 443: on PORT only, or without one on ports 80 and 443 (e.g. a private package index: 10.1.2.3:3141; IPv6 with a port in brackets); repeatable.", valueName: "CIDR[:PORT]"))
+    var egressAllow: [String] = []
 
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
@@ -112,6 +114,7 @@ struct HearthdCommand: AsyncParsableCommand {
         options.resultBudget = Int(clamping: memoryBudget)
         options.resultDiskBudget = Int(clamping: diskBudget)
         options.defaultMemory = memory
+        options.egressAllow = egressAllow
         options.scratchDir = scratch.map { ($0 as NSString).standardizingPath }
         options.buildMemory = buildMemoryBytes
         options.buildTimeout = buildTimeoutDuration

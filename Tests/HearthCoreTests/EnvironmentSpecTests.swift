@@ -270,7 +270,7 @@ final class EnvironmentSpecTests: XCTestCase {
             """)
         // YAML 1.2: yes/on are strings; numbers keep their spelling.
         XCTAssertEqual(spec.environment, ["DEBUG": "yes", "PORT": "8080", "VERSION": "3.10", "ON": "on", "FLAG": "true", "EMPTY": ""])
-        assertRefused("name: a\nnetwork: no\n", "env.yaml: network: \"no\" is not supported; expected none (loopback only) or host")
+        assertRefused("name: a\nnetwork: no\n", "env.yaml: network: \"no\" is not supported; expected none (loopback only), egress (HTTP and HTTPS to public hosts through the daemon's proxy) or host")
         assertRefused("name: a\nenvironment: {X: null}\n", "env.yaml: environment[\"X\"]: expected a string, got null")
         XCTAssertEqual(try one("name: a\nreplica_count: !!int \"3\"\n").replicaCount, 3)
         assertRefused("name: a\nreplica_count: !!int three\n", "env.yaml: replica_count: \"three\" does not match its tag")
@@ -444,7 +444,7 @@ final class EnvironmentSpecTests: XCTestCase {
     }
 
     func testNetworkSeccompCapabilities() {
-        assertRefused("name: a\nnetwork: bridge", "env.yaml: network: \"bridge\" is not supported; expected none (loopback only) or host")
+        assertRefused("name: a\nnetwork: bridge", "env.yaml: network: \"bridge\" is not supported; expected none (loopback only), egress (HTTP and HTTPS to public hosts through the daemon's proxy) or host")
         assertRefused("name: a\nseccomp: profile.json",
                       "env.yaml: seccomp: \"profile.json\" is not allowed; expected default, unconfined or an absolute path to an OCI seccomp profile")
         assertRefused("name: a\ncapabilities: {add: [\"NET ADMIN\"]}",

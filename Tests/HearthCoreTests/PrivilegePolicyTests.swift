@@ -9,6 +9,10 @@ final class PrivilegePolicyTests: XCTestCase {
 
     func testDefaultSpecIsNotPrivileged() throws {
         XCTAssertEqual(PrivilegePolicy.violations(of: try effective("name: a")), [])
+        // network egress is a wall of its own, not a hole in one.
+        XCTAssertEqual(PrivilegePolicy.violations(of: try effective("name: a\nnetwork: egress")), [])
+        XCTAssertEqual(try effective("name: a\nnetwork: egress").network, .egress)
+        XCTAssertEqual(PrivilegePolicy.violations(of: SandboxRequest(network: "egress", argv: ["true"])), [])
         // Dropping capabilities takes nothing down.
         XCTAssertEqual(PrivilegePolicy.violations(of: try effective("name: a\ncapabilities: {drop: [CHOWN]}")), [])
     }

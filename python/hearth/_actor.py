@@ -64,7 +64,8 @@ class ActorEnvironment(object):
     ``Secret``s (or keys) mounted at ``/etc/secrets``; ``pod_template``.
 
     Hearth's own, keyword only: ``timeout`` (default per-task limit),
-    ``max_tasks_per_replica``, ``max_queue``, ``network`` ("none" or
+    ``max_tasks_per_replica``, ``max_queue``, ``network`` ("none",
+    "egress": HTTP and HTTPS to public hosts through the daemon's proxy, or
     "host"), ``user_namespace`` (True: root in each replica is an
     unprivileged host uid; None: the daemon's default), ``socket`` (default
     ``HEARTH_SOCKET``)."""

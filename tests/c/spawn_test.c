@@ -12,6 +12,7 @@
  */
 #define _GNU_SOURCE
 #include "hearth_spawn.h"
+#include "hearth_netns.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +20,7 @@
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -729,6 +731,151 @@ static void test_bad_plan(void)
     expect_fail(&r, HEARTH_STAGE_FDS, EBADF);
 }
 
+/* network egress: the daemon makes the namespace (lo up, a listener on
+ * 127.0.0.1:3128) and the child joins it. Inside, the listener answers,
+ * nothing else is reachable, and the port cannot be taken; the daemon's
+ * own threads never leave their namespace. With `userns`, the child also
+ * enters a user namespace (after joining: the host's owns the netns). */
+static const char *egress_py =
+    "import os, socket\n"
+    "print('ifaces=' + ','.join(sorted(os.listdir('/sys/class/net'))))\n"
+    "print('netns=%d' % os.stat('/proc/self/ns/net').st_ino)\n"
+    "print('uid_map=' + ' '.join(open('/proc/self/uid_map').read().split()))\n"
+    "s = socket.create_connection(('127.0.0.1', 3128), timeout=10)\n"
+    "s.sendall(b'ping')\n"
+    "print('reply=' + s.recv(16).decode())\n"
+    "try:\n"
+    "    socket.create_connection(('203.0.113.80', 443), timeout=5)\n"
+    "    print('direct=connected')\n"
+    "except OSError as e:\n"
+    "    print('direct=%d' % e.errno)\n"
+    "b = socket.socket()\n"
+    "try:\n"
+    "    b.bind(('127.0.0.1', 3128))\n"
+    "    print('bind=ok')\n"
+    "except OSError as e:\n"
+    "    print('bind=%d' % e.errno)\n";
+
+static ino_t ns_inode(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? st.st_ino : 0;
+}
+
+static void egress_run(int userns)
+{
+    struct plan_builder b;
+    struct run r;
+    struct stat st;
+    int nsfd = -1, lfd = -1, ufd = -1, stage = 0, e, c = -1;
+    ino_t own = ns_inode("/proc/self/ns/net"), own_thread = ns_inode("/proc/thread-self/ns/net");
+    char buf[16] = { 0 }, want[32];
+    struct pollfd p;
+    struct sockaddr_in addr;
+    socklen_t alen = sizeof(addr);
+    char *const argv[] = { "hearth-init", "/usr/bin/python3", "/egress.py", NULL };
+
+    e = hearth_egress_netns_open(3128, 16, &nsfd, &lfd, &stage);
+    CHECK(e == 0, "hearth_egress_netns_open: stage %d: %s", stage, strerror(e));
+    if (e != 0)
+        return;
+    CHECK(fcntl(nsfd, F_GETFD) == FD_CLOEXEC && fcntl(lfd, F_GETFD) == FD_CLOEXEC, "fds not close-on-exec");
+    CHECK(getsockname(lfd, (struct sockaddr *)&addr, &alen) == 0 && addr.sin_port == htons(3128) &&
+              addr.sin_addr.s_addr == htonl(INADDR_LOOPBACK), "listener not on 127.0.0.1:3128");
+    CHECK(fstat(nsfd, &st) == 0 && st.st_ino != own, "netns fd names the daemon's own namespace");
+    CHECK(ns_inode("/proc/self/ns/net") == own && ns_inode("/proc/thread-self/ns/net") == own_thread,
+          "the calling thread changed network namespace");
+
+    standard_plan(&b);
+    add_op(&b, HEARTH_OP_WRITE_FILE, NULL, fmt("%s/egress.py", b.root), NULL, egress_py, 0, 0644, 0);
+    /* The write must come before the pivot, with the other files. */
+    {
+        struct hearth_op last = b.ops[b.n - 1];
+        uint32_t i, pivot = 0;
+        for (i = 0; i < b.n; i++)
+            if (b.ops[i].kind == HEARTH_OP_PIVOT)
+                pivot = i;
+        memmove(&b.ops[pivot + 1], &b.ops[pivot], (b.n - 1 - pivot) * sizeof(b.ops[0]));
+        b.ops[pivot] = last;
+    }
+    b.plan.argv = argv;
+    b.plan.clone_flags &= ~(uint64_t)CLONE_NEWNET;
+    b.plan.loopback_up = 0;
+    b.plan.use_netns = 1;
+    b.plan.netns_fd = nsfd;
+    if (userns) {
+        ufd = hearth_userns_open(0x7ff00000, 0x7ff00000, 65536, &e);
+        CHECK(ufd >= 0, "hearth_userns_open: %s", strerror(e));
+        if (ufd < 0)
+            goto out;
+        b.plan.use_userns = 1;
+        b.plan.userns_fd = ufd;
+    }
+    spawn(&b, &r);
+    CHECK(r.rc == 0, "spawn failed: stage %d, %s", r.res.stage, strerror(r.res.error));
+    if (r.rc == 0) {
+        p.fd = lfd;
+        p.events = POLLIN;
+        if (poll(&p, 1, 20000) == 1)
+            c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        CHECK(c >= 0, "no connection on the listener: %s", strerror(errno));
+        if (c >= 0) {
+            CHECK(read(c, buf, 4) == 4 && memcmp(buf, "ping", 4) == 0, "read: '%s'", buf);
+            CHECK(write(c, "pong", 4) == 4, "write: %s", strerror(errno));
+            close(c);
+        }
+    }
+    wait_child(&b, &r);
+    expect_ok(&r, 0);
+    CHECK_KV(r.out, "ifaces", "lo");
+    snprintf(want, sizeof(want), "%lu", (unsigned long)st.st_ino);
+    CHECK_KV(r.out, "netns", want);
+    CHECK_KV(r.out, "uid_map", userns ? "0 2146435072 65536" : "0 0 4294967295");
+    CHECK_KV(r.out, "reply", "pong");
+    CHECK_KV(r.out, "direct", "101");  /* ENETUNREACH: lo only, no route */
+    CHECK_KV(r.out, "bind", "98");     /* EADDRINUSE: the daemon holds the port */
+    if (g_test_failures)
+        printf("    output:\n%s", r.out);
+out:
+    if (ufd >= 0)
+        close(ufd);
+    close(nsfd);
+    close(lfd);
+}
+
+static void test_egress_netns(void)
+{
+    struct plan_builder b;
+    struct run r;
+    int nsfd, lfd, stage;
+    egress_run(0);
+
+    /* Joining and cloning a network namespace at once is refused. */
+    if (hearth_egress_netns_open(3128, 16, &nsfd, &lfd, &stage) != 0)
+        return;
+    standard_plan(&b);
+    b.plan.argv = probe_argv;
+    b.plan.use_netns = 1;
+    b.plan.netns_fd = nsfd;
+    run_plan(&b, &r);
+    expect_fail(&r, HEARTH_STAGE_NETNS, EINVAL);
+    /* A netns fd that is no namespace: the child's setns fails. */
+    standard_plan(&b);
+    b.plan.argv = probe_argv;
+    b.plan.clone_flags &= ~(uint64_t)CLONE_NEWNET;
+    b.plan.use_netns = 1;
+    b.plan.netns_fd = lfd;
+    run_plan(&b, &r);
+    expect_fail(&r, HEARTH_STAGE_NETNS, EINVAL);
+    close(nsfd);
+    close(lfd);
+}
+
+static void test_egress_netns_userns(void)
+{
+    egress_run(1);
+}
+
 /* Memory cgroup of this process (hybrid host: create only below it). */
 static char *own_cgroup(const char *controller)
 {
@@ -1242,6 +1389,8 @@ int main(int argc, char **argv)
         { "failing_op", test_failing_op },
         { "exec_missing", test_exec_missing },
         { "bad_plan", test_bad_plan },
+        { "egress_netns", test_egress_netns },
+        { "egress_netns_userns", test_egress_netns_userns },
         { "cgroup_v1", test_cgroup_v1 },
         { "cgroup_v2", test_cgroup_v2 },
         { "non_root", test_non_root },

@@ -3,3 +3,4 @@
 #include "hearth_fs.h"
 #include "hearth_sys.h"
 #include "hearth_bpf.h"
+#include "hearth_netns.h"

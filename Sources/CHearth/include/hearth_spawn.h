@@ -112,6 +112,13 @@ struct hearth_spawn_plan {
     int32_t use_userns;
     int32_t userns_fd;
 
+    /* Network namespace to join (network egress): with use_netns, the
+     * child joins netns_fd (hearth_egress_netns_open: lo up, the daemon's
+     * proxy already listening inside) first thing, before its mounts, as
+     * host root; clone_flags must then not hold CLONE_NEWNET. */
+    int32_t use_netns;
+    int32_t netns_fd;
+
     int32_t no_new_privs;
     /* struct sock_filter array; NULL or 0 length: no filter. */
     const void *seccomp_filter;
@@ -148,6 +155,7 @@ enum hearth_stage {
     HEARTH_STAGE_EXEC = 20,
     HEARTH_STAGE_SETSID = 21,
     HEARTH_STAGE_USERNS = 22,
+    HEARTH_STAGE_NETNS = 23,
     HEARTH_STAGE_OP_BASE = 1000,
 };
 
