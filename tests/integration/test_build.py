@@ -357,3 +357,63 @@ def test_sdk_builds_an_image_spec_on_first_use_and_reuses_it(hb, pandas_image, t
     assert second.returncode == 0, second.stdout + second.stderr
     assert second.stdout.split("RESULT ", 1)[1].strip() == result
     assert "hearth: " not in second.stderr, second.stderr
+
+
+PROBE = r'''
+import json, os, socket, urllib.error, urllib.request
+out = {}
+try:  # direct: the replica loopback, where nothing of the host listens
+    urllib.request.urlopen("http://127.0.0.1:%(lport)d/probe", timeout=10)
+    out["own-loopback"] = "reached"
+except OSError as e:
+    out["own-loopback"] = str(e)
+for name in ("no_proxy", "NO_PROXY"):  # through the proxy, loopback too
+    os.environ.pop(name, None)
+for key, url in (("loopback", "http://127.0.0.1:%(lport)d/probe"), ("host", "http://%(hip)s:%(hport)d/probe")):
+    try:
+        out[key] = urllib.request.urlopen(url, timeout=10).status
+    except urllib.error.HTTPError as e:
+        out[key] = [e.code, e.read().decode()]
+    except OSError as e:
+        out[key] = str(e)
+s = socket.socket()
+s.settimeout(5)
+try:
+    s.connect(("%(hip)s", %(hport)d))
+    out["direct"] = "connected"
+except OSError as e:
+    out["direct"] = e.errno
+open("/opt/probe.json", "w").write(json.dumps(out))
+'''
+
+
+def test_a_build_step_cannot_reach_the_hosts_services(hb, tmp_path):
+    # A step runs any client's code: it must reach package indexes and
+    # nothing of the host. Targets the host itself serves and reaches: a
+    # server on its loopback and one on its own address.
+    import errno
+    import urllib.request
+    from test_egress import CountingServer, default_route_address
+
+    host_ip = default_route_address()
+    if host_ip is None:
+        pytest.skip("no default route: the host has no address of its own to attack")
+    loop, hostside = CountingServer("127.0.0.1"), CountingServer(host_ip)
+    try:
+        assert urllib.request.urlopen(f"http://{host_ip}:{hostside.port}/control", timeout=5).status == 200
+        hostside.paths.clear()
+        probe = PROBE % {"lport": loop.port, "hip": host_ip, "hport": hostside.port}
+        status, events = api_build(hb, {"name": "probe-test", "commands": [f"python3 -c '{probe}'"]})
+        assert status == 200 and events[-1]["event"] == "done", events
+        name = events[-1]["image"]["name"]
+        r = hb.sandbox("cat", "/opt/probe.json", opts=("--image", name), check=True)
+        result = json.loads(out(r))
+        assert "Connection refused" in result["own-loopback"], result
+        assert result["loopback"][0] == 403 and "loopback address" in result["loopback"][1], result
+        assert result["host"][0] == 403, result
+        assert result["direct"] == errno.ENETUNREACH, result
+        assert loop.paths == [] and hostside.paths == []
+        hb.hearth("image", "rm", name)
+    finally:
+        loop.close()
+        hostside.close()
