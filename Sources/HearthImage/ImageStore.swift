@@ -70,10 +70,10 @@ public final class ImageStore: Sendable {
     public let root: String
     private let indexPath: String
     private let lockPath: String
-    private let cache: LayerCache
-    private let state = Mutex(State())
+    let cache: LayerCache
+    let state = Mutex(State())
 
-    private struct State: Sendable {
+    struct State: Sendable {
         /// Layers an import in progress relies on: garbage collection must
         /// not take them before the image that uses them is recorded.
         var pinned: [String: Int] = [:]
@@ -123,7 +123,7 @@ public final class ImageStore: Sendable {
 
     /// Runs `body` on the current index under the store's mutex and file
     /// lock; writes the index back if `body` changed it.
-    private func withIndex<T: Sendable>(_ body: (inout StoreIndex, inout State) throws -> T) throws -> T {
+    func withIndex<T: Sendable>(_ body: (inout StoreIndex, inout State) throws -> T) throws -> T {
         try state.withLock { state throws -> T in
             let lock = try FileDescriptor.open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, mode: 0o600)
             while flock(lock.raw, LOCK_EX) != 0 {
@@ -138,13 +138,13 @@ public final class ImageStore: Sendable {
         }
     }
 
-    private func pin(_ layers: [String]) {
+    func pin(_ layers: [String]) {
         state.withLock { state in
             for hex in layers { state.pinned[hex, default: 0] += 1 }
         }
     }
 
-    private func unpin(_ layers: [String]) {
+    func unpin(_ layers: [String]) {
         state.withLock { state in
             for hex in layers {
                 let n = (state.pinned[hex] ?? 1) - 1
@@ -153,7 +153,7 @@ public final class ImageStore: Sendable {
         }
     }
 
-    private func tempName(_ purpose: String) -> String {
+    func tempName(_ purpose: String) -> String {
         state.withLock { $0.tempName(purpose) }
     }
 
@@ -248,7 +248,7 @@ public final class ImageStore: Sendable {
     /// Removes the image named `name` (`:latest` implied) and every layer no
     /// other image uses.
     public func remove(name: String) throws {
-        let key = try ImageName.normalize(name)
+        let key = try ImageName.normalize(name, allowDigest: true)
         let garbage = try withIndex { index, state -> [String] in
             guard index.images.removeValue(forKey: key) != nil else {
                 throw HearthError(.imageNotFound, "image \"\(key)\" not found")
@@ -266,12 +266,19 @@ public final class ImageStore: Sendable {
                 let matches = index.images.values.filter { $0.id == ref }.sorted { $0.name < $1.name }
                 return matches.first
             }
-            guard let key = try? ImageName.normalize(ref) else { return nil }
-            return index.images[key]
+            guard let key = try? ImageName.normalize(ref, allowDigest: true) else { return nil }
+            if let record = index.images[key] { return record }
+            // NAME@sha256:…: an image of that repository pulled by tag whose
+            // manifest has that digest is the same image.
+            guard let (repository, digest) = ImageName.splitDigest(key) else { return nil }
+            return index.images.values
+                .filter { $0.manifestDigest == digest && ImageName.repository(of: $0.name) == repository }
+                .min { $0.name < $1.name }
         }
         guard let record else {
-            let key = (try? ImageName.normalize(ref)) ?? ref
-            throw HearthError(.imageNotFound, "image \"\(key)\" not found; import it with `hearth image import PATH --name \(key)`")
+            let key = (try? ImageName.normalize(ref, allowDigest: true)) ?? ref
+            let importHint = key.contains("@") ? "" : " or import it with `hearth image import PATH --name \(key)`"
+            throw HearthError(.imageNotFound, "image \"\(key)\" not found; pull it with `hearth image pull \(key)`\(importHint)")
         }
         // A layer listed twice (identical layers) is kept at its topmost
         // position only: the merged view is the same, and overlayfs refuses
@@ -296,7 +303,7 @@ public final class ImageStore: Sendable {
     /// Drops layers no image uses (and no import in progress relies on)
     /// from the index and moves them out of `layers/` into `tmp/`. Returns
     /// their new paths, to be deleted outside the lock.
-    private func collectGarbage(_ index: inout StoreIndex, _ state: inout State) throws -> [String] {
+    func collectGarbage(_ index: inout StoreIndex, _ state: inout State) throws -> [String] {
         let referenced = index.referencedLayers
         var candidates = Set(index.layers.keys)
         candidates.formUnion(try cache.installed())
@@ -314,7 +321,7 @@ public final class ImageStore: Sendable {
         return moved
     }
 
-    private func removeGarbage(_ paths: [String]) {
+    func removeGarbage(_ paths: [String]) {
         // The index no longer lists these; what fails to go now is removed
         // from tmp/ at the next start.
         for path in paths { try? FS.removeTree(path: path) }

@@ -45,10 +45,17 @@ struct LayerCache: Sendable {
     /// content unpacked.
     func install(_ layer: ImagePlan.Layer, from input: ImageInput, tempName: String,
                  onRead: @escaping (Int64) -> Void) throws -> Int64 {
+        try install(layer, blob: { try input.open(layer.blobPath, what: "\(layer.label) blob") },
+                    tempName: tempName, onRead: onRead)
+    }
+
+    /// As above, the blob opened by `blob` (a pulled blob's file).
+    func install(_ layer: ImagePlan.Layer, blob: () throws -> FileSource, tempName: String,
+                 onRead: @escaping (Int64) -> Void) throws -> Int64 {
         let temp = "\(scratch)/\(tempName)"
         guard mkdir(temp, 0o755) == 0 else { throw SystemError.current("mkdir", temp) }
         do {
-            let bytes = try unpackVerified(layer, from: input, into: temp, onRead: onRead)
+            let bytes = try unpackVerified(layer, blob: try blob(), into: temp, onRead: onRead)
             if rename(temp, path(layer.diffID)) != 0 {
                 let e = errno
                 // Another import installed the same layer meanwhile: same
@@ -65,10 +72,9 @@ struct LayerCache: Sendable {
         }
     }
 
-    private func unpackVerified(_ layer: ImagePlan.Layer, from input: ImageInput, into temp: String,
+    private func unpackVerified(_ layer: ImagePlan.Layer, blob: FileSource, into temp: String,
                                 onRead: @escaping (Int64) -> Void) throws -> Int64 {
         let root = try FileDescriptor.open(temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        let blob = try input.open(layer.blobPath, what: "\(layer.label) blob")
         if let size = layer.size, blob.remaining != size {
             throw HearthError(.invalidImage, "\(layer.label): size mismatch: descriptor says \(size) bytes, blob has \(blob.remaining)")
         }

@@ -3,6 +3,7 @@ import Glibc
 import HearthCore
 import HearthImage
 import HearthPool
+import HearthRegistry
 import Metrics
 import Prometheus
 import HearthSandbox
@@ -49,6 +50,9 @@ public struct DaemonOptions: Sendable {
     /// Replicas' upper and work directories go here instead of under the
     /// state root (`--scratch`); nil: under the state root.
     public var scratchDir: String?
+    /// How registries are reached (`--registry-ca`, `--insecure-registry`,
+    /// `--registry-mirror`).
+    public var registries = RegistryConfiguration()
 
     public init(initBinary: String) { self.initBinary = initBinary }
 }
@@ -122,6 +126,8 @@ public enum Daemon {
         let lost = pool.recoverLostTasks()
         if !lost.isEmpty { logger.warning("\(lost.count) task(s) were in flight when the last hearthd stopped; reported as lost") }
         let policy = PrivilegePolicy(allowPrivileged: options.allowPrivileged)
+        let puller = try Puller(store: images, configuration: options.registries,
+                                credentialsPath: options.stateRoot + "/registry-auth.json")
         let admission = AdmissionControl(pool: pool, images: images, secrets: secrets, policy: policy,
                                          defaultUserNamespace: options.userNamespaces, logger: logger,
                                          capacity: capacity, ledger: ledger, defaultMemory: options.defaultMemory)
@@ -141,6 +147,14 @@ public enum Daemon {
             }
         }
         if options.spares > 0 { for image in spareImages.sorted() { await arm(image) } }
+        // A pulled image, like an imported one, replaces what its name meant.
+        let pull: @Sendable (String, String?, @escaping @Sendable (ImagePullEvent) -> Void) async throws -> ImageSummary = { reference, name, progress in
+            let image = try await puller.pull(reference: reference, name: name, progress: progress)
+            await spares.discard(image: image.name, keeping: image.id)
+            if options.spares > 0 && spareImages.contains(image.name) { await arm(image.name) }
+            return image
+        }
+        await admission.setPull { reference, progress in try await pull(reference, nil, progress) }
 
         var api = API(runtime: runtime, images: images, registry: registry, policy: policy, logger: logger,
                       defaultMemory: options.defaultMemory)
@@ -155,6 +169,7 @@ public enum Daemon {
         let poolRoutes = PoolRoutes(pool: pool, admission: admission, code: code, secrets: secrets, logger: logger)
         poolRoutes.register(on: router)
         MetricsRoute(registry: metricsRegistry, pool: pool).register(on: router)
+        RegistryRoutes(pull: pull, puller: puller, logger: logger).register(on: router)
 
         let socketPath = options.socketPath
         let bind = try SocketBinding(finalPath: socketPath)
@@ -188,6 +203,7 @@ public enum Daemon {
             )
         )
         try await group.run()
+        await puller.shutdown()
         try? await io.shutdownGracefully()
         do { try tasks.removeSpilledResults() } catch { logger.warning("removing spilled results: \(error)") }
         try? runtime.cleanupStale()

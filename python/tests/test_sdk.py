@@ -133,6 +133,19 @@ def test_environment_spec_translation():
     }
 
 
+def test_image_pull_policy_is_passed_and_checked():
+    env = ActorEnvironment(name="p", container_image="127.0.0.1:5000/app:1", image_pull_policy="Always")
+    assert env.spec()["image_pull_policy"] == "Always"
+    assert "image_pull_policy" not in ActorEnvironment(name="q").spec()
+    with pytest.raises(ValueError, match="'always' is not a pull policy"):
+        ActorEnvironment(name="r", image_pull_policy="always")
+    pt = _spec.PodTemplate(pod_spec={"containers": [{"name": "primary", "image": "img:1", "imagePullPolicy": "Never"}]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d, _, _ = _spec.pod_template_dict(pt)
+    assert d["pod_spec"]["containers"][0]["imagePullPolicy"] == "Never"
+
+
 def test_image_spec_is_its_image_name():
     base = _spec.ImageSpec(base_image="hearth/python-numpy:3.11", packages=["numpy"])
     top = _spec.ImageSpec(base_image=base, packages=["scipy==1.10.*"])
