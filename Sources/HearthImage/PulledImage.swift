@@ -192,7 +192,9 @@ extension ImageStore {
 
     /// Unpacks layer `index` of `image` from `blobFile` (a verified
     /// download in the scratch directory) into the cache, checking the
-    /// blob's digest and size and the diff ID once more as it goes. A layer
+    /// blob's digest and size and the diff ID once more as it goes, and
+    /// removes `blobFile` once it is unpacked (before the sync that makes
+    /// the layer durable: its pages need never reach the disk). A layer
     /// that is in the cache by now (another pull, another import) is kept.
     /// `onRead` gets the blob bytes read so far.
     public func installLayer(_ image: PendingImage, at index: Int, blobFile: String,
@@ -200,7 +202,8 @@ extension ImageStore {
         let layer = image.plan[index]
         if try cache.contains(layer.diffID) { return }
         let bytes = try cache.install(layer, blob: { try FileSource.open(blobFile) },
-                                      tempName: tempName("layer-\(layer.diffID.hex.prefix(12))"), onRead: onRead)
+                                      tempName: tempName("layer-\(layer.diffID.hex.prefix(12))"),
+                                      beforeSync: { unlink(blobFile) }, onRead: onRead)
         image.unpacked.withLock { $0[layer.diffID.hex] = bytes }
     }
 

@@ -76,7 +76,7 @@ public final class Puller: Sendable {
 
     private func pull(_ ref: ImageReference, storeName: String, label: String,
                       progress: @escaping @Sendable (ImagePullEvent) -> Void) async throws -> ImageSummary {
-        let endpoint = client.endpoint(ref.registry)
+        let endpoint = try client.endpoint(ref.registry)
         let (manifestDigest, config, blobs) = try await resolve(ref, endpoint: endpoint, label: label)
         let configBytes = try await fetchSmall(config, ref: ref, endpoint: endpoint,
                                                limit: RegistryDocument.maxConfigBytes, what: "\(label): image config \(config.digest)")
@@ -335,7 +335,7 @@ public final class Puller: Sendable {
         }
         guard !password.isEmpty else { throw HearthError.invalid("login \(name): the password is empty") }
         let credential = RegistryCredential(username: username, password: password)
-        let endpoint = client.endpoint(name)
+        let endpoint = try client.endpoint(name)
         let response: HTTPClientResponse
         do {
             response = try await client.get(endpoint, "/v2/", scope: nil, deadline: .now() + Self.manifestDeadline,

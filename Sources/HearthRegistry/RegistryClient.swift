@@ -107,7 +107,13 @@ final class RegistryClient: Sendable {
 
     // MARK: endpoints
 
-    func endpoint(_ registry: String) -> Endpoint {
+    /// Where `registry` is reached. The default registry's name is only a
+    /// name here: without a mirror for it there is no endpoint (the
+    /// daemon never guesses a public service's address).
+    func endpoint(_ registry: String) throws -> Endpoint {
+        if registry == ImageName.defaultRegistry && configuration.mirrors[registry] == nil {
+            throw HearthError(.imageNotFound, "\(registry) has no endpoint on this daemon: hearthd reaches it only through --registry-mirror \(registry)=HOST[:PORT]; or name the image with its registry (HOST[:PORT]/NAME:TAG), or import it")
+        }
         let host = configuration.mirrors[registry] ?? registry
         let insecure = configuration.insecureRegistries.contains(host) || configuration.insecureRegistries.contains(registry)
         return Endpoint(registry: registry, host: host, secure: !insecure)

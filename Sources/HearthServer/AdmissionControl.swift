@@ -85,6 +85,10 @@ actor AdmissionControl {
         let specs = try EnvironmentSpec.parseDocuments(text, source: source)
         guard !specs.isEmpty else { throw HearthError.invalid("\(source): no environment in the document") }
         let effective = try specs.map { try $0.effective }
+        // Nothing is fetched for a spec the policy refuses.
+        for e in effective {
+            try policy.check(PrivilegePolicy.violations(of: e), subject: "environment \"\(e.name)\"")
+        }
         if persist { try await pullImages(effective, progress: progress) }
         // Check every document before applying any.
         var prepared: [(EnvironmentSpec, EffectiveEnvironment, PoolConfig)] = []

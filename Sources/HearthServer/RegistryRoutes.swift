@@ -68,7 +68,7 @@ struct RegistryRoutes: Sendable {
                 cont.yield(ImagePullEvent(event: "done", reference: reference.description, image: image))
             } catch {
                 let e = HearthError.wrap(error)
-                logger.info("pull \(reference): \(e.message)")
+                logger.info("\(e.message)")  // it names the pull
                 cont.yield(ImagePullEvent(event: "error", reference: reference.description,
                                           error: APIErrorBody.Detail(code: e.code.rawValue, message: e.message)))
             }

@@ -29,7 +29,8 @@ struct Apply: ParsableCommand {
                 "POST", "/v1/environments?source=" + percentEncodePath(name), body: body,
                 contentType: "application/yaml", headers: [("Accept", "application/x-ndjson")],
                 onData: { bytes in
-                    guard streaming else { raw += bytes; return }
+                    raw += bytes
+                    guard streaming else { return }
                     for line in lines.feed(bytes) {
                         guard let e = try? JSONDecoder().decode(ApplyEvent.self, from: Data(line)) else { continue }
                         switch e.event {
@@ -46,7 +47,7 @@ struct Apply: ParsableCommand {
             if let failure { throw failure }
             // A daemon that answers JSON (no NDJSON support) sends the results whole.
             if !(r.header("content-type") ?? "").contains("ndjson") {
-                results = try JSONDecoder().decode([ApplyResult].self, from: Data(raw + lines.feed([10]).joined()))
+                results = try JSONDecoder().decode([ApplyResult].self, from: Data(raw))
             }
             guard let results else { throw HearthError(.internal, "hearthd ended the apply without a result") }
             for a in results {

@@ -226,7 +226,7 @@ final class PullProgress {
         switch l.state {
         case "downloading":
             var s = "\(id)  downloading  \(formatBytes(l.bytes)) / \(size)"
-            if let started = l.started, now - started > 0.2, l.bytes > 0 {
+            if let started = l.started, now - started > 0.05, l.bytes > 0 {
                 let rate = Double(l.bytes) / (now - started)
                 s += "  \(formatBytes(Int64(rate)))/s"
                 let left = Double(l.size - l.bytes) / rate

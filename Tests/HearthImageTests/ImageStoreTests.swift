@@ -398,7 +398,14 @@ final class ImageStoreTests: ImageTestCase {
         }
         let configDescriptor = BlobDescriptor(mediaType: MediaType.ociConfig, digest: configDigest,
                                               size: Int64(configBytes.count), platform: nil)
-        let blobPath = { (i: Int) in layout.dir + "/blobs/sha256/" + layers[i].digest.dropFirst(7) }
+        // A fresh copy of layer i's blob, as a download leaves it: installLayer removes it.
+        var copies = 0
+        let blobPath = { (i: Int) throws -> String in
+            copies += 1
+            let path = "\(self.base)/blob-\(copies)"
+            try FileManager.default.copyItem(atPath: layout.dir + "/blobs/sha256/" + layers[i].digest.dropFirst(7), toPath: path)
+            return path
+        }
         let store = try ImageStore(root: storeRoot)
 
         // A config that is not what the manifest says is refused at once.
@@ -412,8 +419,10 @@ final class ImageStoreTests: ImageTestCase {
         let abandoned = try store.preparePull(manifestDigest: "sha256:" + String(repeating: "1", count: 64),
                                               config: configBytes, configDescriptor: configDescriptor, layers: layers)
         XCTAssertEqual(abandoned.layers.map(\.cached), [false, false])
-        try store.installLayer(abandoned, at: 0, blobFile: blobPath(0))
+        let first = try blobPath(0)
+        try store.installLayer(abandoned, at: 0, blobFile: first)
         XCTAssertEqual(directoryEntries(storeRoot + "/layers").count, 1)
+        XCTAssertNil(lstatPath(first), "the blob file goes once its layer is unpacked")
         assertHearthError(.internal, contains: ["not installed"]) { _ = try store.commitPull(abandoned, name: "app:1") }
         store.abandonPull(abandoned)
         XCTAssertEqual(directoryEntries(storeRoot + "/layers"), [])
@@ -422,7 +431,8 @@ final class ImageStoreTests: ImageTestCase {
         // A blob file that is not the layer's blob is refused; the rest goes on.
         let pulled = try store.preparePull(manifestDigest: "sha256:" + String(repeating: "2", count: 64),
                                            config: configBytes, configDescriptor: configDescriptor, layers: layers)
-        assertHearthError(.invalidImage, contains: ["mismatch"]) { try store.installLayer(pulled, at: 0, blobFile: blobPath(1)) }
+        let wrong = try blobPath(1)
+        assertHearthError(.invalidImage, contains: ["mismatch"]) { try store.installLayer(pulled, at: 0, blobFile: wrong) }
         XCTAssertEqual(directoryEntries(storeRoot + "/tmp"), [])
         try store.installLayer(pulled, at: 0, blobFile: blobPath(0))
         try store.installLayer(pulled, at: 1, blobFile: blobPath(1))

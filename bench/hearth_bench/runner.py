@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from hearth_bench import peers, spares
+from hearth_bench import peers, pull, spares
 from hearth_bench.client import Client, LeanClient, histogram, histogram_delta, parse_prometheus
 from hearth_bench.daemon import Daemon, pids_in_cgroup_subtree, rss_bytes
 from hearth_bench.stats import histogram_quantile, summarize
@@ -61,12 +61,13 @@ class Sizes:
     numpy_warm: int
     throughput: int      # tasks per batch
     memory_replicas: int
+    pull_rounds: int = 7  # image pulls per tool (after one warm-up round)
 
     @staticmethod
     def for_mode(quick: bool) -> "Sizes":
         if quick:
             return Sizes(warm=400, block=50, cold_rounds=4, numpy_rounds=3, numpy_warm=200, throughput=2000,
-                         memory_replicas=8)
+                         memory_replicas=8, pull_rounds=2)
         return Sizes(warm=4000, block=100, cold_rounds=20, numpy_rounds=12, numpy_warm=1000, throughput=10000,
                      memory_replicas=8)
 
@@ -151,6 +152,9 @@ class Runner:
         # False during warm-up rounds: their samples are discarded.
         self.recording = True
 
+    def set_recording(self, on: bool) -> None:
+        self.recording = on
+
     def add(self, key: str, seconds: float) -> None:
         if self.recording:
             self.samples.setdefault(key, []).append(seconds)
@@ -213,6 +217,9 @@ class Runner:
             results["throughput"] = [self.throughput(2), self.throughput(1)]
             log("memory")
             results["memory"] = self.memory(idle_rss)
+            log("image pull beside skopeo")
+            pull.measure(self.bin_dir, self.repo, self.work, self.sizes.pull_rounds, self.add, self.set_recording,
+                         self.unavailable, self.notes, self.samples)
             results["timings"] = self.timings()
             results["phases"] = self.phases()
             results["dispatch_histogram"] = hist
@@ -593,6 +600,9 @@ class Runner:
         "runc-numpy": ("numpy", "runc run"),
         "bwrap-numpy": ("numpy", "bwrap --unshare-all"),
         "host-numpy": ("numpy", "/usr/bin/python3 on the host, no isolation"),
+        "pull-hearth": ("pull", "Hearth: `hearth image pull` (fetch, verify, unpack every layer)"),
+        "pull-skopeo": ("pull", "`skopeo copy` to an OCI layout (fetch, verify)"),
+        "pull-skopeo-umoci": ("pull", "`skopeo copy` + `umoci unpack` (fetch, verify, unpack)"),
     }
 
     def timings(self) -> List[Dict[str, Any]]:

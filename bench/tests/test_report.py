@@ -16,6 +16,8 @@ def results():
             {"key": "hearth-cold", "group": "cold", "label": "Hearth cold", "stats": summarize([0.04, 0.05, 0.06])},
             {"key": "bwrap", "group": "cold", "label": "bwrap", "stats": summarize([0.1, 0.1])},
             {"key": "crun", "group": "cold", "label": "crun", "stats": summarize([0.04])},
+            {"key": "pull-hearth", "group": "pull", "label": "Hearth pull", "stats": summarize([1.5, 1.6, 1.7])},
+            {"key": "pull-skopeo", "group": "pull", "label": "skopeo copy", "stats": summarize([1.0, 1.0])},
         ],
         "throughput": [{"replicas": 2, "tasks": 10000, "seconds": 1.6, "tasks_per_second": 6250.0},
                        {"replicas": 1, "tasks": 10000, "seconds": 2.5, "tasks_per_second": 4000.0}],
@@ -34,6 +36,9 @@ class ReportTest(unittest.TestCase):
         self.assertIn("| raw API | 250 µs |", md)
         self.assertIn("| Hearth cold | 50.0 ms |", md)
         self.assertIn("0.50×", md)  # Hearth cold vs bwrap
+        self.assertIn("## Image pull: a three-layer image from a registry on 127.0.0.1", md)
+        self.assertIn("| Hearth pull | 1.60 s |", md)
+        self.assertIn("1.60×", md)  # Hearth pull vs skopeo copy
         self.assertIn("| 2 | 10000 | 1.60 | 6,250 |", md)
         self.assertIn("| hearthd idle | 40.0 MiB |", md)
         self.assertIn("- crun ran without cgroups.", md)

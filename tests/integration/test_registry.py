@@ -376,6 +376,10 @@ def test_plain_http_and_unknown_cas_are_refused_unless_configured(hearth, regs):
     err = failed(hearth, f"{regs.basic.host}/hearth/python:3.11")
     assert err["code"] == "unavailable" and "CERTIFICATE_VERIFY_FAILED" in err["message"], err
     assert "--registry-ca" in err["message"], err
+    # Docker's default registry is only a name without --registry-mirror.
+    err = failed(hearth, "python:3.11-slim")
+    assert err["code"] == "image_not_found" and "--registry-mirror docker.io=HOST[:PORT]" in err["message"], err
+    assert err["message"].startswith("pull docker.io/library/python:3.11-slim: "), err
     closed = free_port()
     err = failed(hearth, f"127.0.0.1:{closed}/x:1")
     assert err["code"] == "unavailable" and "ECONNREFUSED" in err["message"], err
@@ -454,6 +458,14 @@ def test_apply_pulls_as_its_policy_says(d, regs):
     for name in ("pl-a", "pl-always"):
         d.hearth("rm", name)
     rm_images(d, ref, moving)
+
+
+def test_a_spec_the_policy_refuses_pulls_nothing(d, regs):
+    """The privilege check comes first: nothing is fetched for a refused spec."""
+    status, body = api(d.socket, "POST", "/v1/environments",
+                       f"name: pl-priv\ncontainer_image: {regs.proxy.host}/hearth/python:3.11\nnetwork: host\n".encode())
+    assert status == 403 and body["error"]["code"] == "forbidden" and "--allow-privileged" in body["error"]["message"], body
+    assert regs.proxy.log == [], regs.proxy.log
 
 
 def test_familiar_names_are_one_name(d, regs):
