@@ -20,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
         // C: the spawn path (clone3 -> execve) and raw syscall shims.
@@ -36,6 +38,16 @@ let package = Package(
         // OCI import, layer cache, whiteouts.
         .target(name: "HearthImage", dependencies: [
             "HearthCore", "CHearth", "CZlib",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+        // Pulls from OCI registries: references, the distribution protocol, auth, credentials.
+        .target(name: "HearthRegistry", dependencies: [
+            "HearthCore", "HearthImage",
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // cgroups, seccomp -> BPF, capabilities, mount plan, SpawnPlan, running a replica.
@@ -68,7 +80,7 @@ let package = Package(
         ]),
         // HTTP API on the Unix socket.
         .target(name: "HearthServer", dependencies: [
-            "HearthCore", "HearthImage", "HearthSandbox", "HearthPool", "HearthBuild", "HearthEgress",
+            "HearthCore", "HearthImage", "HearthSandbox", "HearthPool", "HearthBuild", "HearthEgress", "HearthRegistry",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
@@ -110,6 +122,7 @@ let package = Package(
         .testTarget(name: "HearthCoreTests", dependencies: ["HearthCore"]),
         .testTarget(name: "HearthImageTests", dependencies: ["HearthImage", "HearthCore"]),
         .testTarget(name: "HearthSandboxTests", dependencies: ["HearthSandbox", "HearthCore"]),
+        .testTarget(name: "HearthRegistryTests", dependencies: ["HearthRegistry", "HearthImage", "HearthCore"]),
         .testTarget(name: "HearthPoolTests", dependencies: ["HearthPool", "HearthCore", "HearthSandbox"]),
         .testTarget(name: "HearthBuildTests", dependencies: ["HearthBuild", "HearthImage", "HearthCore"]),
     ],

@@ -29,6 +29,8 @@ public enum BuildEvent: Sendable {
     case step(index: Int, total: Int, description: String, cached: Bool)
     case output(index: Int, line: String)
     case stepDone(index: Int, seconds: Double, cached: Bool)
+    /// The base image is being fetched: a line for the user (`pull` events).
+    case pull(line: String)
 }
 
 /// Builds images from ImageSpecs: the base image (from the store, or
@@ -43,7 +45,10 @@ public enum BuildEvent: Sendable {
 /// recorded, then the new cache entries; a failed build removes the layers
 /// it installed and records nothing.
 public final class ImageBuilder: Sendable {
-    public typealias EnsureBaseImage = @Sendable (String) async throws -> ResolvedImage
+    /// Makes the base image available (from the store, or pulled) and
+    /// returns it; reports what it does with the lines it passes to its
+    /// second argument.
+    public typealias EnsureBaseImage = @Sendable (String, @escaping @Sendable (String) -> Void) async throws -> ResolvedImage
 
     let runtime: SandboxRuntime
     let store: ImageStore
@@ -114,7 +119,7 @@ public final class ImageBuilder: Sendable {
     private func buildLocked(_ spec: ImageBuildSpec, name: String, verbose: Bool,
                              emit: @escaping @Sendable (BuildEvent) -> Void) async throws -> (ImageSummary, cached: Bool) {
         let baseRef = spec.baseImage ?? options.defaultBaseImage
-        let resolved = try await ensureBaseImage(baseRef)
+        let resolved = try await ensureBaseImage(baseRef) { line in emit(.pull(line: line)) }
         let store = self.store
         // Pinned from the moment it is looked up: removing the base image
         // meanwhile cannot take its layers.

@@ -34,13 +34,15 @@ public struct UnixHTTPClient: Sendable {
     }
 
     /// Sends a request and hands each piece of the body to `onData` as it arrives.
+    /// `headers`: more request headers (`Accept`).
     public func stream(_ method: String, _ path: String, body: [UInt8]? = nil,
-                       contentType: String = "application/json",
+                       contentType: String = "application/json", headers: [(String, String)] = [],
                        onData: ([UInt8]) throws -> Void,
                        onHead: (Int) -> Void = { _ in }) throws -> Response {
         let fd = try connect()
         defer { close(fd) }
         var request = "\(method) \(path) HTTP/1.1\r\nHost: hearthd\r\nConnection: close\r\n"
+        for (name, value) in headers { request += "\(name): \(value)\r\n" }
         if let body {
             request += "Content-Type: \(contentType)\r\nContent-Length: \(body.count)\r\n"
         } else if method == "POST" || method == "PUT" {

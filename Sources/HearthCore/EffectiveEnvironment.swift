@@ -46,6 +46,10 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
     /// nil: the daemon's default; left out of the identity then, so
     /// environments that do not say keep the identity they had.
     public var userNamespace: Bool?
+    /// The primary container's `imagePullPolicy`, else the environment's;
+    /// nil: `IfNotPresent`. Not part of the identity (it is not in
+    /// `CodingKeys`): when the image is fetched changes nothing a replica runs.
+    public var imagePullPolicy: EnvironmentSpec.PullPolicy?
 
     public init(
         name: String, image: String, environment: [String: String] = [:],

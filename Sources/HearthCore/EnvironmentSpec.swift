@@ -45,6 +45,10 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
     /// Run each replica in a user namespace of its own (root inside is an
     /// unprivileged host uid); nil: the daemon's default (`hearthd --userns`).
     public var userNamespace: Bool?
+    /// When the daemon pulls `container_image` from its registry as the
+    /// environment is applied; nil: `IfNotPresent`. The primary container's
+    /// `imagePullPolicy` takes precedence.
+    public var imagePullPolicy: PullPolicy?
 
     public init(
         name: String, containerImage: String? = nil, environment: [String: String] = [:],
@@ -74,6 +78,7 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
         case maxQueue = "max_queue"
         case packages
         case userNamespace = "user_namespace"
+        case imagePullPolicy = "image_pull_policy"
     }
 
     // MARK: Defaults and ranges
@@ -154,18 +159,20 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
         enum CodingKeys: String, CodingKey, CaseIterable { case containers }
     }
 
-    /// Kubernetes `V1Container`: `name`, `image`, `env`, `resources`.
+    /// Kubernetes `V1Container`: `name`, `image`, `env`, `resources`,
+    /// `imagePullPolicy`.
     public struct Container: Codable, Sendable, Equatable {
         public var name: String
         public var image: String?
         public var env: [EnvVar]
         public var resources: ResourceRequirements?
+        public var imagePullPolicy: PullPolicy?
 
         public init(name: String, image: String? = nil, env: [EnvVar] = [], resources: ResourceRequirements? = nil) {
             self.name = name; self.image = image; self.env = env; self.resources = resources
         }
 
-        enum CodingKeys: String, CodingKey, CaseIterable { case name, image, env, resources }
+        enum CodingKeys: String, CodingKey, CaseIterable { case name, image, env, resources, imagePullPolicy }
     }
 
     /// Kubernetes `V1EnvVar` with a literal value (`valueFrom` is not supported).
@@ -186,6 +193,18 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
         }
 
         enum CodingKeys: String, CodingKey, CaseIterable { case requests, limits }
+    }
+
+    /// Kubernetes' `imagePullPolicy`, spelled as Kubernetes spells it.
+    public enum PullPolicy: String, Codable, Sendable, Equatable, CaseIterable {
+        /// Pull when the store has no image of that name (the default).
+        case ifNotPresent = "IfNotPresent"
+        /// Pull at every apply: the name is resolved again.
+        case always = "Always"
+        /// Never pull: the image must be in the store.
+        case never = "Never"
+
+        static let rule = "expected IfNotPresent, Always or Never (as Kubernetes spells them)"
     }
 
     /// The replica's network namespace.

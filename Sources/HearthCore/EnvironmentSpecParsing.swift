@@ -155,6 +155,16 @@ extension EnvironmentSpec {
         maxQueue = try r.int(K.maxQueue.rawValue) ?? Self.defaultMaxQueue
         packages = try Self.unique(r.list(K.packages.rawValue, SpecReader.string))
         userNamespace = try r.bool(K.userNamespace.rawValue)
+        imagePullPolicy = try Self.pullPolicy(r, K.imagePullPolicy.rawValue)
+    }
+
+    /// `IfNotPresent`, `Always` or `Never` at `key`, if present.
+    static func pullPolicy(_ r: SpecReader, _ key: String) throws -> PullPolicy? {
+        guard let text = try r.string(key) else { return nil }
+        guard let policy = PullPolicy(rawValue: text) else {
+            throw SpecReader.error(r.path(key), "\"\(text)\" is not a pull policy; \(PullPolicy.rule)")
+        }
+        return policy
     }
 
     /// A secret request: `"KEY"` or flytekit's `Secret` as `{key, group}`;
@@ -261,8 +271,12 @@ extension EnvironmentSpec.PodTemplate {
 extension EnvironmentSpec.Container {
     init(_ node: SpecNode, path: String) throws {
         let r = try SpecReader(node, path: path, what: "a container mapping")
-        try r.rejectUnknown(CodingKeys.allCases.map(\.rawValue))
+        // Kubernetes' camelCase, and the snake_case the rest of a spec uses.
+        try r.rejectUnknown(CodingKeys.allCases.map(\.rawValue) + ["image_pull_policy"])
         self.init(name: try r.requiredString("name"), image: try r.string("image"))
+        if let (key, _) = try r.node(anyOf: ["imagePullPolicy", "image_pull_policy"]) {
+            imagePullPolicy = try EnvironmentSpec.pullPolicy(r, key)
+        }
         env = try r.list("env") { item, itemPath in
             let e = try SpecReader(item, path: itemPath, what: "a mapping with name and value")
             try e.rejectUnknown(EnvironmentSpec.EnvVar.CodingKeys.allCases.map(\.rawValue))

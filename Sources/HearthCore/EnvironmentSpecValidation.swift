@@ -72,11 +72,13 @@ extension EnvironmentSpec {
         // The primary container's image, env and resources over the environment's.
         var image = containerImage ?? Self.defaultImage
         var variables = environment
+        var pullPolicy = imagePullPolicy
         var requested = try Resources.amounts(requests, path: at(K.requests.rawValue))
         var limited = try Resources.amounts(limits, path: at(K.limits.rawValue))
         if let podTemplate, let (index, container) = try podTemplate.checkedPrimary(path: at(K.podTemplate.rawValue)) {
             let containerPath = "\(at(K.podTemplate.rawValue)).pod_spec.containers[\(index)]"
             if let containerImage = container.image { image = containerImage }
+            if let policy = container.imagePullPolicy { pullPolicy = policy }
             for variable in container.env { variables[variable.name] = variable.value }
             if let resources = container.resources {
                 requested.merge(try Resources.amounts(resources.requests, path: "\(containerPath).resources.requests")) { $1 }
@@ -85,7 +87,7 @@ extension EnvironmentSpec {
         }
         try Resources.applyDefaults(requested: &requested, limited: &limited)
 
-        return EffectiveEnvironment(
+        var effective = EffectiveEnvironment(
             name: name, image: image, environment: variables,
             cpuRequestMilli: requested["cpu"]?.amount, cpuLimitMilli: limited["cpu"]?.amount,
             memoryRequest: requested["mem"]?.amount, memoryLimit: limited["mem"]?.amount,
@@ -97,6 +99,8 @@ extension EnvironmentSpec {
             maxTasksPerReplica: maxTasksPerReplica, maxQueue: maxQueue,
             labels: podTemplate?.labels ?? [:], annotations: podTemplate?.annotations ?? [:],
             packages: packages.isEmpty ? nil : Array(Set(packages)).sorted(), userNamespace: userNamespace)
+        effective.imagePullPolicy = pullPolicy
+        return effective
     }
 
     // MARK: Helpers

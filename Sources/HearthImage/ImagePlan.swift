@@ -165,7 +165,7 @@ struct ImagePlan {
         return nil
     }
 
-    private static func checkPlatform(_ config: ImageConfigFile, what: String) throws {
+    static func checkPlatform(_ config: ImageConfigFile, what: String) throws {
         let host = Platform.host
         if let os = config.os, os != host.os {
             throw HearthError(.invalidImage, "\(what) is for \(os)/\(config.architecture ?? "?"); this host runs \(host.description)")
@@ -175,7 +175,7 @@ struct ImagePlan {
         }
     }
 
-    private static func diffIDs(_ config: ImageConfigFile, configDigest: Digest) throws -> [Digest] {
+    static func diffIDs(_ config: ImageConfigFile, configDigest: Digest) throws -> [Digest] {
         guard config.rootfs.type == "layers" else {
             throw HearthError(.invalidImage, "image config \(configDigest): rootfs.type is \"\(config.rootfs.type)\", expected \"layers\"")
         }

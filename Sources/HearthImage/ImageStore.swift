@@ -248,7 +248,7 @@ public final class ImageStore: Sendable {
     /// Removes the image named `name` (`:latest` implied) and every layer no
     /// other image uses.
     public func remove(name: String) throws {
-        let key = try ImageName.normalize(name)
+        let key = try ImageName.normalize(name, allowDigest: true)
         let garbage = try withIndex { index, state -> [String] in
             guard index.images.removeValue(forKey: key) != nil else {
                 throw HearthError(.imageNotFound, "image \"\(key)\" not found")
@@ -266,12 +266,19 @@ public final class ImageStore: Sendable {
                 let matches = index.images.values.filter { $0.id == ref }.sorted { $0.name < $1.name }
                 return matches.first
             }
-            guard let key = try? ImageName.normalize(ref) else { return nil }
-            return index.images[key]
+            guard let key = try? ImageName.normalize(ref, allowDigest: true) else { return nil }
+            if let record = index.images[key] { return record }
+            // NAME@sha256:…: an image of that repository pulled by tag whose
+            // manifest has that digest is the same image.
+            guard let (repository, digest) = ImageName.splitDigest(key) else { return nil }
+            return index.images.values
+                .filter { $0.manifestDigest == digest && ImageName.repository(of: $0.name) == repository }
+                .min { $0.name < $1.name }
         }
         guard let record else {
-            let key = (try? ImageName.normalize(ref)) ?? ref
-            throw HearthError(.imageNotFound, "image \"\(key)\" not found; import it with `hearth image import PATH --name \(key)`")
+            let key = (try? ImageName.normalize(ref, allowDigest: true)) ?? ref
+            let importHint = key.contains("@") ? "" : " or import it with `hearth image import PATH --name \(key)`"
+            throw HearthError(.imageNotFound, "image \"\(key)\" not found; pull it with `hearth image pull \(key)`\(importHint)")
         }
         // A layer listed twice (identical layers) is kept at its topmost
         // position only: the merged view is the same, and overlayfs refuses

@@ -50,12 +50,20 @@ struct LayerCache: Sendable {
     }
 
     /// As above, the blob opened by `blob` (a pulled blob's file).
+    /// `beforeSync` runs once the layer is unpacked and verified and the
+    /// blob closed, before the file system is synced: a pull removes its
+    /// blob file there, so its pages are dropped rather than written back.
     func install(_ layer: ImagePlan.Layer, blob: () throws -> FileSource, tempName: String,
-                 onRead: @escaping (Int64) -> Void) throws -> Int64 {
+                 beforeSync: () -> Void = {}, onRead: @escaping (Int64) -> Void) throws -> Int64 {
         let temp = "\(scratch)/\(tempName)"
         guard mkdir(temp, 0o755) == 0 else { throw SystemError.current("mkdir", temp) }
         do {
             let bytes = try unpackVerified(layer, blob: try blob(), into: temp, onRead: onRead)
+            beforeSync()
+            // Nothing may be renamed into the cache that a crash could leave
+            // half-written.
+            let root = try FileDescriptor.open(temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard hearth_syncfs(root.raw) == 0 else { throw SystemError.current("syncfs", temp) }
             if rename(temp, path(layer.diffID)) != 0 {
                 let e = errno
                 // Another import installed the same layer meanwhile: same
@@ -98,9 +106,6 @@ struct LayerCache: Sendable {
         guard diffID == layer.diffID else {
             throw HearthError(.invalidImage, "\(layer.label): diff ID mismatch: the image config says \(layer.diffID), the uncompressed layer hashes to \(diffID)")
         }
-        // Nothing may be renamed into the cache that a crash could leave
-        // half-written.
-        guard hearth_syncfs(root.raw) == 0 else { throw SystemError.current("syncfs", temp) }
         return unpacker.bytes
     }
 }

@@ -61,9 +61,10 @@ struct API: Sendable {
             } catch { return errorResponse(error) }
         }
         router.delete("/v1/images/**") { _, context in
-            let name = context.parameters.getCatchAll().joined(separator: "/")
+            let raw = context.parameters.getCatchAll().joined(separator: "/")
+            let name = raw.removingPercentEncoding ?? raw
             do {
-                let full = name.contains(":") ? name : name + ":latest"
+                let full = (try? ImageName.normalize(name, allowDigest: true)) ?? (name.contains(":") ? name : name + ":latest")
                 let users = registry.users(ofImage: full)
                 if !users.isEmpty {
                     throw HearthError(.conflict, "image \"\(full)\" is in use by \(users.count) running replica(s) (\(users.joined(separator: ", "))); remove it when they have finished")

@@ -23,6 +23,10 @@ actor AdmissionControl {
     let ledger: MemoryLedger
     /// The limit of a replica whose spec sets no memory (`--default-memory`).
     let defaultMemory: Int64?
+    typealias Pull = @Sendable (String, @escaping @Sendable (ImagePullEvent) -> Void) async throws -> ImageSummary
+    /// Pulls an image from its registry (`Puller.pull` and what follows a
+    /// pull); nil: applies never pull.
+    private var pull: Pull?
     private var admitted: [String: EffectiveEnvironment] = [:]
 
     init(pool: Pool, images: ImageStore, secrets: SecretStore, policy: PrivilegePolicy, defaultUserNamespace: Bool = false,
@@ -60,6 +64,8 @@ actor AdmissionControl {
         return MachineCapacity(cpuMilli: cpus * 1000, memoryBytes: memory - reserve)
     }
 
+    func setPull(_ pull: @escaping Pull) { self.pull = pull }
+
     /// Environments saved by an earlier daemon come back as they were.
     func restore() async {
         for (name, data) in pool.savedSpecs() {
@@ -71,13 +77,22 @@ actor AdmissionControl {
         }
     }
 
-    func apply(text: String, source: String, persist: Bool = true) async throws -> [ApplyResult] {
+    /// `progress`: events of the pulls the specs' `image_pull_policy`
+    /// asks for (environments restored at start-up, `persist: false`,
+    /// never pull).
+    func apply(text: String, source: String, persist: Bool = true,
+               progress: @escaping @Sendable (ImagePullEvent) -> Void = { _ in }) async throws -> [ApplyResult] {
         let specs = try EnvironmentSpec.parseDocuments(text, source: source)
         guard !specs.isEmpty else { throw HearthError.invalid("\(source): no environment in the document") }
+        let effective = try specs.map { try $0.effective }
+        // Nothing is fetched for a spec the policy refuses.
+        for e in effective {
+            try policy.check(PrivilegePolicy.violations(of: e), subject: "environment \"\(e.name)\"")
+        }
+        if persist { try await pullImages(effective, progress: progress) }
         // Check every document before applying any.
         var prepared: [(EnvironmentSpec, EffectiveEnvironment, PoolConfig)] = []
-        for spec in specs {
-            let eff = try spec.effective
+        for (spec, eff) in zip(specs, effective) {
             prepared.append((spec, eff, try await poolConfig(eff)))
         }
         // Checked and recorded under the ledger's lock, against the spares
@@ -104,6 +119,45 @@ actor AdmissionControl {
             results.append(ApplyResult(name: eff.name, outcome: outcome.rawValue, identity: config.identity))
         }
         return results
+    }
+
+    /// Pulls each environment's image as its policy says: `IfNotPresent`
+    /// (the default) when the store has no image of that name, `Always` at
+    /// every apply, `Never` not at all (a missing image is refused naming
+    /// the policy). One pull per image per apply; a failed pull refuses the
+    /// environment with the registry's error.
+    private func pullImages(_ environments: [EffectiveEnvironment],
+                            progress: @escaping @Sendable (ImagePullEvent) -> Void) async throws {
+        var pulled = Set<String>()
+        let images = self.images
+        for e in environments {
+            let policy = e.imagePullPolicy ?? .ifNotPresent
+            let image = e.image
+            // A config digest names a stored image only: nothing to pull.
+            if image.hasPrefix("sha256:") { continue }
+            let present = await (try? Blocking.run { try images.resolve(image) }) != nil
+            switch policy {
+            case .never:
+                guard present else {
+                    throw HearthError(.imageNotFound, "environment \"\(e.name)\": image \"\(image)\" not found and its image_pull_policy is Never; pull it with `hearth image pull \(image)` or import it with `hearth image import PATH --name \(image)`")
+                }
+                continue
+            case .ifNotPresent:
+                if present { continue }
+            case .always:
+                break
+            }
+            guard let pull else { continue }  // no puller: the check below refuses a missing image
+            let key = (try? ImageName.normalize(image, allowDigest: true)) ?? image
+            guard pulled.insert(key).inserted else { continue }
+            do {
+                let summary = try await pull(image, progress)
+                logger.info("environment \(e.name): pulled \(image) (\(summary.id), image_pull_policy \(policy.rawValue))")
+            } catch {
+                let err = HearthError.wrap(error)
+                throw HearthError(err.code, "environment \"\(e.name)\": image \"\(image)\" (image_pull_policy \(policy.rawValue)) could not be pulled: \(err.message)")
+            }
+        }
     }
 
     func remove(_ name: String) async throws {

@@ -5,6 +5,7 @@ import HearthCore
 import HearthEgress
 import HearthImage
 import HearthPool
+import HearthRegistry
 import Metrics
 import Prometheus
 import HearthSandbox
@@ -59,6 +60,9 @@ public struct DaemonOptions: Sendable {
     /// What replicas with network egress may reach beyond public addresses
     /// on ports 80 and 443 (`--egress-allow CIDR[:PORT]`).
     public var egressAllow: [String] = []
+    /// How registries are reached (`--registry-ca`, `--insecure-registry`,
+    /// `--registry-mirror`).
+    public var registries = RegistryConfiguration()
 
     public init(initBinary: String) { self.initBinary = initBinary }
 }
@@ -145,6 +149,8 @@ public enum Daemon {
         let lost = pool.recoverLostTasks()
         if !lost.isEmpty { logger.warning("\(lost.count) task(s) were in flight when the last hearthd stopped; reported as lost") }
         let policy = PrivilegePolicy(allowPrivileged: options.allowPrivileged)
+        let puller = try Puller(store: images, configuration: options.registries,
+                                credentialsPath: options.stateRoot + "/registry-auth.json")
         let admission = AdmissionControl(pool: pool, images: images, secrets: secrets, policy: policy,
                                          defaultUserNamespace: options.userNamespaces, logger: logger,
                                          capacity: capacity, ledger: ledger, defaultMemory: options.defaultMemory)
@@ -164,6 +170,14 @@ public enum Daemon {
             }
         }
         if options.spares > 0 { for image in spareImages.sorted() { await arm(image) } }
+        // A pulled image, like an imported one, replaces what its name meant.
+        let pull: @Sendable (String, String?, @escaping @Sendable (ImagePullEvent) -> Void) async throws -> ImageSummary = { reference, name, progress in
+            let image = try await puller.pull(reference: reference, name: name, progress: progress)
+            await spares.discard(image: image.name, keeping: image.id)
+            if options.spares > 0 && spareImages.contains(image.name) { await arm(image.name) }
+            return image
+        }
+        await admission.setPull { reference, progress in try await pull(reference, nil, progress) }
 
         var api = API(runtime: runtime, images: images, registry: registry, policy: policy, logger: logger,
                       defaultMemory: options.defaultMemory)
@@ -185,11 +199,25 @@ public enum Daemon {
         buildHooks.admit = { try registry.admit() }
         buildHooks.replicaStarted = { replica, image in registry.add(replica, image: image) }
         buildHooks.replicaEnded = { name in registry.remove(name) }
-        // The base image comes from the store; a registry pull plugs in here.
+        // The base image comes from the store, or is pulled when the store
+        // lacks it (as an environment's IfNotPresent).
+        let ensureBase: ImageBuilder.EnsureBaseImage = { ref, say in
+            do {
+                return try await Blocking.run { try images.resolve(ref) }
+            } catch let e as HearthError where e.code == .imageNotFound {
+                say("pulling base image \(ref)")
+                let started = ContinuousClock.now
+                let image = try await pull(ref, nil) { _ in }
+                let seconds = (ContinuousClock.now - started).inMicroseconds / 1e6
+                say("pulled \(image.name) in \(String(format: "%.1f", seconds)) s")
+                return try await Blocking.run { try images.resolve(image.name) }
+            }
+        }
         let builder = ImageBuilder(runtime: runtime, store: images, options: buildOptions, logger: logger,
-                                   ensureBaseImage: { ref in try await Blocking.run { try images.resolve(ref) } },
+                                   ensureBaseImage: ensureBase,
                                    codeBundlePath: { try code.path(of: $0) }, hooks: buildHooks)
         ImageBuildRoutes(builder: builder, logger: logger, afterBuild: api.afterImageImport).register(on: router)
+        RegistryRoutes(pull: pull, puller: puller, logger: logger).register(on: router)
 
         let socketPath = options.socketPath
         let bind = try SocketBinding(finalPath: socketPath)
@@ -223,6 +251,7 @@ public enum Daemon {
             )
         )
         try await group.run()
+        await puller.shutdown()
         try? await io.shutdownGracefully()
         await egress.shutdown()
         do { try tasks.removeSpilledResults() } catch { logger.warning("removing spilled results: \(error)") }

@@ -69,6 +69,8 @@ struct ImageBuildRoutes: Sendable {
             return ImageBuildEvent(event: "output", index: index, line: line)
         case .stepDone(let index, let seconds, let cached):
             return ImageBuildEvent(event: "step_done", index: index, cached: cached, seconds: seconds)
+        case .pull(let line):
+            return ImageBuildEvent(event: "pull", line: line)
         }
     }
 }

@@ -23,7 +23,13 @@ struct PoolRoutes: Sendable {
             do {
                 let body = try await request.body.collect(upTo: Self.maxSpecBytes)
                 let source = request.uri.queryParameters["source"].map(String.init) ?? "request body"
-                let results = try await admission.apply(text: String(buffer: body), source: source)
+                let text = String(buffer: body)
+                if request.headers[.accept]?.contains("application/x-ndjson") == true {
+                    // Documents that do not parse are a 400, before the stream.
+                    _ = try EnvironmentSpec.parseDocuments(text, source: source)
+                    return applyStream(text: text, source: source)
+                }
+                let results = try await admission.apply(text: text, source: source)
                 return try json(results)
             } catch { return errorResponse(error) }
         }
@@ -147,6 +153,27 @@ struct PoolRoutes: Sendable {
                 return Response(status: .noContent)
             } catch { return errorResponse(error) }
         }
+    }
+
+    /// `POST /v1/environments` for a client that accepts NDJSON: the
+    /// progress of the pulls the apply makes, then `applied` with the
+    /// results, or `error`.
+    private func applyStream(text: String, source: String) -> Response {
+        let (events, cont) = AsyncStream<ApplyEvent>.makeStream()
+        let admission = self.admission
+        Task {
+            do {
+                let results = try await admission.apply(text: text, source: source) { event in
+                    cont.yield(ApplyEvent(event: "pull", pull: event))
+                }
+                cont.yield(ApplyEvent(event: "applied", results: results))
+            } catch {
+                let e = HearthError.wrap(error)
+                cont.yield(ApplyEvent(event: "error", error: APIErrorBody.Detail(code: e.code.rawValue, message: e.message)))
+            }
+            cont.finish()
+        }
+        return ndjsonResponse(events)
     }
 
     /// `POST /v1/environments/{env}/tasks`: submits the task and calls

@@ -12,15 +12,45 @@ struct Apply: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Create or update environments from a YAML or JSON file.")
     @OptionGroup var global: GlobalOptions
     @Option(name: .shortAndLong, help: "Spec file (YAML or JSON; several documents allowed; - for stdin).") var file: String
+    @Flag(name: .shortAndLong, help: "No progress of the image pulls the apply makes.") var quiet = false
 
     func run() throws {
         do {
             let body = try BundleWriter.readFile(file)
             let name = file == "-" ? "stdin" : file
-            let r = try global.client.request("POST", "/v1/environments?source=" + percentEncodePath(name), body: body,
-                                              contentType: "application/yaml")
-            guard r.status == 200 else { throw apiError(r) }
-            for a in try JSONDecoder().decode([ApplyResult].self, from: Data(r.body)) {
+            // NDJSON: the progress of any pull (image_pull_policy), then the results.
+            let view = PullProgress(enabled: !quiet)
+            var lines = NDJSONLines()
+            var raw: [UInt8] = []
+            var results: [ApplyResult]?
+            var failure: HearthError?
+            var streaming = false
+            let r = try global.client.stream(
+                "POST", "/v1/environments?source=" + percentEncodePath(name), body: body,
+                contentType: "application/yaml", headers: [("Accept", "application/x-ndjson")],
+                onData: { bytes in
+                    raw += bytes
+                    guard streaming else { return }
+                    for line in lines.feed(bytes) {
+                        guard let e = try? JSONDecoder().decode(ApplyEvent.self, from: Data(line)) else { continue }
+                        switch e.event {
+                        case "pull": if let p = e.pull { view.show(p) }
+                        case "applied": results = e.results
+                        case "error":
+                            if let d = e.error { failure = HearthError(HearthError.Code(rawValue: d.code) ?? .internal, d.message) }
+                        default: break
+                        }
+                    }
+                }, onHead: { streaming = $0 == 200 })
+            view.finish()
+            guard r.status == 200 else { throw apiError(.init(status: r.status, headers: r.headers, body: raw)) }
+            if let failure { throw failure }
+            // A daemon that answers JSON (no NDJSON support) sends the results whole.
+            if !(r.header("content-type") ?? "").contains("ndjson") {
+                results = try JSONDecoder().decode([ApplyResult].self, from: Data(raw))
+            }
+            guard let results else { throw HearthError(.internal, "hearthd ended the apply without a result") }
+            for a in results {
                 print("environment \(a.name) \(a.outcome) (\(a.identity.prefix(12)))")
             }
         } catch { throw failure(error) }

@@ -79,6 +79,8 @@ extension ImageCommand {
                             writeAll(1, Array((head + " … ").utf8))
                             open = true
                         }
+                    case "pull":
+                        writeAll(2, Array("\(e.line ?? "")\n".utf8))
                     case "output":
                         writeAll(1, Array("    \(e.line ?? "")\n".utf8))
                     case "step_done":

@@ -11,8 +11,8 @@ import HearthCore
 struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
-        abstract: "Import, build, list and remove images.",
-        subcommands: [Import.self, Build.self, List.self, Remove.self]
+        abstract: "Import, pull, build, list and remove images.",
+        subcommands: [Import.self, Pull.self, Build.self, List.self, Remove.self]
     )
 
     struct Import: ParsableCommand {
@@ -155,12 +155,12 @@ func normalizePath(_ path: String) -> String {
     return "/" + parts.joined(separator: "/")
 }
 
-/// Keeps unreserved characters, "/" and ":"; percent-encodes the rest.
+/// Keeps unreserved characters, "/", ":" and "@"; percent-encodes the rest.
 func percentEncodePath(_ s: String) -> String {
     var out = ""
     for b in s.utf8 {
         let c = Character(Unicode.Scalar(b))
-        if c.isASCII && (c.isLetter || c.isNumber || "-._~/:".contains(c)) {
+        if c.isASCII && (c.isLetter || c.isNumber || "-._~/:@".contains(c)) {
             out.append(c)
         } else {
             let hex = String(b, radix: 16, uppercase: true)

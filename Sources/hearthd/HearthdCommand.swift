@@ -63,6 +63,15 @@ struct HearthdCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Let replicas with network egress reach this address block beyond public addresses on ports 80 and 443: on PORT only, or without one on ports 80 and 443 (e.g. a private package index: 10.1.2.3:3141; IPv6 with a port in brackets); repeatable.", valueName: "CIDR[:PORT]"))
     var egressAllow: [String] = []
 
+    @Option(name: .long, help: ArgumentHelp("A PEM file of CA certificates trusted for registries' HTTPS, beside the system's; repeatable.", valueName: "FILE"))
+    var registryCa: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("A registry spoken to in plain HTTP (no TLS); every other registry gets HTTPS; repeatable.", valueName: "HOST[:PORT]"))
+    var insecureRegistry: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Contact HOST[:PORT] for images of REGISTRY (same repository paths), e.g. docker.io=mirror.internal:5000; repeatable.", valueName: "REGISTRY=HOST[:PORT]"))
+    var registryMirror: [String] = []
+
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -118,6 +127,15 @@ struct HearthdCommand: AsyncParsableCommand {
         options.scratchDir = scratch.map { ($0 as NSString).standardizingPath }
         options.buildMemory = buildMemoryBytes
         options.buildTimeout = buildTimeoutDuration
+        options.registries.caFiles = registryCa
+        options.registries.insecureRegistries = Set(insecureRegistry)
+        for mirror in registryMirror {
+            let parts = mirror.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+                throw ValidationError("--registry-mirror: \"\(mirror)\" is not REGISTRY=HOST[:PORT]")
+            }
+            options.registries.mirrors[parts[0]] = parts[1]
+        }
         do {
             try await Daemon.run(options)
         } catch let e as HearthError {

@@ -520,10 +520,29 @@ final class EnvironmentSpecTests: XCTestCase {
         XCTAssertEqual(try one(#"{"name": "a", "ttl_seconds": 30.0}"#).ttlSeconds, 30)
     }
 
+    func testImagePullPolicy() throws {
+        XCTAssertNil(try one("name: a").effective.imagePullPolicy)
+        XCTAssertEqual(try one("name: a\nimage_pull_policy: Always").effective.imagePullPolicy, .always)
+        // The primary container's, in Kubernetes' or snake_case spelling, wins.
+        let pod = "name: a\nimage_pull_policy: Always\npod_template: {pod_spec: {containers: [{name: primary, %@: Never}]}}"
+        for key in ["imagePullPolicy", "image_pull_policy"] {
+            XCTAssertEqual(try one(pod.replacingOccurrences(of: "%@", with: key)).effective.imagePullPolicy, .never)
+        }
+        assertRefused("name: a\nimage_pull_policy: always",
+                      "env.yaml: image_pull_policy: \"always\" is not a pull policy; expected IfNotPresent, Always or Never (as Kubernetes spells them)")
+        assertRefused("name: a\npod_template: {pod_spec: {containers: [{name: primary, imagePullPolicy: Sometimes}]}}",
+                      "env.yaml: pod_template.pod_spec.containers[0].imagePullPolicy: \"Sometimes\" is not a pull policy; expected IfNotPresent, Always or Never (as Kubernetes spells them)")
+        // When the image is fetched is not part of what the replicas run.
+        XCTAssertEqual(try one("name: a\nimage_pull_policy: Never").effective.identity, try one("name: a").effective.identity)
+        // Saved and read back.
+        let spec = try one("name: a\nimage_pull_policy: IfNotPresent")
+        XCTAssertEqual(try JSONDecoder().decode(EnvironmentSpec.self, from: JSONEncoder().encode(spec)), spec)
+    }
+
     func testUnknownFieldsAtEveryDepth() {
         assertRefused("name: a\nreplicas: 2", "env.yaml: replicas: unknown field")
         XCTAssertEqual(refusal("name: a\nttl: 2"),
-                       "env.yaml: ttl: unknown field; expected one of name, container_image, environment, requests, limits, replica_count, ttl_seconds, secret_requests, pod_template, network, seccomp, capabilities, timeout, max_tasks_per_replica, max_queue, packages, user_namespace")
+                       "env.yaml: ttl: unknown field; expected one of name, container_image, environment, requests, limits, replica_count, ttl_seconds, secret_requests, pod_template, network, seccomp, capabilities, timeout, max_tasks_per_replica, max_queue, packages, user_namespace, image_pull_policy")
         XCTAssertEqual(refusal("name: a\nreplica_cont: 2"), "env.yaml: replica_cont: unknown field (did you mean replica_count?)")
         assertRefused("name: a\nrequests: {cpus: 1}", "env.yaml: requests.cpus: unknown field (did you mean cpu?)")
         assertRefused("name: a\ncapabilities: {add: [], remove: []}", "env.yaml: capabilities.remove: unknown field")

@@ -379,7 +379,78 @@ final class ImageStoreTests: ImageTestCase {
         let store = try ImageStore(root: storeRoot)
         XCTAssertEqual(try store.importImage(path: base + "/docker25.tar", name: nil).name, "app:1.0")
         try FileManager.default.removeItem(atPath: layout.dir + "/manifest.json")
-        XCTAssertEqual(try store.importImage(path: layout.dir, name: nil).name, "docker.io/library/app:1.0")
+        // Docker's default registry in its familiar form (the same name as app:1.0).
+        XCTAssertEqual(try store.importImage(path: layout.dir, name: nil).name, "app:1.0")
+    }
+
+    /// What a pull does: the config checked, blob files installed one by
+    /// one, the image recorded only at the commit; an abandoned pull takes
+    /// the layers it installed with it.
+    func testPulledImageIsRecordedOnlyWhenComplete() throws {
+        let layout = try LayoutBuilder(base + "/layout")
+        let m = try layout.manifest(try layout.image([baseLayer, appLayer]))
+        let config = try XCTUnwrap(m["config"] as? [String: Any])
+        let configDigest = try XCTUnwrap(config["digest"] as? String)
+        let configBytes = Array(try Data(contentsOf: URL(fileURLWithPath: layout.dir + "/blobs/sha256/" + configDigest.dropFirst(7))))
+        let layers = try XCTUnwrap(m["layers"] as? [[String: Any]]).map {
+            BlobDescriptor(mediaType: $0["mediaType"] as? String, digest: $0["digest"] as? String ?? "",
+                           size: Int64($0["size"] as? Int ?? 0), platform: nil)
+        }
+        let configDescriptor = BlobDescriptor(mediaType: MediaType.ociConfig, digest: configDigest,
+                                              size: Int64(configBytes.count), platform: nil)
+        // A fresh copy of layer i's blob, as a download leaves it: installLayer removes it.
+        var copies = 0
+        let blobPath = { (i: Int) throws -> String in
+            copies += 1
+            let path = "\(self.base)/blob-\(copies)"
+            try FileManager.default.copyItem(atPath: layout.dir + "/blobs/sha256/" + layers[i].digest.dropFirst(7), toPath: path)
+            return path
+        }
+        let store = try ImageStore(root: storeRoot)
+
+        // A config that is not what the manifest says is refused at once.
+        assertHearthError(.invalidImage, contains: ["image config", "digest mismatch"]) {
+            _ = try store.preparePull(manifestDigest: "sha256:" + String(repeating: "0", count: 64),
+                                      config: configBytes + [32], configDescriptor: BlobDescriptor(
+                                          mediaType: nil, digest: configDigest, size: Int64(configBytes.count + 1), platform: nil),
+                                      layers: layers)
+        }
+        // Installed layers of an abandoned pull go; nothing is recorded.
+        let abandoned = try store.preparePull(manifestDigest: "sha256:" + String(repeating: "1", count: 64),
+                                              config: configBytes, configDescriptor: configDescriptor, layers: layers)
+        XCTAssertEqual(abandoned.layers.map(\.cached), [false, false])
+        let first = try blobPath(0)
+        try store.installLayer(abandoned, at: 0, blobFile: first)
+        XCTAssertEqual(directoryEntries(storeRoot + "/layers").count, 1)
+        XCTAssertNil(lstatPath(first), "the blob file goes once its layer is unpacked")
+        assertHearthError(.internal, contains: ["not installed"]) { _ = try store.commitPull(abandoned, name: "app:1") }
+        store.abandonPull(abandoned)
+        XCTAssertEqual(directoryEntries(storeRoot + "/layers"), [])
+        XCTAssertEqual(try store.list(), [])
+
+        // A blob file that is not the layer's blob is refused; the rest goes on.
+        let pulled = try store.preparePull(manifestDigest: "sha256:" + String(repeating: "2", count: 64),
+                                           config: configBytes, configDescriptor: configDescriptor, layers: layers)
+        let wrong = try blobPath(1)
+        assertHearthError(.invalidImage, contains: ["mismatch"]) { try store.installLayer(pulled, at: 0, blobFile: wrong) }
+        XCTAssertEqual(directoryEntries(storeRoot + "/tmp"), [])
+        try store.installLayer(pulled, at: 0, blobFile: blobPath(0))
+        try store.installLayer(pulled, at: 1, blobFile: blobPath(1))
+        let summary = try store.commitPull(pulled, name: "docker.io/library/app:1")
+        XCTAssertEqual(summary.name, "app:1")
+        XCTAssertEqual(summary.id, configDigest)
+        XCTAssertEqual(try store.resolve("app:1").layerPaths.count, 2)
+        XCTAssertEqual(try store.resolve("docker.io/app:1").id, configDigest)
+        XCTAssertEqual(try store.resolve("app@sha256:" + String(repeating: "2", count: 64)).id, configDigest)
+        XCTAssertEqual(directoryEntries(storeRoot + "/tmp"), [])
+        // A second pull of the same layers finds them cached.
+        let again = try store.preparePull(manifestDigest: "sha256:" + String(repeating: "2", count: 64),
+                                          config: configBytes, configDescriptor: configDescriptor, layers: layers)
+        XCTAssertEqual(again.layers.map(\.cached), [true, true])
+        XCTAssertEqual(try store.commitPull(again, name: "app@sha256:" + String(repeating: "2", count: 64)).layers, 2)
+        try store.remove(name: "app:1")
+        try store.remove(name: "app@sha256:" + String(repeating: "2", count: 64))
+        XCTAssertEqual(directoryEntries(storeRoot + "/layers"), [])
     }
 
     /// A layout written by umoci (a real tool) from a small directory.

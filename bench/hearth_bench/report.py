@@ -95,6 +95,7 @@ def render(results: Dict[str, Any], chart_name: Optional[str] = "bench.svg") -> 
         ("cold", "Cold first task beside the peers (same rootfs, same task, cold each run)", "bwrap"),
         ("numpy", "Realistic imports: `import numpy` (python3-numpy from Debian)", "bwrap-numpy"),
         ("build", "Image build of a small ImageSpec (`packages: [six]`, one command; `POST /v1/images/build`)", None),
+        ("pull", "Image pull: a three-layer image from a registry on 127.0.0.1", "pull-skopeo"),
     ]
     for group, title, baseline in sections:
         rows = [t for t in timings if t.get("group") == group]

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from hearth_bench import peers, spares
+from hearth_bench import peers, pull, spares
 from hearth_bench.client import Client, LeanClient, histogram, histogram_delta, parse_prometheus
 from hearth_bench.daemon import Daemon, pids_in_cgroup_subtree, rss_bytes
 from hearth_bench.stats import histogram_quantile, summarize
@@ -64,12 +64,13 @@ class Sizes:
     throughput: int      # tasks per batch
     memory_replicas: int
     builds: int          # rounds of image builds (uncached, then cached), after one warm-up round
+    pull_rounds: int = 7  # image pulls per tool (after one warm-up round)
 
     @staticmethod
     def for_mode(quick: bool) -> "Sizes":
         if quick:
             return Sizes(warm=400, block=50, cold_rounds=4, numpy_rounds=3, numpy_warm=200, throughput=2000,
-                         memory_replicas=8, builds=2)
+                         memory_replicas=8, builds=2, pull_rounds=2)
         return Sizes(warm=4000, block=100, cold_rounds=20, numpy_rounds=12, numpy_warm=1000, throughput=10000,
                      memory_replicas=8, builds=5)
 
@@ -154,6 +155,9 @@ class Runner:
         # False during warm-up rounds: their samples are discarded.
         self.recording = True
 
+    def set_recording(self, on: bool) -> None:
+        self.recording = on
+
     def add(self, key: str, seconds: float) -> None:
         if self.recording:
             self.samples.setdefault(key, []).append(seconds)
@@ -218,6 +222,9 @@ class Runner:
             results["memory"] = self.memory(idle_rss)
             log("image builds")
             self.image_builds()
+            log("image pull beside skopeo")
+            pull.measure(self.bin_dir, self.repo, self.work, self.sizes.pull_rounds, self.add, self.set_recording,
+                         self.unavailable, self.notes, self.samples)
             results["timings"] = self.timings()
             results["phases"] = self.phases()
             results["dispatch_histogram"] = hist
@@ -635,6 +642,9 @@ class Runner:
         "host-numpy": ("numpy", "/usr/bin/python3 on the host, no isolation"),
         "build-uncached": ("build", "every step run (uv from PyPI, one command; layers written and installed)"),
         "build-cached": ("build", "the same spec again: every step cached, nothing run"),
+        "pull-hearth": ("pull", "Hearth: `hearth image pull` (fetch, verify, unpack every layer)"),
+        "pull-skopeo": ("pull", "`skopeo copy` to an OCI layout (fetch, verify)"),
+        "pull-skopeo-umoci": ("pull", "`skopeo copy` + `umoci unpack` (fetch, verify, unpack)"),
     }
 
     def timings(self) -> List[Dict[str, Any]]:

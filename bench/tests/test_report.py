@@ -18,6 +18,8 @@ def results():
             {"key": "crun", "group": "cold", "label": "crun", "stats": summarize([0.04])},
             {"key": "build-uncached", "group": "build", "label": "every step run", "stats": summarize([1.5, 1.7])},
             {"key": "build-cached", "group": "build", "label": "all cached", "stats": summarize([0.02])},
+            {"key": "pull-hearth", "group": "pull", "label": "Hearth pull", "stats": summarize([1.5, 1.6, 1.7])},
+            {"key": "pull-skopeo", "group": "pull", "label": "skopeo copy", "stats": summarize([1.0, 1.0])},
         ],
         "throughput": [{"replicas": 2, "tasks": 10000, "seconds": 1.6, "tasks_per_second": 6250.0},
                        {"replicas": 1, "tasks": 10000, "seconds": 2.5, "tasks_per_second": 4000.0}],
@@ -36,6 +38,9 @@ class ReportTest(unittest.TestCase):
         self.assertIn("| raw API | 250 µs |", md)
         self.assertIn("| Hearth cold | 50.0 ms |", md)
         self.assertIn("0.50×", md)  # Hearth cold vs bwrap
+        self.assertIn("## Image pull: a three-layer image from a registry on 127.0.0.1", md)
+        self.assertIn("| Hearth pull | 1.60 s |", md)
+        self.assertIn("1.60×", md)  # Hearth pull vs skopeo copy
         self.assertIn("| 2 | 10000 | 1.60 | 6,250 |", md)
         self.assertIn("## Image build of a small ImageSpec", md)
         self.assertIn("| every step run | 1.60 s |", md)

@@ -67,13 +67,15 @@ class ActorEnvironment(object):
     ``max_tasks_per_replica``, ``max_queue``, ``network`` ("none",
     "egress": HTTP and HTTPS to public hosts through the daemon's proxy, or
     "host"), ``user_namespace`` (True: root in each replica is an
-    unprivileged host uid; None: the daemon's default), ``socket`` (default
-    ``HEARTH_SOCKET``)."""
+    unprivileged host uid; None: the daemon's default),
+    ``image_pull_policy`` ("IfNotPresent", the default, "Always" or "Never":
+    when hearthd pulls the image from its registry as the environment is
+    applied), ``socket`` (default ``HEARTH_SOCKET``)."""
 
     def __init__(self, name, container_image=None, replica_count=1, ttl_seconds=None, environment=None,
                  requests=None, limits=None, accelerator=None, secret_requests=None, pod_template=None,
                  interruptible=False, *, timeout=None, max_tasks_per_replica=None, max_queue=None, network=None,
-                 user_namespace=None, socket=None):
+                 user_namespace=None, image_pull_policy=None, socket=None):
         if not isinstance(name, str) or not name:
             raise TypeError("ActorEnvironment: name must be a non-empty string, got %r" % (name,))
         if isinstance(replica_count, bool) or not isinstance(replica_count, int):
@@ -102,6 +104,9 @@ class ActorEnvironment(object):
         if user_namespace is not None and not isinstance(user_namespace, bool):
             raise TypeError("ActorEnvironment %s: user_namespace must be True, False or None, got %r" % (name, user_namespace))
         self.user_namespace = user_namespace
+        if image_pull_policy is not None:
+            _spec._pull_policy(image_pull_policy, "ActorEnvironment %s: image_pull_policy" % name)
+        self.image_pull_policy = image_pull_policy
         self.socket = socket
         self._applied = {}  # socket path -> identity the daemon gave this process's spec
         self._lock = threading.Lock()
@@ -155,6 +160,8 @@ class ActorEnvironment(object):
             spec["network"] = self.network
         if self.user_namespace is not None:
             spec["user_namespace"] = self.user_namespace
+        if self.image_pull_policy is not None:
+            spec["image_pull_policy"] = self.image_pull_policy
         return spec
 
     def apply(self, client=None):

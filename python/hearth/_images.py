@@ -237,6 +237,8 @@ def ensure_built(spec, client):
                 _say("building image %s (%d steps; later runs reuse it)" % (name, steps))
                 announced = True
             _say("  [%s/%s] %s ..." % (event.get("index"), event.get("total"), event.get("description", "")))
+        elif kind == "pull":
+            _say(event.get("line", ""))
         elif kind == "output":
             sys.stderr.write("    %s\n" % event.get("line", ""))
         elif kind == "step_done":

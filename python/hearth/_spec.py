@@ -371,12 +371,25 @@ def pod_template_dict(template, where="pod_template"):
                     rd[k] = q
             if rd:
                 cd["resources"] = rd
-        extra = [f for f in _fields(c) if f not in ("name", "image", "env", "resources")]
+        policy = _get(c, "image_pull_policy", "imagePullPolicy")
+        if policy is not None:
+            cd["imagePullPolicy"] = _pull_policy(policy, "%s.image_pull_policy" % cw)
+        extra = [f for f in _fields(c) if f not in ("name", "image", "env", "resources", "image_pull_policy",
+                                                   "imagePullPolicy")]
         if extra and name == template.primary_container_name:
             warnings.warn("%s (%s): %s not applied" % (cw, name, ", ".join(sorted(extra))), stacklevel=3)
         containers.append(cd)
     out["pod_spec"] = {"containers": containers}
     return out, packages, env
+
+
+PULL_POLICIES = ("IfNotPresent", "Always", "Never")
+
+
+def _pull_policy(value, where):
+    if value not in PULL_POLICIES:
+        raise ValueError("%s: %r is not a pull policy; expected IfNotPresent, Always or Never" % (where, value))
+    return value
 
 
 def seconds(value, field):

@@ -143,6 +143,19 @@ def test_image_spec_that_needs_nothing_is_its_base():
     assert _spec.image_builds(_spec.ImageSpec(packages=["union"])) == []
 
 
+def test_image_pull_policy_is_passed_and_checked():
+    env = ActorEnvironment(name="p", container_image="127.0.0.1:5000/app:1", image_pull_policy="Always")
+    assert env.spec()["image_pull_policy"] == "Always"
+    assert "image_pull_policy" not in ActorEnvironment(name="q").spec()
+    with pytest.raises(ValueError, match="'always' is not a pull policy"):
+        ActorEnvironment(name="r", image_pull_policy="always")
+    pt = _spec.PodTemplate(pod_spec={"containers": [{"name": "primary", "image": "img:1", "imagePullPolicy": "Never"}]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d, _, _ = _spec.pod_template_dict(pt)
+    assert d["pod_spec"]["containers"][0]["imagePullPolicy"] == "Never"
+
+
 def test_image_spec_that_needs_a_build_is_named_by_its_hash():
     from hearth import _images
 

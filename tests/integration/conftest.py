@@ -250,10 +250,11 @@ class Daemon:
         return problems
 
 
-def running_daemon(prefix, spares=0, extra_args=()):
-    """A daemon on a fresh state root with the default image imported;
-    stopped and checked for leftovers (spares included) at the end.
-    `spares` and `extra_args` go to Daemon (hearthd's --spares, more options)."""
+def running_daemon(prefix, spares=0, extra_args=(), import_image=True):
+    """A daemon on a fresh state root with the default image imported
+    (unless `import_image` is false); stopped and checked for leftovers
+    (spares included) at the end. `spares` and `extra_args` go to Daemon
+    (hearthd's --spares, more options)."""
     if os.geteuid() != 0:
         pytest.skip("integration tests need root")
     for b in ("hearthd", "hearth", "hearth-init"):
@@ -266,7 +267,8 @@ def running_daemon(prefix, spares=0, extra_args=()):
                subtree=f"{prefix}-{os.getpid()}", log=os.path.join(base, "hearthd.log"),
                spares=spares, extra_args=extra_args)
     d.start()
-    d.hearth("image", "import", str(LAYOUT), "--name", IMAGE, timeout=600)
+    if import_image:
+        d.hearth("image", "import", str(LAYOUT), "--name", IMAGE, timeout=600)
     yield d
     d.stop()
     problems = d.leftovers()
