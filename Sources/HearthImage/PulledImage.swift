@@ -248,13 +248,6 @@ extension ImageStore {
         removeGarbage(garbage)
     }
 
-    /// Whether an image is stored under `name` (normalized, digests
-    /// allowed), without resolving its layers.
-    public func contains(name: String) throws -> Bool {
-        let key = try ImageName.normalize(name, allowDigest: true)
-        return try withIndex { index, _ in index.images[key] != nil }
-    }
-
     /// A new path in the scratch directory (`<pid>-<n>-purpose`), removed
     /// at the next start if this process dies before it does.
     public func scratchPath(_ purpose: String) -> String {
