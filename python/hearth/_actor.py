@@ -176,8 +176,7 @@ class ActorEnvironment(object):
             for build in _spec.image_builds(image):
                 _images.ensure_built(build, c)
         body = json.dumps(spec, sort_keys=True)
-        results = c.call("POST", "/v1/environments", body.encode(),
-                         what="environment %s refused" % self.name, timeout=60)
+        results = _images.apply_streaming(c, body.encode(), self.name)
         identity = results[0].get("identity") if results else None
         with self._lock:
             self._applied[c.path] = identity

@@ -191,7 +191,7 @@ class Client(object):
         raise cls(status, code, message, what)
 
 
-    def stream(self, method, path, body=None, what=None, timeout=None):
+    def stream(self, method, path, body=None, what=None, timeout=None, accept=None):
         """Yields the JSON objects of an NDJSON response as they arrive (a
         build's steps, a pull's progress). An error status raises as
         ``call`` does. The connection is not reused afterwards."""
@@ -201,8 +201,9 @@ class Client(object):
         sock = self._connect()
         try:
             sock.settimeout(timeout)
-            sock.sendall(("%s %s HTTP/1.1\r\nHost: hearthd\r\nContent-Type: application/json\r\n"
-                          "Content-Length: %d\r\nConnection: close\r\n\r\n" % (method, path, len(data))).encode())
+            extra = "Accept: %s\r\n" % accept if accept else ""
+            sock.sendall(("%s %s HTTP/1.1\r\nHost: hearthd\r\nContent-Type: application/json\r\n%s"
+                          "Content-Length: %d\r\nConnection: close\r\n\r\n" % (method, path, extra, len(data))).encode())
             sock.sendall(data)
             buf = b""
             while b"\r\n\r\n" not in buf:

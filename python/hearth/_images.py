@@ -32,7 +32,7 @@ import tarfile
 import threading
 import time
 
-__all__ = ["build_spec", "spec_tag", "ensure_built", "in_replica"]
+__all__ = ["build_spec", "spec_tag", "ensure_built", "in_replica", "apply_streaming"]
 
 _BUILD_KEYS = ("name", "registry", "base_image", "python_version", "packages", "requirements", "apt_packages",
                "pip_index", "pip_extra_index_url", "pip_extra_args", "env", "commands", "copy")
@@ -256,3 +256,43 @@ def ensure_built(spec, client):
             return
     raise ImageBuildFailed(500, "internal", "hearthd ended the build stream without a result",
                            "image build of %s" % name)
+
+
+# -- applying: a pull on apply ----------------------------------------------------
+
+_STATUS = {"invalid_argument": 400, "invalid_image": 400, "forbidden": 403, "image_not_found": 404,
+           "not_found": 404, "conflict": 409, "queue_full": 429, "unavailable": 503}
+
+
+def apply_streaming(client, body, env_name):
+    """``POST /v1/environments`` as NDJSON: when hearthd pulls the
+    environment's image first (``image_pull_policy``), says so on stderr
+    (the image, its layers, the time) rather than wait in silence. Returns
+    the apply results; a refusal raises EnvironmentRefused."""
+    from hearth._errors import APIError, EnvironmentRefused
+
+    what = "environment %s refused" % env_name
+    started = pulled = None
+    try:
+        for event in client.stream("POST", "/v1/environments", body, what=what, timeout=600,
+                                   accept="application/x-ndjson"):
+            kind = event.get("event")
+            if kind == "pull":
+                p = event.get("pull") or {}
+                if p.get("event") == "resolved":
+                    started, pulled = time.monotonic(), p.get("reference")
+                    n = p.get("layers") or 0
+                    _say("pulling %s (%d layer%s) for %s" % (pulled, n, "" if n == 1 else "s", env_name))
+            elif kind == "applied":
+                if started is not None:
+                    _say("pulled %s in %.1f s" % (pulled, time.monotonic() - started))
+                return event.get("results") or []
+            elif kind == "error":
+                err = event.get("error") or {}
+                code = err.get("code", "internal")
+                raise EnvironmentRefused(_STATUS.get(code, 500), code, err.get("message", ""), what)
+    except EnvironmentRefused:
+        raise
+    except APIError as e:
+        raise EnvironmentRefused(e.status, e.code, e.message, what)
+    raise EnvironmentRefused(500, "internal", "hearthd ended the apply stream without a result", what)

@@ -485,3 +485,54 @@ def test_familiar_names_are_one_name(d, regs):
     r = d.py("print(2 + 2)", opts=("--image", IMAGE))
     assert r.returncode == 0 and r.stdout.strip() == b"4", r.stderr
     rm_images(d, "docker.io/library/tiny:1", IMAGE)
+
+
+SDK_PULL = '''
+from hearth import ActorEnvironment, ImageSpec
+
+ref, how = REF, HOW  # filled in below: the module is imported in the replica too
+if how == "env":
+    env = ActorEnvironment(name="sdk-pull", container_image=ref)
+else:  # an ImageSpec on a base the store lacks: the build pulls it
+    env = ActorEnvironment(name="sdk-pull", container_image=ImageSpec(base_image=ref, commands=["echo x > /opt/x"]))
+
+@env.task
+def marker() -> str:
+    import os
+    return "ok" if os.path.exists("/etc/debian_version") or os.path.exists("/opt/x") else "?"
+
+if __name__ == "__main__":
+    print("RESULT", marker())
+'''
+
+
+@pytest.mark.parametrize("how", ["env", "imagespec"])
+def test_the_sdk_shows_the_pull_of_a_missing_image(d, regs, tmp_path, how):
+    # A user's environment (or ImageSpec base) names an image the store
+    # lacks: the SDK's apply (or build) pulls it and says so on stderr.
+    import subprocess
+    import sys
+    from conftest import REPO
+
+    ref = f"{regs.plain.host}/hearth/python:3.11"
+    if ref in store(d)[0]:  # an earlier test's pull
+        rm_images(d, ref)
+    before = store(d)
+    (tmp_path / "wf.py").write_text(SDK_PULL.replace("REF, HOW", f"{ref!r}, {how!r}"))
+    env = dict(os.environ, HEARTH_SOCKET=d.socket, PYTHONPATH=str(REPO / "python"))
+    try:
+        r = subprocess.run([sys.executable, str(tmp_path / "wf.py")], capture_output=True, text=True,
+                           timeout=600, env=env, cwd=tmp_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "RESULT ok" in r.stdout
+        if how == "env":
+            assert f"hearth: pulling {ref} (1 layer) for sdk-pull" in r.stderr, r.stderr
+            assert f"hearth: pulled {ref} in " in r.stderr, r.stderr
+        else:
+            assert f"hearth: pulling base image {ref}" in r.stderr, r.stderr
+            assert "hearth: pulled " in r.stderr and "[1/1] echo x > /opt/x" in r.stderr, r.stderr
+        assert ref in store(d)[0]
+    finally:
+        d.hearth("rm", "sdk-pull", check=False)
+        names = [n for n in store(d)[0] if n not in before[0]]
+        rm_images(d, *names)
