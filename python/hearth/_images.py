@@ -234,7 +234,7 @@ def ensure_built(spec, client):
             if event.get("cached"):
                 continue
             if not announced:
-                _say("building image %s (%d steps; later runs reuse it)" % (name, steps))
+                _say("building image %s (%d step%s; later runs reuse it)" % (name, steps, "" if steps == 1 else "s"))
                 announced = True
             _say("  [%s/%s] %s ..." % (event.get("index"), event.get("total"), event.get("description", "")))
         elif kind == "pull":
