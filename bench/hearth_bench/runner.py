@@ -70,7 +70,7 @@ class Sizes:
     def for_mode(quick: bool) -> "Sizes":
         if quick:
             return Sizes(warm=400, block=50, cold_rounds=4, numpy_rounds=3, numpy_warm=200, throughput=2000,
-                         memory_replicas=8, builds=2, pull_rounds=2)
+                         memory_replicas=8, builds=2, pull_rounds=1)
         return Sizes(warm=4000, block=100, cold_rounds=20, numpy_rounds=12, numpy_warm=1000, throughput=10000,
                      memory_replicas=8, builds=5)
 
