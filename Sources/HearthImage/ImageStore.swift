@@ -210,25 +210,32 @@ public final class ImageStore: Sendable {
             report(ImportProgress(layer: count, layers: count, bytes: done, totalBytes: total))
         }
 
-        let container = plan.config.config
+        return try record(name: imageName, config: plan.config, configDigest: plan.configDigest.description,
+                          manifestDigest: plan.manifestDigest?.description, layers: plan.layers, unpacked: unpacked)
+    }
+
+    /// Records an image whose layers are all in the cache under `name`,
+    /// replacing an image of that name, and collects what no image uses
+    /// any more. `unpacked`: sizes of layers this caller installed (others
+    /// found on disk without a record, left by a crash between rename and
+    /// index write, are measured once).
+    func record(name: String, config: ImageConfigFile, configDigest: String, manifestDigest: String?,
+                layers: [ImagePlan.Layer], unpacked: [String: Int64]) throws -> ImageSummary {
+        let container = config.config
         let record = ImageRecord(
-            name: imageName, id: plan.configDigest.description,
-            manifestDigest: plan.manifestDigest?.description,
-            diffIDs: plan.layers.map(\.diffID.description),
-            created: plan.config.created,
+            name: name, id: configDigest, manifestDigest: manifestDigest,
+            diffIDs: layers.map(\.diffID.description),
+            created: config.created,
             imported: Date().formatted(.iso8601),
-            os: plan.config.os, architecture: plan.config.architecture,
+            os: config.os, architecture: config.architecture,
             env: container?.Env ?? [], entrypoint: container?.Entrypoint ?? [], cmd: container?.Cmd ?? [],
             workingDir: container?.WorkingDir ?? "", user: container?.User ?? "")
-
         let (summary, garbage) = try withIndex { index, state -> (ImageSummary, [String]) in
-            for layer in plan.layers where index.layers[layer.diffID.hex] == nil {
-                // A layer found on disk without a record (left by a crash
-                // between rename and index write) is measured once.
+            for layer in layers where index.layers[layer.diffID.hex] == nil {
                 let size = try unpacked[layer.diffID.hex] ?? cache.size(layer.diffID)
                 index.layers[layer.diffID.hex] = StoreIndex.LayerRecord(size: size)
             }
-            index.images[imageName] = record
+            index.images[name] = record
             let garbage = try collectGarbage(&index, &state)
             return (index.summary(record), garbage)
         }

@@ -215,28 +215,10 @@ extension ImageStore {
         for layer in image.plan where try !cache.contains(layer.diffID) {
             throw HearthError(.internal, "image \(key): layer \(layer.diffID) is not installed; the pull did not finish")
         }
-        let container = image.config.config
-        let record = ImageRecord(
-            name: key, id: image.configDigest, manifestDigest: image.manifestDigest,
-            diffIDs: image.plan.map(\.diffID.description),
-            created: image.config.created,
-            imported: Date().formatted(.iso8601),
-            os: image.config.os, architecture: image.config.architecture,
-            env: container?.Env ?? [], entrypoint: container?.Entrypoint ?? [], cmd: container?.Cmd ?? [],
-            workingDir: container?.WorkingDir ?? "", user: container?.User ?? "")
         let unpacked = image.unpacked.withLock { $0 }
         defer { if image.takePins() { unpin(image.hexes) } }
-        let (summary, garbage) = try withIndex { index, state -> (ImageSummary, [String]) in
-            for layer in image.plan where index.layers[layer.diffID.hex] == nil {
-                let size = try unpacked[layer.diffID.hex] ?? cache.size(layer.diffID)
-                index.layers[layer.diffID.hex] = StoreIndex.LayerRecord(size: size)
-            }
-            index.images[key] = record
-            let garbage = try collectGarbage(&index, &state)
-            return (index.summary(record), garbage)
-        }
-        removeGarbage(garbage)
-        return summary
+        return try record(name: key, config: image.config, configDigest: image.configDigest,
+                          manifestDigest: image.manifestDigest, layers: image.plan, unpacked: unpacked)
     }
 
     /// Gives up on `image`: releases its pins and removes the layers it

@@ -79,13 +79,15 @@ def _cgroup_dirs(subtree):
     return found
 
 
-def api(sock, method, path, body=None):
-    """One raw HTTP/1.1 request on the Unix socket: (status, parsed JSON or text)."""
+def raw_request(sock, method, path, data, headers=(), timeout=None):
+    """One raw HTTP/1.1 request on the Unix socket: (status, head bytes, body
+    bytes, de-chunked). `headers`: extra (name, value) pairs."""
     s = socket.socket(socket.AF_UNIX)
     s.connect(sock)
-    data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
     s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
-              f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+              f"{extra}Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    s.settimeout(timeout)
     raw = b""
     while chunk := s.recv(65536):
         raw += chunk
@@ -102,6 +104,13 @@ def api(sock, method, path, body=None):
             out += rest[:n]
             rest = rest[n + 2:]
         rest = out
+    return status, head, rest
+
+
+def api(sock, method, path, body=None):
+    """One raw HTTP/1.1 request on the Unix socket: (status, parsed JSON or text)."""
+    data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    status, _, rest = raw_request(sock, method, path, data)
     try:
         return status, json.loads(rest)
     except ValueError:

@@ -15,7 +15,6 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
@@ -23,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import IMAGE, LAYOUT, TMP, _checked, api, running_daemon
+from conftest import IMAGE, LAYOUT, TMP, _checked, api, raw_request, running_daemon
 from registry_fixtures import (PASSWORD, USER, Registries, free_port, index_of, layout_manifest, link_blobs,
                                small_image, whiteout_image, write_image, write_layout)
 from test_actors import TASKS, bundle
@@ -80,30 +79,9 @@ def manifest_of(layout, top):
 
 def ndjson(sock, method, path, body, headers=()):
     """One request; (status, [parsed lines]) for an NDJSON answer, else (status, parsed JSON)."""
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(sock)
     data = json.dumps(body).encode() if not isinstance(body, (bytes, str)) else (
         body.encode() if isinstance(body, str) else body)
-    extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
-    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
-              f"{extra}Content-Length: {len(data)}\r\n\r\n".encode() + data)
-    s.settimeout(600)
-    raw = b""
-    while chunk := s.recv(65536):
-        raw += chunk
-    s.close()
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    status = int(head.split()[1])
-    if b"chunked" in head.lower():
-        out = b""
-        while rest:
-            size, _, rest = rest.partition(b"\r\n")
-            n = int(size, 16)
-            if n == 0:
-                break
-            out += rest[:n]
-            rest = rest[n + 2:]
-        rest = out
+    status, head, rest = raw_request(sock, method, path, data, headers, timeout=600)
     if b"x-ndjson" in head.lower():
         return status, [json.loads(line) for line in rest.splitlines() if line.strip()]
     return status, json.loads(rest) if rest else None
