@@ -371,10 +371,10 @@ public struct JSONWriter {
     public mutating func double(_ d: Double) {
         // JSON has no NaN or infinity; JSONEncoder refuses them, a snapshot cannot.
         guard d.isFinite else { raw("null"); return }
-        var s = d.description
-        // As JSONEncoder: integral values without ".0".
-        if s.hasSuffix(".0") { s.removeLast(2) }
-        bytes.append(contentsOf: s.utf8)
+        // `description` is the shortest text that reads back as the same
+        // double, and keeps ".0" on integral values (unlike JSONEncoder): a
+        // task's float argument 3.0 must reach the worker as a float, not 3.
+        bytes.append(contentsOf: d.description.utf8)
     }
 
     public mutating func bool(_ b: Bool) { if b { raw("true") } else { raw("false") } }

@@ -41,7 +41,18 @@ final class FastJSONTests: XCTestCase {
             let ours = try JSONDecoder().decode(JSONValue.self, from: Data(w.bytes))
             let theirs = try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(v))
             XCTAssertEqual(ours, theirs, String(decoding: w.bytes, as: UTF8.self))
-            XCTAssertEqual(try FastJSON.parse(w.bytes), try FastJSON.parse(Array(try JSONEncoder().encode(v))))
+            // Unlike JSONEncoder, the writer keeps a float a float ("3.0", not "3").
+            XCTAssertEqual(try FastJSON.parse(w.bytes), v, String(decoding: w.bytes, as: UTF8.self))
+        }
+    }
+
+    func testFloatsStayFloats() throws {
+        for d in [3.0, -0.0, 1e20, 1e-7, 5e-324, 1.7976931348623157e308, 0.1, -2.0] {
+            var w = JSONWriter()
+            w.value(.double(d))
+            let back = try FastJSON.parse(w.bytes)
+            guard case .double(let e) = back else { return XCTFail("\(d) came back as \(back)") }
+            XCTAssertEqual(e.bitPattern, d.bitPattern, String(decoding: w.bytes, as: UTF8.self))
         }
     }
 

@@ -16,6 +16,11 @@ to Hearth is changing its import lines::
     def wf(input: int = 0) -> int:
         return plus_one(input=plus_one(input=input))
 
+Code written against ``union`` runs with ``import hearth as union``
+(``union.task``, ``union.workflow``, ``union.actor.ActorEnvironment``, ...),
+and ``from hearth.actor import ActorEnvironment`` stands for
+``from union.actor import ...``.
+
 Calling ``wf(input=1)`` runs each task in a warm replica of ``my-actor``
 through hearthd (socket: ``HEARTH_SOCKET``, default
 ``/run/hearth/hearthd.sock``); ``python -m hearth run FILE.py wf --input 1``
@@ -33,6 +38,7 @@ _LAZY = {
     "ActorEnvironment": "hearth._actor",
     "ActorTask": "hearth._actor",
     "map_task": "hearth._actor",
+    "task": "hearth._actor",
     "runs": "hearth._actor",
     "TaskRun": "hearth._actor",
     "Resources": "hearth._spec",
@@ -52,6 +58,7 @@ _LAZY = {
     "ResultExpired": "hearth._errors",
     "BundleError": "hearth._errors",
     "UnsafeResult": "hearth._errors",
+    "ResultTypeError": "hearth._errors",
     "TaskFailed": "hearth._errors",
     "TaskTimeout": "hearth._errors",
     "InputError": "hearth._typecheck",
@@ -61,6 +68,10 @@ __all__ = ["__version__"] + sorted(_LAZY)
 
 
 def __getattr__(name):
+    if name == "actor":  # union.actor, for code written against `union`
+        import importlib
+
+        return importlib.import_module("hearth.actor")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError("module 'hearth' has no attribute %r" % (name,))
@@ -72,4 +83,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"actor"})

@@ -38,7 +38,7 @@ def _client_for(path):
 
     return client(path)
 
-__all__ = ["ActorEnvironment", "ActorTask", "MappedTask", "map_task", "TaskRun", "runs", "applies"]
+__all__ = ["ActorEnvironment", "ActorTask", "MappedTask", "map_task", "task", "TaskRun", "runs", "applies"]
 
 TaskRun = collections.namedtuple(
     "TaskRun", "task id environment replica pid cold state result_repr total_us queued_us run_us worker_us spare")
@@ -323,12 +323,26 @@ class ActorTask(object):
         raise AssertionError("unreachable")
 
     def _decode(self, value):
+        """The result as the return annotation declares it: decoded (pickles
+        restricted), then conformed (``hearth._typecheck.conform``); a value
+        that does not fit is ``ResultTypeError``."""
         from hearth import _results
+        from hearth._typecheck import InputError, conform
 
         module = self.location()[0]
+        returns = self.signature.returns
         if self._classes is None:
-            self._classes = _results.task_classes(self.signature.returns, self._hearth_fn.__module__, module)
-        return _results.decode(value, self._classes, "%s.%s" % (module, self._hearth_fn.__qualname__))
+            self._classes = _results.task_classes(returns, self._hearth_fn.__module__, module)
+        task = "%s.%s" % (module, self._hearth_fn.__qualname__)
+        value = _results.decode(value, self._classes, task)
+        if returns is None or returns is type(None):
+            return None
+        try:
+            return conform(value, returns, "the output of task %s" % task)
+        except InputError as e:
+            from hearth._errors import ResultTypeError
+
+            raise ResultTypeError("%s (the replica sent a value its return annotation does not allow)" % e) from None
 
     def _outcome(self, snap, total_us, record=True):
         state = snap.get("state")
@@ -458,3 +472,56 @@ def map_task(task, concurrency=None, min_success_ratio=None, **options):
     if options:
         warnings.warn("map_task: %s not applied by Hearth" % ", ".join(sorted(options)), stacklevel=2)
     return MappedTask(task, concurrency, min_success_ratio)
+
+
+# -- plain tasks -----------------------------------------------------------------
+
+_ONE_SHOT = {}  # spec JSON -> the hidden environment of plain tasks with that configuration
+_one_shot_lock = threading.Lock()
+ONE_SHOT_TTL = 60
+
+
+def _one_shot_environment(container_image, requests, limits, environment, secret_requests, pod_template, where):
+    """The environment plain tasks of one configuration share: a replica per
+    call (``max_tasks_per_replica=1``: each call gets a fresh interpreter in
+    a fresh container, as Flyte runs a plain task in a new pod), named
+    ``task-<hash of the spec>``, gone after ``ONE_SHOT_TTL`` idle seconds."""
+    probe = ActorEnvironment("task", container_image=container_image, environment=environment, requests=requests,
+                             limits=limits, secret_requests=secret_requests, pod_template=pod_template,
+                             max_tasks_per_replica=1, ttl_seconds=ONE_SHOT_TTL)
+    try:
+        spec = probe.spec()
+    except (TypeError, ValueError) as e:
+        raise type(e)("%s: %s" % (where, e)) from None
+    import hashlib
+
+    key = json.dumps(spec, sort_keys=True)
+    with _one_shot_lock:
+        env = _ONE_SHOT.get(key)
+        if env is None:
+            probe.name = "task-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+            env = _ONE_SHOT[key] = probe
+    return env
+
+
+def task(fn=None, *, container_image=None, requests=None, limits=None, environment=None, secret_requests=None,
+         pod_template=None, timeout=None, retries=0, cache=False, name=None, **options):
+    """flytekit's plain ``@task``: each call runs in a fresh one-shot replica
+    (the cold side of cold-versus-warm, with the same API as ``@actor.task``);
+    tasks with the same image, resources, environment, secrets and pod
+    template share one hidden environment (``task-<hash>``).
+    ``container_image``, ``requests``, ``limits``, ``environment``,
+    ``secret_requests`` and ``pod_template`` are the replica's; ``timeout``,
+    ``retries`` and ``cache`` as for ``@actor.task``; flytekit's other
+    options are accepted (those Hearth does not apply warn once)."""
+    def decorate(f):
+        where = "task %s" % getattr(f, "__qualname__", f)
+        env = _one_shot_environment(container_image, requests, limits, environment, secret_requests, pod_template,
+                                    where)
+        return ActorTask(env, f, timeout=timeout, retries=retries, cache=cache, name=name, options=options)
+
+    if fn is None:
+        return decorate
+    if not callable(fn):
+        raise TypeError("task: expected a function, got %r" % (fn,))
+    return decorate(fn)

@@ -12,6 +12,7 @@
     │                                              was dropped over hearthd's result budget
     ├── BundleError (also ValueError)              the code cannot be shipped
     ├── UnsafeResult                               a result would run code here if unpickled
+    ├── ResultTypeError (also TypeError)           a result does not fit the return annotation
     └── TaskFailed                                 the task ran and failed
         ├── TaskTimeout (also TimeoutError)
         └── <RemoteType> (also the builtin of that name, e.g. ValueError)
@@ -19,7 +20,7 @@
 
 __all__ = [
     "HearthError", "DaemonUnavailable", "SocketPermissionError", "APIError", "EnvironmentRefused",
-    "QueueFull", "ImageBuildFailed", "ResultExpired", "BundleError", "UnsafeResult", "TaskFailed", "TaskTimeout", "remote_exception",
+    "QueueFull", "ImageBuildFailed", "ResultExpired", "BundleError", "UnsafeResult", "ResultTypeError", "TaskFailed", "TaskTimeout", "remote_exception",
 ]
 
 
@@ -80,6 +81,11 @@ class UnsafeResult(HearthError):
     def __init__(self, message, task=None, what=None, rule=None):
         self.task, self.what, self.rule = task, what, rule
         HearthError.__init__(self, message)
+
+
+class ResultTypeError(HearthError, TypeError):
+    """A task's result does not fit its return annotation (the worker checks
+    it too, so only a replica that skipped that check gets here)."""
 
 
 class TaskFailed(HearthError):

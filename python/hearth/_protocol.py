@@ -21,9 +21,12 @@ Values
   ``float`` travel as themselves. Only these exact types: subclasses (IntEnum,
   numpy.float64, a str subclass, ...) are pickled so they come back as what
   they were.
-* ``list`` and ``tuple`` (exact types) travel as JSON arrays of encoded
-  items; a tuple comes back as a list. A namedtuple is a tuple subclass and is
-  pickled.
+* ``list`` (exact type) travels as a JSON array of encoded items; a
+  ``tuple`` (exact type) as ``{"$tuple": [<encoded items>]}`` and comes back
+  a tuple. A namedtuple is a tuple subclass and is pickled; one whose class
+  cannot be pickled by name (``typing.NamedTuple("Out", x=int)`` written
+  inside an annotation is no module attribute) travels as ``$tuple``, and
+  the SDK rebuilds it from the task's return annotation.
 * ``dict`` (exact type) whose keys are all ``str`` travels as a JSON object of
   encoded values. A dict with any non-str key is pickled whole.
 * A dict with exactly one key that starts with ``"$"`` would be mistaken for
@@ -39,7 +42,8 @@ Values
 
 Markers on decode: an object with exactly one key ``"$pickle"`` whose value is a
 string is unpickled (only if ``unpickle=True``; otherwise it is left as the
-marker dict); exactly one key ``"$dict"`` whose value is an object is the
+marker dict); exactly one key ``"$tuple"`` whose value is an array is a tuple
+of its decoded items; exactly one key ``"$dict"`` whose value is an object is the
 escape above. Any other object, including single-key objects with unknown
 ``"$..."`` keys, is a plain dict (encoders always escape those, so new markers
 can be added later).
@@ -87,6 +91,7 @@ PICKLE_PROTOCOL = 4
 
 PICKLE_KEY = "$pickle"
 DICT_KEY = "$dict"
+TUPLE_KEY = "$tuple"
 
 _INT_MIN = -(1 << 63)
 _INT_MAX = (1 << 63) - 1
@@ -155,9 +160,12 @@ def _enc(v, depth):
         return pickle_value(v)
     if depth > MAX_DEPTH:
         raise _TooDeep()
-    if t is list or t is tuple:
+    if t is list:
         d = depth + 1
         return [_enc(x, d) for x in v]
+    if t is tuple:
+        d = depth + 1
+        return {TUPLE_KEY: [_enc(x, d) for x in v]}
     if t is dict:
         for k in v:
             if type(k) is not str:
@@ -169,6 +177,12 @@ def _enc(v, depth):
                 if k[:1] == "$":
                     return {DICT_KEY: out}
         return out
+    if isinstance(v, tuple) and hasattr(t, "_fields"):
+        try:
+            return pickle_value(v)
+        except Exception:  # a class pickle cannot find by name: its fields, as a tuple
+            d = depth + 1
+            return {TUPLE_KEY: [_enc(x, d) for x in v]}
     return pickle_value(v)
 
 
@@ -198,6 +212,8 @@ def _dec(v, unpickle):
                     import pickle
 
                     return pickle.loads(raw)
+                if k == TUPLE_KEY and type(x) is list:
+                    return tuple([_dec(xx, unpickle) for xx in x])
                 if k == DICT_KEY and type(x) is dict:
                     return {kk: _dec(xx, unpickle) for kk, xx in x.items()}
         return {k: _dec(x, unpickle) for k, x in v.items()}

@@ -17,8 +17,10 @@ result can rebuild data and nothing else:
   (``complex``, ``datetime``, ``Decimal``, ``OrderedDict``, ...), the task's
   enums and task classes that derive from those types, and a few guarded
   functions that check their arguments: ``copyreg._reconstructor`` with a
-  builtin base, ``array``'s and numpy's rebuilders, and
-  ``getattr(zoneinfo.ZoneInfo, "_unpickle")``. Arguments must be a tuple
+  builtin base, ``array``'s and numpy's rebuilders,
+  ``getattr(zoneinfo.ZoneInfo, "_unpickle")``, and ``getattr(E, name)`` for
+  the task's enums ``E`` (how Python >= 3.11 pickles a member), which looks
+  ``name`` up in ``E.__members__``, never as an attribute. Arguments must be a tuple
   and hold no ``range`` (a constructor would expand it).
 * NEWOBJ creates instances of the task's classes and ``uuid.UUID`` with
   ``cls.__new__`` (the plain object protocol): a task class whose own
@@ -372,6 +374,8 @@ class RestrictedUnpickler(pickle._Unpickler):
                 rule = "it is not an allowed type"
             raise _Refused("names %s (module %r, name %r)" % (full, module, name) if "." in name else
                            "names %s" % full, rule)
+        if key == ("builtins", "getattr") and self._enums:
+            return self._member_lookup()
         try:
             kind, obj, check, build = _resolve(key)
         except _Missing as e:
@@ -385,6 +389,28 @@ class RestrictedUnpickler(pickle._Unpickler):
         elif build == "isinstance":
             self._build_bases += (obj,)
         return obj
+
+    def _member_lookup(self):
+        """getattr as enums pickle their members (``getattr(Color, "RED")``,
+        Python >= 3.11): for the task's enums, a lookup in the class's
+        ``__members__`` (never an attribute, so no descriptor runs); for
+        anything else, the zoneinfo rule of the shared guard."""
+        zone = _resolve(("builtins", "getattr"))[1]
+        enums = {i: self._user[i] for i in self._enums}
+
+        def lookup(obj, attr):
+            cls = enums.get(id(obj))
+            if cls is None or cls is not obj:
+                return zone(obj, attr)
+            if type(attr) is not str or attr not in cls.__members__:
+                raise _Refused("calls builtins.getattr(%s, %r)" % (_describe(obj), attr),
+                               "an enum's members are looked up by their names")
+            return cls.__members__[attr]
+
+        def check(args):
+            if len(args) != 2:
+                raise _Refused("calls builtins.getattr%s" % _short(args), "getattr takes (class, member name)")
+        return _Guarded("builtins.getattr", lookup, check)
 
     def load_reduce(self):
         stack = self.stack

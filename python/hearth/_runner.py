@@ -4,8 +4,10 @@ Loads FILE as a module named after it (not as ``__main__``, so its
 ``if __name__ == "__main__"`` block does not run; its directory is put first
 on ``sys.path``), finds NAME (a workflow, a task or a launch plan), parses
 the inputs from the command line by their type hints, runs it and prints
-the outputs on stdout: a single value as it is (``str`` plainly, JSON for
-lists and dicts), a tuple one element per line, nothing for None. Each task
+the outputs on stdout: a single value as it is (``str`` plainly, numbers,
+lists and dicts as JSON, anything else as ``str()`` prints it: ``Color.RED``,
+``2024-01-02 03:04:05``), a tuple one element per line (a named tuple as
+``field: value``), nothing for None. Each task
 the run made is reported on stderr (``--quiet`` turns that off):
 
     hearth: task plus_one t-1f… replica=my-actor-3c… pid=7 warm 0.84 ms -> 4
@@ -145,10 +147,14 @@ def _inputs(entity):
 
 
 def _show(value):
+    if isinstance(value, enum.Enum):
+        return str(value)
     if isinstance(value, str):
         return value
     if isinstance(value, (bool, int, float)) or value is None:
         return json.dumps(value)
+    if not isinstance(value, (list, dict, tuple)):
+        return str(value)  # datetimes, Decimal, UUID, paths, files, dataclasses: as Python prints them
     try:
         return json.dumps(value, default=str)
     except (TypeError, ValueError):

@@ -1,25 +1,52 @@
-"""Checking a call's keyword arguments against the function's type hints.
+"""Values against type hints: a call's inputs before anything is sent, a
+task's result in the replica and again on the caller.
 
-As flytekit does, before anything is sent: tasks and workflows take keyword
-arguments only; unknown and missing ones are refused; each value must match
-its annotation. Understood: ``int`` (not ``bool``), ``float`` (``int`` too),
-``str``, ``bool``, ``bytes``, ``None``, ``Any``, ``list[T]``/``List[T]``,
-``dict[K, V]``, ``tuple[...]``, ``set[T]``, ``Optional``/``Union``/``X | Y``,
-``Literal``, and classes (``isinstance``: dataclasses, enums, datetimes, ...).
-Anything else (type variables, protocols, strings that do not resolve) is
-accepted as is.
+``conform(value, hint, where)`` checks a value against its annotation and
+returns it as the declared type, with the conversions flytekit's type
+engine makes, so that what a task receives and returns is exactly what its
+signature says:
+
+* ``float``: an ``int`` (not ``bool``) becomes a ``float``; ``int`` takes
+  ints only, never ``bool``; ``str``, ``bool``, ``bytes``, ``None`` exactly.
+* ``list[T]``, ``dict[K, V]``, ``set[T]``, ``frozenset[T]`` and
+  ``tuple[...]`` (a list of the right length becomes the tuple) conform
+  their items; ``Iterator[T]``, ``Iterable[T]`` and ``Generator[T, ...]``
+  take any iterable and give a list (a generator is run to its end, as
+  flytekit materialises it).
+* A ``NamedTuple`` class takes its instances, a plain tuple or list of its
+  length (rebuilt as the named tuple), and, when it has one field, the bare
+  value of that field, as flytekit lets a task return it.
+* ``Optional``/``Union``/``X | Y``: the first member the value fits
+  without a conversion, else the first it fits with one. ``Literal``:
+  one of its values. ``Annotated[T, ...]``: ``T``.
+* Other classes (dataclasses, enums, datetimes, Decimal, FlyteFile, ...):
+  ``isinstance``. ``Any``, ``object``, type variables, protocols and
+  strings that do not resolve accept anything as it is.
+
+A value that does not fit raises ``InputError`` (a ``TypeError``) naming
+``where``, the declared type and the value's. Only what changes is copied.
+Tasks and workflows take their inputs as keywords or, as flytekit does
+since 1.13, positionally in the order of the signature.
 """
 
-import inspect
 import typing
 
-__all__ = ["Signature", "InputError", "check_value", "describe"]
+__all__ = ["Signature", "InputError", "check_value", "conform", "describe", "hints_of"]
 
 _NONE = type(None)
 
 
 class InputError(TypeError):
     """Inputs that do not fit the signature; nothing was sent."""
+
+
+class _Empty(object):
+    """``inspect.Parameter.empty`` without importing inspect in replicas."""
+
+
+def _is_empty(hint):
+    return hint is _Empty or getattr(hint, "__name__", None) == "_empty" and \
+        getattr(hint, "__module__", None) == "inspect"
 
 
 def describe(hint):
@@ -35,106 +62,232 @@ def _type_name(value):
     return t.__name__ if t.__module__ == "builtins" else "%s.%s" % (t.__module__, t.__qualname__)
 
 
-def check_value(value, hint, where):
-    """Raises TypeError naming ``where``, the expected type and the value's."""
-    problem = _problem(value, hint, where)
-    if problem is not None:
-        raise InputError(problem)
+class _Mismatch(Exception):
+    pass
 
 
 def _mismatch(value, hint, where):
     shown = repr(value)
     if len(shown) > 60:
         shown = shown[:57] + "..."
-    return "%s: expected %s, got %s %s" % (where, describe(hint), _type_name(value), shown)
+    return _Mismatch("%s: expected %s, got %s %s" % (where, describe(hint), _type_name(value), shown))
 
 
-def _problem(value, hint, where):
-    if hint is typing.Any or hint is inspect.Parameter.empty or hint is object:
-        return None
+def _is_namedtuple(hint):
+    return isinstance(hint, type) and issubclass(hint, tuple) and hasattr(hint, "_fields")
+
+
+_ITERATORS = None
+
+
+def _iterator_origins():
+    global _ITERATORS
+    if _ITERATORS is None:
+        import collections.abc as abc
+
+        _ITERATORS = (abc.Iterator, abc.Iterable, abc.Generator, typing.Iterator, typing.Iterable,
+                      typing.Generator)
+    return _ITERATORS
+
+
+def _items(values, hint, where, strict, fmt):
+    """Conforms each item of a sequence; the same list when nothing changed."""
+    out = None
+    for i, v in enumerate(values):
+        c = _conform(v, hint, fmt % (where, i), strict)
+        if c is not v and out is None:
+            out = list(values[:i])
+        if out is not None:
+            out.append(c)
+    return values if out is None else out
+
+
+def _conform(value, hint, where, strict):
+    if hint is typing.Any or hint is object or _is_empty(hint):
+        return value
     if hint is None or hint is _NONE:
-        return None if value is None else _mismatch(value, hint, where)
+        if value is None:
+            return value
+        raise _mismatch(value, hint, where)
+    if hint is float:
+        t = type(value)
+        if t is float or isinstance(value, float):
+            return value
+        if not strict and isinstance(value, int) and t is not bool:
+            return float(value)
+        raise _mismatch(value, hint, where)
+    if hint is int:
+        if isinstance(value, int) and type(value) is not bool:
+            return value
+        raise _mismatch(value, hint, where)
+    if hint is str or hint is bool or hint is bytes:
+        if isinstance(value, hint):
+            return value
+        raise _mismatch(value, hint, where)
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is typing.Union or (origin is not None and getattr(origin, "__name__", "") == "UnionType"):
-        for a in args:
-            if _problem(value, a, where) is None:
-                return None
-        return _mismatch(value, hint, where)
+        for s in ((True, False) if not strict else (True,)):
+            for a in args:
+                try:
+                    return _conform(value, a, where, s)
+                except _Mismatch:
+                    pass
+        raise _mismatch(value, hint, where)
     if origin is typing.Literal:
-        return None if value in args else "%s: expected one of %r, got %r" % (where, list(args), value)
-    if origin is typing.Annotated if hasattr(typing, "Annotated") else False:
-        return _problem(value, args[0], where)
+        if value in args:
+            return value
+        raise _Mismatch("%s: expected one of %r, got %r" % (where, list(args), value))
+    if getattr(typing, "Annotated", None) is not None and origin is typing.Annotated:
+        return _conform(value, args[0], where, strict)
     if origin in (list, typing.List):
         if not isinstance(value, list):
-            return _mismatch(value, hint, where)
-        if args:
-            for i, v in enumerate(value):
-                p = _problem(v, args[0], "%s[%d]" % (where, i))
-                if p:
-                    return p
-        return None
+            raise _mismatch(value, hint, where)
+        return _items(value, args[0], where, strict, "%s[%d]") if args else value
+    if origin is not None and origin in _iterator_origins():
+        if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+            raise _mismatch(value, hint, where)
+        items = value if type(value) is list else list(value)
+        return _items(items, args[0], where, strict, "%s[%d]") if args else items
     if origin in (set, frozenset):
         if not isinstance(value, origin):
-            return _mismatch(value, hint, where)
+            raise _mismatch(value, hint, where)
         if args:
+            changed = False
+            out = []
             for v in value:
-                p = _problem(v, args[0], "%s element" % where)
-                if p:
-                    return p
-        return None
+                c = _conform(v, args[0], "%s element" % where, strict)
+                changed = changed or c is not v
+                out.append(c)
+            if changed:
+                return origin(out)
+        return value
     if origin in (dict, typing.Dict):
         if not isinstance(value, dict):
-            return _mismatch(value, hint, where)
+            raise _mismatch(value, hint, where)
         if len(args) == 2:
+            out = None
             for k, v in value.items():
-                p = _problem(k, args[0], "%s key %r" % (where, k)) or _problem(v, args[1], "%s[%r]" % (where, k))
-                if p:
-                    return p
-        return None
+                ck = _conform(k, args[0], "%s key %r" % (where, k), strict)
+                cv = _conform(v, args[1], "%s[%r]" % (where, k), strict)
+                if (ck is not k or cv is not v) and out is None:
+                    out = {}
+                    for kk, vv in value.items():
+                        if kk is k:
+                            break
+                        out[kk] = vv
+                if out is not None:
+                    out[ck] = cv
+            if out is not None:
+                return out
+        return value
     if origin is tuple:
+        if type(value) is list and not strict:
+            value = tuple(value)
         if not isinstance(value, tuple):
-            return _mismatch(value, hint, where)
+            raise _mismatch(value, hint, where)
         if len(args) == 2 and args[1] is Ellipsis:
-            for i, v in enumerate(value):
-                p = _problem(v, args[0], "%s[%d]" % (where, i))
-                if p:
-                    return p
+            items = _items(value, args[0], where, strict, "%s[%d]")
+        elif args == ((),):  # Tuple[()]
+            items = value if not value else None
+            if items is None:
+                raise _Mismatch("%s: expected an empty tuple, got %d items" % (where, len(value)))
         elif args:
             if len(args) != len(value):
-                return "%s: expected a tuple of %d, got %d items" % (where, len(args), len(value))
+                raise _Mismatch("%s: expected a tuple of %d, got %d items" % (where, len(args), len(value)))
+            items = value
+            out = None
             for i, (v, a) in enumerate(zip(value, args)):
-                p = _problem(v, a, "%s[%d]" % (where, i))
-                if p:
-                    return p
-        return None
+                c = _conform(v, a, "%s[%d]" % (where, i), strict)
+                if c is not v and out is None:
+                    out = list(value[:i])
+                if out is not None:
+                    out.append(c)
+            items = value if out is None else out
+        else:
+            items = value
+        return value if items is value else tuple(items)
     if origin is not None:
-        return None if not isinstance(origin, type) or isinstance(value, origin) else _mismatch(value, hint, where)
-    if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return None if ok else _mismatch(value, hint, where)
-    if hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        return None if ok else _mismatch(value, hint, where)
+        if not isinstance(origin, type) or isinstance(value, origin):
+            return value
+        raise _mismatch(value, hint, where)
+    if _is_namedtuple(hint):
+        return _namedtuple(value, hint, where, strict)
     if isinstance(hint, type):
-        return None if isinstance(value, hint) else _mismatch(value, hint, where)
-    return None
+        if isinstance(value, hint):
+            return value
+        raise _mismatch(value, hint, where)
+    return value
+
+
+def _namedtuple(value, hint, where, strict):
+    fields = hint._fields
+    if not isinstance(value, hint):
+        if isinstance(value, (tuple, list)) and len(value) == len(fields) and not strict \
+                and not (len(fields) == 1 and _fits(value, _field_hints(hint).get(fields[0]))):
+            value = hint(*value)
+        elif len(fields) == 1 and not strict:
+            value = hint(value)
+        else:
+            raise _mismatch(value, hint, where)
+    hints = _field_hints(hint)
+    out = None
+    for i, (f, v) in enumerate(zip(fields, value)):
+        c = _conform(v, hints.get(f, typing.Any), "%s.%s" % (where, f), strict)
+        if c is not v and out is None:
+            out = list(value[:i])
+        if out is not None:
+            out.append(c)
+    return value if out is None else hint(*out)
+
+
+def _fits(value, hint):
+    try:
+        _conform(value, hint, "", True)
+        return True
+    except _Mismatch:
+        return False
+
+
+def _field_hints(cls):
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:
+        return {k: v for k, v in getattr(cls, "__annotations__", {}).items() if not isinstance(v, str)}
+
+
+def conform(value, hint, where):
+    """The value as ``hint`` declares it (see the module docstring), or
+    InputError naming ``where``."""
+    try:
+        return _conform(value, hint, where, False)
+    except _Mismatch as e:
+        raise InputError(str(e)) from None
+
+
+def check_value(value, hint, where):
+    """Raises InputError naming ``where``, the expected type and the value's."""
+    conform(value, hint, where)
+
+
+def hints_of(fn):
+    """A function's resolved type hints; what does not resolve is left out."""
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references: what resolves
+        return {k: v for k, v in getattr(fn, "__annotations__", {}).items() if not isinstance(v, str)}
 
 
 class Signature(object):
     """A function's parameters and resolved hints, made once per task."""
 
     def __init__(self, fn, kind="task"):
+        import inspect
+
         self.name = getattr(fn, "__name__", repr(fn))
         self.kind = kind
         self.signature = inspect.signature(fn)
-        try:
-            self.hints = typing.get_type_hints(fn)
-        except Exception:  # unresolvable forward references: check what resolves
-            self.hints = {}
-            for k, v in getattr(fn, "__annotations__", {}).items():
-                if not isinstance(v, str):
-                    self.hints[k] = v
+        self.hints = hints_of(fn)
         self.params = [p for p in self.signature.parameters.values()
                        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         self.var_kw = any(p.kind == p.VAR_KEYWORD for p in self.signature.parameters.values())
@@ -143,14 +296,24 @@ class Signature(object):
 
     def inputs(self):
         """``[(name, hint, default or Parameter.empty)]``."""
-        return [(p.name, self.hints.get(p.name, inspect.Parameter.empty), p.default) for p in self.params]
+        return [(p.name, self.hints.get(p.name, p.empty), p.default) for p in self.params]
 
     def bind(self, args, kwargs):
-        """The keyword arguments with defaults filled in, checked."""
+        """The inputs by name, with defaults filled in, checked and
+        conformed to their hints. Positional arguments take the
+        parameters in order."""
         if args:
-            shown = ", ".join("%s=..." % n for n in self.names[:len(args)]) or "..."
-            raise InputError("%s() takes keyword arguments only, as Flyte %ss do: call %s(%s)"
-                            % (self.name, self.kind, self.name, shown))
+            positional = [p for p in self.params if p.kind != p.KEYWORD_ONLY]
+            if len(args) > len(positional):
+                raise InputError("%s() takes %d positional input%s (%s) but %d were given"
+                                 % (self.name, len(positional), "" if len(positional) == 1 else "s",
+                                    ", ".join(p.name for p in positional) or "none", len(args)))
+            named = dict(kwargs)
+            for p, value in zip(positional, args):
+                if p.name in named:
+                    raise InputError("%s() got input %r twice: positionally and by keyword" % (self.name, p.name))
+                named[p.name] = value
+            kwargs = named
         out = {}
         for key in kwargs:
             if key not in self.names and not self.var_kw:
@@ -159,14 +322,14 @@ class Signature(object):
         for p in self.params:
             if p.name in kwargs:
                 value = kwargs[p.name]
+                hint = self.hints.get(p.name)
+                if hint is not None:
+                    value = conform(value, hint, "%s() input %r" % (self.name, p.name))
             elif p.default is not p.empty:
-                value = p.default
+                value = p.default  # defaults are the author's business
             else:
                 raise InputError("%s() missing required input %r (%s)"
                                 % (self.name, p.name, describe(self.hints.get(p.name, typing.Any))))
-            hint = self.hints.get(p.name)
-            if hint is not None and p.name in kwargs:  # defaults are the author's business
-                check_value(value, hint, "%s() input %r" % (self.name, p.name))
             out[p.name] = value
         for key, value in kwargs.items():
             if key not in out:

@@ -154,8 +154,17 @@ object that is not a plain function, method or class and has a callable
 ``__wrapped__`` or ``fn`` is replaced by that (repeatedly), so a task object
 made by the SDK's ``@actor.task`` runs in-process. Decorators that return
 plain functions (``actor_cache``, ``functools.wraps``) are not unwrapped.
-4. Called with the decoded kwargs; if it returns a coroutine, it is run with
-``asyncio.run``.
+4. The kwargs are conformed to the function's annotations and its result to
+its return annotation (``hearth._typecheck.conform``: an ``int`` for a
+``float`` becomes a float, a list for a tuple a tuple, a one-field
+``NamedTuple`` wraps a bare value, ...); a value that does not fit fails the
+task with a ``TypeError`` naming the input or the output, the declared type
+and the value's. Functions whose annotations are all ``int``, ``float``,
+``str``, ``bool``, ``bytes`` or ``None`` are checked here without importing
+``typing`` (a cold task would pay for it). 5. Called with the kwargs; if it
+returns a coroutine, it is run with ``asyncio.run``; a generator is run to
+its end into a list (it cannot travel; flytekit materialises ``Iterator``
+outputs the same way).
 
 For the SDK: ``hearth._worker.in_worker()`` is True inside a replica's worker
 and ``hearth._worker.current_task_id`` is the id of the running task (None
@@ -449,6 +458,75 @@ def _resolve(module, function):
     return _unwrap(obj)
 
 
+def _generator():
+    yield
+
+
+_GeneratorType = type(_generator())
+_PLAIN_HINTS = {int: "int", float: "float", str: "str", bool: "bool", bytes: "bytes", None: "None",
+                type(None): "None"}
+_typing_plans = {}  # id(fn) -> (fn, plan): the hints a function's values are conformed to
+
+
+def _plan(fn):
+    """None (nothing to check), ("plain", annotations) or ("full", hints)."""
+    got = _typing_plans.get(id(fn))
+    if got is not None and got[0] is fn:
+        return got[1]
+    ann = getattr(fn, "__annotations__", None)
+    if not ann or type(ann) is not dict:
+        plan = None
+    else:
+        try:
+            plain = all(h in _PLAIN_HINTS for h in ann.values())
+        except TypeError:  # an unhashable annotation
+            plain = False
+        if plain:
+            plan = ("plain", dict(ann))
+        else:
+            from hearth import _typecheck
+
+            plan = ("full", _typecheck.hints_of(fn))
+    if len(_typing_plans) > 4096:  # functions of old bundle versions
+        _typing_plans.clear()
+    _typing_plans[id(fn)] = (fn, plan)
+    return plan
+
+
+def _plain_conform(value, hint, where):
+    if hint is float and type(value) is int:
+        return float(value)
+    if hint is None or hint is type(None):
+        ok = value is None
+    elif hint is int or hint is float:
+        ok = isinstance(value, hint) and type(value) is not bool
+    else:
+        ok = isinstance(value, hint)
+    if ok:
+        return value
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    t = type(value)
+    raise TypeError("%s: expected %s, got %s %s" % (
+        where, _PLAIN_HINTS[hint], t.__name__ if t.__module__ == "builtins" else "%s.%s" % (t.__module__, t.__qualname__),
+        shown))
+
+
+def _conform(plan, value, name, where):
+    hint = plan[1].get(name, _conform)
+    if hint is _conform:
+        return value
+    if plan[0] == "plain":
+        return _plain_conform(value, hint, where)
+    from hearth import _typecheck
+
+    try:
+        return _typecheck.conform(value, hint, where)
+    except _typecheck.InputError as e:
+        raise TypeError(str(e)) from None
+
+
 def _invoke(module, function, raw_kwargs):
     """Runs the task; (True, value) or (False, exception)."""
     global _armed
@@ -456,11 +534,23 @@ def _invoke(module, function, raw_kwargs):
         _armed = True
         kwargs = _protocol.decode_value(raw_kwargs) if raw_kwargs else {}
         fn = _resolve(module, function)
+        plan = _plan(fn)
+        name = getattr(fn, "__name__", function)
+        if plan is not None:
+            for k, v in kwargs.items():
+                kwargs[k] = _conform(plan, v, k, "%s() input %r" % (name, k))
         value = fn(**kwargs)
         if type(value) is _CoroutineType:
             import asyncio
 
             value = asyncio.run(value)
+        if type(value) is _GeneratorType:
+            value = list(value)
+        if plan is not None:
+            if plan[1].get("return", 0) in (None, type(None)):
+                value = None  # -> None: what the body returns is not an output (as in flytekit)
+            else:
+                value = _conform(plan, value, "return", "%s() output" % name)
         _armed = False
         return True, value
     except BaseException as e:

@@ -61,9 +61,18 @@ def test_json_values_travel_as_themselves(value):
     assert decode_value(wire(value)) == value
 
 
-def test_tuples_become_lists():
-    assert encode_value((1, (2, 3))) == [1, [2, 3]]
-    assert decode_value(wire((1, (2, 3)))) == [1, [2, 3]]
+def test_tuples_stay_tuples():
+    assert encode_value((1, (2, 3))) == {"$tuple": [1, {"$tuple": [2, 3]}]}
+    back = decode_value(wire((1, (2, 3.0), [()])))
+    assert back == (1, (2, 3.0), [()]) and type(back[1]) is tuple and type(back[1][1]) is float
+    assert decode_value(wire({"$tuple": 1})) == {"$tuple": 1}  # escaped like any single-$ key
+
+
+def test_namedtuple_without_a_module_name_travels_as_fields():
+    import typing
+
+    Out = typing.NamedTuple("NotAModuleAttribute", [("x", int)])
+    assert encode_value(Out(1)) == {"$tuple": [1]}
 
 
 @pytest.mark.parametrize("value", [
@@ -88,8 +97,8 @@ def test_pickled_parts_inside_json():
     enc = encode_value(value)
     assert enc["a"][0] == 1 and unpickled(enc["a"][1]) == {2, 3}
     assert unpickled(enc["b"]["c"]) == b"x"
-    assert enc["b"]["d"][0] == 1.5 and unpickled(enc["b"]["d"][1]) == float("inf")
-    assert decode_value(wire(value)) == {"a": [1, {2, 3}], "b": {"c": b"x", "d": [1.5, float("inf")]}}
+    assert enc["b"]["d"]["$tuple"][0] == 1.5 and unpickled(enc["b"]["d"]["$tuple"][1]) == float("inf")
+    assert decode_value(wire(value)) == {"a": [1, {2, 3}], "b": {"c": b"x", "d": (1.5, float("inf"))}}
 
 
 def test_pickle_protocol_4():

@@ -52,9 +52,41 @@ def test_signature_accepts_and_fills_defaults():
     assert out["a"] == 1 and out["b"] == 2 and out["pair"] == (1, "x") and out["m"] == {}
 
 
-def test_positional_arguments_are_refused_with_the_keyword_form():
-    with pytest.raises(InputError, match=r"keyword arguments only, as Flyte tasks do: call f\(a=\.\.\., b=\.\.\.\)"):
-        Signature(f).bind((1, 2), {})
+def test_positional_arguments_bind_in_order_with_the_same_checks():
+    # flytekit >= 1.13 takes positional task inputs.
+    out = Signature(f).bind((1, 2), {"names": ["x"]})
+    assert out["a"] == 1 and out["b"] == 2.0 and type(out["b"]) is float and out["names"] == ["x"]
+    with pytest.raises(InputError, match=r"f\(\) input 'a': expected int, got str '1'"):
+        Signature(f).bind(("1",), {})
+    with pytest.raises(InputError, match=r"f\(\) got input 'a' twice"):
+        Signature(f).bind((1,), {"a": 2})
+    with pytest.raises(InputError, match=r"f\(\) takes 6 positional inputs \(a, b, names, opt, pair, m\) but 7 were given"):
+        Signature(f).bind((1,) * 7, {})
+
+
+def test_conform_gives_the_declared_types():
+    from hearth._typecheck import conform
+
+    assert type(conform(3, float, "x")) is float
+    assert conform([1, 2], typing.List[float], "x") == [1.0, 2.0]
+    assert type(conform({"a": 1}, dict[str, float], "x")["a"]) is float
+    assert conform([1, "a"], tuple[float, str], "x") == (1.0, "a")
+    assert type(conform(3, typing.Union[int, float], "x")) is int
+    assert type(conform(3, typing.Optional[float], "x")) is float
+    assert conform((x for x in "ab"), typing.Iterator[str], "x") == ["a", "b"]
+
+    class Fit(typing.NamedTuple):
+        slope: float
+
+    fit = conform(2, Fit, "x")
+    assert type(fit) is Fit and type(fit.slope) is float
+    assert conform((2.5,), Fit, "x") == Fit(2.5)
+    Pair = typing.NamedTuple("Pair", [("a", int), ("b", str)])
+    assert type(conform((1, "b"), Pair, "x")) is Pair
+    with pytest.raises(InputError, match=r"x\.a: expected int, got str"):
+        conform(("1", "b"), Pair, "x")
+    with pytest.raises(InputError, match=r"x: expected int, got bool True"):
+        conform(True, int, "x")
 
 
 def test_check_value_literals_unions_and_classes():
@@ -383,9 +415,9 @@ def test_workflow_and_launch_plan_run_locally():
     def wf(name: str, times: int = 2) -> str:
         return " ".join([name] * times)
 
-    assert wf(name="a") == "a a"
+    assert wf(name="a") == "a a" and wf("a", 1) == "a"
     with pytest.raises(InputError):
-        wf("a")
+        wf(1)
     lp = LaunchPlan.get_default_launch_plan(None, wf)
     assert lp(name="b") == "b b" and LaunchPlan.get_default_launch_plan(None, wf) is lp
     fixed = LaunchPlan.get_or_create(wf, name="fixed", fixed_inputs={"times": 3})

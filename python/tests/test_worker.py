@@ -717,7 +717,8 @@ def test_value_round_trip_through_worker(worker, bundle):
         assert back == value and type(back) is type(value), (value, back)
     nan = worker.call(T, "echo", bundle=bundle, x=float("nan"))
     assert math.isnan(nan)
-    assert worker.call(T, "echo", bundle=bundle, x=(1, (2, "3"))) == [1, [2, "3"]]
+    back = worker.call(T, "echo", bundle=bundle, x=(1, (2, "3"), [3.0]))
+    assert back == (1, (2, "3"), [3.0]) and type(back[1]) is tuple and type(back[2][0]) is float
     assert worker.call(T, "echo_kwargs", bundle=bundle, **{"a": {1}, "b": [b"y"]}) == {"a": {1}, "b": [b"y"]}
 
 

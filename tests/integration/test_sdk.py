@@ -187,7 +187,9 @@ def add(a: int, b: float = 1.5, tags: list[str] = []) -> float:
 
 
 @pytest.mark.parametrize("call, message", [
-    ("add(1, 2)", "keyword arguments only"),
+    ("add(1, 2, ['x'], 4)", "add() takes 3 positional inputs (a, b, tags) but 4 were given"),
+    ("add('1', 2)", "input 'a': expected int, got str '1'"),
+    ("add(1, a=2)", "got input 'a' twice"),
     ("add(a='1')", "expected int, got str"),
     ("add(a=True)", "expected int, got bool"),
     ("add(a=1, c=3)", "unexpected keyword argument 'c'"),
