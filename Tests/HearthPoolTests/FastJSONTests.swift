@@ -47,7 +47,7 @@ final class FastJSONTests: XCTestCase {
     }
 
     func testFloatsStayFloats() throws {
-        for d in [3.0, -0.0, 1e20, 1e-7, 5e-324, 1.7976931348623157e308, 0.1, -2.0] {
+        for d in [3.0, -0.0, 1e20, 1e-7, Double.leastNonzeroMagnitude, 1.7976931348623157e308, 0.1, -2.0] {
             var w = JSONWriter()
             w.value(.double(d))
             let back = try FastJSON.parse(w.bytes)
