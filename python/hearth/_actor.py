@@ -201,6 +201,14 @@ class ActorEnvironment(object):
 
     # -- tasks ------------------------------------------------------------------
 
+    @staticmethod
+    def cache(fn=None):
+        """``@actor.cache``, as union spells ``actor_cache`` on an
+        environment: memoise for the life of the replica."""
+        from hearth._cache import actor_cache
+
+        return actor_cache(fn)
+
     def task(self, fn=None, *, timeout=None, retries=0, cache=False, cache_version="", name=None, **options):
         """``@env.task`` or ``@env.task(timeout=60, retries=2)``.
 

@@ -271,11 +271,17 @@ def check_value(value, hint, where):
 
 
 def hints_of(fn):
-    """A function's resolved type hints; what does not resolve is left out."""
+    """A function's resolved type hints; what does not resolve is left out.
+    A return annotation written as a tuple of types, ``-> (int, str)``
+    (flytekit's multiple outputs), is ``Tuple[int, str]``."""
     try:
-        return typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn)
     except Exception:  # unresolvable forward references: what resolves
-        return {k: v for k, v in getattr(fn, "__annotations__", {}).items() if not isinstance(v, str)}
+        hints = {k: v for k, v in getattr(fn, "__annotations__", {}).items() if not isinstance(v, str)}
+    returns = hints.get("return")
+    if type(returns) is tuple and returns:
+        hints["return"] = typing.Tuple[returns]
+    return hints
 
 
 class Signature(object):
