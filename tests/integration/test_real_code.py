@@ -26,6 +26,7 @@ def write(tmp_path, name, code):
 
 
 TYPES = '''
+import dataclasses
 import datetime
 import decimal
 import enum
@@ -92,6 +93,24 @@ def scale(x: float, factor: float = 2.0) -> float:
     return x * factor
 
 
+@dataclasses.dataclass
+class Order:
+    item: str
+    qty: int
+
+
+@actor.task
+def split(text: str) -> (typing.Dict[str, typing.List[str]], typing.Dict[str, Order]):
+    head, _, rest = text.partition(":")
+    return {head: rest.split(",")}, {head: Order(item=rest, qty=len(rest))}
+
+
+@workflow
+def wf_outputs(text: str = "fruit:apple,pear") -> str:
+    names, orders = split(text=text)
+    return "%s %s %d" % (names["fruit"][1], orders["fruit"].item, orders["fruit"].qty)
+
+
 @workflow
 def wf_mean() -> float:
     return mean(values=[2.0, 4.0])
@@ -150,6 +169,7 @@ def wf_positional(x: float = 1.5) -> float:
     ("wf_total", [], "5.0\n"),
     ("wf_when", [], "2024-02-01\n1.10\nb'\\x00ok'\n"),
     ("wf_positional", [], "3.0\n"),
+    ("wf_outputs", [], "pear apple,pear 10\n"),  # -> (A, B): flytekit's multiple outputs
 ])
 def test_declared_types_survive_the_round_trip(rc, tmp_path, name, args, out):
     path = write(tmp_path, "types_wf.py", TYPES)
