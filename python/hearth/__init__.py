@@ -35,6 +35,7 @@ __version__ = "0.2.0"
 
 _LAZY = {
     "actor_cache": "hearth._cache",
+    "Cache": "hearth._taskcache",
     "ActorEnvironment": "hearth._actor",
     "ActorTask": "hearth._actor",
     "map_task": "hearth._actor",

@@ -209,13 +209,15 @@ class ActorEnvironment(object):
 
         return actor_cache(fn)
 
-    def task(self, fn=None, *, timeout=None, retries=0, cache=False, cache_version="", name=None, **options):
+    def task(self, fn=None, *, timeout=None, retries=0, cache=False, name=None, **options):
         """``@env.task`` or ``@env.task(timeout=60, retries=2)``.
 
         ``timeout``: seconds or timedelta for each call (over the
-        environment's); ``retries``: further attempts when the task fails.
-        flytekit's other task options are accepted; those Hearth does not
-        apply (``cache``, ``requests``, ...) warn once."""
+        environment's); ``retries``: further attempts when the task fails;
+        ``cache`` (True or a ``hearth.Cache``), ``cache_version``,
+        ``cache_serialize``, ``cache_ignore_input_vars``: the caller's task
+        cache (``hearth._taskcache``). flytekit's other task options are
+        accepted; those Hearth does not apply (``requests``, ...) warn once."""
         def decorate(f):
             return ActorTask(self, f, timeout=timeout, retries=retries, cache=cache, name=name, options=options)
 
@@ -258,7 +260,13 @@ class ActorTask(object):
             raise TypeError("task %s: retries must be an int >= 0, got %r" % (fn.__name__, retries))
         self.retries = retries
         self.name = name or "%s.%s" % (fn.__module__, fn.__qualname__)
-        ignored = sorted(k for k, v in dict(options or {}, cache=cache).items() if v)
+        options = dict(options or {})
+        self._cache = None  # the caller's task cache (hearth._taskcache), when cache is on
+        if cache or any(k.startswith("cache_") for k in options):
+            from hearth import _taskcache
+
+            self._cache = _taskcache.configure(self.name, fn, cache, options, env.container_image)
+        ignored = sorted(k for k, v in options.items() if v)
         if ignored:
             warnings.warn("task %s: %s not applied by Hearth" % (fn.__qualname__, ", ".join(ignored)), stacklevel=3)
         if "<locals>" in fn.__qualname__:
@@ -293,6 +301,8 @@ class ActorTask(object):
     def __call__(self, *args, **kwargs):
         if _in_worker():
             return self._hearth_fn(*args, **kwargs)
+        if self._cache is not None:
+            return self._cache.call(self, self.signature.bind(args, kwargs))
         return self._remote(self.signature.bind(args, kwargs))
 
     # -- remote ----------------------------------------------------------------
@@ -314,7 +324,8 @@ class ActorTask(object):
         encoded = [{k: enc(v) for k, v in kw.items()} for kw in kwargs_list]
         return c, body, encoded
 
-    def _remote(self, kwargs):
+    def _remote(self, kwargs, keep=None):
+        """``keep``: a list the successful snapshot is appended to (the task cache stores its result)."""
         c, body, encoded = self._request([kwargs])
         body["kwargs"] = encoded[0]
         body["wait"] = True
@@ -324,7 +335,10 @@ class ActorTask(object):
             snap = self.environment._post(c, path, body, "task %s" % self.__qualname__)
             total = int((time.perf_counter() - t0) * 1e6)
             try:
-                return self._outcome(snap, total)
+                value = self._outcome(snap, total)
+                if keep is not None:
+                    keep.append(snap)
+                return value
             except Exception:
                 if attempt == self.retries:
                     raise
@@ -433,6 +447,14 @@ class MappedTask(object):
             return [self.task._hearth_fn(**kw) for kw in inputs]
         if not inputs:
             return []
+        cache = self.task._cache
+        if cache is not None:
+            # Only the misses go to the daemon; hits fill their places below.
+            cdir, keys, hits = cache.lookup_many(self.task, inputs, record=len(inputs) <= 100)
+            todo = [i for i in range(len(inputs)) if i not in hits]
+            if not todo:
+                return [hits[i] for i in range(len(inputs))]
+            whole, inputs = inputs, [inputs[i] for i in todo]
         c, body, encoded = self.task._request(inputs)
         env = self.task.environment
         # The daemon's queue holds max_queue tasks per environment: send
@@ -460,15 +482,20 @@ class MappedTask(object):
         for i, snap in enumerate(snaps):
             try:
                 results.append(self.task._outcome(snap, total, record=len(snaps) <= 100))
+                if cache is not None and cdir is not None and keys[todo[i]] is not None:
+                    cache.store(self.task, keys[todo[i]], cdir, snap)
             except Exception as e:
-                failures.append((i, e))
+                failures.append((i if cache is None else todo[i], e))
                 results.append(None)
+        if cache is not None:
+            done = dict(zip(todo, results))
+            results = [hits[i] if i in hits else done[i] for i in range(len(whole))]
         if failures:
             ratio = 1.0 if self.min_success_ratio is None else self.min_success_ratio
-            if (len(snaps) - len(failures)) / float(len(snaps)) < ratio or ratio >= 1.0:
+            if (len(results) - len(failures)) / float(len(results)) < ratio or ratio >= 1.0:
                 i, e = failures[0]
                 if len(failures) > 1:
-                    e.args = ("%s\n(element %d; %d of %d elements failed)" % (e, i, len(failures), len(snaps)),)
+                    e.args = ("%s\n(element %d; %d of %d elements failed)" % (e, i, len(failures), len(results)),)
                     if hasattr(e, "_text"):
                         e._text = e.args[0]
                 raise e
@@ -520,7 +547,7 @@ def task(fn=None, *, container_image=None, requests=None, limits=None, environme
     template share one hidden environment (``task-<hash>``).
     ``container_image``, ``requests``, ``limits``, ``environment``,
     ``secret_requests`` and ``pod_template`` are the replica's; ``timeout``,
-    ``retries`` and ``cache`` as for ``@actor.task``; flytekit's other
+    ``retries``, ``cache`` and ``cache_*`` as for ``@actor.task``; flytekit's other
     options are accepted (those Hearth does not apply warn once)."""
     def decorate(f):
         where = "task %s" % getattr(f, "__qualname__", f)

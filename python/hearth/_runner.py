@@ -184,6 +184,8 @@ def _report(start, applies_start):
 
 
 def _trace_line(run):
+    if run.state == "cached":  # from the caller's task cache: no replica ran it
+        return "hearth: task %s cached -> %s" % (run.task, run.result_repr)
     # One token, so the line stays easy to parse: cold(spare) = a pre-started spare was adopted.
     when = ("cold(spare)" if run.spare else "cold") if run.cold else "warm"
     return "hearth: task %s %s replica=%s pid=%s %s %.2f ms -> %s" % (
@@ -260,11 +262,16 @@ def main_run(argv=None, prog="hearth-run"):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: python -m hearth run [-q] [--json] FILE.py NAME [--INPUT VALUE ...]\n"
+    usage = "usage: python -m hearth run [-q] [--json] FILE.py NAME [--INPUT VALUE ...]\n" \
+            "       python -m hearth cache {list,clear} [--task NAME]\n"
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(usage + "\nRuns a workflow, task or launch plan of FILE.py on hearthd (see "
                          "`python -m hearth run --help`).\n")
         return 0 if argv else 2
+    if argv[0] == "cache":
+        from hearth import _taskcache
+
+        return _taskcache.main(argv[1:])
     if argv[0] != "run":
         sys.stderr.write(usage + "python -m hearth: unknown command %r\n" % argv[0])
         return 2
