@@ -61,7 +61,9 @@ class ActorEnvironment(object):
     ``environment``: variables of every replica; ``requests``/``limits``:
     ``Resources`` per replica; ``replica_count``; ``ttl_seconds``: idle time
     before a replica is removed (int or timedelta); ``secret_requests``:
-    ``Secret``s (or keys) mounted at ``/etc/secrets``; ``pod_template``.
+    ``Secret``s (or keys) mounted at ``/etc/secrets``; ``pod_template``;
+    ``backlog_length``: tasks that may wait (``max_queue``);
+    ``parallelism``: accepted, 1 (a replica runs one task at a time).
 
     Hearth's own, keyword only: ``timeout`` (default per-task limit),
     ``max_tasks_per_replica``, ``max_queue``, ``network`` ("none",
@@ -74,8 +76,9 @@ class ActorEnvironment(object):
 
     def __init__(self, name, container_image=None, replica_count=1, ttl_seconds=None, environment=None,
                  requests=None, limits=None, accelerator=None, secret_requests=None, pod_template=None,
-                 interruptible=False, *, timeout=None, max_tasks_per_replica=None, max_queue=None, network=None,
-                 user_namespace=None, image_pull_policy=None, socket=None):
+                 interruptible=False, parallelism=None, backlog_length=None, *, timeout=None,
+                 max_tasks_per_replica=None, max_queue=None, network=None, user_namespace=None,
+                 image_pull_policy=None, socket=None):
         if not isinstance(name, str) or not name:
             raise TypeError("ActorEnvironment: name must be a non-empty string, got %r" % (name,))
         if isinstance(replica_count, bool) or not isinstance(replica_count, int):
@@ -87,6 +90,21 @@ class ActorEnvironment(object):
         if accelerator is not None:
             warnings.warn("ActorEnvironment %s: accelerator is not applied; ask for GPUs with "
                           "Resources(gpu=...)" % name, stacklevel=2)
+        # union's newer knobs: tasks a replica runs at once, and the queue's length.
+        if parallelism is not None and (isinstance(parallelism, bool) or not isinstance(parallelism, int)
+                                        or parallelism < 1):
+            raise TypeError("ActorEnvironment %s: parallelism must be an int >= 1, got %r" % (name, parallelism))
+        if parallelism is not None and parallelism > 1:
+            warnings.warn("ActorEnvironment %s: parallelism=%d is not applied: a Hearth replica runs one task at "
+                          "a time (raise replica_count instead)" % (name, parallelism), stacklevel=2)
+        if backlog_length is not None:
+            if isinstance(backlog_length, bool) or not isinstance(backlog_length, int) or backlog_length < 1:
+                raise TypeError("ActorEnvironment %s: backlog_length must be an int >= 1, got %r"
+                                % (name, backlog_length))
+            if max_queue is None:
+                max_queue = backlog_length
+        self.parallelism = parallelism
+        self.backlog_length = backlog_length
         self.name = name
         self.container_image = container_image
         self.replica_count = replica_count
