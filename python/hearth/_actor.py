@@ -302,6 +302,11 @@ class ActorTask(object):
         timeout = _spec.seconds(self.timeout, "task %s: timeout" % self.__qualname__)
         if timeout is not None:
             body["timeout"] = timeout
+        import sys
+
+        files = sys.modules.get("hearth._files")
+        if files is not None:  # a path given for a FlyteFile/FlyteDirectory input: its content travels
+            kwargs_list = [files.coerce_inputs(self.signature.hints, kw) for kw in kwargs_list]
         enc = _protocol.encode_value
         encoded = [{k: enc(v) for k, v in kw.items()} for kw in kwargs_list]
         return c, body, encoded

@@ -117,7 +117,10 @@ def _problem(value, hint, where):
         ok = isinstance(value, int) and not isinstance(value, bool)
         return None if ok else _mismatch(value, hint, where)
     if isinstance(hint, type):
-        return None if isinstance(value, hint) else _mismatch(value, hint, where)
+        if isinstance(value, hint):
+            return None
+        accepts = getattr(hint, "_hearth_accepts", None)  # FlyteFile, FlyteDirectory: a path, as flytekit
+        return None if accepts is not None and accepts(value) else _mismatch(value, hint, where)
     return None
 
 
