@@ -401,7 +401,10 @@ def _read_dir(path, kind="FlyteDirectory"):
             except Refused as err:
                 raise FileTransferError("%s %s cannot be sent: %s, which is not allowed: %s"
                                         % (kind, path, err.what, err.rule))
-            st = e.stat(follow_symlinks=False)
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError as err:
+                raise FileTransferError("%s %s: %s cannot be read: %s" % (kind, path, r, err.strerror or err))
             if stat.S_ISLNK(st.st_mode):
                 raise FileTransferError("%s %s holds a symbolic link, %s; Hearth sends regular files and directories "
                                         "only and follows no links: copy what it points to instead" % (kind, path, r))
