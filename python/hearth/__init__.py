@@ -63,6 +63,9 @@ _LAZY = {
     "TaskFailed": "hearth._errors",
     "TaskTimeout": "hearth._errors",
     "InputError": "hearth._typecheck",
+    "FlyteFile": "hearth._files",
+    "FlyteDirectory": "hearth._files",
+    "FileTransferError": "hearth._files",
 }
 
 __all__ = ["__version__"] + sorted(_LAZY)

@@ -18,9 +18,11 @@ result can rebuild data and nothing else:
   enums and task classes that derive from those types, and a few guarded
   functions that check their arguments: ``copyreg._reconstructor`` with a
   builtin base, ``array``'s and numpy's rebuilders,
-  ``getattr(zoneinfo.ZoneInfo, "_unpickle")``, and ``getattr(E, name)`` for
+  ``getattr(zoneinfo.ZoneInfo, "_unpickle")``, ``getattr(E, name)`` for
   the task's enums ``E`` (how Python >= 3.11 pickles a member), which looks
-  ``name`` up in ``E.__members__``, never as an attribute. Arguments must be a tuple
+  ``name`` up in ``E.__members__``, never as an attribute, and FlyteFile's
+  and FlyteDirectory's rebuilders (plain names, bytes, bounded sizes: see
+  ``hearth._files``). Arguments must be a tuple
   and hold no ``range`` (a constructor would expand it).
 * NEWOBJ creates instances of the task's classes and ``uuid.UUID`` with
   ``cls.__new__`` (the plain object protocol): a task class whose own
@@ -50,7 +52,8 @@ __all__ = ["RestrictedUnpickler", "SAFE_NAMES", "task_classes", "loads", "decode
 
 ALLOWED = ("Results may hold JSON values, standard types (numbers, str, bytes, bytearray, list, tuple, dict, set, "
            "frozenset, range, slice, datetime, decimal.Decimal, fractions.Fraction, uuid.UUID, collections' "
-           "OrderedDict, deque, Counter and defaultdict, pathlib paths, ipaddress, array, numpy arrays) and the "
+           "OrderedDict, deque, Counter and defaultdict, pathlib paths, ipaddress, array, numpy arrays), "
+           "FlyteFile and FlyteDirectory, and the "
            "task's own classes that its return annotation names; set HEARTH_TRUST_RESULTS=1 to trust this "
            "replica (its results may then run code in this process)")
 
@@ -145,6 +148,8 @@ _add("guard", ["array"], ["_array_reconstructor"])
 _add("guard", ["builtins"], ["getattr"])
 _add("guard", ["numpy.core.multiarray", "numpy._core.multiarray"], ["_reconstruct", "scalar"],
      where=("numpy._core.multiarray", "numpy.core.multiarray"))
+# FlyteFile and FlyteDirectory: their content, written into a new temporary directory (hearth._files).
+_add("guard", ["hearth._files"], ["_rebuild_file", "_rebuild_dir"])
 
 _RECONSTRUCTOR_BASES = (object, int, float, complex, str, bytes, bytearray, tuple, list, dict, set, frozenset)
 _resolved = {}
@@ -170,6 +175,15 @@ def _guard(key, mod, name):
     """The _Guarded stand-in for a "guard" entry of SAFE_NAMES."""
     label = "%s.%s" % key
     fn = getattr(mod, name)
+    if key[0] == "hearth._files":
+        validate = getattr(mod, "check" + name)  # check_rebuild_file, check_rebuild_dir
+
+        def check(args):
+            try:
+                validate(args)
+            except mod.Refused as e:
+                raise _Refused("calls %s with %s" % (label, e.what), e.rule)
+        return _Guarded(label, fn, check)
     if key == ("copyreg", "_reconstructor"):
         def check(args):
             if len(args) != 3:

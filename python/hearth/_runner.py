@@ -91,6 +91,12 @@ def parse_value(text, hint, name):
             except UsageError as e:
                 errors.append(str(e))
         raise UsageError(errors[0] if errors else "--%s: cannot parse %r" % (name, text))
+    from_path = getattr(hint, "_hearth_parse", None)
+    if from_path is not None:  # FlyteFile, FlyteDirectory: a local path
+        try:
+            return from_path(text)
+        except ValueError as e:
+            raise UsageError("--%s: %s" % (name.replace("_", "-"), e))
     try:
         if hint is str:
             return text

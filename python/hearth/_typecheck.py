@@ -19,8 +19,9 @@ signature says:
 * ``Optional``/``Union``/``X | Y``: the first member the value fits
   without a conversion, else the first it fits with one. ``Literal``:
   one of its values. ``Annotated[T, ...]``: ``T``.
-* Other classes (dataclasses, enums, datetimes, Decimal, FlyteFile, ...):
-  ``isinstance``. ``Any``, ``object``, type variables, protocols and
+* Other classes (dataclasses, enums, datetimes, Decimal, ...):
+  ``isinstance``; ``FlyteFile`` and ``FlyteDirectory`` also take a path
+  (``str`` or ``os.PathLike``) and make it one, as flytekit does. ``Any``, ``object``, type variables, protocols and
   strings that do not resolve accept anything as it is.
 
 A value that does not fit raises ``InputError`` (a ``TypeError``) naming
@@ -216,6 +217,9 @@ def _conform(value, hint, where, strict):
     if isinstance(hint, type):
         if isinstance(value, hint):
             return value
+        accepts = getattr(hint, "_hearth_accepts", None)  # FlyteFile, FlyteDirectory: a path, as flytekit
+        if accepts is not None and not strict and accepts(value):
+            return hint(value)
         raise _mismatch(value, hint, where)
     return value
 

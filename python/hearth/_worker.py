@@ -718,6 +718,9 @@ def _run(msg, limit, stdio):
     stdio.restore()
     _restore_signals()
     body = _result_body(tid, ok, value, t0, limit)
+    files = sys.modules.get("hearth._files")
+    if files is not None:  # the copies of the task's input files, now that its result is encoded
+        files.task_done()
     if not ok:
         _drop_frames(value)
     return body
