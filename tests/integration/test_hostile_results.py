@@ -149,18 +149,24 @@ def test_hearth_run_refuses_a_hostile_result(daemon, project, tmp_path, task, ex
     assert not sentinel.exists(), sentinel.read_text()
     ok = run(daemon, project, "normal", "--n", "7")
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.strip() == '"Box(inner={8, 7})"', ok.stdout
+    assert ok.stdout.strip() == 'Box(inner={8, 7})', ok.stdout  # not JSON: printed as Python prints it
 
 
 def test_control_the_same_bytes_run_code_when_results_are_trusted(daemon, project, tmp_path):
     # Without the defence (HEARTH_TRUST_RESULTS=1 loads with pickle.loads),
     # the replica's result runs code in the caller's process on the host.
     sentinel = tmp_path / "sentinel"
+    # (What the payload leaves is no Box, which the return annotation check
+    # then refuses: by then its code has run.)
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
-        import os, hostile_tasks
-        hostile_tasks.dotted(path={str(sentinel)!r})
-        print("CALLER", os.getpid())
+        import os, hearth, hostile_tasks
+        print("CALLER", os.getpid(), flush=True)
+        try:
+            hostile_tasks.dotted(path={str(sentinel)!r})
+        except hearth.ResultTypeError as e:
+            print("REFUSED AFTERWARDS", e)
     """)], capture_output=True, text=True, env=env_for(daemon, HEARTH_TRUST_RESULTS="1"), cwd=project, timeout=180)
     assert r.returncode == 0, r.stderr
-    caller = r.stdout.split("CALLER ")[1].strip()
+    assert "REFUSED AFTERWARDS the output of task hostile_tasks.dotted: expected hostile_tasks.Box" in r.stdout
+    caller = r.stdout.split("CALLER ")[1].split()[0]
     assert sentinel.read_text() == f"ran in pid {caller}", "the payload did not run in the caller"
