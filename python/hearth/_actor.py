@@ -201,6 +201,13 @@ class ActorEnvironment(object):
 
     # -- tasks ------------------------------------------------------------------
 
+    def dynamic(self, fn=None, **options):
+        """``@actor.dynamic``: a dynamic workflow (see ``hearth._flow.dynamic``);
+        its body runs in the caller's process, its tasks in their environments."""
+        from hearth._flow import dynamic
+
+        return dynamic(fn, _environment=self, **options)
+
     def task(self, fn=None, *, timeout=None, retries=0, cache=False, cache_version="", name=None, **options):
         """``@env.task`` or ``@env.task(timeout=60, retries=2)``.
 
@@ -285,7 +292,8 @@ class ActorTask(object):
     def __call__(self, *args, **kwargs):
         if _in_worker():
             return self._hearth_fn(*args, **kwargs)
-        return self._remote(self.signature.bind(args, kwargs))
+        from hearth import _flow  # in a workflow: skipped branches, bool proxies, `>>` (see there)
+        return _flow.call(self, args, kwargs, lambda a, k: self._remote(self.signature.bind(a, k)))
 
     # -- remote ----------------------------------------------------------------
 
@@ -406,6 +414,12 @@ class MappedTask(object):
         return out
 
     def __call__(self, *args, **kwargs):
+        if not _in_worker():
+            from hearth import _flow  # in a workflow: skipped branches, proxies unwrapped (see there)
+            return _flow.call(self, args, kwargs, self._call)
+        return self._call(args, kwargs)
+
+    def _call(self, args, kwargs):
         inputs = self._inputs(args, kwargs)
         if _in_worker():
             return [self.task._hearth_fn(**kw) for kw in inputs]
