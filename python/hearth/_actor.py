@@ -227,6 +227,13 @@ class ActorEnvironment(object):
 
         return actor_cache(fn)
 
+    def dynamic(self, fn=None, **options):
+        """``@actor.dynamic``: a dynamic workflow (see ``hearth._flow.dynamic``);
+        its body runs in the caller's process, its tasks in their environments."""
+        from hearth._flow import dynamic
+
+        return dynamic(fn, _environment=self, **options)
+
     def task(self, fn=None, *, timeout=None, retries=0, cache=False, name=None, **options):
         """``@env.task`` or ``@env.task(timeout=60, retries=2)``.
 
@@ -319,9 +326,13 @@ class ActorTask(object):
     def __call__(self, *args, **kwargs):
         if _in_worker():
             return self._hearth_fn(*args, **kwargs)
-        if self._cache is not None:
-            return self._cache.call(self, self.signature.bind(args, kwargs))
-        return self._remote(self.signature.bind(args, kwargs))
+        from hearth import _flow  # in a workflow: skipped branches, bool proxies, `>>` (see there)
+
+        def run(a, k):
+            if self._cache is not None:
+                return self._cache.call(self, self.signature.bind(a, k))
+            return self._remote(self.signature.bind(a, k))
+        return _flow.call(self, args, kwargs, run)
 
     # -- remote ----------------------------------------------------------------
 
@@ -460,6 +471,12 @@ class MappedTask(object):
         return out
 
     def __call__(self, *args, **kwargs):
+        if not _in_worker():
+            from hearth import _flow  # in a workflow: skipped branches, proxies unwrapped (see there)
+            return _flow.call(self, args, kwargs, self._call)
+        return self._call(args, kwargs)
+
+    def _call(self, args, kwargs):
         inputs = self._inputs(args, kwargs)
         if _in_worker():
             return [self.task._hearth_fn(**kw) for kw in inputs]

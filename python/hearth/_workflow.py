@@ -33,7 +33,14 @@ class Workflow(object):
         return self._sig
 
     def __call__(self, *args, **kwargs):
-        return self._hearth_fn(**self.signature.bind(args, kwargs))
+        from hearth import _flow  # conditionals, skipped branches, bool proxies, `>>` (see there)
+
+        return _flow.call(self, args, kwargs, self._run)
+
+    def _run(self, args, kwargs):
+        from hearth import _flow
+
+        return _flow.run_body(self, self.signature.bind(args, kwargs))
 
     def __repr__(self):
         return "<hearth workflow %s>" % self.name
@@ -50,21 +57,83 @@ def workflow(fn=None, **options):
 
 
 class LaunchPlan(object):
-    """A workflow with default and fixed inputs."""
+    """A workflow with default and fixed inputs. A schedule, notifications,
+    labels and the like are kept but not applied: Hearth runs a launch plan
+    when it is called."""
 
     _registry = {}
+    CACHE = _registry  # flytekit's name
+    _warned = set()
 
-    def __init__(self, name, workflow, default_inputs=None, fixed_inputs=None):
+    def __init__(self, name, workflow, default_inputs=None, fixed_inputs=None, schedule=None, notifications=None,
+                 labels=None, annotations=None, **options):
         if not isinstance(workflow, Workflow):
             raise TypeError("LaunchPlan %s: expected a @workflow, got %r" % (name, workflow))
         self.name = name
         self.workflow = workflow
         self.default_inputs = dict(default_inputs or {})
         self.fixed_inputs = dict(fixed_inputs or {})
+        self.schedule = schedule
+        self.notifications = notifications or []
+        self.labels = labels
+        self.annotations = annotations
+        self.options = options
         for k in list(self.default_inputs) + list(self.fixed_inputs):
             if k not in workflow.signature.names:
                 raise TypeError("LaunchPlan %s: %r is not an input of %s (its inputs: %s)"
                                 % (name, k, workflow.__name__, ", ".join(workflow.signature.names) or "none"))
+        unapplied = [k for k, v in (("schedule", schedule), ("notifications", notifications)) if v]
+        unapplied = [k for k in unapplied if k not in LaunchPlan._warned]
+        if unapplied:
+            import warnings
+
+            LaunchPlan._warned.update(unapplied)
+            warnings.warn("LaunchPlan %s: %s not applied by Hearth: it runs a launch plan only when it is called"
+                          % (name, " and ".join(unapplied)), stacklevel=3)
+
+    def _same(self, other):
+        """The differences that make two launch plans of one name conflict."""
+        for what, a, b in (("workflow", self.workflow.name, other.workflow.name),
+                           ("default_inputs", self.default_inputs, other.default_inputs),
+                           ("fixed_inputs", self.fixed_inputs, other.fixed_inputs),
+                           ("schedule", self.schedule, other.schedule),
+                           ("notifications", self.notifications, other.notifications),
+                           ("labels", self.labels, other.labels),
+                           ("annotations", self.annotations, other.annotations)):
+            if a != b:
+                return what
+        return None
+
+    @classmethod
+    def _register(cls, lp):
+        """flytekit's rule: one name, one launch plan. The same plan again
+        (a module imported again after an edit makes new workflow objects)
+        replaces the old; a different one is refused."""
+        old = cls._registry.get(lp.name)
+        if old is not None:
+            what = old._same(lp)
+            if what is not None:
+                from hearth._flow import WorkflowError
+
+                raise WorkflowError("two launch plans are named %r, for workflow %s and %s, with different %s; "
+                                    "give them different names" % (lp.name, old.workflow.name, lp.workflow.name, what))
+            if old.workflow is lp.workflow:
+                return old
+        cls._registry[lp.name] = lp
+        return lp
+
+    @classmethod
+    def create(cls, name, workflow, default_inputs=None, fixed_inputs=None, schedule=None, notifications=None,
+               labels=None, annotations=None, raw_output_data_config=None, max_parallelism=None,
+               security_context=None, auth_role=None, trigger=None, overwrite_cache=None, auto_activate=False,
+               concurrency=None):
+        """flytekit's ``LaunchPlan.create``; the arguments after
+        ``annotations`` are accepted and not applied."""
+        return cls._register(cls(name, workflow, default_inputs, fixed_inputs, schedule, notifications, labels,
+                                 annotations, raw_output_data_config=raw_output_data_config,
+                                 max_parallelism=max_parallelism, security_context=security_context,
+                                 auth_role=auth_role, trigger=trigger, overwrite_cache=overwrite_cache,
+                                 auto_activate=auto_activate, concurrency=concurrency))
 
     @classmethod
     def get_default_launch_plan(cls, ctx, workflow):
@@ -72,18 +141,19 @@ class LaunchPlan(object):
         return cls.get_or_create(workflow)
 
     @classmethod
-    def get_or_create(cls, workflow, name=None, default_inputs=None, fixed_inputs=None, **options):
+    def get_or_create(cls, workflow, name=None, default_inputs=None, fixed_inputs=None, schedule=None,
+                      notifications=None, labels=None, annotations=None, **options):
         """A launch plan of ``workflow``; the same name with the same inputs
-        gives the same object. (A module imported again, e.g. after a code
-        change, makes a new workflow object: its plan replaces the old.)"""
+        gives the same object (or, after the module was imported again, a new
+        one in its place); the same name with other inputs is refused."""
+        if name is None and any(v is not None for v in (default_inputs, fixed_inputs, schedule, notifications,
+                                                         labels, annotations)):
+            raise ValueError("LaunchPlan.get_or_create(%s): only a named launch plan can have inputs, a schedule "
+                             "or notifications; the default one (no name) has none"
+                             % getattr(workflow, "name", workflow))
         name = name or getattr(workflow, "name", None) or repr(workflow)
-        lp = cls._registry.get(name)
-        if lp is not None and lp.workflow is workflow and lp.default_inputs == dict(default_inputs or {}) \
-                and lp.fixed_inputs == dict(fixed_inputs or {}):
-            return lp
-        lp = cls(name, workflow, default_inputs, fixed_inputs)
-        cls._registry[name] = lp
-        return lp
+        return cls._register(cls(name, workflow, default_inputs, fixed_inputs, schedule, notifications, labels,
+                                 annotations, **options))
 
     def __call__(self, *args, **kwargs):
         if args:
