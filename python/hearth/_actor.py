@@ -588,7 +588,9 @@ def task(fn=None, *, container_image=None, requests=None, limits=None, environme
         where = "task %s" % getattr(f, "__qualname__", f)
         env = _one_shot_environment(container_image, requests, limits, environment, secret_requests, pod_template,
                                     where)
-        return ActorTask(env, f, timeout=timeout, retries=retries, cache=cache, name=name, options=options)
+        t = ActorTask(env, f, timeout=timeout, retries=retries, cache=cache, name=name, options=options)
+        t._plain = True  # flytekit's semantics: no return annotation means no output (see hearth._flow)
+        return t
 
     if fn is None:
         return decorate

@@ -25,9 +25,17 @@ only *describe* a graph, so three things are needed to run them eagerly:
   stay plain.
 * Void calls. A call of a task (or workflow) that declares no output returns
   a ``Void`` inside a workflow body (None outside, as before), so that
-  ``t1() >> t2()`` works. Calls run in the order they are made, so ``a >> b``
-  only checks that order: if ``b`` already ran before ``a`` it raises
-  ``WorkflowError`` naming both, instead of pretending to reorder them.
+  ``t1() >> t2()`` works. A call that has no output to wait for -- declared
+  ``-> None``, or with no return annotation at all on a plain ``@task``, a
+  workflow, a dynamic or a launch plan, which flytekit reads as no output --
+  is held back until the body needs it: until the next call that returns a
+  value, or the end of the body. Held calls then run in the order ``>>``
+  (and ``runs_before``) asks for, else in the order they were made, so
+  ``t2(); t1(); t0(); t0_ >> t1_; t1_ >> t2_`` runs t0, t1, t2 as in Flyte.
+  An order that cannot be kept (``a >> b`` when ``b`` already ran and ``a``
+  did not, or a cycle) raises ``WorkflowError`` naming both. Calls that
+  return values run when they are made (an unannotated ``@actor.task``
+  counts as returning one, as Hearth's tasks always have).
 
 The state lives in a ``contextvars.ContextVar`` set for the duration of each
 workflow body; a call made outside any body (or in another thread) sees none
@@ -69,6 +77,8 @@ class _Flow(object):
         self.label = label
         self.skipping = False
         self.sections = []  # open conditional sections, innermost last
+        self.held = []  # Voids of calls not run yet, in call order
+        self.edges = []  # (a, b): held a runs before held b
 
 
 _FLOW = contextvars.ContextVar("hearth_flow", default=None)
@@ -106,15 +116,56 @@ class _Ordered(object):
         return self
 
 
+def _step(x):
+    """The Void behind a node of a call that has no output, else ``x``."""
+    inner = x.__dict__.get("_void") if isinstance(x, Node) else None
+    return inner if inner is not None else x
+
+
 def _order(a, b):
     if isinstance(a, Skipped) or isinstance(b, Skipped):
         return
+    if not isinstance(a, _Ordered) or not isinstance(b, _Ordered):
+        return
+    a, b = _step(a), _step(b)
+    ha, hb = isinstance(a, Void) and a._held, isinstance(b, Void) and b._held
+    if ha and hb:
+        flow = _FLOW.get()
+        if flow is not None and a in flow.held and b in flow.held:
+            flow.edges.append((a, b))
+            return
     sa, sb = getattr(a, "_seq", None), getattr(b, "_seq", None)
-    if isinstance(a, _Ordered) and isinstance(b, _Ordered) and sa is not None and sb is not None and sa > sb:
+    if ha and not hb and sb is not None:
         raise WorkflowError(
-            "`%s >> %s`: %s already ran before %s. Hearth runs a workflow's calls when they are made, in the "
-            "order they are written, so it cannot run %s first now; call %s before %s in the workflow"
-            % (a._label, b._label, b._label, a._label, a._label, a._label, b._label))
+            "`%s >> %s`: %s already ran (a call that returns a value runs when it is made) and %s has not; "
+            "call %s before %s in the workflow" % (a._label, b._label, b._label, a._label, a._label, b._label))
+    if sa is not None and sb is not None and sa > sb:
+        raise WorkflowError(
+            "`%s >> %s`: %s already ran before %s. Hearth runs a workflow's calls that return values when they "
+            "are made, in the order they are written, so it cannot run %s first now; call %s before %s in the "
+            "workflow" % (a._label, b._label, b._label, a._label, a._label, a._label, b._label))
+
+
+def flush(flow):
+    """Runs the body's held calls: those ``>>`` orders first, ties in call
+    order."""
+    held, edges = flow.held, flow.edges
+    if not held:
+        return
+    flow.held, flow.edges = [], []
+    before = {id(v): 0 for v in held}
+    for a, b in edges:
+        before[id(b)] += 1
+    todo = list(held)
+    while todo:
+        ready = next((v for v in todo if before[id(v)] == 0), None)
+        if ready is None:
+            raise WorkflowError("%s: `>>` orders %s in a cycle" % (flow.label, ", ".join(v._label for v in todo)))
+        todo.remove(ready)
+        for a, b in edges:
+            if a is ready:
+                before[id(b)] -= 1
+        ready._run()
 
 
 class Bool(_Ordered):
@@ -201,13 +252,22 @@ def _plain(v):
 
 
 class Void(_Ordered):
-    """What a call that declares no output gives inside a workflow body."""
+    """What a call that declares no output gives inside a workflow body;
+    ``_seq`` is None while the call is held (see the module's doc)."""
 
-    __slots__ = ("_seq", "_label")
+    __slots__ = ("_seq", "_label", "_held", "_thunk")
 
-    def __init__(self, seq, label):
+    def __init__(self, seq, label, thunk=None):
         self._seq = seq
         self._label = label
+        self._held = thunk is not None
+        self._thunk = thunk
+
+    def _run(self):
+        thunk, self._thunk = self._thunk, None
+        self._held = False
+        self._seq = next(_SEQ)
+        thunk()
 
     def with_overrides(self, *args, **kwargs):
         return self
@@ -436,8 +496,31 @@ def call(entity, args, kwargs, run):
     label = _label(entity)
     args = tuple(unwrap(a, "argument %d of %s" % (i + 1, label)) for i, a in enumerate(args))
     kwargs = {k: unwrap(v, "input %r of %s" % (k, label)) for k, v in kwargs.items()}
+    if _holds(entity):
+        if hasattr(entity, "signature"):
+            entity.signature.bind(args, kwargs)  # refused now, where the call is, not when it runs
+        void = Void(None, label, lambda: run(args, kwargs))
+        flow.held.append(void)
+        return void
+    flush(flow)
     seq = next(_SEQ)
     return _wrap(entity, run(args, kwargs), seq)
+
+
+def _holds(entity):
+    """Whether a call of ``entity`` has no output to wait for (see the
+    module's doc)."""
+    from hearth._actor import ActorTask
+    from hearth._workflow import LaunchPlan
+
+    if isinstance(entity, (ActorTask, Workflow)):
+        hint = entity.signature.returns
+        plain = not isinstance(entity, ActorTask) or getattr(entity, "_plain", False)
+    elif isinstance(entity, LaunchPlan):
+        hint, plain = entity.workflow.signature.returns, True
+    else:
+        return False
+    return hint is None or hint is type(None) or (plain and hint is _empty())
 
 
 def run_body(wf, kwargs, proxy_inputs=True):
@@ -454,6 +537,7 @@ def run_body(wf, kwargs, proxy_inputs=True):
     token = _FLOW.set(flow)
     try:
         result = wf._hearth_fn(**kwargs)
+        flush(flow)
         if flow.sections:
             raise WorkflowError("%s: conditional %s %s not finished: a chain ends with .else_().then(...) or "
                                 ".else_().fail(...)" % (label, ", ".join(repr(s.name) for s in flow.sections),
@@ -692,10 +776,14 @@ def create_node(entity, *args, **kwargs):
     if flow is not None and flow.skipping:
         _check_names(entity, (), kwargs)
         return Skipped("the node of %s" % label, flow.sections[-1] if flow.sections else None)
-    seq = next(_SEQ)
     result = entity(**kwargs)
+    seq = next(_SEQ)  # after the call: held calls it let run went first
     names = _output_names(_returns(entity))
-    if not names or isinstance(result, Void):
+    if isinstance(result, Void):
+        node = Node(label, result._seq, {})
+        node._void = result  # held: `>>` orders the call itself
+        return node
+    if not names:
         outputs = {}
     elif len(names) == 1 and not (isinstance(result, tuple) and hasattr(result, "_fields")):
         outputs = {names[0]: result}

@@ -278,14 +278,38 @@ def test_void_and_rshift_in_call_order():
     assert isinstance(seen["a"], Void) and isinstance(seen["n2"], Node)
     assert seen["n2"].total == 6 and seen["n2"].positive.is_true() and set(seen["n2"].outputs) == {"total", "positive"}
 
+    order = []
+
+    @workflow
+    def reordered() -> None:
+        second = noop()
+        order.append("called")
+        first = create_node(noop)
+        assert first._void._held and second._held  # nothing ran yet
+        first >> second
+
+    reordered()
+    assert order == ["called"]
+
     @workflow
     def backwards() -> None:
-        t2 = noop()
-        t1 = noop()
-        t1 >> t2
+        value = create_node(pair, n=1)  # returns a value: runs now
+        held = noop()
+        held >> value
 
-    with pytest.raises(WorkflowError, match=r"`task noop >> task noop`: task noop already ran before task noop"):
+    with pytest.raises(WorkflowError, match=r"`task noop >> task pair`: task pair already ran \(a call that returns "
+                                            r"a value runs when it is made\) and task noop has not"):
         backwards()
+
+    @workflow
+    def cycle() -> None:
+        a = noop()
+        b = noop()
+        a >> b
+        b >> a
+
+    with pytest.raises(WorkflowError, match=r"`>>` orders task noop, task noop in a cycle"):
+        cycle()
 
     @workflow
     def nodes() -> float:
