@@ -39,7 +39,10 @@ _BUILD_KEYS = ("name", "registry", "base_image", "python_version", "packages", "
 
 
 def in_replica():
-    return "hearth._worker" in sys.modules or bool(os.environ.get("HEARTH_IMAGE"))
+    # The worker's own flag, not whether hearth._worker is imported: the
+    # caller imports it too (a task call asks it, current_context() reads it).
+    worker = sys.modules.get("hearth._worker")
+    return (worker is not None and worker.in_worker()) or bool(os.environ.get("HEARTH_IMAGE"))
 
 
 def _provided(req):
