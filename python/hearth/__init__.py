@@ -47,6 +47,7 @@ _LAZY = {
     "ImageSpec": "hearth._spec",
     "PodTemplate": "hearth._spec",
     "workflow": "hearth._workflow",
+    "WorkflowFailurePolicy": "hearth._workflow",
     "LaunchPlan": "hearth._workflow",
     "current_context": "hearth._workflow",
     "conditional": "hearth._flow",

@@ -544,7 +544,24 @@ def run_body(wf, kwargs, proxy_inputs=True):
                                                         "is" if len(flow.sections) == 1 else "are"))
     finally:
         _FLOW.reset(token)
-    return unwrap(result, "the output of %s" % label)
+    return _declared(wf, unwrap(result, "the output of %s" % label), label)
+
+
+def _declared(wf, value, label):
+    """A workflow's output as its return annotation declares it (see
+    ``hearth._typecheck.conform``): ``-> float`` gives a float, a tuple
+    annotation a tuple, ``-> None`` nothing."""
+    hint = wf.signature.returns
+    if hint is _empty():
+        return value
+    if hint is None or hint is type(None):
+        return None
+    from hearth._typecheck import InputError, conform
+
+    try:
+        return conform(value, hint, "the output of %s" % label)
+    except InputError as e:
+        raise WorkflowError(str(e)) from None
 
 
 # -- conditional -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ the environment's ``secret_requests``), and ``execution_id`` is the task's id.
 import functools
 import os
 
-__all__ = ["workflow", "Workflow", "LaunchPlan", "current_context", "ExecutionParameters", "SecretsManager"]
+__all__ = ["workflow", "Workflow", "WorkflowFailurePolicy", "LaunchPlan", "current_context", "ExecutionParameters", "SecretsManager"]
 
 
 class Workflow(object):
@@ -44,6 +44,14 @@ class Workflow(object):
 
     def __repr__(self):
         return "<hearth workflow %s>" % self.name
+
+
+class WorkflowFailurePolicy(object):
+    """flytekit's failure policies, accepted by ``@workflow(failure_policy=...)``.
+    Hearth runs a body's calls in order and stops at the first failure
+    (``FAIL_IMMEDIATELY``); the other policy is accepted, not applied."""
+    FAIL_IMMEDIATELY = "FAIL_IMMEDIATELY"
+    FAIL_AFTER_EXECUTABLE_NODES_COMPLETE = "FAIL_AFTER_EXECUTABLE_NODES_COMPLETE"
 
 
 def workflow(fn=None, **options):
@@ -156,8 +164,15 @@ class LaunchPlan(object):
                                  annotations, **options))
 
     def __call__(self, *args, **kwargs):
-        if args:
-            raise TypeError("launch plan %s takes keyword arguments only" % self.name)
+        if args:  # positionally, in the workflow's order, as flytekit takes them
+            names = self.workflow.signature.names
+            if len(args) > len(names):
+                raise TypeError("launch plan %s takes %d inputs, got %d positional arguments"
+                                % (self.name, len(names), len(args)))
+            for n, v in zip(names, args):
+                if n in kwargs:
+                    raise TypeError("launch plan %s got input %r twice: positionally and by keyword" % (self.name, n))
+                kwargs[n] = v
         for k in kwargs:
             if k in self.fixed_inputs:
                 raise TypeError("launch plan %s: input %r is fixed to %r" % (self.name, k, self.fixed_inputs[k]))
