@@ -25,8 +25,14 @@ unpickler calls the two rebuild functions only after ``check_rebuild_file``
 relative paths, bytes, bounded count and size), so nothing is written
 outside the new temporary directory. The functions check again themselves.
 
-Inside a replica, the files a task received as inputs are removed once its
-result is encoded (``task_done``, called by the worker).
+Inside a replica, inputs go to a store named by their content
+(``<tmp>/hearth-inputs/<sha256>/<name>``, read-only), so the same file sent
+to many tasks has one path: an ``actor_cache`` keyed on it (a model's
+weights) hits from the second task on. A copy is checked against the sent
+bytes before it is reused (a task may have written to it), and once a
+task's result is encoded (``task_done``, called by the worker) copies not
+used by that task go, least recently used first, while the store holds
+more than ``HEARTH_INPUT_CACHE`` bytes (default 256 MiB; 0 keeps none).
 """
 
 import os
@@ -206,7 +212,9 @@ def _describe_type(value):
 
 # -- rebuilding (the receiving side) ---------------------------------------------------------
 
-_received = []  # inside a replica: the temporary directories of the running task's inputs
+_received = []  # inside a replica: the store entries the running task's inputs use
+_store = {}  # inside a replica: entry directory -> bytes, least recently used first
+DEFAULT_INPUT_CACHE = 256 * 1024 * 1024
 
 
 def _in_worker():
@@ -219,10 +227,108 @@ def _in_worker():
 def _fresh(kind):
     import tempfile
 
-    d = tempfile.mkdtemp(prefix="hearth-%s-" % kind)
-    if _in_worker():
-        _received.append(d)
-    return d
+    return tempfile.mkdtemp(prefix="hearth-%s-" % kind)
+
+
+def input_cache_limit(environ=None):
+    env = os.environ if environ is None else environ
+    raw = (env.get("HEARTH_INPUT_CACHE") or "").strip()
+    try:
+        return max(0, int(raw)) if raw else DEFAULT_INPUT_CACHE
+    except ValueError:
+        return DEFAULT_INPUT_CACHE
+
+
+def _digest(kind, fmt, name, entries):
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in (kind, fmt, name):
+        h.update(("%d:%s" % (len(part), part)).encode("utf-8", "surrogatepass"))
+    for path, content in entries:
+        h.update(("%d:%s" % (len(path), path)).encode("utf-8", "surrogatepass"))
+        h.update(b"d" if content is None else b"%d:" % len(content))
+        if content is not None:
+            h.update(content)
+    return h.hexdigest()
+
+
+def _matches(root, entries, single):
+    """Whether the copy at ``root`` still holds exactly ``entries``."""
+    try:
+        if single:
+            path, content = entries[0]
+            with open(root, "rb") as f:
+                return f.read(len(content) + 1) == content
+        seen = set()
+        for path, content in entries:
+            full = os.path.join(root, path)
+            if content is None:
+                if not os.path.isdir(full) or os.path.islink(full):
+                    return False
+            else:
+                if os.path.islink(full):
+                    return False
+                with open(full, "rb") as f:
+                    if f.read(len(content) + 1) != content:
+                        return False
+            seen.add(path)
+        for where, dirs, files in os.walk(root):
+            rel = os.path.relpath(where, root)
+            for n in dirs + files:
+                if (n if rel == "." else os.path.join(rel, n)) not in seen:
+                    return False
+        return True
+    except OSError:
+        return False
+
+
+def _stored(kind, fmt, name, entries, size, make):
+    """Inside a replica: the store's copy of these inputs (made by
+    ``make(directory)`` when missing or changed). Elsewhere: a fresh copy."""
+    if not _in_worker():
+        d = _fresh(kind)
+        try:
+            return make(d)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+    import shutil
+    import tempfile
+
+    base = os.path.join(tempfile.gettempdir(), "hearth-inputs")
+    os.makedirs(base, 0o700, exist_ok=True)
+    entry = os.path.join(base, _digest(kind, fmt, name, entries))
+    target = os.path.join(entry, name)
+    if entry in _store and _matches(target, entries, kind == "file"):
+        _store[entry] = _store.pop(entry)  # most recently used
+    else:
+        _store.pop(entry, None)
+        shutil.rmtree(entry, ignore_errors=True)
+        tmp = tempfile.mkdtemp(prefix=".hearth-in-", dir=base)
+        try:
+            target = make(tmp)
+            _read_only(tmp)
+            os.rename(tmp, entry)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        target = os.path.join(entry, name)
+        _store[entry] = size
+    _received.append(entry)
+    return target
+
+
+def _read_only(root):
+    # A task that writes to its input changes what the next one gets: discourage it
+    # (root may still write; _matches checks before a copy is reused).
+    for where, dirs, files in os.walk(root):
+        for n in files:
+            os.chmod(os.path.join(where, n), 0o444)
+        for n in dirs:
+            os.chmod(os.path.join(where, n), 0o555)
 
 
 def _write(path, content):
@@ -242,15 +348,12 @@ def _rebuild_file(fmt, name, content):
         check_rebuild_file((fmt, name, content))
     except Refused as e:
         raise FileTransferError("a FlyteFile was sent with %s, which is not allowed: %s" % (e.what, e.rule))
-    d = _fresh("file")
-    path = os.path.join(d, name)
-    try:
+    def make(d):
+        path = os.path.join(d, name)
         _write(path, content)
-    except BaseException:
-        import shutil
+        return path
 
-        shutil.rmtree(d, ignore_errors=True)
-        raise
+    path = _stored("file", fmt, name, [(name, content)], len(content), make)
     return _received_object(_format_class(FlyteFile, fmt), path)
 
 
@@ -260,9 +363,8 @@ def _rebuild_dir(fmt, name, entries):
         check_rebuild_dir((fmt, name, entries))
     except Refused as e:
         raise FileTransferError("a FlyteDirectory was sent with %s, which is not allowed: %s" % (e.what, e.rule))
-    d = _fresh("dir")
-    root = os.path.join(d, name)
-    try:
+    def make(d):
+        root = os.path.join(d, name)
         os.mkdir(root, 0o755)
         made = {""}
         for path, content in entries:
@@ -274,11 +376,10 @@ def _rebuild_dir(fmt, name, entries):
                     made.add(sub)
             if content is not None:
                 _write(os.path.join(root, path), content)
-    except BaseException:
-        import shutil
+        return root
 
-        shutil.rmtree(d, ignore_errors=True)
-        raise
+    size = sum(len(c) for _, c in entries if c is not None)
+    root = _stored("dir", fmt, name, list(entries), size, make)
     return _received_object(_format_class(FlyteDirectory, fmt), root)
 
 
@@ -288,13 +389,29 @@ def _received_object(cls, path):
     return obj
 
 
-def task_done():
-    """Inside a replica, after a task's result is encoded: removes the
-    copies of the files it received as inputs."""
+def _remove(entry):
     import shutil
 
-    while _received:
-        shutil.rmtree(_received.pop(), ignore_errors=True)
+    for where, dirs, files in os.walk(entry):
+        os.chmod(where, 0o700)  # read-only directories would keep their files
+    shutil.rmtree(entry, ignore_errors=True)
+
+
+def task_done():
+    """Inside a replica, after a task's result is encoded: drops the least
+    recently used inputs not used by that task while the store holds more
+    than ``HEARTH_INPUT_CACHE`` bytes."""
+    keep = set(_received)
+    del _received[:]
+    limit = input_cache_limit()
+    total = sum(_store.values())
+    for entry in list(_store):
+        if total <= limit:
+            break
+        if entry in keep and limit > 0:
+            continue
+        total -= _store.pop(entry)
+        _remove(entry)
 
 
 # -- reading (the sending side) -------------------------------------------------------------

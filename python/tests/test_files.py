@@ -261,13 +261,40 @@ def test_command_line_paths(tmp_path):
         _runner.parse_value(str(tmp_path / "in.csv"), FlyteDirectory, "d")
 
 
-def test_a_replica_removes_its_input_copies_after_the_task(tmp_path, monkeypatch, private_tmp):
+def test_a_replica_keeps_inputs_by_content_within_its_budget(tmp_path, monkeypatch, private_tmp):
     monkeypatch.setattr(_files, "_in_worker", lambda: True)
-    (tmp_path / "x").write_text("x")
-    g = pickle.loads(pickle.dumps(FlyteFile(str(tmp_path / "x"))))
-    assert os.path.exists(g.path)
+    monkeypatch.setattr(_files, "_store", {})
+    monkeypatch.setenv("HEARTH_INPUT_CACHE", "10")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "x").write_text("weights")
+    (src / "y").write_text("other")
+    g = pickle.loads(pickle.dumps(FlyteFile(str(src / "x"))))
     _files.task_done()
-    assert not os.path.exists(g.path) and written(private_tmp) == []
+    # The same content in a later task: the same path (an actor_cache keyed on it hits).
+    again = pickle.loads(pickle.dumps(FlyteFile(str(src / "x"))))
+    assert again.path == g.path and open(g.path).read() == "weights"
+    assert not os.access(g.path, os.W_OK) or os.geteuid() == 0
+    _files.task_done()
+    # A task that wrote to its copy: the next one gets the sent bytes again.
+    os.chmod(g.path, 0o644)
+    with open(g.path, "w") as f:
+        f.write("changed")
+    fixed = pickle.loads(pickle.dumps(FlyteFile(str(src / "x"))))
+    assert fixed.path == g.path and open(fixed.path).read() == "weights"
+    _files.task_done()
+    # Over the budget (10 bytes), the least recently used copy goes once a task ends.
+    other = pickle.loads(pickle.dumps(FlyteFile(str(src / "y"))))
+    _files.task_done()
+    assert os.path.exists(other.path) and not os.path.exists(g.path)
+    # HEARTH_INPUT_CACHE=0: nothing is kept past its task.
+    monkeypatch.setenv("HEARTH_INPUT_CACHE", "0")
+    _files.task_done()
+    assert not os.path.exists(other.path)
+    d = pickle.loads(pickle.dumps(FlyteDirectory(str(src))))
+    assert sorted(os.listdir(d.path)) == ["x", "y"]
+    _files.task_done()
+    assert not os.path.exists(d.path) and written(private_tmp) == ["hearth-inputs"]
 
 
 # -- forged results -------------------------------------------------------------------------------

@@ -471,3 +471,72 @@ def test_random_values_of_every_annotation_come_back_unchanged(rc, tmp_path):
     (tmp_path / "echo_mod.py").write_text(src)
     r = py(rc, CHECK.format(dir=str(tmp_path), per=per), timeout=600)
     assert r.stdout.strip() == "OK %d" % (per * len(ANNOTATIONS)), r.stdout + r.stderr
+
+
+# -- a Union-style project: everything at once ------------------------------------------
+
+MODEL = '''
+import functools
+import pathlib
+import typing
+
+import hearth as union
+from hearth import WorkflowFailurePolicy
+
+actor = union.ActorEnvironment(name="rc-model", replica_count=2, parallelism=1, backlog_length=50)
+loads = []
+
+
+class Model:
+    def __init__(self, weight: int):
+        self.weight = weight
+
+    def __call__(self, value: int) -> int:
+        return self.weight * value
+
+
+@union.task(cache=True, cache_version="v1")
+def make_weights(weight: int) -> union.FlyteFile:
+    path = pathlib.Path(union.current_context().working_directory) / "weights.txt"
+    path.write_text(str(weight))
+    return path  # a path where the annotation says FlyteFile: flytekit makes it one
+
+
+@actor.cache
+def load_model(path: str) -> Model:
+    loads.append(path)
+    with open(path) as f:
+        return Model(int(f.read()))
+
+
+@actor.task
+def infer(value: int, weights: union.FlyteFile) -> typing.Tuple[int, int]:
+    model = load_model(weights.download())
+    return model(value), len(loads)
+
+
+@union.workflow(failure_policy=WorkflowFailurePolicy.FAIL_IMMEDIATELY)
+def run_inference(values: typing.List[int] = [1, 2, 3, 4], weight: int = 3) -> typing.List[typing.Tuple[int, int]]:
+    weights = make_weights(weight=weight)
+    return union.map_task(functools.partial(infer, weights=weights))(value=values)
+
+
+lp = union.LaunchPlan.create("inference_by_5", run_inference, fixed_inputs={"weight": 5})
+'''
+
+
+def test_a_union_project_with_files_caches_and_map_task(rc, tmp_path):
+    path = write(tmp_path, "model_wf.py", MODEL)
+    cache = tmp_path / "cache"
+    r = run(rc, path, "run_inference", HEARTH_CACHE_DIR=str(cache))
+    out = [tuple(x) for x in __import__("json").loads(r.stdout)]
+    assert [o[0] for o in out] == [3, 6, 9, 12], r.stdout
+    # Each replica loads the model once: the weights arrive at one path per
+    # content, so the actor cache keyed on it hits from the second task on.
+    assert all(o[1] == 1 for o in out), out
+    t = traces(r)
+    assert [x["task"] for x in t] == ["make_weights"] + ["infer"] * 4, r.stderr
+    again = run(rc, path, "run_inference", HEARTH_CACHE_DIR=str(cache))
+    assert "hearth: task make_weights cached -> " in again.stderr and [x["task"] for x in traces(again)] == ["infer"] * 4
+    by5 = run(rc, "-q", path, "lp", HEARTH_CACHE_DIR=str(cache))
+    assert [tuple(x)[0] for x in __import__("json").loads(by5.stdout)] == [5, 10, 15, 20]
