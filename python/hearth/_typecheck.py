@@ -21,7 +21,8 @@ signature says:
   one of its values. ``Annotated[T, ...]``: ``T``.
 * Other classes (dataclasses, enums, datetimes, Decimal, ...):
   ``isinstance``; ``FlyteFile`` and ``FlyteDirectory`` also take a path
-  (``str`` or ``os.PathLike``) and make it one, as flytekit does. ``Any``, ``object``, type variables, protocols and
+  (``str`` or ``os.PathLike``) and make it one, as flytekit does; an
+  ``os.PathLike`` annotation is a file too (``FlyteFile``). ``Any``, ``object``, type variables, protocols and
   strings that do not resolve accept anything as it is.
 
 A value that does not fit raises ``InputError`` (a ``TypeError``) naming
@@ -30,6 +31,7 @@ Tasks and workflows take their inputs as keywords or, as flytekit does
 since 1.13, positionally in the order of the signature.
 """
 
+import os
 import typing
 
 __all__ = ["Signature", "InputError", "check_value", "conform", "describe", "hints_of"]
@@ -214,6 +216,11 @@ def _conform(value, hint, where, strict):
         raise _mismatch(value, hint, where)
     if _is_namedtuple(hint):
         return _namedtuple(value, hint, where, strict)
+    if hint is os.PathLike and not strict and isinstance(value, (str, os.PathLike)):
+        # flytekit reads an os.PathLike output or input as a file: its content travels.
+        from hearth._files import FlyteDirectory, FlyteFile
+
+        return value if isinstance(value, (FlyteFile, FlyteDirectory)) else FlyteFile(value)
     if isinstance(hint, type):
         if isinstance(value, hint):
             return value

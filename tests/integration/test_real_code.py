@@ -28,6 +28,7 @@ def write(tmp_path, name, code):
 TYPES = '''
 import dataclasses
 import datetime
+import os
 import decimal
 import enum
 import typing
@@ -105,6 +106,20 @@ def split(text: str) -> (typing.Dict[str, typing.List[str]], typing.Dict[str, Or
     return {head: rest.split(",")}, {head: Order(item=rest, qty=len(rest))}
 
 
+@actor.task
+def report(n: int) -> os.PathLike:
+    path = "/tmp/report.txt"
+    with open(path, "w") as f:
+        f.write("x" * n)
+    return path  # flytekit reads an os.PathLike output as a file: its content travels
+
+
+@workflow
+def wf_pathlike(n: int = 5) -> int:
+    with open(report(n=n)) as f:
+        return len(f.read())
+
+
 @workflow
 def wf_outputs(text: str = "fruit:apple,pear") -> str:
     names, orders = split(text=text)
@@ -170,6 +185,7 @@ def wf_positional(x: float = 1.5) -> float:
     ("wf_when", [], "2024-02-01\n1.10\nb'\\x00ok'\n"),
     ("wf_positional", [], "3.0\n"),
     ("wf_outputs", [], "pear apple,pear 10\n"),  # -> (A, B): flytekit's multiple outputs
+    ("wf_pathlike", ["--n", "7"], "7\n"),
 ])
 def test_declared_types_survive_the_round_trip(rc, tmp_path, name, args, out):
     path = write(tmp_path, "types_wf.py", TYPES)
