@@ -50,7 +50,7 @@ import warnings
 from hearth._errors import HearthError
 from hearth._workflow import Workflow
 
-__all__ = ["conditional", "dynamic", "DynamicTask", "Echo", "create_node", "Node", "Bool", "Void", "Skipped",
+__all__ = ["conditional", "dynamic", "DynamicTask", "Echo", "create_node", "Node", "Bool", "Void", "Skipped", "Outputs",
            "WorkflowError", "ConditionFailed", "CronSchedule", "FixedRate", "Email", "Slack", "PagerDuty",
            "WorkflowExecutionPhase"]
 
@@ -345,6 +345,8 @@ def unwrap(value, where):
         return value._value
     if isinstance(value, Void):
         return None
+    if type(value) is Outputs:
+        value = list(value)
     if isinstance(value, Skipped):
         value._refuse(where)
     if isinstance(value, (ConditionalSection, _Condition, _Case)):
@@ -471,8 +473,23 @@ def _check_names(entity, args, kwargs):
             raise InputError("%s missing required input %r" % (label, n))
 
 
+class Outputs(list):
+    """A map task's results inside a workflow body: a list that also takes
+    flytekit's ``.with_overrides(...)`` (resources, retries: not applied
+    per call in Hearth; the environment's apply). A plain list again
+    wherever it is passed on or returned."""
+
+    def with_overrides(self, *args, **kwargs):
+        return self
+
+
 def _wrap(entity, result, seq):
     label = _label(entity)
+    if type(result) is list:
+        from hearth._actor import MappedTask
+
+        if isinstance(entity, MappedTask):
+            return Outputs(result)
     if result is None and _is_void(_returns(entity)):
         return Void(seq, label)
     if type(result) is bool:

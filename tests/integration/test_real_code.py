@@ -314,7 +314,8 @@ def total(xs: typing.List[int]) -> int:
 
 @union.workflow
 def wf(n: int = 4) -> int:
-    return total(xs=union.map_task(square)(x=list(range(n))))
+    squares = union.map_task(square)(x=list(range(n))).with_overrides(limits=union.Resources(mem="300Mi"))
+    return total(xs=squares)
 '''
 
 
