@@ -493,7 +493,11 @@ def _plan(fn):
     return plan
 
 
-def _plain_conform(value, hint, where):
+def _where(fname, name):
+    return "%s() output" % fname if name == "return" else "%s() input %r" % (fname, name)
+
+
+def _plain_conform(value, hint, fname, name):
     if hint is float and type(value) is int:
         return float(value)
     if hint is None or hint is type(None):
@@ -509,20 +513,22 @@ def _plain_conform(value, hint, where):
         shown = shown[:57] + "..."
     t = type(value)
     raise TypeError("%s: expected %s, got %s %s" % (
-        where, _PLAIN_HINTS[hint], t.__name__ if t.__module__ == "builtins" else "%s.%s" % (t.__module__, t.__qualname__),
+        _where(fname, name), _PLAIN_HINTS[hint], t.__name__ if t.__module__ == "builtins" else "%s.%s" % (t.__module__, t.__qualname__),
         shown))
 
 
-def _conform(plan, value, name, where):
+def _conform(plan, value, name, fname):
+    """``value`` of input ``name`` ("return": the output) of the function
+    called ``fname``, as its annotation declares it."""
     hint = plan[1].get(name, _conform)
     if hint is _conform:
         return value
     if plan[0] == "plain":
-        return _plain_conform(value, hint, where)
+        return _plain_conform(value, hint, fname, name)
     from hearth import _typecheck
 
     try:
-        return _typecheck.conform(value, hint, where)
+        return _typecheck.conform(value, hint, _where(fname, name))
     except _typecheck.InputError as e:
         raise TypeError(str(e)) from None
 
@@ -538,7 +544,7 @@ def _invoke(module, function, raw_kwargs):
         name = getattr(fn, "__name__", function)
         if plan is not None:
             for k, v in kwargs.items():
-                kwargs[k] = _conform(plan, v, k, "%s() input %r" % (name, k))
+                kwargs[k] = _conform(plan, v, k, name)
         value = fn(**kwargs)
         if type(value) is _CoroutineType:
             import asyncio
@@ -550,7 +556,7 @@ def _invoke(module, function, raw_kwargs):
             if plan[1].get("return", 0) in (None, type(None)):
                 value = None  # -> None: what the body returns is not an output (as in flytekit)
             else:
-                value = _conform(plan, value, "return", "%s() output" % name)
+                value = _conform(plan, value, "return", name)
         _armed = False
         return True, value
     except BaseException as e:
@@ -719,7 +725,7 @@ def _run(msg, limit, stdio):
     _restore_signals()
     body = _result_body(tid, ok, value, t0, limit)
     files = sys.modules.get("hearth._files")
-    if files is not None:  # the copies of the task's input files, now that its result is encoded
+    if files is not None:  # the task's input files are released now that its result is encoded
         files.task_done()
     if not ok:
         _drop_frames(value)

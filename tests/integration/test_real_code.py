@@ -211,7 +211,7 @@ def test_a_result_that_does_not_fit_its_annotation_fails_the_task(rc, tmp_path):
             # Task code runs in the worker: it can switch the worker's check off,
             # so the caller checks again.
             import hearth._worker as w
-            w._conform = lambda plan, value, name, where: value
+            w._conform = lambda plan, value, name, fname: value
             return "seven"
 
 
