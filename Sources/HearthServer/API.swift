@@ -22,6 +22,9 @@ struct API: Sendable {
     var defaultMemory: Int64?
     /// Runs before an image is deleted: its spare replicas go first.
     var beforeImageRemove: @Sendable (String) async -> Void = { _ in }
+    /// The environments (with their replicas) whose spec names an image
+    /// (as resolved: NAME:TAG), so that deleting it is refused.
+    var environmentsOnImage: @Sendable (String) async -> [String] = { _ in [] }
     /// Runs after an import: spares of what the name meant before go (their
     /// layers may just have been collected).
     var afterImageImport: @Sendable (ImageSummary) async -> Void = { _ in }
@@ -65,6 +68,10 @@ struct API: Sendable {
             let name = raw.removingPercentEncoding ?? raw
             do {
                 let full = (try? ImageName.normalize(name, allowDigest: true)) ?? (name.contains(":") ? name : name + ":latest")
+                let envs = await environmentsOnImage(full)
+                if !envs.isEmpty {
+                    throw HearthError(.conflict, "image \"\(full)\" is in use by \(envs.joined(separator: "; ")); remove \(envs.count == 1 ? "that environment" : "those environments") first (hearth rm NAME)")
+                }
                 let users = registry.users(ofImage: full)
                 if !users.isEmpty {
                     throw HearthError(.conflict, "image \"\(full)\" is in use by \(users.count) running replica(s) (\(users.joined(separator: ", "))); remove it when they have finished")

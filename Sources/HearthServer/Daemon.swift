@@ -183,6 +183,17 @@ public enum Daemon {
                       defaultMemory: options.defaultMemory)
         api.defaultUserNamespace = options.userNamespaces
         api.beforeImageRemove = { name in await spares.discard(image: name) }
+        api.environmentsOnImage = { full in
+            var users: [String] = []
+            for config in pool.configs().sorted(by: { $0.name < $1.name }) {
+                let image = (try? ImageName.normalize(config.image, allowDigest: true)) ?? config.image
+                guard image == full else { continue }
+                let replicas = ((try? await pool.status(config.name))?.replicas ?? []).map(\.name)
+                users.append(replicas.isEmpty ? "environment \(config.name)"
+                             : "environment \(config.name) (replica\(replicas.count == 1 ? "" : "s") \(replicas.joined(separator: ", ")))")
+            }
+            return users
+        }
         api.afterImageImport = { image in
             await spares.discard(image: image.name, keeping: image.id)
             if options.spares > 0 && spareImages.contains(image.name) { await arm(image.name) }

@@ -91,6 +91,29 @@ def test_image_in_use_is_not_removed(own):
     own.hearth("image", "rm", "busy:1")
 
 
+def test_image_of_an_environment_is_not_removed(own):
+    """An environment's replicas run on its image (mounted overlays), and
+    its next replica needs it: deleting it is refused, naming the user."""
+    own.hearth("image", "import", str(LAYOUT), "--name", "envimg:1")
+    status, body = api(own.socket, "POST", "/v1/environments",
+                       {"name": "on-envimg", "container_image": "envimg:1", "replica_count": 1})
+    assert status in (200, 201), body
+    status, snap = api(own.socket, "POST", "/v1/environments/on-envimg/tasks",
+                       {"module": "os", "function": "getpid", "wait": True})
+    assert status == 200 and snap["state"] == "succeeded", snap
+    try:
+        status, body = api(own.socket, "DELETE", "/v1/images/envimg:1")
+        assert status == 409 and body["error"]["code"] == "conflict", body
+        msg = body["error"]["message"]
+        assert msg.startswith('image "envimg:1" is in use by environment on-envimg (replica ') and \
+            snap["replica"] in msg and msg.endswith("remove that environment first (hearth rm NAME)"), msg
+        assert "envimg:1" in own.hearth("image", "ls").stdout.decode()
+    finally:
+        own.hearth("rm", "on-envimg")
+    status, body = api(own.socket, "DELETE", "/v1/images/envimg:1")
+    assert status == 204, body
+
+
 def test_crash_recovery_cleans_up(own):
     """SIGKILL the daemon with a replica running; the next start removes it."""
     env = dict(os.environ, HEARTH_SOCKET=own.socket)
