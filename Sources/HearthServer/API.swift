@@ -37,56 +37,48 @@ struct API: Sendable {
                                  cgroup: "\(runtime.cgroups.version)", pid: getpid()))
         }
         router.get("/v1/images") { _, _ in
-            do {
-                let list = try await Blocking.run { try images.list() }
-                return try json(list)
-            } catch { return errorResponse(error) }
+            let list = try await Blocking.run { try images.list() }
+            return try json(list)
         }
         router.post("/v1/images/import") { request, context in
-            do {
-                // The archive's bytes, from a client that may not be root:
-                // hearthd reads only what it was sent.
-                if UploadSpool.isArchive(contentType: request.headers[.contentType]) {
-                    let name = request.uri.queryParameters.get("name")
-                    let spool = try await UploadSpool.receive(request.body, into: images.scratchDirectory)
-                    return importResponse(path: spool, name: name, spooled: true)
-                }
-                let body = try await request.body.collect(upTo: Self.maxRequestBody)
-                let req = try decodeBody(ImageImportRequest.self, body, what: "image import request")
-                // A path is opened by root, symlinks and all: only for a
-                // peer that could open it itself.
-                let peer = await context.peer()
-                guard let peer, peer.uid == 0 else {
-                    let who = peer.map { "uid \($0.uid)" } ?? "a peer without credentials"
-                    throw HearthError(.forbidden, "image import by path \(req.path.debugDescription): only root may have hearthd open a host path (it reads it as root); you are \(who). Send the archive's bytes instead: `hearth image import PATH` does so for a non-root user (POST /v1/images/import with Content-Type: application/x-tar)")
-                }
-                return importResponse(path: req.path, name: req.name, spooled: false)
-            } catch { return errorResponse(error) }
+            // The archive's bytes, from a client that may not be root:
+            // hearthd reads only what it was sent.
+            if UploadSpool.isArchive(contentType: request.headers[.contentType]) {
+                let name = request.uri.queryParameters.get("name")
+                let spool = try await UploadSpool.receive(request.body, into: images.scratchDirectory)
+                return importResponse(path: spool, name: name, spooled: true)
+            }
+            let body = try await request.body.collect(upTo: Self.maxRequestBody)
+            let req = try decodeBody(ImageImportRequest.self, body, what: "image import request")
+            // A path is opened by root, symlinks and all: only for a
+            // peer that could open it itself.
+            let peer = await context.peer()
+            guard let peer, peer.uid == 0 else {
+                let who = peer.map { "uid \($0.uid)" } ?? "a peer without credentials"
+                throw HearthError(.forbidden, "image import by path \(req.path.debugDescription): only root may have hearthd open a host path (it reads it as root); you are \(who). Send the archive's bytes instead: `hearth image import PATH` does so for a non-root user (POST /v1/images/import with Content-Type: application/x-tar)")
+            }
+            return importResponse(path: req.path, name: req.name, spooled: false)
         }
         router.delete("/v1/images/**") { _, context in
             let raw = context.parameters.getCatchAll().joined(separator: "/")
             let name = raw.removingPercentEncoding ?? raw
-            do {
-                let full = (try? ImageName.normalize(name, allowDigest: true)) ?? (name.contains(":") ? name : name + ":latest")
-                let envs = await environmentsOnImage(full)
-                if !envs.isEmpty {
-                    throw HearthError(.conflict, "image \"\(full)\" is in use by \(envs.joined(separator: "; ")); remove \(envs.count == 1 ? "that environment" : "those environments") first (hearth rm NAME)")
-                }
-                let users = registry.users(ofImage: full)
-                if !users.isEmpty {
-                    throw HearthError(.conflict, "image \"\(full)\" is in use by \(users.count) running replica(s) (\(users.joined(separator: ", "))); remove it when they have finished")
-                }
-                await beforeImageRemove(full)
-                try await Blocking.run { try images.remove(name: name) }
-                return Response(status: .noContent)
-            } catch { return errorResponse(error) }
+            let full = (try? ImageName.normalize(name, allowDigest: true)) ?? (name.contains(":") ? name : name + ":latest")
+            let envs = await environmentsOnImage(full)
+            if !envs.isEmpty {
+                throw HearthError(.conflict, "image \"\(full)\" is in use by \(envs.joined(separator: "; ")); remove \(envs.count == 1 ? "that environment" : "those environments") first (hearth rm NAME)")
+            }
+            let users = registry.users(ofImage: full)
+            if !users.isEmpty {
+                throw HearthError(.conflict, "image \"\(full)\" is in use by \(users.count) running replica(s) (\(users.joined(separator: ", "))); remove it when they have finished")
+            }
+            await beforeImageRemove(full)
+            try await Blocking.run { try images.remove(name: name) }
+            return Response(status: .noContent)
         }
         router.post("/v1/sandboxes") { request, _ in
-            do {
-                let body = try await request.body.collect(upTo: Self.maxRequestBody)
-                let req = try decodeBody(SandboxRequest.self, body, what: "sandbox request")
-                return try await sandbox(req)
-            } catch { return errorResponse(error) }
+            let body = try await request.body.collect(upTo: Self.maxRequestBody)
+            let req = try decodeBody(SandboxRequest.self, body, what: "sandbox request")
+            return try await sandbox(req)
         }
     }
 

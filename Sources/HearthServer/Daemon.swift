@@ -199,6 +199,7 @@ public enum Daemon {
             if options.spares > 0 && spareImages.contains(image.name) { await arm(image.name) }
         }
         let router = Router(context: HearthRequestContext.self)
+        router.add(middleware: ErrorMiddleware())  // before the routes: it applies to those added after it
         api.register(on: router)
         let poolRoutes = PoolRoutes(pool: pool, admission: admission, code: code, secrets: secrets, logger: logger)
         poolRoutes.register(on: router)

@@ -19,12 +19,10 @@ struct ImageBuildRoutes: Sendable {
 
     func register(on router: Router<HearthRequestContext>) {
         router.post("/v1/images/build") { request, _ in
-            do {
-                let body = try await request.body.collect(upTo: API.maxRequestBody)
-                let req = try ImageBuildRequest.parse(json: String(decoding: body.readableBytesView, as: UTF8.self))
-                _ = try builder.imageName(req.spec)
-                return stream(req)
-            } catch { return errorResponse(error) }
+            let body = try await request.body.collect(upTo: API.maxRequestBody)
+            let req = try ImageBuildRequest.parse(json: String(decoding: body.readableBytesView, as: UTF8.self))
+            _ = try builder.imageName(req.spec)
+            return stream(req)
         }
     }
 

@@ -20,138 +20,108 @@ struct PoolRoutes: Sendable {
 
     func register(on router: Router<HearthRequestContext>) {
         router.post("/v1/environments") { request, _ in
-            do {
-                let body = try await request.body.collect(upTo: Self.maxSpecBytes)
-                let source = request.uri.queryParameters["source"].map(String.init) ?? "request body"
-                let text = String(buffer: body)
-                if request.headers[.accept]?.contains("application/x-ndjson") == true {
-                    // Documents that do not parse are a 400, before the stream.
-                    _ = try EnvironmentSpec.parseDocuments(text, source: source)
-                    return applyStream(text: text, source: source)
-                }
-                let results = try await admission.apply(text: text, source: source)
-                return try json(results)
-            } catch { return errorResponse(error) }
+            let body = try await request.body.collect(upTo: Self.maxSpecBytes)
+            let source = request.uri.queryParameters["source"].map(String.init) ?? "request body"
+            let text = String(buffer: body)
+            if request.headers[.accept]?.contains("application/x-ndjson") == true {
+                // Documents that do not parse are a 400, before the stream.
+                _ = try EnvironmentSpec.parseDocuments(text, source: source)
+                return applyStream(text: text, source: source)
+            }
+            let results = try await admission.apply(text: text, source: source)
+            return try json(results)
         }
         router.get("/v1/environments") { _, _ in
             try json(await pool.list())
         }
         router.get("/v1/environments/:name") { _, context in
-            do {
-                return try json(try await pool.status(context.parameters.get("name") ?? ""))
-            } catch { return errorResponse(error) }
+            return try json(try await pool.status(context.parameters.get("name") ?? ""))
         }
         router.delete("/v1/environments/:name") { _, context in
-            do {
-                try await admission.remove(context.parameters.get("name") ?? "")
-                return Response(status: .noContent)
-            } catch { return errorResponse(error) }
+            try await admission.remove(context.parameters.get("name") ?? "")
+            return Response(status: .noContent)
         }
         // The warm path: JSON in and out by hand (FastJSON), no extra hop.
         // (Usually answered before it gets here: see TaskFastPath.)
         router.post("/v1/environments/:name/tasks") { request, context in
-            do {
-                let env = context.parameters.get("name") ?? ""
-                let body = try await request.body.collect(upTo: Self.maxTaskBytes)
-                let (status, bytes) = await withCheckedContinuation { c in
-                    postTask(environment: env, body: body) { c.resume(returning: ($0, $1)) }
-                }
-                return jsonBytes(bytes, status: status)
-            } catch { return errorResponse(error) }
+            let env = context.parameters.get("name") ?? ""
+            let body = try await request.body.collect(upTo: Self.maxTaskBytes)
+            let (status, bytes) = await withCheckedContinuation { c in
+                postTask(environment: env, body: body) { c.resume(returning: ($0, $1)) }
+            }
+            return jsonBytes(bytes, status: status)
         }
         router.post("/v1/environments/:name/batch") { request, context in
-            do {
-                let env = context.parameters.get("name") ?? ""
-                let body = try await request.body.collect(upTo: Self.maxTaskBytes)
-                let req = try parseBatchRequest(body)
-                var subs: [Pool.Submission] = []
-                subs.reserveCapacity(req.inputs.count)
-                for (i, input) in req.inputs.enumerated() {
-                    guard case .object = input else {
-                        throw HearthError.invalid("inputs[\(i)]: each input is an object of keyword arguments")
-                    }
-                    var sub = try submission(req.module, req.function, input, req.bundle, req.timeout, req.identity)
-                    sub.pinned = true
-                    subs.append(sub)
+            let env = context.parameters.get("name") ?? ""
+            let body = try await request.body.collect(upTo: Self.maxTaskBytes)
+            let req = try parseBatchRequest(body)
+            var subs: [Pool.Submission] = []
+            subs.reserveCapacity(req.inputs.count)
+            for (i, input) in req.inputs.enumerated() {
+                guard case .object = input else {
+                    throw HearthError.invalid("inputs[\(i)]: each input is an object of keyword arguments")
                 }
-                // All at once: one journal write, one scheduler pass, one wake-up when all are done.
-                let tasks = try pool.submitMany(env, subs)
-                await TaskRecord.waitAll(tasks)
-                var w = JSONWriter(capacity: 256 * tasks.count + 2)
-                w.bytes.append(0x5b)
-                for (i, t) in tasks.enumerated() {
-                    if i > 0 { w.bytes.append(0x2c) }
-                    w.bytes += t.jsonBytes
-                    // Delivered: now the result budget may spill or drop it.
-                    pool.tasks.release(t)
-                }
-                w.bytes.append(0x5d)
-                return jsonBytes(w.bytes)
-            } catch { return errorResponse(error) }
+                var sub = try submission(req.module, req.function, input, req.bundle, req.timeout, req.identity)
+                sub.pinned = true
+                subs.append(sub)
+            }
+            // All at once: one journal write, one scheduler pass, one wake-up when all are done.
+            let tasks = try pool.submitMany(env, subs)
+            await TaskRecord.waitAll(tasks)
+            var w = JSONWriter(capacity: 256 * tasks.count + 2)
+            w.bytes.append(0x5b)
+            for (i, t) in tasks.enumerated() {
+                if i > 0 { w.bytes.append(0x2c) }
+                w.bytes += t.jsonBytes
+                // Delivered: now the result budget may spill or drop it.
+                pool.tasks.release(t)
+            }
+            w.bytes.append(0x5d)
+            return jsonBytes(w.bytes)
         }
         router.get("/v1/tasks/:id") { _, context in
-            do {
-                return jsonBytes(try await task(context).fullJSON())
-            } catch let e as ResultExpired {
-                return expiredResponse(e)
-            } catch { return errorResponse(error) }
+            return jsonBytes(try await task(context).fullJSON())
         }
         router.get("/v1/tasks/:id/logs") { _, context in
-            do {
-                let t = try task(context)
-                let (logs, truncated) = try await t.fullLogs()
-                let entries = logs.map { TaskLogs.Entry(stream: $0.stream.rawValue, text: String(decoding: $0.bytes, as: UTF8.self)) }
-                return try json(TaskLogs(id: t.id, entries: entries, truncated: truncated))
-            } catch let e as ResultExpired {
-                return expiredResponse(e)
-            } catch { return errorResponse(error) }
+            let t = try task(context)
+            let (logs, truncated) = try await t.fullLogs()
+            let entries = logs.map { TaskLogs.Entry(stream: $0.stream.rawValue, text: String(decoding: $0.bytes, as: UTF8.self)) }
+            return try json(TaskLogs(id: t.id, entries: entries, truncated: truncated))
         }
         router.delete("/v1/tasks/:id") { _, context in
-            do {
-                let t = try await pool.cancel(context.parameters.get("id") ?? "")
-                return jsonBytes(t.jsonBytes, status: .accepted)
-            } catch { return errorResponse(error) }
+            let t = try await pool.cancel(context.parameters.get("id") ?? "")
+            return jsonBytes(t.jsonBytes, status: .accepted)
         }
         // Lets a client skip the upload of a bundle the daemon already has.
         router.get("/v1/code/:sha") { _, context in
-            do {
-                let sha = context.parameters.get("sha") ?? ""
-                return try json(try await Blocking.run { try code.bundle(sha) })
-            } catch { return errorResponse(error) }
+            let sha = context.parameters.get("sha") ?? ""
+            return try json(try await Blocking.run { try code.bundle(sha) })
         }
         router.put("/v1/code/:sha") { request, context in
-            do {
-                let sha = context.parameters.get("sha") ?? ""
-                let body = try await request.body.collect(upTo: CodeStore.maxUploadBytes)
-                let bytes = Array(buffer: body)
-                let bundle = try await Blocking.run { try code.store(sha256: sha, tarball: bytes) }
-                return try json(bundle, status: .created)
-            } catch { return errorResponse(error) }
+            let sha = context.parameters.get("sha") ?? ""
+            let body = try await request.body.collect(upTo: CodeStore.maxUploadBytes)
+            let bytes = Array(buffer: body)
+            let bundle = try await Blocking.run { try code.store(sha256: sha, tarball: bytes) }
+            return try json(bundle, status: .created)
         }
         router.get("/v1/spares") { _, _ in
-            do {
-                let status = pool.spares?.status()
-                    ?? SparesStatus(enabled: false, perKey: 0, ttlSeconds: 0, keys: [], adopted: 0)
-                return try json(status)
-            } catch { return errorResponse(error) }
+            let status = pool.spares?.status()
+                ?? SparesStatus(enabled: false, perKey: 0, ttlSeconds: 0, keys: [], adopted: 0)
+            return try json(status)
         }
         router.get("/v1/secrets") { _, _ in
-            do { return try json(try secrets.list()) } catch { return errorResponse(error) }
+            try json(try secrets.list())
         }
         router.put("/v1/secrets/:key") { request, context in
-            do {
-                let key = context.parameters.get("key") ?? ""
-                let body = try await request.body.collect(upTo: SecretStore.maxValueBytes + 1)
-                try secrets.set(key: key, value: Array(buffer: body))
-                logger.info("secret \(key) set")  // the name only, never the value
-                return Response(status: .noContent)
-            } catch { return errorResponse(error) }
+            let key = context.parameters.get("key") ?? ""
+            let body = try await request.body.collect(upTo: SecretStore.maxValueBytes + 1)
+            try secrets.set(key: key, value: Array(buffer: body))
+            logger.info("secret \(key) set")  // the name only, never the value
+            return Response(status: .noContent)
         }
         router.delete("/v1/secrets/:key") { _, context in
-            do {
-                try secrets.remove(key: context.parameters.get("key") ?? "")
-                return Response(status: .noContent)
-            } catch { return errorResponse(error) }
+            try secrets.remove(key: context.parameters.get("key") ?? "")
+            return Response(status: .noContent)
         }
     }
 

@@ -17,41 +17,33 @@ struct RegistryRoutes: Sendable {
 
     func register(on router: Router<HearthRequestContext>) {
         router.post("/v1/images/pull") { request, _ in
-            do {
-                let body = try await request.body.collect(upTo: API.maxRequestBody)
-                let req = try decodeBody(ImagePullRequest.self, body, what: "image pull request")
-                // Refused before the stream starts: a bad reference or name is a 400.
-                let ref = try ImageReference.parse(req.reference)
-                if let name = req.name { _ = try ImageName.normalize(name) }
-                return pullResponse(req, reference: ref)
-            } catch { return errorResponse(error) }
+            let body = try await request.body.collect(upTo: API.maxRequestBody)
+            let req = try decodeBody(ImagePullRequest.self, body, what: "image pull request")
+            // Refused before the stream starts: a bad reference or name is a 400.
+            let ref = try ImageReference.parse(req.reference)
+            if let name = req.name { _ = try ImageName.normalize(name) }
+            return pullResponse(req, reference: ref)
         }
         router.post("/v1/registries/login") { request, _ in
-            do {
-                let body = try await request.body.collect(upTo: 64 << 10)
-                let req = try decodeBody(RegistryLoginRequest.self, body, what: "login request")
-                let result = try await puller.login(registry: req.registry, username: req.username, password: req.password)
-                // The registry and the user; never the password.
-                logger.info("registry \(result.registry): credentials of \(req.username) saved")
-                return try json(result)
-            } catch { return errorResponse(error) }
+            let body = try await request.body.collect(upTo: 64 << 10)
+            let req = try decodeBody(RegistryLoginRequest.self, body, what: "login request")
+            let result = try await puller.login(registry: req.registry, username: req.username, password: req.password)
+            // The registry and the user; never the password.
+            logger.info("registry \(result.registry): credentials of \(req.username) saved")
+            return try json(result)
         }
         router.post("/v1/registries/logout") { request, _ in
-            do {
-                let body = try await request.body.collect(upTo: 64 << 10)
-                let req = try decodeBody(RegistryLogoutRequest.self, body, what: "logout request")
-                let result = try puller.logout(registry: req.registry)
-                logger.info("registry \(result.registry): \(result.message)")
-                return try json(result)
-            } catch { return errorResponse(error) }
+            let body = try await request.body.collect(upTo: 64 << 10)
+            let req = try decodeBody(RegistryLogoutRequest.self, body, what: "logout request")
+            let result = try puller.logout(registry: req.registry)
+            logger.info("registry \(result.registry): \(result.message)")
+            return try json(result)
         }
         router.get("/v1/registries") { _, _ in
-            do {
-                let saved = try puller.credentials.list()
-                return try json(saved.keys.sorted().map {
-                    RegistryLoginResult(registry: $0, username: saved[$0], message: "credentials saved")
-                })
-            } catch { return errorResponse(error) }
+            let saved = try puller.credentials.list()
+            return try json(saved.keys.sorted().map {
+                RegistryLoginResult(registry: $0, username: saved[$0], message: "credentials saved")
+            })
         }
     }
 

@@ -58,6 +58,13 @@ def test_api_errors_are_json_with_stable_codes(own):
     assert status == 404 and body["error"]["code"] == "image_not_found"
     status, body = api(own.socket, "GET", "/v1/version")
     assert status == 200 and body["api"] == "v1"
+    # Hummingbird's own refusals get the same JSON body and keep their status.
+    status, body = api(own.socket, "GET", "/v1/nothing-here")
+    assert status == 404 and body["error"]["code"] == "not_found", body
+    assert body["error"]["message"].startswith("no route GET /v1/nothing-here"), body
+    status, body = api(own.socket, "POST", "/v1/registries/login", b"x" * (65 << 10))
+    assert status == 413 and body["error"]["code"] == "invalid_argument", body
+    assert "request body is larger than this route takes" in body["error"]["message"], body
 
 
 def test_image_commands(own, tmp_path):
