@@ -179,7 +179,7 @@ public enum Daemon {
         }
         await admission.setPull { reference, progress in try await pull(reference, nil, progress) }
 
-        var api = API(runtime: runtime, images: images, registry: registry, policy: policy, logger: logger,
+        var api = ImageAndSandboxRoutes(runtime: runtime, images: images, registry: registry, policy: policy, logger: logger,
                       defaultMemory: options.defaultMemory)
         api.defaultUserNamespace = options.userNamespaces
         api.beforeImageRemove = { name in await spares.discard(image: name) }
@@ -332,5 +332,12 @@ final class StateLock {
     func release() {
         _ = ftruncate(fd, 0)
         close(fd)
+    }
+}
+
+extension Duration {
+    var inMicroseconds: Double {
+        let (s, atto) = components
+        return Double(s) * 1e6 + Double(atto) / 1e12
     }
 }

@@ -19,7 +19,7 @@ struct ImageBuildRoutes: Sendable {
 
     func register(on router: Router<HearthRequestContext>) {
         router.post("/v1/images/build") { request, _ in
-            let body = try await request.body.collect(upTo: API.maxRequestBody)
+            let body = try await request.body.collect(upTo: RequestLimits.body)
             let req = try ImageBuildRequest.parse(json: String(decoding: body.readableBytesView, as: UTF8.self))
             _ = try builder.imageName(req.spec)
             return stream(req)

@@ -17,7 +17,7 @@ struct RegistryRoutes: Sendable {
 
     func register(on router: Router<HearthRequestContext>) {
         router.post("/v1/images/pull") { request, _ in
-            let body = try await request.body.collect(upTo: API.maxRequestBody)
+            let body = try await request.body.collect(upTo: RequestLimits.body)
             let req = try decodeBody(ImagePullRequest.self, body, what: "image pull request")
             // Refused before the stream starts: a bad reference or name is a 400.
             let ref = try ImageReference.parse(req.reference)

@@ -9,8 +9,8 @@ import Logging
 import NIOCore
 import Synchronization
 
-/// The versioned HTTP API. Every error is JSON: {"error": {"code", "message"}}.
-struct API: Sendable {
+/// The routes of the version, images and sandboxes (errors: ErrorMiddleware).
+struct ImageAndSandboxRoutes: Sendable {
     let runtime: SandboxRuntime
     let images: ImageStore
     let registry: ReplicaRegistry
@@ -29,8 +29,6 @@ struct API: Sendable {
     /// layers may just have been collected).
     var afterImageImport: @Sendable (ImageSummary) async -> Void = { _ in }
 
-    static let maxRequestBody = 4 << 20
-
     func register(on router: Router<HearthRequestContext>) {
         router.get("/v1/version") { _, _ in
             try json(VersionInfo(version: Daemon.version, api: HearthDefaults.apiVersion,
@@ -48,7 +46,7 @@ struct API: Sendable {
                 let spool = try await UploadSpool.receive(request.body, into: images.scratchDirectory)
                 return importResponse(path: spool, name: name, spooled: true)
             }
-            let body = try await request.body.collect(upTo: Self.maxRequestBody)
+            let body = try await request.body.collect(upTo: RequestLimits.body)
             let req = try decodeBody(ImageImportRequest.self, body, what: "image import request")
             // A path is opened by root, symlinks and all: only for a
             // peer that could open it itself.
@@ -76,7 +74,7 @@ struct API: Sendable {
             return Response(status: .noContent)
         }
         router.post("/v1/sandboxes") { request, _ in
-            let body = try await request.body.collect(upTo: Self.maxRequestBody)
+            let body = try await request.body.collect(upTo: RequestLimits.body)
             let req = try decodeBody(SandboxRequest.self, body, what: "sandbox request")
             return try await sandbox(req)
         }
@@ -253,53 +251,5 @@ struct API: Sendable {
 
     private func frame(_ kind: StreamFrameKind, _ event: SandboxEvent) -> ByteBuffer {
         frame(kind, Array((try? JSONEncoder().encode(event)) ?? Data()))
-    }
-}
-
-/// glibc malloc settings that keep the daemon's resident memory small.
-public enum MallocTuning {
-    /// One arena per thread that ever allocated (glibc's default, up to 8
-    /// per CPU) keeps each one's free pages resident; `n` serve a daemon
-    /// whose heavy work is a few blocking threads.
-    public static func limitArenas(_ n: Int32) { _ = hearth_malloc_arena_max(n) }
-    /// Hands freed pages back to the kernel (after an import, say).
-    public static func trim() { _ = hearth_malloc_trim() }
-}
-
-func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) throws -> Response {
-    let data = try JSONEncoder().encode(value)
-    return Response(status: status, headers: [.contentType: "application/json"],
-                    body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
-}
-
-func errorResponse(_ error: any Error) -> Response {
-    let (status, bytes) = errorBody(error)
-    return jsonBytes(bytes, status: status)
-}
-
-/// The status and `{"error": {"code", "message"}}` body for an error.
-func errorBody(_ error: any Error) -> (HTTPResponse.Status, [UInt8]) {
-    let e = HearthError.wrap(error)
-    let status: HTTPResponse.Status
-    switch e.code {
-    case .invalidArgument, .invalidImage, .unsafeLayer: status = .badRequest
-    case .notFound, .imageNotFound: status = .notFound
-    case .conflict: status = .conflict
-    case .forbidden: status = .forbidden
-    case .queueFull: status = .tooManyRequests
-    case .resultExpired: status = .gone
-    case .buildFailed: status = .unprocessableContent
-    case .unavailable: status = .serviceUnavailable
-    case .spawnFailed, .system, .internal: status = .internalServerError
-    }
-    let body = APIErrorBody(code: e.code.rawValue, message: e.message)
-    let bytes = (try? JSONEncoder().encode(body)).map { Array($0) } ?? Array("{}".utf8)
-    return (status, bytes)
-}
-
-extension Duration {
-    var inMicroseconds: Double {
-        let (s, atto) = components
-        return Double(s) * 1e6 + Double(atto) / 1e12
     }
 }
