@@ -1145,63 +1145,6 @@ int hearth_spawn(const struct hearth_spawn_plan *plan, struct hearth_spawn_resul
     return fail_result(result, stage, err);
 }
 
-/* ------------------------------------------------------------------------ */
-/* Shims.                                                                    */
-
-int hearth_pidfd_open(pid_t pid, unsigned int flags)
-{
-    return (int)syscall(SYS_pidfd_open, pid, flags);
-}
-
-int hearth_pidfd_send_signal(int pidfd, int sig)
-{
-    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
-}
-
-int hearth_pidfd_wait(int pidfd, int nohang, int *code, int *status)
-{
-    siginfo_t info;
-    int r;
-    info.si_pid = 0;
-    info.si_code = 0;
-    info.si_status = 0;
-    do {
-        r = waitid((idtype_t)P_PIDFD, (id_t)pidfd, &info, WEXITED | (nohang ? WNOHANG : 0));
-    } while (r < 0 && errno == EINTR && !nohang);
-    if (r < 0)
-        return -1;
-    if (nohang && info.si_pid == 0)
-        return 1;
-    if (code)
-        *code = info.si_code;
-    if (status)
-        *status = info.si_status;
-    return 0;
-}
-
-int hearth_openat2(int dirfd, const char *path, int flags, int mode, uint64_t resolve)
-{
-    struct open_how how = {
-        .flags = (uint64_t)(unsigned int)flags,
-        .mode = (uint64_t)(unsigned int)mode,
-        .resolve = resolve,
-    };
-    int r;
-    do {
-        r = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
-    } while (r < 0 && errno == EINTR);
-    return r;
-}
-
-int hearth_close_range(unsigned int first, unsigned int last, unsigned int flags)
-{
-    return (int)syscall(SYS_close_range, first, last, flags);
-}
-
-int hearth_memfd_create(const char *name, unsigned int flags)
-{
-    return (int)syscall(SYS_memfd_create, name, flags);
-}
 
 /* "0 <base> <count>\n" into /proc/<pid>/<file>. */
 static int write_id_map(long pid, const char *file, uint32_t base, uint32_t count)

@@ -5,10 +5,15 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <stdio.h>
 #include <sys/epoll.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <linux/openat2.h>
 
 int hearth_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
 
@@ -60,3 +65,51 @@ int hearth_remove_tree(const char *path) {
 int hearth_malloc_arena_max(int n) { return mallopt(M_ARENA_MAX, n); }
 
 int hearth_malloc_trim(void) { return malloc_trim(0); }
+
+/* ------------------------------------------------------------------------ */
+/* Raw-syscall shims Swift cannot call directly (variadic syscall()).      */
+
+int hearth_pidfd_send_signal(int pidfd, int sig)
+{
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+int hearth_pidfd_wait(int pidfd, int nohang, int *code, int *status)
+{
+    siginfo_t info;
+    int r;
+    info.si_pid = 0;
+    info.si_code = 0;
+    info.si_status = 0;
+    do {
+        r = waitid((idtype_t)P_PIDFD, (id_t)pidfd, &info, WEXITED | (nohang ? WNOHANG : 0));
+    } while (r < 0 && errno == EINTR && !nohang);
+    if (r < 0)
+        return -1;
+    if (nohang && info.si_pid == 0)
+        return 1;
+    if (code)
+        *code = info.si_code;
+    if (status)
+        *status = info.si_status;
+    return 0;
+}
+
+int hearth_openat2(int dirfd, const char *path, int flags, int mode, uint64_t resolve)
+{
+    struct open_how how = {
+        .flags = (uint64_t)(unsigned int)flags,
+        .mode = (uint64_t)(unsigned int)mode,
+        .resolve = resolve,
+    };
+    int r;
+    do {
+        r = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+    } while (r < 0 && errno == EINTR);
+    return r;
+}
+
+int hearth_memfd_create(const char *name, unsigned int flags)
+{
+    return (int)syscall(SYS_memfd_create, name, flags);
+}

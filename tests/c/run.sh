@@ -33,7 +33,7 @@ echo "== build"
 "$cc" -static -O2 -Wall -Wextra -Werror -o "$tmp/init/hearth-init" "$repo/Sources/hearth-init/hearth-init.c"
 "$cc" -std=gnu11 -O2 -g -Wall -Wextra -Werror -I"$repo/Sources/CHearth/include" \
     -o "$tmp/spawn_test" "$here/spawn_test.c" "$repo/Sources/CHearth/spawn.c" \
-    "$repo/Sources/CHearth/netns.c" -pthread
+    "$repo/Sources/CHearth/netns.c" "$repo/Sources/CHearth/sys_shims.c" -pthread
 
 if [ ! -x "$rootfs/usr/bin/python3" ]; then
     echo "== rootfs: mmdebstrap into $rootfs"

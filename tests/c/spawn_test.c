@@ -13,6 +13,7 @@
 #define _GNU_SOURCE
 #include "hearth_spawn.h"
 #include "hearth_netns.h"
+#include "hearth_sys.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -196,16 +196,6 @@ int hearth_spawn(const struct hearth_spawn_plan *plan, struct hearth_spawn_resul
  */
 int hearth_userns_open(uint32_t uid_base, uint32_t gid_base, uint32_t count, int32_t *error);
 
-/* Small raw-syscall shims Swift cannot call directly (variadic syscall()). */
-int hearth_pidfd_open(pid_t pid, unsigned int flags);
-int hearth_pidfd_send_signal(int pidfd, int sig);
-/* waitid(P_PIDFD, ...): returns 0 and fills status/code (CLD_EXITED: exit
- * status; CLD_KILLED/CLD_DUMPED: signal number), or -1 with errno. With
- * nohang, returns 1 when the child has not exited yet. */
-int hearth_pidfd_wait(int pidfd, int nohang, int *code, int *status);
-int hearth_openat2(int dirfd, const char *path, int flags, int mode, uint64_t resolve);
-int hearth_close_range(unsigned int first, unsigned int last, unsigned int flags);
-int hearth_memfd_create(const char *name, unsigned int flags);
 
 #ifdef __cplusplus
 }

@@ -26,6 +26,15 @@ int hearth_remove_tree(const char *path);
 int hearth_malloc_arena_max(int n);
 int hearth_malloc_trim(void);
 
+/* Raw-syscall shims Swift cannot call directly (variadic syscall()). */
+int hearth_pidfd_send_signal(int pidfd, int sig);
+/* waitid(P_PIDFD, ...): returns 0 and fills status/code (CLD_EXITED: exit
+ * status; CLD_KILLED/CLD_DUMPED: signal number), or -1 with errno. With
+ * nohang, returns 1 when the child has not exited yet. */
+int hearth_pidfd_wait(int pidfd, int nohang, int *code, int *status);
+int hearth_openat2(int dirfd, const char *path, int flags, int mode, uint64_t resolve);
+int hearth_memfd_create(const char *name, unsigned int flags);
+
 /* struct ucred (SO_PEERCRED), which <sys/socket.h> shows only with
  * _GNU_SOURCE; same layout, for getsockopt through SwiftNIO. */
 struct hearth_ucred {
