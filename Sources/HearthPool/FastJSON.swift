@@ -83,6 +83,57 @@ public enum FastJSON {
         return (out, raw)
     }
 
+    /// A request object whose `rawKey` member is kept as its bytes (see
+    /// `parseObject`): a task's kwargs cross the daemon unparsed, so the
+    /// worker reads exactly what the client wrote (key order, number text).
+    public static func parseRequest(_ buf: UnsafeRawBufferPointer, rawKey: String) throws(ParseError)
+        -> (object: [String: JSONValue], raw: [UInt8]?) {
+        try parseObject(buf, rawKey: rawKey)
+    }
+
+    /// The elements of a JSON array (its bytes as `parseRequest` returns
+    /// them), each validated and kept as its bytes.
+    public static func rawElements(_ bytes: [UInt8]) throws(ParseError) -> [[UInt8]] {
+        do {
+            return try bytes.withUnsafeBytes { raw throws(ParseError) -> [[UInt8]] in
+                var p = Parser(bytes: raw.bindMemory(to: UInt8.self))
+                var out: [[UInt8]] = []
+                p.skipSpace()
+                guard p.pos < p.bytes.count, p.bytes[p.pos] == UInt8(ascii: "[") else { throw p.fail("expected an array") }
+                p.pos += 1
+                p.skipSpace()
+                if p.pos < p.bytes.count && p.bytes[p.pos] == UInt8(ascii: "]") {
+                    p.pos += 1
+                } else {
+                    while true {
+                        p.skipSpace()
+                        let start = p.pos
+                        try p.skipValue(depth: 1)
+                        out.append(Array(UnsafeBufferPointer(rebasing: p.bytes[start..<p.pos])))
+                        p.skipSpace()
+                        guard p.pos < p.bytes.count else { throw p.fail("unexpected end of input") }
+                        if p.bytes[p.pos] == UInt8(ascii: ",") { p.pos += 1; continue }
+                        if p.bytes[p.pos] == UInt8(ascii: "]") { p.pos += 1; break }
+                        throw p.fail("expected ',' or ']'")
+                    }
+                }
+                p.skipSpace()
+                if p.pos != p.bytes.count { throw p.fail("trailing characters") }
+                return out
+            }
+        } catch let e as ParseError {
+            throw e
+        } catch {
+            throw ParseError(offset: 0, reason: "\(error)")
+        }
+    }
+
+    /// Whether validated JSON bytes hold an object (they start with `{`).
+    public static func isObject(_ raw: [UInt8]) -> Bool { raw.first == UInt8(ascii: "{") }
+
+    /// Whether validated JSON bytes are `null`.
+    public static func isNull(_ raw: [UInt8]) -> Bool { raw == Array("null".utf8) }
+
     /// Nesting deeper than this is refused rather than risking the stack.
     static let maxDepth = 512
 

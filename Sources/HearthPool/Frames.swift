@@ -70,7 +70,8 @@ struct RunMessage {
     var id: String
     var module: String
     var function: String
-    var kwargs: JSONValue
+    /// The task's kwargs as the client wrote them: a validated JSON object.
+    var kwargs: [UInt8]
     var bundle: Bundle?
     var env: [String: String]?
 
@@ -86,7 +87,7 @@ struct RunMessage {
         w.key("id"); w.string(id)
         w.key("module"); w.string(module)
         w.key("function"); w.string(function)
-        w.key("kwargs"); w.value(kwargs)
+        w.key("kwargs"); w.bytes += kwargs
         if let bundle {
             w.key("bundle")
             w.raw("{\"version\":"); w.string(bundle.version)

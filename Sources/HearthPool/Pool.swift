@@ -105,7 +105,8 @@ public final class Pool: Sendable {
     public struct Submission: Sendable {
         public var module: String
         public var function: String
-        public var kwargs: JSONValue
+        /// A validated JSON object, as the client wrote it (never parsed into values).
+        public var kwargs: [UInt8]
         public var bundle: String?
         public var timeout: Duration?
         /// The identity the caller applied; nil skips the check.
@@ -113,7 +114,7 @@ public final class Pool: Sendable {
         /// Someone waits for the result: it stays out of the result budget
         /// (never spilled or dropped) until `TaskRegistry.release`.
         public var pinned = false
-        public init(module: String, function: String, kwargs: JSONValue, bundle: String?, timeout: Duration?,
+        public init(module: String, function: String, kwargs: [UInt8], bundle: String?, timeout: Duration?,
                     identity: String? = nil) {
             self.module = module; self.function = function; self.kwargs = kwargs; self.bundle = bundle; self.timeout = timeout
             self.identity = identity
@@ -176,7 +177,7 @@ public final class Pool: Sendable {
     public func recoverLostTasks() -> [String] {
         let lost = ctx.tasks.journal.recover()
         for (id, env) in lost {
-            let t = TaskRecord(id: id, environment: env, module: "?", function: "?", kwargs: .null, bundle: nil, timeout: nil)
+            let t = TaskRecord(id: id, environment: env, module: "?", function: "?", kwargs: Array("{}".utf8), bundle: nil, timeout: nil)
             t.finish(.lost, error: TaskError(type: "TaskLost", message: "task \(id) was queued or running when hearthd stopped unexpectedly; its result is lost"))
             ctx.tasks.add(t)
             ctx.tasks.retire(t)

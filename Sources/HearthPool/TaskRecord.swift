@@ -29,7 +29,7 @@ public final class TaskRecord: Sendable {
         var coldPhases: [String: Int64]?
         var logs = LogBuffer(limit: TaskRecord.logLimit)
         /// Released once the run frame is written (see takeKwargs).
-        var kwargs: JSONValue?
+        var kwargs: [UInt8]?
         /// The result's size as it arrived (the result frame's bytes), for the budget.
         var resultBytes = 0
         /// Where the payload (result, full error, logs) is once finished.
@@ -42,7 +42,7 @@ public final class TaskRecord: Sendable {
     }
     let state = Mutex(State())
 
-    init(id: String, environment: String, module: String, function: String, kwargs: JSONValue, bundle: String?,
+    init(id: String, environment: String, module: String, function: String, kwargs: [UInt8], bundle: String?,
          timeout: Duration?) {
         self.id = id; self.environment = environment; self.module = module; self.function = function
         self.bundle = bundle; self.timeout = timeout
@@ -53,10 +53,10 @@ public final class TaskRecord: Sendable {
 
     /// The task's arguments, for its run frame; not kept after that (a
     /// finished task's arguments would count against nothing).
-    func takeKwargs() -> JSONValue {
+    func takeKwargs() -> [UInt8] {
         state.withLock { s in
             defer { s.kwargs = nil }
-            return s.kwargs ?? .object([:])
+            return s.kwargs ?? Array("{}".utf8)
         }
     }
 

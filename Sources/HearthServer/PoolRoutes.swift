@@ -58,7 +58,7 @@ struct PoolRoutes: Sendable {
             var subs: [Pool.Submission] = []
             subs.reserveCapacity(req.inputs.count)
             for (i, input) in req.inputs.enumerated() {
-                guard case .object = input else {
+                guard FastJSON.isObject(input) else {
                     throw HearthError.invalid("inputs[\(i)]: each input is an object of keyword arguments")
                 }
                 var sub = try submission(req.module, req.function, input, req.bundle, req.timeout, req.identity)
@@ -154,7 +154,7 @@ struct PoolRoutes: Sendable {
         let task: TaskRecord, wait: Bool
         do {
             let req = try parseTaskRequest(body)
-            var sub = try submission(req.module, req.function, req.kwargs ?? .object([:]), req.bundle, req.timeout,
+            var sub = try submission(req.module, req.function, req.kwargs ?? Array("{}".utf8), req.bundle, req.timeout,
                                      req.identity)
             wait = req.wait == true
             sub.pinned = wait
@@ -184,7 +184,7 @@ struct PoolRoutes: Sendable {
         return t
     }
 
-    private func submission(_ module: String, _ function: String, _ kwargs: JSONValue, _ bundle: String?,
+    private func submission(_ module: String, _ function: String, _ kwargs: [UInt8], _ bundle: String?,
                             _ timeout: Double?, _ identity: String?) throws -> Pool.Submission {
         guard isDottedName(module) else {
             throw HearthError.invalid("module: \"\(module)\" is not a Python module name (dotted identifiers)")
@@ -192,7 +192,7 @@ struct PoolRoutes: Sendable {
         guard isDottedName(function) else {
             throw HearthError.invalid("function: \"\(function)\" is not a Python name")
         }
-        guard case .object = kwargs else { throw HearthError.invalid("kwargs: must be an object of keyword arguments") }
+        guard FastJSON.isObject(kwargs) else { throw HearthError.invalid("kwargs: must be an object of keyword arguments") }
         if let t = timeout, !(t > 0 && t <= 86400 * 7) {
             throw HearthError.invalid("timeout: \(t) is out of range; give seconds between 0 and 604800")
         }
@@ -225,20 +225,6 @@ func expiredResponse(_ e: ResultExpired) -> Response {
 func jsonBytes(_ bytes: [UInt8], status: HTTPResponse.Status = .ok) -> Response {
     Response(status: status, headers: [.contentType: "application/json"],
              body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
-}
-
-/// The body as one JSON object, parsed by FastJSON.
-private func parseObject(_ body: ByteBuffer, what: String) throws -> [String: JSONValue] {
-    let value: JSONValue
-    do {
-        value = try body.withUnsafeReadableBytes { raw in try FastJSON.parse(raw) }
-    } catch {
-        throw HearthError.invalid("\(what): body is not valid JSON: \(error)")
-    }
-    guard case .object(let o) = value else {
-        throw HearthError.invalid("\(what): body is not valid JSON: expected an object")
-    }
-    return o
 }
 
 /// The fields of a request object, with JSONDecoder's rules: a missing or
@@ -281,21 +267,56 @@ private struct Fields {
     }
 }
 
-func parseTaskRequest(_ body: ByteBuffer) throws -> TaskRequest {
-    let f = Fields(o: try parseObject(body, what: "task request"), what: "task request")
-    let kwargs = f.o["kwargs"].flatMap { $0 == .null ? nil : $0 }
-    return TaskRequest(module: try f.string("module"), function: try f.string("function"), kwargs: kwargs,
-                       bundle: try f.optString("bundle"), timeout: try f.optDouble("timeout"), wait: try f.optBool("wait"),
-                       identity: try f.optString("identity"))
+/// A task request with its kwargs kept as the client wrote them.
+struct RawTaskRequest {
+    var module: String
+    var function: String
+    /// A validated JSON value (checked to be an object by `submission`); nil when absent or null.
+    var kwargs: [UInt8]?
+    var bundle: String?
+    var timeout: Double?
+    var wait: Bool?
+    var identity: String?
 }
 
-func parseBatchRequest(_ body: ByteBuffer) throws -> BatchRequest {
-    let f = Fields(o: try parseObject(body, what: "batch request"), what: "batch request")
-    guard let raw = f.o["inputs"], raw != .null else { throw HearthError.invalid("batch request: field \"inputs\" is required") }
-    guard case .array(let inputs) = raw else { throw f.wrongType("inputs", "an array") }
-    return BatchRequest(module: try f.string("module"), function: try f.string("function"), inputs: inputs,
-                        bundle: try f.optString("bundle"), timeout: try f.optDouble("timeout"),
-                        identity: try f.optString("identity"))
+/// A batch request with each input kept as the client wrote it.
+struct RawBatchRequest {
+    var module: String
+    var function: String
+    var inputs: [[UInt8]]
+    var bundle: String?
+    var timeout: Double?
+    var identity: String?
+}
+
+/// The body as one JSON object whose `rawKey` member stays bytes.
+private func parseRequest(_ body: ByteBuffer, rawKey: String, what: String) throws -> (Fields, [UInt8]?) {
+    do {
+        let (o, raw) = try body.withUnsafeReadableBytes { buf in try FastJSON.parseRequest(buf, rawKey: rawKey) }
+        return (Fields(o: o, what: what), raw.flatMap { FastJSON.isNull($0) ? nil : $0 })
+    } catch {
+        throw HearthError.invalid("\(what): body is not valid JSON: \(error)")
+    }
+}
+
+func parseTaskRequest(_ body: ByteBuffer) throws -> RawTaskRequest {
+    let (f, kwargs) = try parseRequest(body, rawKey: "kwargs", what: "task request")
+    return RawTaskRequest(module: try f.string("module"), function: try f.string("function"), kwargs: kwargs,
+                          bundle: try f.optString("bundle"), timeout: try f.optDouble("timeout"),
+                          wait: try f.optBool("wait"), identity: try f.optString("identity"))
+}
+
+func parseBatchRequest(_ body: ByteBuffer) throws -> RawBatchRequest {
+    let (f, raw) = try parseRequest(body, rawKey: "inputs", what: "batch request")
+    guard let raw else { throw HearthError.invalid("batch request: field \"inputs\" is required") }
+    guard raw.first == UInt8(ascii: "[") else { throw f.wrongType("inputs", "an array") }
+    let inputs: [[UInt8]]
+    do { inputs = try FastJSON.rawElements(raw) } catch {
+        throw HearthError.invalid("batch request: body is not valid JSON: \(error)")
+    }
+    return RawBatchRequest(module: try f.string("module"), function: try f.string("function"), inputs: inputs,
+                           bundle: try f.optString("bundle"), timeout: try f.optDouble("timeout"),
+                           identity: try f.optString("identity"))
 }
 
 func decodeBody<T: Decodable>(_ type: T.Type, _ body: ByteBuffer, what: String) throws -> T {

@@ -67,8 +67,18 @@ final class FastJSONTests: XCTestCase {
         XCTAssertEqual(ours, theirs)
     }
 
+    func testRawElementsKeepEachInputAsWritten() throws {
+        let inputs = try FastJSON.rawElements(Array(#" [ {"z": 1, "a": 3.0} ,{}, [1] ] "#.utf8))
+        XCTAssertEqual(inputs.map { String(decoding: $0, as: UTF8.self) }, [#"{"z": 1, "a": 3.0}"#, "{}", "[1]"])
+        XCTAssertTrue(FastJSON.isObject(inputs[0]) && !FastJSON.isObject(inputs[2]))
+        XCTAssertEqual(try FastJSON.rawElements(Array("[]".utf8)).count, 0)
+        for bad in ["[1,]", "[{]", "[1] x", "{}", "[\"\\x\"]"] {
+            XCTAssertThrowsError(try FastJSON.rawElements(Array(bad.utf8)), bad)
+        }
+    }
+
     func testRunFrame() throws {
-        let msg = RunMessage(id: "t-1", module: "m", function: "f", kwargs: .object(["a": .int(1)]),
+        let msg = RunMessage(id: "t-1", module: "m", function: "f", kwargs: Array("{\"a\":1}".utf8),
                              bundle: .init(version: "abc", path: "/.hearth/code/abc"), env: ["K": "V"])
         let frame = msg.frame()
         let n = Int(frame[0]) << 24 | Int(frame[1]) << 16 | Int(frame[2]) << 8 | Int(frame[3])

@@ -120,6 +120,16 @@ def wf_pathlike(n: int = 5) -> int:
         return len(f.read())
 
 
+@actor.task
+def columns(table: typing.Dict[str, typing.List[int]]) -> typing.List[str]:
+    return list(table)  # e.g. a DataFrame's column order
+
+
+@workflow
+def wf_order() -> typing.List[str]:
+    return columns(table={"zeta": [1], "alpha": [2], "mid": [3], "b": [4], "y": [5]})
+
+
 @workflow
 def wf_outputs(text: str = "fruit:apple,pear") -> str:
     names, orders = split(text=text)
@@ -186,6 +196,7 @@ def wf_positional(x: float = 1.5) -> float:
     ("wf_positional", [], "3.0\n"),
     ("wf_outputs", [], "pear apple,pear 10\n"),  # -> (A, B): flytekit's multiple outputs
     ("wf_pathlike", ["--n", "7"], "7\n"),
+    ("wf_order", [], '["zeta", "alpha", "mid", "b", "y"]\n'),  # a dict's order reaches the task
 ])
 def test_declared_types_survive_the_round_trip(rc, tmp_path, name, args, out):
     path = write(tmp_path, "types_wf.py", TYPES)
@@ -456,8 +467,8 @@ def same(a, b):
         return str(a) == str(b)
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return len(a) == len(b) and all(k in b and same(v, b[k]) and
+    if isinstance(a, dict):  # insertion order too: the daemon passes kwargs on as written
+        return list(a) == list(b) and all(k in b and same(v, b[k]) and
                                         type(next(kk for kk in b if kk == k)) is type(k) for k, v in a.items())
     if isinstance(a, (set, frozenset)):
         return {{(type(x), x) for x in a}} == {{(type(x), x) for x in b}}
