@@ -36,10 +36,15 @@ public struct HearthError: Error, CustomStringConvertible, Sendable, Equatable {
     public enum Code: String, Sendable, Codable {
         case invalidArgument = "invalid_argument"
         case notFound = "not_found"
+        /// The environment a request names is not applied (a client re-applies its spec).
+        case environmentNotFound = "environment_not_found"
         case imageNotFound = "image_not_found"
         case invalidImage = "invalid_image"
         case unsafeLayer = "unsafe_layer"
         case conflict = "conflict"
+        /// A task was sent for an environment spec that has since been
+        /// replaced by another (a client re-applies its own).
+        case specChanged = "spec_changed"
         /// The daemon's policy refuses it (e.g. a privileged setting
         /// without `hearthd --allow-privileged`, a path import from a
         /// non-root peer).

@@ -74,7 +74,7 @@ public final class Pool: Sendable {
 
     public func remove(_ name: String, deadline: Duration = .seconds(30)) async throws {
         guard let entry = envs.withLock({ $0.removeValue(forKey: name) }) else {
-            throw HearthError(.notFound, "environment \"\(name)\" not found")
+            throw HearthError(.environmentNotFound, "environment \"\(name)\" not found")
         }
         unlink(envDir + "/" + name + ".json")
         await entry.pool.drain(deadline: deadline)
@@ -95,7 +95,7 @@ public final class Pool: Sendable {
 
     private func pool(_ name: String) throws -> EnvironmentPool {
         guard let p = envs.withLock({ $0[name]?.pool }) else {
-            throw HearthError(.notFound, "environment \"\(name)\" not found; apply it first (`hearth apply -f FILE`)")
+            throw HearthError(.environmentNotFound, "environment \"\(name)\" not found; apply it first (`hearth apply -f FILE`)")
         }
         return p
     }
@@ -130,7 +130,7 @@ public final class Pool: Sendable {
         var checked = Set<String>()
         for s in subs {
             if let want = s.identity, let have, want != have {
-                throw HearthError(.conflict, "environment \"\(env)\" was re-applied with another spec (identity \(have.prefix(12))); this task was sent for identity \(want.prefix(12)): apply your spec again to run on it")
+                throw HearthError(.specChanged, "environment \"\(env)\" was re-applied with another spec (identity \(have.prefix(12))); this task was sent for identity \(want.prefix(12)): apply your spec again to run on it")
             }
             if let b = s.bundle, !checked.contains(b) {
                 checked.insert(b)

@@ -7,8 +7,9 @@ import NIOCore
 /// Every error a route throws becomes the API's JSON error body
 /// (`{"error": {"code", "message"}}`, the status from the code), so routes
 /// just `try`. Hummingbird's own errors keep their status: an unknown route
-/// is a 404 and a body over a route's limit a 413, with the same JSON body.
-/// An expired result is a 410 that also carries the task.
+/// (or method) is a 404 and a body over a route's limit a 413, with the same
+/// JSON body (the task route's fast path, TaskFastPath, answers an oversized
+/// task itself: 400). An expired result is a 410 that also carries the task.
 struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context,
                 next: (Request, Context) async throws -> Response) async throws -> Response {
@@ -37,9 +38,6 @@ func httpErrorResponse(_ e: HTTPError, request: Request) -> Response {
     case .contentTooLarge:
         code = .invalidArgument
         message = "\(request.method) \(request.uri.path): the request body is larger than this route takes"
-    case .methodNotAllowed:
-        code = .invalidArgument
-        message = "\(request.method) is not allowed on \(request.uri.path)"
     default:
         code = e.status.code >= 500 ? .internal : .invalidArgument
         message = "\(request.method) \(request.uri.path): \(e.body ?? e.status.reasonPhrase)"

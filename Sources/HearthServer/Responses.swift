@@ -26,8 +26,8 @@ func errorBody(_ error: any Error) -> (HTTPResponse.Status, [UInt8]) {
     let status: HTTPResponse.Status
     switch e.code {
     case .invalidArgument, .invalidImage, .unsafeLayer: status = .badRequest
-    case .notFound, .imageNotFound: status = .notFound
-    case .conflict: status = .conflict
+    case .notFound, .environmentNotFound, .imageNotFound: status = .notFound
+    case .conflict, .specChanged: status = .conflict
     case .forbidden: status = .forbidden
     case .queueFull: status = .tooManyRequests
     case .resultExpired: status = .gone

@@ -263,8 +263,7 @@ class ActorEnvironment(object):
             try:
                 return c.call("POST", path, data, what=what)
             except APIError as e:
-                stale = (e.status == 404 and e.code == "not_found" and "environment" in e.message) or \
-                        (e.status == 409 and "re-applied" in e.message)
+                stale = e.code in ("environment_not_found", "spec_changed")
                 if not stale or attempt == 1:
                     raise
             with self._lock:

@@ -263,8 +263,12 @@ def ensure_built(spec, client):
 
 # -- applying: a pull on apply ----------------------------------------------------
 
-_STATUS = {"invalid_argument": 400, "invalid_image": 400, "forbidden": 403, "image_not_found": 404,
-           "not_found": 404, "conflict": 409, "queue_full": 429, "unavailable": 503}
+# The HTTP status of each error code (docs/protocol.md, "Error codes"): an
+# error inside an NDJSON stream carries the code only.
+_STATUS = {"invalid_argument": 400, "invalid_image": 400, "unsafe_layer": 400, "forbidden": 403,
+           "image_not_found": 404, "not_found": 404, "environment_not_found": 404, "conflict": 409,
+           "spec_changed": 409, "result_expired": 410,
+           "build_failed": 422, "queue_full": 429, "unavailable": 503}
 
 
 def apply_streaming(client, body, env_name):

@@ -568,3 +568,51 @@ def test_a_union_project_with_files_caches_and_map_task(rc, tmp_path):
     assert "hearth: task make_weights cached -> " in again.stderr and [x["task"] for x in traces(again)] == ["infer"] * 4
     by5 = run(rc, "-q", path, "lp", HEARTH_CACHE_DIR=str(cache))
     assert [tuple(x)[0] for x in __import__("json").loads(by5.stdout)] == [5, 10, 15, 20]
+
+
+# -- the SDK re-applies on error codes, not text ----------------------------------------
+
+REAPPLY = '''
+import os
+
+from hearth.actor import ActorEnvironment
+
+actor = ActorEnvironment(name="rc-reapply", replica_count=1, environment={"FLAVOUR": os.environ.get("FLAVOUR", "mild")})
+
+
+@actor.task
+def flavour() -> str:
+    return os.environ["FLAVOUR"]
+'''
+
+
+def test_the_sdk_reapplies_its_spec_on_the_codes(rc, tmp_path):
+    from conftest import api
+
+    write(tmp_path, "reapply.py", REAPPLY)
+    # The codes themselves, on the raw API.
+    rc.hearth("rm", "rc-reapply", check=False)
+    status, body = api(rc.socket, "POST", "/v1/environments/rc-reapply/tasks", {"module": "os", "function": "getpid"})
+    assert status == 404 and body["error"]["code"] == "environment_not_found", body
+    status, body = api(rc.socket, "POST", "/v1/environments", {"name": "rc-reapply", "replica_count": 1})
+    assert status in (200, 201), body
+    status, body = api(rc.socket, "POST", "/v1/environments/rc-reapply/tasks",
+                       {"module": "os", "function": "getpid", "identity": "f" * 64})
+    assert status == 409 and body["error"]["code"] == "spec_changed", body
+    # The SDK in a process whose spec differs from the one applied (spec_changed)
+    # and after a removal (environment_not_found): both times it applies its own and runs.
+    r = py(rc, f'''
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import reapply
+        from hearth import _client
+        print(reapply.flavour())
+        # Another client applies another spec under the same name.
+        c = _client.client(None)
+        c.call("POST", "/v1/environments", b'{{"name": "rc-reapply", "replica_count": 1, "environment": {{"FLAVOUR": "other"}}}}')
+        print(reapply.flavour())
+        c.call("DELETE", "/v1/environments/rc-reapply")
+        print(reapply.flavour())
+    ''', FLAVOUR="spicy")
+    assert r.stdout.splitlines() == ["spicy", "spicy", "spicy"], r.stdout + r.stderr
+    rc.hearth("rm", "rc-reapply", check=False)
