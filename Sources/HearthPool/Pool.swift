@@ -128,6 +128,17 @@ public final class Pool: Sendable {
         let pool = try pool(env)
         let have = envs.withLock { $0[env]?.config.identity }
         var checked = Set<String>()
+        // A run frame is the kwargs plus its names and a few hundred bytes; one
+        // over the worker's limit would fail the channel there (ProtocolError),
+        // so it is refused here, before anything is queued.
+        let frameRoom = ctx.maxFrame - 1024
+        for (i, s) in subs.enumerated() {
+            let size = s.kwargs.count + s.module.utf8.count + s.function.utf8.count + (s.bundle?.utf8.count ?? 0) * 2
+            if size > frameRoom {
+                let which = subs.count == 1 ? "kwargs" : "inputs[\(i)]"
+                throw HearthError.invalid("\(which): \(size) bytes do not fit in a task's run frame (at most \(frameRoom) bytes of arguments; the workers' frame limit is \(ctx.maxFrame)); send large data as a FlyteFile or through a volume")
+            }
+        }
         for s in subs {
             if let want = s.identity, let have, want != have {
                 throw HearthError(.specChanged, "environment \"\(env)\" was re-applied with another spec (identity \(have.prefix(12))); this task was sent for identity \(want.prefix(12)): apply your spec again to run on it")

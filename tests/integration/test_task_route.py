@@ -197,3 +197,24 @@ def test_sigterm_lets_a_waited_task_answer(hd, code):
     assert status == 200 and snap["state"] == "succeeded", snap
     assert result["closed"], "the connection is closed once the draining daemon has answered"
     assert rc in (0, -signal.SIGTERM), rc
+
+
+def test_arguments_too_large_for_a_run_frame_are_refused_before_anything_runs(hd, code):
+    # Under the request limit (64 MiB) but over what fits in the worker's
+    # frame: a 400 naming the sizes on both paths, not a ProtocolError later.
+    env(hd, "tr-big")
+    body = task_body(code, "echo", a="x" * ((64 << 20) - 600))
+    c = Conn(hd.socket)
+    try:
+        for path in ("/v1/environments/tr-big/tasks", "/v1/environments/tr-big/tasks?via=router"):
+            c.send(Conn.request("POST", path, body))
+            status, _, resp = c.response()
+            assert status == 400 and resp["error"]["code"] == "invalid_argument", (path, status, resp)
+            assert resp["error"]["message"].startswith("kwargs: ") and "do not fit in a task's run frame" in \
+                resp["error"]["message"], resp
+        # The replica is still there to take a normal task.
+        c.send(Conn.request("POST", "/v1/environments/tr-big/tasks", task_body(code, "echo", a=1)))
+        status, _, resp = c.response()
+        assert status == 200 and resp["state"] == "succeeded", resp
+    finally:
+        c.close()
