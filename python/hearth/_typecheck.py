@@ -22,8 +22,10 @@ signature says:
 * Other classes (dataclasses, enums, datetimes, Decimal, ...):
   ``isinstance``; ``FlyteFile`` and ``FlyteDirectory`` also take a path
   (``str`` or ``os.PathLike``) and make it one, as flytekit does; an
-  ``os.PathLike`` annotation is a file too (``FlyteFile``). ``Any``, ``object``, type variables, protocols and
-  strings that do not resolve accept anything as it is.
+  ``os.PathLike`` annotation is a file too (``FlyteFile``).
+* ``Any``, ``object``, type variables, protocols, ``TypedDict`` (which
+  ``isinstance`` cannot check) and strings that do not resolve accept
+  anything as it is.
 
 A value that does not fit raises ``InputError`` (a ``TypeError``) naming
 ``where``, the declared type and the value's. Only what changes is copied.
@@ -211,7 +213,7 @@ def _conform(value, hint, where, strict):
             items = value
         return value if items is value else tuple(items)
     if origin is not None:
-        if not isinstance(origin, type) or isinstance(value, origin):
+        if not isinstance(origin, type) or _isinstance(value, origin):
             return value
         raise _mismatch(value, hint, where)
     if _is_namedtuple(hint):
@@ -222,13 +224,20 @@ def _conform(value, hint, where, strict):
 
         return value if isinstance(value, (FlyteFile, FlyteDirectory)) else FlyteFile(value)
     if isinstance(hint, type):
-        if isinstance(value, hint):
+        if _isinstance(value, hint):
             return value
         accepts = getattr(hint, "_hearth_accepts", None)  # FlyteFile, FlyteDirectory: a path, as flytekit
         if accepts is not None and not strict and accepts(value):
             return hint(value)
         raise _mismatch(value, hint, where)
     return value
+
+
+def _isinstance(value, cls):
+    try:
+        return isinstance(value, cls)
+    except TypeError:  # TypedDict, Protocols that are not runtime_checkable: nothing to check
+        return True
 
 
 def _namedtuple(value, hint, where, strict):

@@ -88,6 +88,15 @@ def test_conform_gives_the_declared_types():
     with pytest.raises(InputError, match=r"x: expected int, got bool True"):
         conform(True, int, "x")
 
+    class Row(typing.TypedDict):
+        a: int
+
+    class Greeter(typing.Protocol):
+        def greet(self) -> str: ...
+
+    # What isinstance cannot check is taken as it is, not an error.
+    assert conform({"a": 1}, Row, "x") == {"a": 1} and conform(3, Greeter, "x") == 3
+
 
 def test_check_value_literals_unions_and_classes():
     check_value("a", typing.Literal["a", "b"], "x")
