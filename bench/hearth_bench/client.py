@@ -188,8 +188,8 @@ class LeanClient:
             raise APIError("hearthd closed the connection")
         self.buf += chunk
 
-    def task(self, env: str, body: bytes) -> Dict:
-        status, data = self.post_json(f"/v1/environments/{env}/tasks", body)
+    def task(self, env: str, body: bytes, query: str = "") -> Dict:
+        status, data = self.post_json(f"/v1/environments/{env}/tasks{query}", body)
         snap = json.loads(data)
         if status != 200 or snap.get("state") != "succeeded":
             raise APIError(f"task on {env}: HTTP {status}: {data[:300]!r}")

@@ -268,9 +268,13 @@ class Runner:
                     if value != "2":
                         raise RuntimeError(f"SDK task returned {value!r}, expected '2'")
                     self.add("warm-sdk", t)
+            # The same minimal client through Hummingbird's router (a query
+            # string sends the request past TaskFastPath): what the fast path saves.
             for _ in range(n):
                 t, _ = timed(lambda: lean.task("bench-warm", lean_body))
                 self.add("warm-api-lean", t)
+                t, _ = timed(lambda: lean.task("bench-warm", lean_body, query="?via=router"))
+                self.add("warm-api-router", t)
             # A new connection per request, as a one-shot client (the CLI) makes.
             for _ in range(max(1, n // 10)):
                 t, _ = timed(lambda: (fresh.task("bench-warm", "benchmod", "trivial", self.bundle), fresh.close()))
@@ -621,6 +625,7 @@ class Runner:
         "warm-sdk": ("warm", "SDK call (`@env.task`), ready replica"),
         "warm-api": ("warm", "raw API, kept-alive connection, `wait: true`"),
         "warm-api-lean": ("warm", "raw API, kept-alive, minimal HTTP/1.1 client (no http.client)"),
+        "warm-api-router": ("warm", "raw API, kept-alive, minimal client, through the router (`?via=router`)"),
         "warm-api-fresh": ("warm", "raw API, new connection per task"),
         "warm-queued": ("warm", "daemon: request in → run frame out (task queuedMicros)"),
         "warm-dispatch": ("warm", "daemon dispatch: run frame out → result in (task runMicros)"),
