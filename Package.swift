@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
     ],
     targets: [
         // C: the spawn path (clone3 -> execve) and raw syscall shims.
@@ -35,14 +36,20 @@ let package = Package(
 
         // Spec, quantities, errors, API types: no I/O.
         .target(name: "HearthCore", dependencies: [.product(name: "Yams", package: "Yams")]),
+        // The one home for OS helpers on swift-system: owned descriptors,
+        // directories, atomic writes, safe tree removal, pipes.
+        .target(name: "HearthOS", dependencies: [
+            "HearthCore", "CHearth",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // OCI import, layer cache, whiteouts.
         .target(name: "HearthImage", dependencies: [
-            "HearthCore", "CHearth", "CZlib",
+            "HearthCore", "HearthOS", "CHearth", "CZlib",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // Pulls from OCI registries: references, the distribution protocol, auth, credentials.
         .target(name: "HearthRegistry", dependencies: [
-            "HearthCore", "HearthImage",
+            "HearthCore", "HearthOS", "HearthImage",
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -52,13 +59,13 @@ let package = Package(
         ]),
         // cgroups, seccomp -> BPF, capabilities, mount plan, SpawnPlan, running a replica.
         .target(name: "HearthSandbox", dependencies: [
-            "HearthCore", "HearthImage", "CHearth", "CSeccomp", "CCap",
+            "HearthCore", "HearthOS", "HearthImage", "CHearth", "CSeccomp", "CCap",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Environments, warm replicas, the task channel, scheduler, code bundles, secrets.
         .target(name: "HearthPool", dependencies: [
-            "HearthCore", "HearthImage", "HearthSandbox", "CHearth",
+            "HearthCore", "HearthOS", "HearthImage", "HearthSandbox", "CHearth",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -67,7 +74,7 @@ let package = Package(
         ]),
         // Image builds from ImageSpecs: steps in build replicas, upper dirs → OCI layers, the step cache.
         .target(name: "HearthBuild", dependencies: [
-            "HearthCore", "HearthImage", "HearthSandbox", "CHearth",
+            "HearthCore", "HearthOS", "HearthImage", "HearthSandbox", "CHearth",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -80,7 +87,7 @@ let package = Package(
         ]),
         // HTTP API on the Unix socket.
         .target(name: "HearthServer", dependencies: [
-            "HearthCore", "HearthImage", "HearthSandbox", "HearthPool", "HearthBuild", "HearthEgress", "HearthRegistry",
+            "HearthCore", "HearthOS", "HearthImage", "HearthSandbox", "HearthPool", "HearthBuild", "HearthEgress", "HearthRegistry",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
@@ -93,7 +100,7 @@ let package = Package(
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         // Blocking HTTP/1.1 client over the Unix socket, for the CLI.
-        .target(name: "HearthClient", dependencies: ["HearthCore"]),
+        .target(name: "HearthClient", dependencies: ["HearthCore", "HearthOS"]),
 
         .executableTarget(name: "hearthd", dependencies: [
             "HearthServer",
@@ -120,11 +127,12 @@ let package = Package(
         ]),
 
         .testTarget(name: "HearthCoreTests", dependencies: ["HearthCore"]),
-        .testTarget(name: "HearthImageTests", dependencies: ["HearthImage", "HearthCore"]),
-        .testTarget(name: "HearthSandboxTests", dependencies: ["HearthSandbox", "HearthCore"]),
+        .testTarget(name: "HearthOSTests", dependencies: ["HearthOS", "HearthCore"]),
+        .testTarget(name: "HearthImageTests", dependencies: ["HearthOS", "HearthImage", "HearthCore"]),
+        .testTarget(name: "HearthSandboxTests", dependencies: ["HearthOS", "HearthSandbox", "HearthCore"]),
         .testTarget(name: "HearthRegistryTests", dependencies: ["HearthRegistry", "HearthImage", "HearthCore"]),
-        .testTarget(name: "HearthPoolTests", dependencies: ["HearthPool", "HearthCore", "HearthSandbox"]),
-        .testTarget(name: "HearthBuildTests", dependencies: ["HearthBuild", "HearthImage", "HearthCore"]),
+        .testTarget(name: "HearthPoolTests", dependencies: ["HearthOS", "HearthPool", "HearthCore", "HearthSandbox"]),
+        .testTarget(name: "HearthBuildTests", dependencies: ["HearthOS", "HearthBuild", "HearthImage", "HearthCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

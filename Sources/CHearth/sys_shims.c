@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -36,29 +35,6 @@ int hearth_epoll_wait(int epfd, int32_t *fds, uint32_t *events, int max, int tim
 }
 
 int hearth_pipe2(int32_t fds[2], int flags) { return pipe2(fds, flags); }
-
-static int first_errno;
-
-static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
-    (void)st; (void)type; (void)ftw;
-    if (remove(path) != 0 && errno != ENOENT && first_errno == 0) first_errno = errno;
-    return 0;
-}
-
-int hearth_remove_tree(const char *path) {
-    struct stat st;
-    if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : -1;
-    /* nftw keeps no per-call context: serialise the one static. */
-    static int busy;
-    while (__atomic_exchange_n(&busy, 1, __ATOMIC_ACQUIRE)) sched_yield();
-    first_errno = 0;
-    int rc = nftw(path, remove_entry, 64, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
-    int err = rc != 0 ? errno : first_errno;
-    __atomic_store_n(&busy, 0, __ATOMIC_RELEASE);
-    if (err != 0) { errno = err; return -1; }
-    if (lstat(path, &st) == 0) { errno = ENOTEMPTY; return -1; }
-    return 0;
-}
 
 #include <malloc.h>
 

@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import HearthCore
 import HearthSandbox
+import HearthOS
 
 /// How a build step reaches the package indexes: the one place that decides
 /// a build replica's network. `.egress`: a network namespace of its own
@@ -26,8 +27,8 @@ public enum BuildNetwork {
     static func prepareTrust(stateRoot: String) throws -> String? {
         guard let bundle = FileManager.default.contents(atPath: hostCABundle) else { return nil }
         let dir = stateRoot + "/build/trust"
-        try FileTree.makeDirectory(stateRoot + "/build", mode: 0o755)
-        try FileTree.makeDirectory(dir, mode: 0o755)
+        try FS.makeDirectory(stateRoot + "/build", mode: 0o755)
+        try FS.makeDirectory(dir, mode: 0o755)
         try AtomicFile.write(Array(bundle), to: dir + "/ca-certificates.crt", mode: 0o644)
         return dir
     }

@@ -4,6 +4,7 @@ import Glibc
 import CHearth
 import HearthCore
 import HearthImage
+import HearthOS
 
 /// What a layer is written from: a tree in overlayfs form (a build
 /// replica's upper directory), or a plain tree placed under a prefix (a
@@ -74,8 +75,8 @@ public enum LayerWriter {
     /// Writes the layer of `source` to `tarPath` (created, mode 0600; it
     /// must not exist). On failure the caller removes `tarPath`.
     public static func write(_ source: LayerSource, to tarPath: String) throws -> Result {
-        let out = try FileDescriptor.open(tarPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode: 0o600)
-        let root = try FileDescriptor.open(source.root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        let out = try OwnedFD.open(tarPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode: 0o600)
+        let root = try OwnedFD.open(source.root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         let walk = Walk(source: source, writer: TarWriter(fd: out, display: tarPath))
         try walk.start()
         try walk.directory(root, [], depth: 0)
@@ -143,7 +144,7 @@ public enum LayerWriter {
             entries += 1
         }
 
-        func directory(_ dir: FileDescriptor, _ components: [[UInt8]], depth: Int) throws {
+        func directory(_ dir: OwnedFD, _ components: [[UInt8]], depth: Int) throws {
             guard depth < LayerWriter.maxDepth else {
                 throw HearthError(.invalidArgument, "\(display(components)): nested deeper than \(LayerWriter.maxDepth) directories, more than an image layer may hold")
             }
@@ -181,10 +182,10 @@ public enum LayerWriter {
             }
         }
 
-        func subdirectory(_ parent: FileDescriptor, _ name: [UInt8], _ components: [[UInt8]], _ st: stat, depth: Int) throws {
+        func subdirectory(_ parent: OwnedFD, _ name: [UInt8], _ components: [[UInt8]], _ st: stat, depth: Int) throws {
             let fd = withCString(name) { openat(parent.raw, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
             guard fd >= 0 else { throw SystemError.current("open", display(components)) }
-            let dir = FileDescriptor(owning: fd)
+            let dir = OwnedFD(owning: fd)
             let attributes = try xattrs(dir, display: display(components))
             let opaque = LowerView.isOpaque(dir.raw)
             let member = TarMember(kind: .directory, path: try joined(imagePath(components)),
@@ -225,12 +226,12 @@ public enum LayerWriter {
             return false
         }
 
-        func regular(_ parent: FileDescriptor, _ name: [UInt8], _ components: [[UInt8]], _ st: stat) throws {
+        func regular(_ parent: OwnedFD, _ name: [UInt8], _ components: [[UInt8]], _ st: stat) throws {
             if try linkedCopy(components, st) { return }
             let where_ = display(components)
             let fd = withCString(name) { openat(parent.raw, $0, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC) }
             guard fd >= 0 else { throw SystemError.current("open", where_) }
-            let file = FileDescriptor(owning: fd)
+            let file = OwnedFD(owning: fd)
             var now = stat()
             guard fstat(file.raw, &now) == 0 else { throw SystemError.current("stat", where_) }
             guard (now.st_mode & S_IFMT) == S_IFREG, now.st_ino == st.st_ino else {
@@ -244,7 +245,7 @@ public enum LayerWriter {
             bytes += Int64(st.st_size)
         }
 
-        func symlink(_ parent: FileDescriptor, _ name: [UInt8], _ components: [[UInt8]], _ st: stat) throws {
+        func symlink(_ parent: OwnedFD, _ name: [UInt8], _ components: [[UInt8]], _ st: stat) throws {
             if try linkedCopy(components, st) { return }
             var buffer = [CChar](repeating: 0, count: LayerWriter.maxPathBytes + 2)
             let n = withCString(name) { cname in readlinkat(parent.raw, cname, &buffer, buffer.count) }
@@ -259,7 +260,7 @@ public enum LayerWriter {
 
         /// The xattrs a layer may carry, sorted by name; overlayfs entries
         /// whose data or name lives in a lower layer are refused.
-        func xattrs(_ fd: FileDescriptor, display where_: String) throws -> [(name: String, value: [UInt8])] {
+        func xattrs(_ fd: OwnedFD, display where_: String) throws -> [(name: String, value: [UInt8])] {
             var list = [CChar](repeating: 0, count: 4096)
             var n = hearth_flistxattr(fd.raw, &list, list.count)
             if n < 0 && errno == ERANGE {
@@ -288,27 +289,8 @@ public enum LayerWriter {
         }
 
         /// The entries of a directory, sorted byte-wise.
-        func names(_ dir: FileDescriptor, display where_: String) throws -> [[UInt8]] {
-            let copy = dup(dir.raw)
-            guard copy >= 0 else { throw SystemError.current("dup", where_) }
-            guard let stream = fdopendir(copy) else {
-                let e = errno
-                close(copy)
-                throw SystemError("opendir", where_, errno: e)
-            }
-            defer { closedir(stream) }
-            var out: [[UInt8]] = []
-            while true {
-                errno = 0
-                guard let entry = readdir(stream) else {
-                    if errno != 0 { throw SystemError.current("readdir", where_) }
-                    break
-                }
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in Array(raw.prefix { $0 != 0 }) }
-                if name == [UInt8(ascii: ".")] || name == [UInt8(ascii: "."), UInt8(ascii: ".")] { continue }
-                out.append(name)
-            }
-            return out.sorted { $0.lexicographicallyPrecedes($1) }
+        func names(_ dir: OwnedFD, display where_: String) throws -> [[UInt8]] {
+            try FS.list(dir, display: where_).map(\.name).sorted { $0.lexicographicallyPrecedes($1) }
         }
     }
 }

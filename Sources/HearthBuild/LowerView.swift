@@ -4,6 +4,7 @@ import Glibc
 import CHearth
 import HearthCore
 import HearthImage
+import HearthOS
 
 /// The merged view of an image's unpacked layers (overlayfs form), for
 /// looking up one path as a replica on that image would see it: the topmost
@@ -43,7 +44,7 @@ struct LowerView: Sendable {
     static func lookup(_ layer: String, _ components: [[UInt8]]) -> Lookup {
         let rootFD = open(layer, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         guard rootFD >= 0 else { return .absent(opaqueAbove: false) }
-        var dir = FileDescriptor(owning: rootFD)
+        var dir = OwnedFD(owning: rootFD)
         var opaque = false
         for (i, component) in components.enumerated() {
             var st = stat()
@@ -54,7 +55,7 @@ struct LowerView: Sendable {
             guard (st.st_mode & S_IFMT) == S_IFDIR else { return .hidden }
             let fd = withCString(component) { openat(dir.raw, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
             guard fd >= 0 else { return .absent(opaqueAbove: opaque) }
-            dir = FileDescriptor(owning: fd)
+            dir = OwnedFD(owning: fd)
             if isOpaque(dir.raw) { opaque = true }
         }
         return .absent(opaqueAbove: opaque)

@@ -4,6 +4,7 @@ import Glibc
 import Crypto
 import HearthCore
 import HearthImage
+import HearthOS
 
 /// One member to write: ustar where the value fits, PAX records where it
 /// does not (long paths and link targets, large ids, sizes, times) and for
@@ -33,7 +34,7 @@ struct TarMember {
 /// the same members give the same bytes (no user or group names, no access
 /// or change times, no device numbers).
 final class TarWriter {
-    private let fd: FileDescriptor
+    private let fd: OwnedFD
     private let display: String
     private var hasher = SHA256()
     private var buffer: [UInt8] = []
@@ -41,7 +42,7 @@ final class TarWriter {
     /// Bytes written so far.
     private(set) var count: Int64 = 0
 
-    init(fd: FileDescriptor, display: String) {
+    init(fd: OwnedFD, display: String) {
         self.fd = fd
         self.display = display
         buffer.reserveCapacity(Self.flushAt + 4096)
@@ -87,7 +88,7 @@ final class TarWriter {
     /// The content of the regular member just appended: `size` bytes from
     /// `source`, read until EOF (a file that shrank meanwhile is an error,
     /// one that grew is cut at `size`).
-    func appendContent(from source: FileDescriptor, size: Int64, display sourceDisplay: String) throws {
+    func appendContent(from source: OwnedFD, size: Int64, display sourceDisplay: String) throws {
         var left = size
         let chunk = 1 << 20
         var scratch = [UInt8](repeating: 0, count: chunk)
@@ -113,13 +114,7 @@ final class TarWriter {
     func finish() throws -> String {
         append([UInt8](repeating: 0, count: 1024))
         try flush()
-        let digits = Array("0123456789abcdef".utf8)
-        var hex: [UInt8] = []
-        for byte in hasher.finalize() {
-            hex.append(digits[Int(byte >> 4)])
-            hex.append(digits[Int(byte & 0x0f)])
-        }
-        return "sha256:" + String(decoding: hex, as: UTF8.self)
+        return "sha256:" + Hex.string(hasher.finalize())
     }
 
     // MARK: bytes

@@ -1,5 +1,6 @@
 import Glibc
 import HearthCore
+import HearthOS
 
 /// Packs a directory of user code into a tar archive for `PUT /v1/code`:
 /// regular files and directories only, with version-control data, caches
@@ -98,16 +99,7 @@ public enum BundleWriter {
 
     /// The entries of a directory, without `.` and `..`, in readdir order.
     static func names(in dir: String) throws -> [String] {
-        guard let d = opendir(dir) else { throw SystemError.current("opendir", dir) }
-        defer { closedir(d) }
-        var names: [String] = []
-        while let ent = readdir(d) {
-            let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
+        try FS.list(path: dir).map { String(decoding: $0.name, as: UTF8.self) }
     }
 
     /// Reads a whole file ("-" is stdin), up to `maxBytes`.

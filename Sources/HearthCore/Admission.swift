@@ -94,7 +94,7 @@ public enum Admission {
     /// The memory one replica of `env` may take: its limit, else its
     /// request, else the daemon's default limit, else 0.
     public static func memory(_ env: EffectiveEnvironment, defaultMemory: Int64?) -> Int64 {
-        env.memoryLimit ?? env.memoryRequest ?? defaultMemory ?? 0
+        env.replicaMemoryLimit(default: defaultMemory) ?? 0
     }
 
     /// Memory `env` holds with all replicas running: replicas × (limit,

@@ -76,6 +76,18 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
     /// The per-task timeout as a `Duration`.
     /// The per-task timeout as a `Duration`; nil when there is none (or it
     /// is not a finite positive number, which validation refuses).
+    /// The memory limit each replica gets: its limit, else its request
+    /// (Flyte's rule: a request alone is also the limit), else the daemon's
+    /// default (`hearthd --default-memory`); nil: none. Admission counts
+    /// this and the replica's cgroup gets it.
+    public func replicaMemoryLimit(default defaultMemory: Int64?) -> Int64? {
+        memoryLimit ?? memoryRequest ?? defaultMemory
+    }
+
+    /// Bytes a replica may write to its writable layer: the limit, else the
+    /// request (the same rule); nil: not measured.
+    public var replicaEphemeralStorage: Int64? { ephemeralStorageLimit ?? ephemeralStorageRequest }
+
     public var timeout: Duration? {
         guard let seconds = timeoutSeconds, seconds.isFinite, seconds > 0, seconds < 9e9 else { return nil }
         return .nanoseconds(Int64((seconds * 1e9).rounded()))

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Crypto
 import HearthCore
+import HearthOS
 
 /// A pull-based stream of bytes: a file or a section of one, a decompressor,
 /// a hasher in front of either. Blobs are read exactly once, front to back,
@@ -70,7 +71,7 @@ extension ByteSource {
 /// A regular file, or a section of one (a blob inside an uncompressed
 /// archive), read with pread so that sections share one descriptor.
 public final class FileSource: ByteSource {
-    let fd: FileDescriptor
+    let fd: OwnedFD
     let path: String
     private var offset: Int64
     private let end: Int64
@@ -78,7 +79,7 @@ public final class FileSource: ByteSource {
     private let truncationCode: HearthError.Code
     private let what: String
 
-    public init(fd: FileDescriptor, path: String, offset: Int64, length: Int64,
+    public init(fd: OwnedFD, path: String, offset: Int64, length: Int64,
                 truncationCode: HearthError.Code = .invalidImage, what: String? = nil) {
         self.fd = fd
         self.path = path
@@ -91,7 +92,7 @@ public final class FileSource: ByteSource {
     /// Opens a regular file for reading. FIFOs and devices are refused: the
     /// import path comes from a client and must not make the daemon block.
     static func open(_ path: String) throws -> FileSource {
-        let fd = try FileDescriptor.open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)
+        let fd = try OwnedFD.open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)
         let st = try fd.stat(path)
         guard (st.st_mode & S_IFMT) == S_IFREG else {
             throw HearthError(.invalidArgument, "\(path) is not a regular file")

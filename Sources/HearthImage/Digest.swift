@@ -50,13 +50,6 @@ struct Digest: Hashable, Sendable, CustomStringConvertible {
     }
 
     init(finalized: SHA256.Digest) {
-        var s = ""
-        s.reserveCapacity(64)
-        let digits: [Character] = Array("0123456789abcdef")
-        for byte in finalized {
-            s.append(digits[Int(byte >> 4)])
-            s.append(digits[Int(byte & 0x0f)])
-        }
-        hex = s
+        hex = Hex.string(finalized)
     }
 }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import HearthCore
+import HearthOS
 
 /// What an import reads from: an OCI layout directory (or an extracted
 /// `docker save`), or an archive of either. Files are addressed by their path
@@ -17,7 +18,7 @@ final class ImageInput {
 
     private enum Backing {
         case directory
-        case archive(FileDescriptor, [String: Member])
+        case archive(OwnedFD, [String: Member])
     }
 
     private enum Member {
@@ -65,9 +66,9 @@ final class ImageInput {
 
     /// gunzips `path` into a temporary file that is unlinked at once, so
     /// nothing is left behind whatever happens next.
-    private static func decompress(_ path: String, scratchDirectory: String) throws -> FileDescriptor {
+    private static func decompress(_ path: String, scratchDirectory: String) throws -> OwnedFD {
         let temp = "\(scratchDirectory)/\(getpid())-archive-\(UInt64.random(in: 0...UInt64.max))"
-        let out = try FileDescriptor.open(temp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode: 0o600)
+        let out = try OwnedFD.open(temp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode: 0o600)
         _ = unlink(temp)
         let source = try GzipSource(FileSource.open(path), what: path)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
@@ -80,7 +81,7 @@ final class ImageInput {
         return out
     }
 
-    private static func index(fd: FileDescriptor, path: String) throws -> ImageInput {
+    private static func index(fd: OwnedFD, path: String) throws -> ImageInput {
         let size = try Int64(fd.stat(path).st_size)
         let reader = TarReader(FileSource(fd: fd, path: path, offset: 0, length: size), what: path, bufferSize: 64 * 1024)
         var members: [String: Member] = [:]

@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import HearthCore
 import Synchronization
+import HearthOS
 
 /// Progress of an import, reported at the start of every layer and every
 /// few MiB while one is read.
@@ -108,7 +109,7 @@ public final class ImageStore: Sendable {
     /// Entries in tmp/ are named `<pid>-…`; those of dead processes are
     /// leftovers of a crash.
     private func removeStaleScratch() throws {
-        let dir = try FileDescriptor.open(cache.scratch, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let dir = try OwnedFD.open(cache.scratch, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         for entry in try FS.list(dir, display: cache.scratch) {
             let name = String(decoding: entry.name, as: UTF8.self)
             if let pid = Int32(name.prefix { $0 != "-" }) {
@@ -125,7 +126,7 @@ public final class ImageStore: Sendable {
     /// lock; writes the index back if `body` changed it.
     func withIndex<T: Sendable>(_ body: (inout StoreIndex, inout State) throws -> T) throws -> T {
         try state.withLock { state throws -> T in
-            let lock = try FileDescriptor.open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, mode: 0o600)
+            let lock = try OwnedFD.open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, mode: 0o600)
             while flock(lock.raw, LOCK_EX) != 0 {
                 if errno != EINTR { throw SystemError.current("flock", lockPath) }
             }

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CHearth
 import HearthCore
+import HearthOS
 
 /// The content-addressed cache of unpacked layers, `layers/<diff ID hex>/`,
 /// shared by every image that has the layer.
@@ -27,7 +28,7 @@ struct LayerCache: Sendable {
 
     /// Hex digests of the layers on disk.
     func installed() throws -> [String] {
-        let dir = try FileDescriptor.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let dir = try OwnedFD.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         return try FS.list(dir, display: directory)
             .map { String(decoding: $0.name, as: UTF8.self) }
             .filter { Digest.isSHA256Hex($0) }
@@ -35,7 +36,7 @@ struct LayerCache: Sendable {
 
     /// Bytes of regular files in an installed layer.
     func size(_ diffID: Digest) throws -> Int64 {
-        let dir = try FileDescriptor.open(path(diffID), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        let dir = try OwnedFD.open(path(diffID), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         return try FS.treeSize(dir, display: path(diffID))
     }
 
@@ -62,7 +63,7 @@ struct LayerCache: Sendable {
             beforeSync()
             // Nothing may be renamed into the cache that a crash could leave
             // half-written.
-            let root = try FileDescriptor.open(temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            let root = try OwnedFD.open(temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             guard hearth_syncfs(root.raw) == 0 else { throw SystemError.current("syncfs", temp) }
             if rename(temp, path(layer.diffID)) != 0 {
                 let e = errno
@@ -82,7 +83,7 @@ struct LayerCache: Sendable {
 
     private func unpackVerified(_ layer: ImagePlan.Layer, blob: FileSource, into temp: String,
                                 onRead: @escaping (Int64) -> Void) throws -> Int64 {
-        let root = try FileDescriptor.open(temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        let root = try OwnedFD.open(temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         if let size = layer.size, blob.remaining != size {
             throw HearthError(.invalidImage, "\(layer.label): size mismatch: descriptor says \(size) bytes, blob has \(blob.remaining)")
         }

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CHearth
 import HearthCore
+import HearthOS
 
 /// Unpacks one layer tar into an empty directory, in overlayfs form, refusing
 /// anything that could reach outside that directory.
@@ -31,13 +32,13 @@ public final class LayerUnpacker {
     /// PATH_MAX - 1: longer paths cannot be used by ordinary tools anyway.
     static let maxPathBytes = 4095
 
-    private let root: FileDescriptor
+    private let root: OwnedFD
     private let rootPath: String
     private let label: String
     /// The last parent directory opened, reused while entries stay in the
     /// same directory (tar lists them together). Dropped whenever a
     /// directory is removed, so it never points at a deleted one.
-    private var cachedParent: (components: ArraySlice<[UInt8]>, fd: FileDescriptor)?
+    private var cachedParent: (components: ArraySlice<[UInt8]>, fd: OwnedFD)?
     private var directoryTimes: [(components: [[UInt8]], time: timespec)] = []
     /// Bytes of regular file content written.
     public private(set) var bytes: Int64 = 0
@@ -47,7 +48,7 @@ public final class LayerUnpacker {
     ///   - root: the (empty) directory to unpack into.
     ///   - rootPath: its path, for errors.
     ///   - label: names the layer in errors, e.g. `layer sha256:…`.
-    public init(root: FileDescriptor, rootPath: String, label: String) {
+    public init(root: OwnedFD, rootPath: String, label: String) {
         self.root = root
         self.rootPath = rootPath
         self.label = label
@@ -165,7 +166,7 @@ public final class LayerUnpacker {
         case .regular:
             let file = try create(parent, name, entry, path: path) { dirfd, cname in
                 let fd = openat(dirfd, cname, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-                return fd >= 0 ? FileDescriptor(owning: fd) : nil
+                return fd >= 0 ? OwnedFD(owning: fd) : nil
             }
             let where_ = hostPath(path)
             try reader.readContent { chunk in try file.writeAll(chunk, display: where_) }
@@ -228,7 +229,7 @@ public final class LayerUnpacker {
         }
     }
 
-    private func makeHardLink(_ entry: TarEntry, parent: FileDescriptor, name: [UInt8], path: [[UInt8]]) throws {
+    private func makeHardLink(_ entry: TarEntry, parent: OwnedFD, name: [UInt8], path: [[UInt8]]) throws {
         let target = try components(of: entry.linkTarget, entry, what: "hard link target")
         guard let targetName = target.last else { throw refuse(entry, "hard link target is the layer root") }
         guard target != path else { throw refuse(entry, "hard link to itself") }
@@ -259,7 +260,7 @@ public final class LayerUnpacker {
     /// Opens the directory at `path` below the root one component at a
     /// time, never following a symlink; missing directories are created
     /// (mode 0755, root) when `create` is set.
-    private func openDirectory(_ path: ArraySlice<[UInt8]>, create: Bool, _ entry: TarEntry, role: String) throws -> FileDescriptor {
+    private func openDirectory(_ path: ArraySlice<[UInt8]>, create: Bool, _ entry: TarEntry, role: String) throws -> OwnedFD {
         if path.isEmpty { return root }
         if let cached = cachedParent, cached.components == path { return cached.fd }
         // Fast path: one openat2 that the kernel keeps beneath the root and
@@ -273,11 +274,11 @@ public final class LayerUnpacker {
         var current = root
         for (i, component) in path.enumerated() {
             let prefix = path.prefix(i + 1)
-            let next: FileDescriptor = try withCName(component) { cname in
+            let next: OwnedFD = try withCName(component) { cname in
                 var createdHere = false
                 while true {
                     let fd = openat(current.raw, cname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                    if fd >= 0 { return FileDescriptor(owning: fd) }
+                    if fd >= 0 { return OwnedFD(owning: fd) }
                     let err = errno
                     switch err {
                     case EINTR:
@@ -309,18 +310,18 @@ public final class LayerUnpacker {
 
     /// openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
     /// of a directory below the root; nil on any failure.
-    private func openBeneath(_ path: some Collection<[UInt8]>) -> FileDescriptor? {
+    private func openBeneath(_ path: some Collection<[UInt8]>) -> OwnedFD? {
         // linux/openat2.h: RESOLVE_NO_MAGICLINKS 0x02, RESOLVE_NO_SYMLINKS 0x04, RESOLVE_BENEATH 0x08.
         let resolve: UInt64 = 0x02 | 0x04 | 0x08
         let joined = Array(path.joined(separator: [UInt8(ascii: "/")]))
         let fd = withCName(joined) { hearth_openat2(root.raw, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0, resolve) }
-        return fd >= 0 ? FileDescriptor(owning: fd) : nil
+        return fd >= 0 ? OwnedFD(owning: fd) : nil
     }
 
     /// Creates the final component with `make` (which returns nil and sets
     /// errno on failure). Whatever exists under that name is removed first
     /// and the creation retried once: later entries replace earlier ones.
-    private func create<T>(_ parent: FileDescriptor, _ name: [UInt8], _ entry: TarEntry, path: [[UInt8]],
+    private func create<T>(_ parent: OwnedFD, _ name: [UInt8], _ entry: TarEntry, path: [[UInt8]],
                            _ make: (Int32, UnsafePointer<CChar>) -> T?) throws -> T {
         try withCName(name) { cname in
             if let made = make(parent.raw, cname) { return made }
@@ -333,7 +334,7 @@ public final class LayerUnpacker {
 
     /// mkdir, keeping an existing directory (its metadata is then updated by
     /// the caller) and replacing anything else.
-    private func makeDirectory(_ parent: FileDescriptor, _ name: [UInt8], _ entry: TarEntry, path: [[UInt8]]) throws -> FileDescriptor {
+    private func makeDirectory(_ parent: OwnedFD, _ name: [UInt8], _ entry: TarEntry, path: [[UInt8]]) throws -> OwnedFD {
         try withCName(name) { cname in
             if mkdirat(parent.raw, cname, 0o700) != 0 {
                 guard errno == EEXIST else { throw SystemError.current("mkdir", hostPath(path)) }
@@ -347,7 +348,7 @@ public final class LayerUnpacker {
         }
     }
 
-    private func removeExisting(_ parent: FileDescriptor, _ name: [UInt8], path: [[UInt8]]) throws {
+    private func removeExisting(_ parent: OwnedFD, _ name: [UInt8], path: [[UInt8]]) throws {
         // The cached directory could be the one removed, or below it.
         cachedParent = nil
         try FS.removeTree(parent, name, display: hostPath(path))
@@ -355,7 +356,7 @@ public final class LayerUnpacker {
 
     /// Owner, then mode (chown clears setuid/setgid), then xattrs (chown also
     /// clears security.capability).
-    private func applyMetadata(_ fd: FileDescriptor, _ entry: TarEntry, path: [[UInt8]]) throws {
+    private func applyMetadata(_ fd: OwnedFD, _ entry: TarEntry, path: [[UInt8]]) throws {
         let where_ = hostPath(path)
         guard fchown(fd.raw, entry.uid, entry.gid) == 0 else { throw SystemError.current("chown", where_) }
         guard fchmod(fd.raw, mode_t(entry.mode & 0o7777)) == 0 else { throw SystemError.current("chmod", where_) }
@@ -367,7 +368,7 @@ public final class LayerUnpacker {
 
     /// An existing directory, without following symlinks; nil when it is
     /// gone (replaced by a later entry).
-    private func openExisting(_ path: [[UInt8]]) throws -> FileDescriptor? {
+    private func openExisting(_ path: [[UInt8]]) throws -> OwnedFD? {
         if let fd = openBeneath(path) { return fd }
         var dir = root
         for component in path {
@@ -376,7 +377,7 @@ public final class LayerUnpacker {
                 if errno == ENOENT || errno == ENOTDIR || errno == ELOOP { return nil }
                 throw SystemError.current("open", hostPath(path))
             }
-            dir = FileDescriptor(owning: fd)
+            dir = OwnedFD(owning: fd)
         }
         return dir
     }

@@ -1,5 +1,6 @@
 import Foundation
 import HearthCore
+import HearthOS
 
 /// `images.json`: every image by name, and what is known about each cached
 /// layer. Written whole, atomically (temp + fsync + rename), under the

@@ -6,6 +6,7 @@ import Crypto
 import HearthCore
 import HearthImage
 import HearthSandbox
+import HearthOS
 
 /// One stored code bundle: an unpacked tree of user code.
 public struct CodeBundle: Sendable, Codable, Equatable {
@@ -84,12 +85,12 @@ public final class CodeStore: Sendable, CustomStringConvertible {
         staging = stateRoot + "/code.staging"
         self.limits = limits
         // 0700: replicas see bundles only through their own views (link(_:into:)).
-        try FileTree.makeDirectory(root, mode: 0o700)
-        try FileTree.makeDirectory(staging, mode: 0o700)
+        try FS.makeDirectory(root, mode: 0o700)
+        try FS.makeDirectory(staging, mode: 0o700)
         // A crash mid-store or mid-remove leaves a partial tree here; nothing
         // else can be using it (one daemon per state root).
         for name in try Dir.names(staging) {
-            try FileTree.removeAll(staging + "/" + name)
+            try FS.removeTree(path: staging + "/" + name)
         }
     }
 
@@ -115,7 +116,7 @@ public final class CodeStore: Sendable, CustomStringConvertible {
     /// A stored bundle with its file count and size (walks the tree).
     public func bundle(_ sha: String) throws -> CodeBundle {
         let path = try path(of: sha)
-        let dir = try FileDescriptor.open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        let dir = try OwnedFD.open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         var tally = Tally()
         try CodeStore.walk(dir, display: path, depth: 0, fix: false, tally: &tally)
         return CodeBundle(sha256: sha, path: path, files: tally.files, bytes: tally.bytes)
@@ -148,7 +149,7 @@ public final class CodeStore: Sendable, CustomStringConvertible {
     /// bundle that exists already returns it (and marks it recently stored,
     /// for `garbageCollect`).
     public func store(sha256 expected: String, tarballAt path: String) throws -> CodeBundle {
-        let fd = try FileDescriptor.open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW)
+        let fd = try OwnedFD.open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW)
         var st = stat()
         guard fstat(fd.raw, &st) == 0 else { throw SystemError.current("stat", path) }
         guard (st.st_mode & S_IFMT) == S_IFREG else {
@@ -187,7 +188,7 @@ public final class CodeStore: Sendable, CustomStringConvertible {
 
         let temp = try makeStagingDirectory(expected)
         do {
-            let dir = try FileDescriptor.open(temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            let dir = try OwnedFD.open(temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             try unpack(open(), into: dir, path: temp, label: label)
             var tally = Tally()
             // code.staging is 0700 root: the tree's owners and modes as the
@@ -208,13 +209,13 @@ public final class CodeStore: Sendable, CustomStringConvertible {
                 let err = errno
                 // Another store of the same bundle finished first: same bytes.
                 guard err == EEXIST || err == ENOTEMPTY else { throw SystemError("rename to \(final)", temp, errno: err) }
-                try? FileTree.removeAll(temp)
+                try? FS.removeTree(path: temp)
                 return try bundle(expected)
             }
             try CodeStore.syncDirectory(root)
             return CodeBundle(sha256: expected, path: final, files: tally.files, bytes: tally.bytes)
         } catch {
-            try? FileTree.removeAll(temp)
+            try? FS.removeTree(path: temp)
             throw CodeStore.asUploadError(error)
         }
     }
@@ -245,7 +246,7 @@ public final class CodeStore: Sendable, CustomStringConvertible {
         }
     }
 
-    private func unpack(_ raw: ByteSource, into dir: FileDescriptor, path: String, label: String) throws {
+    private func unpack(_ raw: ByteSource, into dir: OwnedFD, path: String, label: String) throws {
         let reader = TarReader(try tarStream(raw, label: label), what: label)
         try LayerUnpacker(root: dir, rootPath: path, label: label).unpack(reader)
     }
@@ -301,7 +302,7 @@ public final class CodeStore: Sendable, CustomStringConvertible {
             throw SystemError.current("rename to \(trash)", root + "/" + sha)
         }
         try CodeStore.syncDirectory(root)
-        try FileTree.removeAll(trash)
+        try FS.removeTree(path: trash)
     }
 
     /// Removes bundles not in `keep` that were stored (or last re-stored)
@@ -404,18 +405,9 @@ public final class CodeStore: Sendable, CustomStringConvertible {
         return "\(bytes) bytes"
     }
 
-    static func hex(_ digest: SHA256.Digest) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var out = [UInt8]()
-        out.reserveCapacity(64)
-        for byte in digest {
-            out.append(digits[Int(byte >> 4)])
-            out.append(digits[Int(byte & 0x0f)])
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
+    static func hex(_ digest: SHA256.Digest) -> String { Hex.string(digest) }
 
-    static func hashFile(_ fd: FileDescriptor, size: Int64, path: String) throws -> String {
+    static func hashFile(_ fd: OwnedFD, size: Int64, path: String) throws -> String {
         var hasher = SHA256()
         let source = FileSource(fd: fd, path: path, offset: 0, length: size, truncationCode: .invalidArgument, what: "code bundle \(path)")
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
@@ -449,7 +441,7 @@ public final class CodeStore: Sendable, CustomStringConvertible {
     }
 
     static func syncDirectory(_ path: String) throws {
-        let dir = try FileDescriptor.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let dir = try OwnedFD.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fsync(dir.raw) == 0 else { throw SystemError.current("fsync", path) }
     }
 
@@ -466,7 +458,7 @@ public final class CodeStore: Sendable, CustomStringConvertible {
     /// `O_NOFOLLOW` from their parent's descriptor, links are chowned with
     /// `AT_SYMLINK_NOFOLLOW`. Anything but directories, regular files and
     /// symlinks is an error (the checks before unpacking refused them).
-    static func walk(_ dir: FileDescriptor, display: String, depth: Int, fix: Bool, tally: inout Tally) throws {
+    static func walk(_ dir: OwnedFD, display: String, depth: Int, fix: Bool, tally: inout Tally) throws {
         // The unpacker refuses trees deeper than 256; this only bounds the
         // descriptors a damaged tree could make this hold.
         guard depth <= 512 else { throw HearthError(.internal, "\(display): directory tree is nested too deeply") }
@@ -506,15 +498,15 @@ public final class CodeStore: Sendable, CustomStringConvertible {
 
     /// Owner first: chown clears setuid/setgid and file capabilities; then
     /// the exact mode, which has no special bits.
-    private static func setOwnerAndMode(_ fd: FileDescriptor, _ mode: mode_t, display: String) throws {
+    private static func setOwnerAndMode(_ fd: OwnedFD, _ mode: mode_t, display: String) throws {
         guard fchown(fd.raw, 0, 0) == 0 else { throw SystemError.current("chown", display) }
         guard fchmod(fd.raw, mode) == 0 else { throw SystemError.current("chmod", display) }
     }
 
-    private static func openAt(_ dir: FileDescriptor, _ name: [CChar], _ flags: Int32, display: String) throws -> FileDescriptor {
+    private static func openAt(_ dir: OwnedFD, _ name: [CChar], _ flags: Int32, display: String) throws -> OwnedFD {
         while true {
             let fd = openat(dir.raw, name, flags | O_NOFOLLOW | O_CLOEXEC)
-            if fd >= 0 { return FileDescriptor(owning: fd) }
+            if fd >= 0 { return OwnedFD(owning: fd) }
             if errno == EINTR { continue }
             throw SystemError.current("open", display)
         }
@@ -564,39 +556,10 @@ final class LimitedSource: ByteSource {
 
 /// Directory listings, errors naming the path. Shared by both stores.
 enum Dir {
-    /// UTF-8 names in the directory at `path` (others are skipped: the
-    /// stores only look for names they create, which are ASCII).
-    static func names(_ path: String) throws -> [String] {
-        let dir = try FileDescriptor.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        return try rawNames(dir, display: path).compactMap { String(validating: $0, as: UTF8.self) }
-    }
+    static func names(_ path: String) throws -> [String] { try FS.names(path) }
 
-    /// Names in `dir` as bytes, without `.` and `..`.
-    static func rawNames(_ dir: FileDescriptor, display: String) throws -> [[UInt8]] {
-        // fdopendir owns the descriptor it gets: give it a duplicate.
-        let dupfd = fcntl(dir.raw, F_DUPFD_CLOEXEC, 0)
-        guard dupfd >= 0 else { throw SystemError.current("dup", display) }
-        guard let stream = fdopendir(dupfd) else {
-            let e = errno
-            _ = close(dupfd)
-            throw SystemError("opendir", display, errno: e)
-        }
-        defer { closedir(stream) }
-        rewinddir(stream)
-        var out: [[UInt8]] = []
-        while true {
-            errno = 0
-            guard let ent = readdir(stream) else {
-                if errno != 0 { throw SystemError.current("readdir", display) }
-                break
-            }
-            let raw: [UInt8] = withUnsafeBytes(of: ent.pointee.d_name) { bytes in
-                Array(bytes.prefix { $0 != 0 })
-            }
-            if raw == [0x2e] || raw == [0x2e, 0x2e] { continue }
-            out.append(raw)
-        }
-        return out
+    static func rawNames(_ dir: OwnedFD, display: String) throws -> [[UInt8]] {
+        try FS.list(dir, display: display).map(\.name)
     }
 
     /// A NUL-terminated copy for *at calls (directory entries hold no NUL).
@@ -621,23 +584,23 @@ extension CodeStore {
         let temp = view + "/." + sha + ".tmp-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
         do {
             guard mkdir(temp, 0o755) == 0 else { throw SystemError.current("mkdir", temp) }
-            let src = try FileDescriptor.open(source, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            let dst = try FileDescriptor.open(temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            let src = try OwnedFD.open(source, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            let dst = try OwnedFD.open(temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             try Self.mirror(src, source, into: dst, temp, depth: 0)
             guard rename(temp, final) == 0 else {
                 // Another thread linked it meanwhile: theirs stays.
-                if errno == EEXIST || errno == ENOTEMPTY { try FileTree.removeAll(temp); return }
+                if errno == EEXIST || errno == ENOTEMPTY { try FS.removeTree(path: temp); return }
                 throw SystemError.current("rename to \(final)", temp)
             }
         } catch {
-            try? FileTree.removeAll(temp)
+            try? FS.removeTree(path: temp)
             throw error
         }
     }
 
     /// Directories are made, regular files hard-linked (copied across
     /// filesystems), symlinks re-created; the store holds nothing else.
-    private static func mirror(_ src: FileDescriptor, _ srcPath: String, into dst: FileDescriptor, _ dstPath: String,
+    private static func mirror(_ src: OwnedFD, _ srcPath: String, into dst: OwnedFD, _ dstPath: String,
                                depth: Int) throws {
         guard depth < 256 else { throw HearthError(.internal, "\(srcPath): nested too deeply") }
         for raw in try Dir.rawNames(src, display: srcPath) {
@@ -679,7 +642,7 @@ extension CodeStore {
         }
     }
 
-    private static func copyFile(_ src: FileDescriptor, _ name: UnsafePointer<CChar>, to dst: FileDescriptor,
+    private static func copyFile(_ src: OwnedFD, _ name: UnsafePointer<CChar>, to dst: OwnedFD,
                                  _ srcShown: String, _ dstShown: String, mode: mode_t) throws {
         let input = openat(src.raw, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         guard input >= 0 else { throw SystemError.current("open", srcShown) }

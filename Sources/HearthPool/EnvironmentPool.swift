@@ -7,42 +7,7 @@ import Logging
 import Metrics
 import NIOCore
 import Synchronization
-
-/// What one environment's replicas are, resolved from its spec.
-public struct PoolConfig: Sendable {
-    public var name: String
-    public var identity: String
-    public var image: String
-    public var env: [String: String]
-    public var limits: CgroupLimits
-    public var replicaCount: Int
-    public var ttl: Duration
-    public var secrets: [String]
-    public var network: NetworkMode
-    public var seccomp: SeccompProfile?
-    public var capabilities: CapabilitySet
-    public var timeout: Duration?
-    public var maxTasksPerReplica: Int?
-    public var maxQueue: Int
-    /// Python distributions the worker must find before it says `ready`.
-    public var packages: [String]
-    /// Each replica in a user namespace of its own (ReplicaSpec.userNamespace).
-    public var userNamespace = false
-    /// Bytes a replica may write to its writable layer before it is
-    /// evicted (`ephemeral_storage`); nil: not measured.
-    public var ephemeralStorage: Int64?
-
-    public init(name: String, identity: String, image: String, env: [String: String], limits: CgroupLimits,
-                replicaCount: Int, ttl: Duration, secrets: [String], network: NetworkMode,
-                seccomp: SeccompProfile?, capabilities: CapabilitySet, timeout: Duration?,
-                maxTasksPerReplica: Int?, maxQueue: Int, packages: [String] = [], ephemeralStorage: Int64? = nil) {
-        self.name = name; self.identity = identity; self.image = image; self.env = env; self.limits = limits
-        self.replicaCount = replicaCount; self.ttl = ttl; self.secrets = secrets; self.network = network
-        self.seccomp = seccomp; self.capabilities = capabilities; self.timeout = timeout
-        self.maxTasksPerReplica = maxTasksPerReplica; self.maxQueue = maxQueue; self.packages = packages
-        self.ephemeralStorage = ephemeralStorage
-    }
-}
+import HearthOS
 
 /// Shared services every environment uses.
 public struct PoolContext: Sendable {
@@ -324,7 +289,7 @@ actor EnvironmentPool {
     static func build(config: PoolConfig, ctx: PoolContext, spare: Bool = false) async throws -> WarmReplica {
         let name = ctx.runtime.newReplicaName(prefix: config.name)
         let codeView = ctx.runtime.replicasDir + "/" + name + ".code"
-        let toWorker = try PipePair.make(), fromWorker = try PipePair.make()
+        let toWorker = try Pipe.make(), fromWorker = try Pipe.make()
         let replica: WarmReplica
         do {
             let running = try await Blocking.run { () throws -> RunningReplica in
@@ -352,7 +317,7 @@ actor EnvironmentPool {
                 spec.capabilities = config.capabilities
                 // Its own view of the code store: only bundles its tasks name
                 // are linked in (at dispatch), never another environment's.
-                try FileTree.makeDirectory(codeView, mode: 0o755)
+                try FS.makeDirectory(codeView, mode: 0o755)
                 made.append(codeView)
                 spec.cleanupPaths.append(codeView)
                 spec.ephemeralStorageLimit = config.ephemeralStorage
@@ -374,7 +339,7 @@ actor EnvironmentPool {
                 spec.extraFDs = [(toWorker.read, 3), (fromWorker.write, 4)]
                 return try ctx.runtime.start(spec)
               } catch {
-                for path in made { try? FileTree.removeAll(path) }
+                for path in made { try? FS.removeTree(path: path) }
                 throw error
               }
             }
@@ -440,10 +405,10 @@ actor EnvironmentPool {
         startFailures += 1
         let message = HearthError.wrap(error).message
         lastError = message
-        // Exponential backoff, never a tight loop: 0.5 s, 1 s, 2 s … 60 s.
-        let delay = min(60.0, 0.5 * pow(2.0, Double(startFailures - 1)))
-        nextStartAllowed = .now + .milliseconds(Int(delay * 1000))
-        ctx.logger.warning("environment \(config.name): replica failed to start (attempt \(startFailures), next in \(delay) s): \(message)")
+        // Never a tight loop.
+        let delay = Backoff.delay(afterFailures: startFailures)
+        nextStartAllowed = .now + delay
+        ctx.logger.warning("environment \(config.name): replica failed to start (attempt \(startFailures), next in \(delay.seconds) s): \(message)")
         // Tasks waiting for this start would wait forever on a broken
         // environment: fail them with the reason.
         if replicas.isEmpty && starting == 0 {
@@ -714,30 +679,5 @@ actor EnvironmentPool {
             try? await Task.sleep(for: .milliseconds(20))
         }
         for t in Array(teardowns.values) { await t.value }
-    }
-}
-
-enum PipePair {
-    static func make() throws -> (read: Int32, write: Int32) {
-        var fds: [Int32] = [-1, -1]
-        guard hearthPipe2(&fds) == 0 else { throw SystemError.current("pipe2", "") }
-        return (fds[0], fds[1])
-    }
-}
-
-extension Duration {
-    var seconds: Double {
-        let (s, atto) = components
-        return Double(s) + Double(atto) / 1e18
-    }
-    var milliseconds: Double { seconds * 1000 }
-    var microseconds: Int64 { components.seconds * 1_000_000 + components.attoseconds / 1_000_000_000_000 }
-}
-
-extension PoolConfig {
-    public func with(userNamespace: Bool) -> PoolConfig {
-        var c = self
-        c.userNamespace = userNamespace
-        return c
     }
 }

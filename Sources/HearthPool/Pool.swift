@@ -4,6 +4,7 @@ import HearthCore
 import HearthSandbox
 import Logging
 import Synchronization
+import HearthOS
 
 public enum ApplyOutcome: String, Codable, Sendable {
     case created, unchanged, replaced
@@ -25,8 +26,8 @@ public final class Pool: Sendable {
         ctx = context
         envDir = stateRoot + "/environments"
         journalDir = context.tasks.journalDir
-        try FileTree.makeDirectory(envDir, mode: 0o700)
-        try FileTree.makeDirectory(journalDir, mode: 0o700)
+        try FS.makeDirectory(envDir, mode: 0o700)
+        try FS.makeDirectory(journalDir, mode: 0o700)
         try context.tasks.journal.open()
     }
 
@@ -60,7 +61,7 @@ public final class Pool: Sendable {
         }
         if outcome == .unchanged { return .unchanged }
         if persist {
-            try atomicWrite(envDir + "/" + config.name + ".json", spec)
+            try FS.writeAtomically(Array(spec), to: envDir + "/" + config.name + ".json")
         }
         if let pool = envs.withLock({ $0[config.name]?.pool }) { await pool.startTTLLoop() }
         if let old {
@@ -202,16 +203,5 @@ public final class Pool: Sendable {
             for p in pools { group.addTask { await p.drain(deadline: deadline) } }
             if let spares = ctx.spares { group.addTask { await spares.shutdown() } }
         }
-    }
-
-    private func atomicWrite(_ path: String, _ data: Data, sync: Bool = true) throws {
-        let tmp = path + ".tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw SystemError.current("open", tmp) }
-        let ok = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) == $0.count }
-        if sync { fsync(fd) }
-        close(fd)
-        guard ok else { throw SystemError.current("write", tmp) }
-        guard rename(tmp, path) == 0 else { throw SystemError.current("rename", path) }
     }
 }

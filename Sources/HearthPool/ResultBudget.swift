@@ -4,6 +4,7 @@ import HearthCore
 import HearthSandbox
 import Logging
 import Synchronization
+import HearthOS
 
 /// How many bytes of finished tasks' payloads (result, full error, logs)
 /// the daemon keeps, and where. `hearthd --result-budget` and
@@ -258,7 +259,7 @@ final class ResultStore: Sendable {
     /// finished tasks are not kept across restarts, so those files belong
     /// to nobody.
     func prepare() throws {
-        try FileTree.makeDirectory(budget.dir, mode: 0o700)
+        try FS.makeDirectory(budget.dir, mode: 0o700)
         guard chmod(budget.dir, 0o700) == 0 else { throw SystemError.current("chmod", budget.dir) }
         try removeFiles()
     }

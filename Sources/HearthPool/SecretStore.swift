@@ -4,6 +4,7 @@ import Glibc
 import HearthCore
 import HearthImage
 import HearthSandbox
+import HearthOS
 
 /// Secrets under `<stateRoot>/secrets/` (0700 root): one file per key,
 /// named by the key, mode 0600, replaced atomically (temporary file, fsync,
@@ -25,7 +26,7 @@ public final class SecretStore: Sendable, CustomStringConvertible {
 
     public init(stateRoot: String) throws {
         root = stateRoot + "/secrets"
-        try FileTree.makeDirectory(root, mode: 0o700)
+        try FS.makeDirectory(root, mode: 0o700)
         // makeDirectory sets the mode best-effort; a secrets directory that
         // others can read is not something to run with.
         var st = stat()
@@ -83,7 +84,7 @@ public final class SecretStore: Sendable, CustomStringConvertible {
         // NAME_MAX.
         let temp = root + "/" + SecretStore.tempPrefix + String(UInt64.random(in: 0...UInt64.max), radix: 16)
         do {
-            let fd = try FileDescriptor.open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode: 0o600)
+            let fd = try OwnedFD.open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode: 0o600)
             // The umask could only narrow 0600; fchmod makes it exact.
             guard fchmod(fd.raw, 0o600) == 0 else { throw SystemError.current("chmod", temp) }
             try SecretStore.writeAll(fd, value, display: temp)
@@ -169,10 +170,10 @@ public final class SecretStore: Sendable, CustomStringConvertible {
                     _ = rename(old, dir)  // put the previous one back
                     throw e
                 }
-                try FileTree.removeAll(old)
+                try FS.removeTree(path: old)
             }
         } catch {
-            try? FileTree.removeAll(temp)
+            try? FS.removeTree(path: temp)
             throw error
         }
     }
@@ -191,9 +192,9 @@ public final class SecretStore: Sendable, CustomStringConvertible {
     /// Copies one secret through a fixed buffer that is wiped afterwards.
     private func copy(_ key: String, to target: String) throws {
         let source = root + "/" + key
-        let input: FileDescriptor
+        let input: OwnedFD
         do {
-            input = try FileDescriptor.open(source, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+            input = try OwnedFD.open(source, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
         } catch let e as SystemError where e.errno == ENOENT {
             throw SecretStore.missing(key)  // removed since the check
         }
@@ -202,7 +203,7 @@ public final class SecretStore: Sendable, CustomStringConvertible {
         guard (st.st_mode & S_IFMT) == S_IFREG else {
             throw HearthError(.internal, "\(source): not a regular file")
         }
-        let output = try FileDescriptor.open(target, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode: 0o444)
+        let output = try OwnedFD.open(target, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode: 0o444)
         guard fchmod(output.raw, 0o444) == 0 else { throw SystemError.current("chmod", target) }
 
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
@@ -229,11 +230,11 @@ public final class SecretStore: Sendable, CustomStringConvertible {
         }
     }
 
-    private static func writeAll(_ fd: FileDescriptor, _ bytes: [UInt8], display: String) throws {
+    private static func writeAll(_ fd: OwnedFD, _ bytes: [UInt8], display: String) throws {
         try bytes.withUnsafeBytes { try writeAll(fd, $0, display: display) }
     }
 
-    private static func writeAll(_ fd: FileDescriptor, _ bytes: UnsafeRawBufferPointer, display: String) throws {
+    private static func writeAll(_ fd: OwnedFD, _ bytes: UnsafeRawBufferPointer, display: String) throws {
         guard let base = bytes.baseAddress else { return }
         var done = 0
         while done < bytes.count {

@@ -245,19 +245,19 @@ public final class SparePool: Sendable {
         } catch {
             ctx.memory?.releaseSpare()
             let message = HearthError.wrap(error).message
-            let delay: Double = state.withLock { s in
-                guard var e = s.entries[key] else { return 0 }
+            let delay: Duration = state.withLock { s in
+                guard var e = s.entries[key] else { return .zero }
                 e.starting = max(0, e.starting - 1)
                 e.failures += 1
                 e.lastError = message
-                // 0.5 s, 1 s, 2 s … 60 s: a broken image never spins.
-                let d = min(60.0, 0.5 * pow(2.0, Double(e.failures - 1)))
-                e.nextBuild = .now + .milliseconds(Int(d * 1000))
+                // A broken image never spins.
+                let d = Backoff.delay(afterFailures: e.failures)
+                e.nextBuild = .now + d
                 s.entries[key] = e
                 return d
             }
-            ctx.logger.warning("spare replica for \(key.image) failed to start (next try in \(delay) s): \(message)")
-            if delay > 0 { refill(key) }
+            ctx.logger.warning("spare replica for \(key.image) failed to start (next try in \(delay.seconds) s): \(message)")
+            if delay > .zero { refill(key) }
         }
         state.withLock { $0.busy -= 1 }
     }
@@ -271,8 +271,8 @@ public final class SparePool: Sendable {
                 guard var e = s.entries[key], let i = e.ready.firstIndex(where: { $0 === r }) else { return false }
                 e.ready.remove(at: i)
                 e.failures += 1
-                let d = min(60.0, 0.5 * pow(2.0, Double(e.failures - 1)))
-                e.nextBuild = .now + .milliseconds(Int(d * 1000))
+                let d = Backoff.delay(afterFailures: e.failures)
+                e.nextBuild = .now + d
                 e.lastError = "spare \(r.name) exited while waiting"
                 s.entries[key] = e
                 return true

@@ -74,10 +74,7 @@ public final class TaskRecord: Sendable {
     }
 
     private func snapshot(of s: State, withResult: Bool = false) -> TaskSnapshot {
-        func micros(_ d: Duration) -> Int64 {
-            let (sec, atto) = d.components
-            return sec * 1_000_000 + atto / 1_000_000_000_000
-        }
+        func micros(_ d: Duration) -> Int64 { d.microseconds }
         return TaskSnapshot(
             id: id, environment: environment, module: module, function: function, state: s.state,
             result: withResult ? s.result.flatMap { try? FastJSON.parse($0) } : nil, error: s.error, replica: s.replica, pid: s.pid,

@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import HearthCore
 import Synchronization
+import HearthOS
 
 /// A user name and password for one registry.
 public struct RegistryCredential: Codable, Sendable, Equatable {
@@ -90,42 +91,6 @@ public final class CredentialStore: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
         let bytes = Array((try? encoder.encode(file)) ?? Data())
-        try writeAtomically(bytes, to: path)
-    }
-}
-
-/// temp file (0600, created exclusively) → fsync → rename → fsync of the
-/// directory: readers see the old or the new file, never a mix.
-func writeAtomically(_ bytes: [UInt8], to path: String) throws {
-    let slash = path.lastIndex(of: "/").map { path[..<$0] } ?? "."
-    let parent = slash.isEmpty ? "/" : String(slash)
-    let temp = "\(path).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-    let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
-    guard fd >= 0 else { throw SystemError.current("create", temp) }
-    do {
-        defer { close(fd) }
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemError.current("write", temp)
-            }
-            offset += n
-        }
-        guard fsync(fd) == 0 else { throw SystemError.current("fsync", temp) }
-    } catch {
-        unlink(temp)
-        throw error
-    }
-    guard rename(temp, path) == 0 else {
-        let e = SystemError.current("rename to \(path)", temp)
-        unlink(temp)
-        throw e
-    }
-    let dir = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    if dir >= 0 {
-        _ = fsync(dir)
-        close(dir)
+        try FS.writeAtomically(bytes, to: path)
     }
 }

@@ -312,16 +312,7 @@ public final class Puller: Sendable {
 
     static let writeChunk = 1 << 20
 
-    static func hex(_ digest: SHA256.Digest) -> String {
-        var s = "sha256:"
-        s.reserveCapacity(71)
-        let digits: [Character] = Array("0123456789abcdef")
-        for byte in digest {
-            s.append(digits[Int(byte >> 4)])
-            s.append(digits[Int(byte & 0x0f)])
-        }
-        return s
-    }
+    static func hex(_ digest: SHA256.Digest) -> String { "sha256:" + Hex.string(digest) }
 
     // MARK: login
 

@@ -178,3 +178,30 @@ enum CgroupDiscovery {
         return String(decoding: bytes, as: UTF8.self)
     }
 }
+
+/// This process's own cgroup, as admission needs it.
+public enum OwnCgroup {
+    /// The tightest memory limit on this process: its own cgroup's and
+    /// every ancestor's up to the hierarchy's mount (v1
+    /// `memory.limit_in_bytes`, v2 `memory.max`); nil when none is set or
+    /// the layout cannot be read. Paths come from the discovered layout, so
+    /// a hierarchy mounted at another root (inside a container) reads right.
+    public static func memoryLimit() -> Int64? {
+        guard let layout = try? CgroupDiscovery.detect() else { return nil }
+        let (hierarchy, file): (CgroupHierarchy?, String) = layout.version == .v1
+            ? (layout.hierarchies.first { $0.has("memory") }, "memory.limit_in_bytes")
+            : (layout.hierarchies.first, "memory.max")
+        guard let hierarchy else { return nil }
+        var limit: Int64?
+        var dir = hierarchy.directory
+        while true {
+            if let text = try? CgroupFiles.read(dir + "/" + file),
+               let v = Int64(text.trimmingCharacters(in: .whitespacesAndNewlines)), v > 0 {
+                limit = min(limit ?? v, v)
+            }
+            guard dir.count > hierarchy.mountPoint.count, let slash = dir.lastIndex(of: "/") else { break }
+            dir = String(dir[..<slash])
+        }
+        return limit
+    }
+}

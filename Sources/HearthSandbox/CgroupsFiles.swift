@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import HearthCore
+import HearthOS
 
 /// Raw file operations on cgroupfs (and /proc), with errors that name the
 /// file, the value and the errno. Plain open/read/write rather than
@@ -74,17 +75,8 @@ enum CgroupFiles {
 
     /// Names of the child directories (child cgroups) of `path`.
     static func childDirectories(_ path: String) -> [String] {
-        guard let dir = opendir(path) else { return [] }
-        defer { closedir(dir) }
-        var names = [String]()
-        while let entry = readdir(dir) {
-            guard entry.pointee.d_type == UInt8(DT_DIR) else { continue }
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names.sorted()
+        guard let entries = try? FS.list(path: path) else { return [] }
+        return entries.filter { $0.type == DT_DIR }.map { String(decoding: $0.name, as: UTF8.self) }.sorted()
     }
 
     /// The pids in a `cgroup.procs` file; empty when unreadable.

@@ -60,10 +60,3 @@ final class PipeReader: Sendable {
     }
 }
 
-enum Pipe {
-    static func make() throws -> (read: Int32, write: Int32) {
-        var fds: [Int32] = [-1, -1]
-        guard hearth_pipe2(&fds, O_CLOEXEC) == 0 else { throw SystemError.current("pipe2", "") }
-        return (fds[0], fds[1])
-    }
-}

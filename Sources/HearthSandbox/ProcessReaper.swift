@@ -1,3 +1,4 @@
+import HearthOS
 import CHearth
 import Foundation
 import Glibc
@@ -14,7 +15,7 @@ public enum ProcessReaper {
         do {
             try EventThread.shared.watch(pidfd) { _ in
                 var code: Int32 = 0, status: Int32 = 0
-                let rc = hearthPidfdWait(pidfd, nohang: true, code: &code, status: &status)
+                let rc = Pidfd.wait(pidfd, nohang: true, code: &code, status: &status)
                 if rc == 1 { return .keep }
                 onExit(rc == 0 ? exitStatus(code: code, status: status) : .signaled(SIGKILL))
                 return .remove
@@ -22,7 +23,7 @@ public enum ProcessReaper {
         } catch {
             Blocking.queue.async {
                 var code: Int32 = 0, status: Int32 = 0
-                let rc = hearthPidfdWait(pidfd, nohang: false, code: &code, status: &status)
+                let rc = Pidfd.wait(pidfd, nohang: false, code: &code, status: &status)
                 onExit(rc == 0 ? exitStatus(code: code, status: status) : .signaled(SIGKILL))
             }
         }

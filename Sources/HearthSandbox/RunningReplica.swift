@@ -4,6 +4,7 @@ import Glibc
 import HearthCore
 import HearthImage
 import Synchronization
+import HearthOS
 
 /// A started replica: its init process, cgroup, output pipes and directory.
 public final class RunningReplica: Sendable {
@@ -135,7 +136,7 @@ public final class RunningReplica: Sendable {
     let exitWait = Mutex<ExitWait>(.idle)
 
     public func signal(_ sig: Int32) {
-        _ = hearth_pidfd_send_signal_swift(pidfd, sig)
+        _ = Pidfd.signal(pidfd, sig)
     }
 
     /// Measures the writable layer against `limit` from now on (at start, or
@@ -163,14 +164,14 @@ public final class RunningReplica: Sendable {
             // Killed just now: reap it here (blocking is allowed), so the
             // pidfd is never closed under its watch or its waiters.
             var code: Int32 = 0, status: Int32 = 0
-            let rc = hearthPidfdWait(pidfd, nohang: false, code: &code, status: &status)
+            let rc = Pidfd.wait(pidfd, nohang: false, code: &code, status: &status)
             EventThread.shared.unwatch(pidfd)
             exited(rc == 0 ? ProcessReaper.exitStatus(code: code, status: status) : .signaled(SIGKILL))
         }
         try? cgroup.remove()
         close(pidfd)
-        try? FileTree.removeAll(dir)
-        for p in cleanupPaths { try? FileTree.removeAll(p) }
+        try? FS.removeTree(path: dir)
+        for p in cleanupPaths { try? FS.removeTree(path: p) }
         // Its id range is free again only once nothing of it runs or remains.
         onTeardown?()
     }

@@ -4,6 +4,7 @@ import Glibc
 import HearthCore
 import HearthImage
 import Synchronization
+import HearthOS
 
 /// Builds replicas: directories, cgroup, plan, spawn; and tears them down.
 public final class SandboxRuntime: Sendable {
@@ -46,9 +47,9 @@ public final class SandboxRuntime: Sendable {
             }
         }
         self.scratchDir = scratchDir
-        try FileTree.makeDirectory(stateRoot, mode: 0o711)
-        try FileTree.makeDirectory(replicasDir, mode: 0o700)
-        if let scratchDir { try FileTree.makeDirectory(scratchDir, mode: 0o700) }
+        try FS.makeDirectory(stateRoot, mode: 0o711)
+        try FS.makeDirectory(replicasDir, mode: 0o700)
+        if let scratchDir { try FS.makeDirectory(scratchDir, mode: 0o700) }
         try installInit(from: initBinary)
     }
 
@@ -58,12 +59,12 @@ public final class SandboxRuntime: Sendable {
         // Directories go even when a cgroup resists; the error is reported after.
         var cgroupError: (any Error)?
         do { try cgroups.cleanupStale() } catch { cgroupError = error }
-        for mount in FileTree.mountPoints(under: replicasDir).sorted(by: >) {
+        for mount in FS.mountPoints(under: replicasDir).sorted(by: >) {
             _ = umount2(mount, Int32(MNT_DETACH))
         }
         for dir in [replicasDir] + (scratchDir.map { [$0] } ?? []) {
             for entry in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
-                try FileTree.removeAll(dir + "/" + entry)
+                try FS.removeTree(path: dir + "/" + entry)
             }
         }
         if let cgroupError { throw cgroupError }
@@ -74,9 +75,9 @@ public final class SandboxRuntime: Sendable {
     }
 
     private func installInit(from source: String) throws {
-        try FileTree.makeDirectory(runtimeDir, mode: 0o755)
+        try FS.makeDirectory(runtimeDir, mode: 0o755)
         // Mount points for the worker and the code bundles (see ContainerPaths.runtimeMount).
-        for sub in ContainerPaths.runtimeMountPoints { try FileTree.makeDirectory(runtimeDir + "/" + sub, mode: 0o755) }
+        for sub in ContainerPaths.runtimeMountPoints { try FS.makeDirectory(runtimeDir + "/" + sub, mode: 0o755) }
         let dest = runtimeDir + "/hearth-init"
         let tmp = dest + ".tmp"
         guard let data = FileManager.default.contents(atPath: source) else {
@@ -109,16 +110,16 @@ public final class SandboxRuntime: Sendable {
         }
         var cleanupPaths = spec.cleanupPaths
         do {
-            try FileTree.makeDirectory(dir, mode: 0o700)
-            cleanup.append { try? FileTree.removeAll(dir) }
+            try FS.makeDirectory(dir, mode: 0o700)
+            cleanup.append { try? FS.removeTree(path: dir) }
             // Host paths that belong to the replica (its secrets) go with a failed start too.
-            cleanup.append { for p in spec.cleanupPaths { try? FileTree.removeAll(p) } }
+            cleanup.append { for p in spec.cleanupPaths { try? FS.removeTree(path: p) } }
             if writable != dir {
-                try FileTree.makeDirectory(writable, mode: 0o700)
-                cleanup.append { try? FileTree.removeAll(writable) }
+                try FS.makeDirectory(writable, mode: 0o700)
+                cleanup.append { try? FS.removeTree(path: writable) }
                 cleanupPaths.append(writable)
             }
-            for d in [upper, work, rootfs] { try FileTree.makeDirectory(d, mode: 0o755) }
+            for d in [upper, work, rootfs] { try FS.makeDirectory(d, mode: 0o755) }
             try writeEtcFiles(upper: upper, spec: spec)
 
             let tDirs = ContinuousClock.now
@@ -135,11 +136,11 @@ public final class SandboxRuntime: Sendable {
                 let fd = try userNamespaces.open(l)
                 usernsFD = fd
                 cleanup.append { close(fd) }
-                try FileTree.makeDirectory(dir + "/lower", mode: 0o700)
+                try FS.makeDirectory(dir + "/lower", mode: 0o700)
                 lowers = []
                 for i in spec.image.layerPaths.indices {
                     let mountPoint = dir + "/lower/\(i)"
-                    try FileTree.makeDirectory(mountPoint, mode: 0o755)
+                    try FS.makeDirectory(mountPoint, mode: 0o755)
                     lowers.append(mountPoint)
                 }
                 try IDShift.shift(upper, into: l, recursive: true)
@@ -293,9 +294,9 @@ public final class SandboxRuntime: Sendable {
     /// /etc/hostname, /etc/hosts and /etc/resolv.conf go straight into the
     /// upper directory: no bind mounts needed, and the image is untouched.
     private func writeEtcFiles(upper: String, spec: ReplicaSpec) throws {
-        try FileTree.makeDirectory(upper + "/etc", mode: 0o755)
-        try FileTree.writeFile(upper + "/etc/hostname", "\(spec.name)\n")
-        try FileTree.writeFile(upper + "/etc/hosts", """
+        try FS.makeDirectory(upper + "/etc", mode: 0o755)
+        try FS.writeFile(upper + "/etc/hostname", "\(spec.name)\n")
+        try FS.writeFile(upper + "/etc/hosts", """
             127.0.0.1\tlocalhost
             ::1\tlocalhost ip6-localhost ip6-loopback
             127.0.1.1\t\(spec.name)
@@ -309,7 +310,7 @@ public final class SandboxRuntime: Sendable {
         } else {
             resolv = "# network: none (loopback only)\n"
         }
-        try FileTree.writeFile(upper + "/etc/resolv.conf", resolv)
+        try FS.writeFile(upper + "/etc/resolv.conf", resolv)
     }
 
     /// `lowers`: the image's layer directories bottom first (or their

@@ -2,6 +2,7 @@ import CHearth
 import Glibc
 import HearthCore
 import Synchronization
+import HearthOS
 
 /// Host id ranges for replicas that run in a user namespace: each such
 /// replica gets a range of its own (65536 ids: root inside is the first),
@@ -81,15 +82,8 @@ enum IDShift {
             }
         }
         guard recursive, st.st_mode & S_IFMT == S_IFDIR else { return }
-        guard let d = opendir(path) else { throw SystemError.current("opendir", path) }
-        var names: [String] = []
-        while let ent = readdir(d) {
-            let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            if name != "." && name != ".." { names.append(name) }
+        for entry in try FS.list(path: path, noFollow: true) {
+            try shift(path + "/" + String(decoding: entry.name, as: UTF8.self), into: lease, recursive: true)
         }
-        closedir(d)
-        for name in names { try shift(path + "/" + name, into: lease, recursive: true) }
     }
 }

@@ -14,6 +14,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import HearthOS
 
 public struct DaemonOptions: Sendable {
     public var stateRoot: String = HearthDefaults.stateRoot
@@ -97,7 +98,7 @@ public enum Daemon {
         guard geteuid() == 0 else {
             throw HearthError(.unavailable, "hearthd must run as root (it creates namespaces, mounts and cgroups)")
         }
-        try FileTree.makeDirectory(options.stateRoot, mode: 0o711)
+        try FS.makeDirectory(options.stateRoot, mode: 0o711)
         let lock = try StateLock(root: options.stateRoot)
         defer { lock.release() }
         try refuseLiveSocket(options.socketPath)
@@ -138,7 +139,7 @@ public enum Daemon {
         let io = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         var context = PoolContext(runtime: runtime, images: images, code: code, secrets: secrets, tasks: tasks,
                                   logger: logger, workerDir: options.workerDir, resultLoop: io.next())
-        let capacity = AdmissionControl.measureCapacity()
+        let capacity = EnvironmentAdmission.measureCapacity()
         let ledger = MemoryLedger(capacity: capacity.memoryBytes, spareLimit: options.defaultMemory)
         context.defaultMemory = options.defaultMemory
         context.memory = ledger
@@ -151,7 +152,7 @@ public enum Daemon {
         let policy = PrivilegePolicy(allowPrivileged: options.allowPrivileged)
         let puller = try Puller(store: images, configuration: options.registries,
                                 credentialsPath: options.stateRoot + "/registry-auth.json")
-        let admission = AdmissionControl(pool: pool, images: images, secrets: secrets, policy: policy,
+        let admission = EnvironmentAdmission(pool: pool, images: images, secrets: secrets, policy: policy,
                                          defaultUserNamespace: options.userNamespaces, logger: logger,
                                          capacity: capacity, ledger: ledger, defaultMemory: options.defaultMemory)
         await admission.restore()
@@ -220,7 +221,7 @@ public enum Daemon {
                 say("pulling base image \(ref)")
                 let started = ContinuousClock.now
                 let image = try await pull(ref, nil) { _ in }
-                let seconds = (ContinuousClock.now - started).inMicroseconds / 1e6
+                let seconds = (ContinuousClock.now - started).seconds
                 say("pulled \(image.name) in \(String(format: "%.1f", seconds)) s")
                 return try await Blocking.run { try images.resolve(image.name) }
             }
@@ -332,12 +333,5 @@ final class StateLock {
     func release() {
         _ = ftruncate(fd, 0)
         close(fd)
-    }
-}
-
-extension Duration {
-    var inMicroseconds: Double {
-        let (s, atto) = components
-        return Double(s) * 1e6 + Double(atto) / 1e12
     }
 }

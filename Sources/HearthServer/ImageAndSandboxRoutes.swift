@@ -169,7 +169,7 @@ struct ImageAndSandboxRoutes: Sendable {
             return (try runtime.start(spec), image.name)
         }
         registry.add(replica, image: imageName)
-        let startMicros = Int64((ContinuousClock.now - started).inMicroseconds)
+        let startMicros = (ContinuousClock.now - started).microseconds
         let registry = self.registry, logger = self.logger
         logger.debug("sandbox \(name) started in \(startMicros) µs: \(replica.startPhases.map(\.description).joined(separator: ", "))")
 
@@ -225,7 +225,7 @@ struct ImageAndSandboxRoutes: Sendable {
                 }
                 let exited = ContinuousClock.now
                 _ = try? await Blocking.run { replica.teardown() }
-                logger.debug("sandbox \(name): \(status), teardown \(Int((ContinuousClock.now - exited).inMicroseconds)) µs")
+                logger.debug("sandbox \(name): \(status), teardown \((ContinuousClock.now - exited).microseconds) µs")
                 try await writer.write(frame(.event, event))
                 try await writer.finish(nil)
             } catch {

@@ -10,7 +10,7 @@ import NIOCore
 /// Environments, tasks, code bundles and secrets.
 struct PoolRoutes: Sendable {
     let pool: Pool
-    let admission: AdmissionControl
+    let admission: EnvironmentAdmission
     let code: CodeStore
     let secrets: SecretStore
     let logger: Logger

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import HearthCore
 import HearthSandbox
+import HearthOS
 
 /// The API socket is never reachable with looser permissions than its
 /// final ones, not even between bind(2) and chmod(2): the server binds it
@@ -24,12 +25,12 @@ struct SocketBinding: Sendable {
         }
         privateDir = parent + "/.hearthd-bind-\(getpid())"
         // A predecessor with our pid (a container restart) may have left one.
-        try? FileTree.removeAll(privateDir)
+        try? FS.removeTree(path: privateDir)
         guard mkdir(privateDir, 0o700) == 0 else { throw SystemError.current("mkdir", privateDir) }
         guard chmod(privateDir, 0o700) == 0 else { throw SystemError.current("chmod", privateDir) }
         // sun_path holds 107 bytes and a NUL.
         guard bindPath.utf8.count < 108 else {
-            try? FileTree.removeAll(privateDir)
+            try? FS.removeTree(path: privateDir)
             throw HearthError.invalid("--socket \(finalPath): the path is too long for a Unix socket (at most about 80 bytes)")
         }
     }
@@ -47,6 +48,6 @@ struct SocketBinding: Sendable {
 
     func remove() {
         unlink(finalPath)
-        try? FileTree.removeAll(privateDir)
+        try? FS.removeTree(path: privateDir)
     }
 }

@@ -7,6 +7,7 @@ import Foundation
 import HearthCore
 @testable import HearthImage
 import XCTest
+import HearthOS
 
 /// Layers written from overlay-form trees come back through the store's
 /// own unpacker (the one every import uses) as the same tree: files,
@@ -71,8 +72,8 @@ final class LayerWriterTests: XCTestCase {
     func roundTrip(_ source: LayerSource, into: String, tar: String = "layer.tar") throws -> LayerWriter.Result {
         let result = try LayerWriter.write(source, to: path(tar))
         try mkdirs(into)
-        let root = try FileDescriptor.open(path(into), O_RDONLY | O_DIRECTORY)
-        let file = try FileDescriptor.open(path(tar), O_RDONLY)
+        let root = try OwnedFD.open(path(into), O_RDONLY | O_DIRECTORY)
+        let file = try OwnedFD.open(path(tar), O_RDONLY)
         var st = stat()
         fstat(file.raw, &st)
         let reader = TarReader(FileSource(fd: file, path: path(tar), offset: 0, length: Int64(st.st_size)), what: "layer")

@@ -5,6 +5,7 @@ import Foundation
 @testable import HearthImage
 import HearthCore
 import XCTest
+import HearthOS
 
 final class LayerUnpackerTests: ImageTestCase {
     static let label = "layer sha256:test"
@@ -15,7 +16,7 @@ final class LayerUnpackerTests: ImageTestCase {
     private func unpack(_ tar: TarWriter, into name: String = "layer") throws -> String {
         let dir = base + "/" + name
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let root = try FileDescriptor.open(dir, O_RDONLY | O_DIRECTORY)
+        let root = try OwnedFD.open(dir, O_RDONLY | O_DIRECTORY)
         let unpacker = LayerUnpacker(root: root, rootPath: dir, label: Self.label)
         let reader = TarReader(MemorySource(tar.finished()), what: Self.label)
         try unpacker.unpack(reader)

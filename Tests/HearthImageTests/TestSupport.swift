@@ -5,6 +5,7 @@ import Foundation
 @testable import HearthImage
 import HearthCore
 import XCTest
+import HearthOS
 
 /// A small tar writer (ustar + PAX + GNU long names) so tests build the
 /// archives they need, hostile ones included, without external tools.

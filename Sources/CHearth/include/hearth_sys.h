@@ -1,6 +1,6 @@
 /*
  * Daemon-side shims for calls the Swift Glibc module does not export
- * (epoll, pipe2, nftw). Not used by the spawn path's child.
+ * (epoll, pipe2). Not used by the spawn path's child.
  */
 #ifndef HEARTH_SYS_H
 #define HEARTH_SYS_H
@@ -18,9 +18,6 @@ int hearth_epoll_del(int epfd, int fd);
 /* Waits; fills fds[i]/events[i] for up to max ready fds; returns the count. */
 int hearth_epoll_wait(int epfd, int32_t *fds, uint32_t *events, int max, int timeout_ms);
 int hearth_pipe2(int32_t fds[2], int flags);
-/* rm -rf without following symlinks or crossing mount points; -1/errno on
- * the first failure. ENOENT for the top path is success. */
-int hearth_remove_tree(const char *path);
 /* glibc's mallopt(M_ARENA_MAX, n) and malloc_trim(0): <malloc.h> is not in
  * the Glibc module. */
 int hearth_malloc_arena_max(int n);

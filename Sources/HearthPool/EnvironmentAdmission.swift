@@ -2,14 +2,13 @@ import Foundation
 import Glibc
 import HearthCore
 import HearthImage
-import HearthPool
 import HearthSandbox
 import Logging
 
 /// Turns spec documents into running environments: parse and validate,
 /// check the image, the secrets and the capabilities exist, admit against
 /// the machine's capacity, then apply to the pool.
-actor AdmissionControl {
+public actor EnvironmentAdmission {
     let pool: Pool
     let images: ImageStore
     let secrets: SecretStore
@@ -23,13 +22,13 @@ actor AdmissionControl {
     let ledger: MemoryLedger
     /// The limit of a replica whose spec sets no memory (`--default-memory`).
     let defaultMemory: Int64?
-    typealias Pull = @Sendable (String, @escaping @Sendable (ImagePullEvent) -> Void) async throws -> ImageSummary
+    public typealias Pull = @Sendable (String, @escaping @Sendable (ImagePullEvent) -> Void) async throws -> ImageSummary
     /// Pulls an image from its registry (`Puller.pull` and what follows a
     /// pull); nil: applies never pull.
     private var pull: Pull?
     private var admitted: [String: EffectiveEnvironment] = [:]
 
-    init(pool: Pool, images: ImageStore, secrets: SecretStore, policy: PrivilegePolicy, defaultUserNamespace: Bool = false,
+    public init(pool: Pool, images: ImageStore, secrets: SecretStore, policy: PrivilegePolicy, defaultUserNamespace: Bool = false,
          logger: Logger, capacity: MachineCapacity, ledger: MemoryLedger, defaultMemory: Int64?) {
         self.defaultUserNamespace = defaultUserNamespace
         self.pool = pool
@@ -42,32 +41,21 @@ actor AdmissionControl {
         self.defaultMemory = defaultMemory
     }
 
-    /// Every CPU, and the memory the daemon's own cgroup (or the machine)
-    /// allows, less a reserve for the daemon and the host.
-    static func measureCapacity() -> MachineCapacity {
+    /// Every CPU, and the memory the machine has or the daemon's cgroup
+    /// (and its ancestors) allows, whichever is less, less a reserve for
+    /// the daemon and the host.
+    public static func measureCapacity() -> MachineCapacity {
         let cpus = Int64(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         var memory = Int64(sysconf(Int32(_SC_PHYS_PAGES))) * Int64(sysconf(Int32(_SC_PAGESIZE)))
-        let cg = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? ""
-        for line in cg.split(separator: "\n") {
-            let parts = line.split(separator: ":", maxSplits: 2).map(String.init)
-            guard parts.count == 3 else { continue }
-            let candidates = parts[1] == "memory" ? ["/sys/fs/cgroup/memory\(parts[2])/memory.limit_in_bytes"]
-                : parts[1].isEmpty ? ["/sys/fs/cgroup\(parts[2])/memory.max"] : []
-            for file in candidates {
-                if let text = try? String(contentsOfFile: file, encoding: .utf8),
-                   let v = Int64(text.trimmingCharacters(in: .whitespacesAndNewlines)), v > 0 {
-                    memory = min(memory, v)
-                }
-            }
-        }
+        if let limit = OwnCgroup.memoryLimit() { memory = min(memory, limit) }
         let reserve = min(Int64(1) << 30, memory / 10)
         return MachineCapacity(cpuMilli: cpus * 1000, memoryBytes: memory - reserve)
     }
 
-    func setPull(_ pull: @escaping Pull) { self.pull = pull }
+    public func setPull(_ pull: @escaping Pull) { self.pull = pull }
 
     /// Environments saved by an earlier daemon come back as they were.
-    func restore() async {
+    public func restore() async {
         for (name, data) in pool.savedSpecs() {
             do {
                 _ = try await apply(text: String(decoding: data, as: UTF8.self), source: "saved spec \(name)", persist: false)
@@ -80,7 +68,7 @@ actor AdmissionControl {
     /// `progress`: events of the pulls the specs' `image_pull_policy`
     /// asks for (environments restored at start-up, `persist: false`,
     /// never pull).
-    func apply(text: String, source: String, persist: Bool = true,
+    public func apply(text: String, source: String, persist: Bool = true,
                progress: @escaping @Sendable (ImagePullEvent) -> Void = { _ in }) async throws -> [ApplyResult] {
         let specs = try EnvironmentSpec.parseDocuments(text, source: source)
         guard !specs.isEmpty else { throw HearthError.invalid("\(source): no environment in the document") }
@@ -160,7 +148,7 @@ actor AdmissionControl {
         }
     }
 
-    func remove(_ name: String) async throws {
+    public func remove(_ name: String) async throws {
         try await pool.remove(name)
         admitted.removeValue(forKey: name)
         ledger.setEnvironments(Self.memory(admitted.values, defaultMemory: defaultMemory))
@@ -177,7 +165,7 @@ actor AdmissionControl {
     /// What an environment naming only `image` would get (network none,
     /// the default seccomp profile and capabilities): the key `hearthd
     /// --spare-image` keeps spares for. Throws while the image is missing.
-    func defaultConfig(image: String) async throws -> PoolConfig {
+    public func defaultConfig(image: String) async throws -> PoolConfig {
         let doc = try JSONEncoder().encode(["name": "spare-image", "container_image": image])
         let specs = try EnvironmentSpec.parseDocuments(String(decoding: doc, as: UTF8.self), source: "--spare-image")
         guard let spec = specs.first else { throw HearthError.invalid("--spare-image \(image): no spec") }
@@ -194,35 +182,12 @@ actor AdmissionControl {
         for key in e.secrets where !secrets.exists(key: key) {
             throw HearthError(.notFound, "environment \"\(e.name)\": secret \"\(key)\" in secret_requests is not set; set it with `hearth secret set \(key)`")
         }
-        let caps: CapabilitySet
-        do {
-            caps = try CapabilitySet.dockerDefault.applying(add: e.capabilities.add, drop: e.capabilities.drop)
-        } catch {
-            throw HearthError.invalid("environment \"\(e.name)\": capabilities: \(HearthError.wrap(error).message)")
-        }
         let seccomp: SeccompProfile?
         switch e.seccomp {
         case .default: seccomp = SeccompProfile.default
         case .unconfined: seccomp = nil
         case .profile(let path): seccomp = try SeccompProfile.load(path: path)
         }
-        // A spec without memory gets the daemon's default limit; its request
-        // stays unset (no memory.low / soft limit).
-        let limits = CgroupLimits(cpuLimitMilli: e.cpuLimitMilli, cpuRequestMilli: e.cpuRequestMilli,
-                                  memoryLimit: e.memoryLimit ?? e.memoryRequest ?? defaultMemory,
-                                  memoryRequest: e.memoryRequest, pidsMax: HearthDefaults.pidsMax)
-        let network: NetworkMode = switch e.network {
-        case .none: .none
-        case .egress: .egress
-        case .host: .host
-        }
-        return PoolConfig(name: e.name, identity: e.identity, image: e.image, env: e.environment, limits: limits,
-                          replicaCount: e.replicaCount, ttl: .seconds(e.ttlSeconds), secrets: e.secrets,
-                          network: network, seccomp: seccomp, capabilities: caps,
-                          timeout: e.timeout, maxTasksPerReplica: e.maxTasksPerReplica, maxQueue: e.maxQueue,
-                          packages: e.packages ?? [],
-                          // Flyte's rule: a request alone is also the limit.
-                          ephemeralStorage: e.ephemeralStorageLimit ?? e.ephemeralStorageRequest)
-            .with(userNamespace: e.userNamespace ?? defaultUserNamespace)
+        return try PoolConfig(e, seccomp: seccomp, defaultMemory: defaultMemory, defaultUserNamespace: defaultUserNamespace)
     }
 }
