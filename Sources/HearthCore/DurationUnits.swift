@@ -7,6 +7,14 @@ extension Duration {
 
     public var milliseconds: Double { seconds * 1000 }
 
+    /// Whole nanoseconds, truncated; saturating (a timeout of years is still one).
+    public var nanoseconds: Int64 {
+        let (s, overflow) = components.seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        if overflow { return components.seconds < 0 ? .min : .max }
+        let (n, overflow2) = s.addingReportingOverflow(components.attoseconds / 1_000_000_000)
+        return overflow2 ? .max : n
+    }
+
     /// Whole microseconds, truncated.
     public var microseconds: Int64 { components.seconds * 1_000_000 + components.attoseconds / 1_000_000_000_000 }
 }

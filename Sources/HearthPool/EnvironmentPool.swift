@@ -136,11 +136,11 @@ actor EnvironmentPool {
                 }
             }
             let rest = tasks.count - i
-            if rest > 0 && s.queued + rest > config.maxQueue {
+            if let refusal = Scheduling.queueRefusal(environment: config.name, queued: s.queued, adding: rest,
+                                                     maxQueue: config.maxQueue) {
                 for (_, r) in direct { r.unclaim(); s.idle.append(r) }
                 direct = []
-                let q = s.queued
-                throw HearthError(.queueFull, "environment \"\(config.name)\": the queue is full (\(q) tasks waiting, max_queue \(config.maxQueue)\(rest > 1 ? ", \(rest) more sent at once" : "")); retry later or raise max_queue")
+                throw refusal
             }
             s.queue.append(contentsOf: tasks[i...])
             return rest > 0
@@ -195,12 +195,14 @@ actor EnvironmentPool {
             return (pairs, s.queued, s.draining)
         }
         for (t, r) in pairs { dispatch(t, on: r, cold: false) }
-        while !draining && waiting > starting && replicas.count + starting < config.replicaCount {
-            let now = ContinuousClock.now
-            if now < nextStartAllowed {
-                scheduleRetry(at: nextStartAllowed)
-                return
-            }
+        let wanted = Scheduling.replicasToStart(queued: waiting, starting: starting, running: replicas.count,
+                                                replicaCount: config.replicaCount, draining: draining)
+        guard wanted > 0 else { return }
+        if case .at(let instant) = Scheduling.startGate(now: .now, nextStartAllowed: nextStartAllowed) {
+            scheduleRetry(at: instant)
+            return
+        }
+        for _ in 0..<wanted {
             starting += 1
             startReplica()
         }
@@ -488,13 +490,15 @@ actor EnvironmentPool {
         }
         let bundlePath = task.bundle.map { "/.hearth/code/" + $0 }
         if let timeout = task.timeout ?? config.timeout {
-            Task { [task] in
-                try? await Task.sleep(for: timeout)
+            // A timer on the event loop, cancelled when the task ends (a
+            // sleeping Task per task outlived every task that finished in time).
+            r.setDeadline(ctx.resultLoop.scheduleTask(in: .nanoseconds(timeout.nanoseconds)) { [task] in
                 if task.currentState == .running, r.state.withLock({ $0.current === task }) {
                     r.state.withLock { $0.timedOut = true }
-                    r.running.cgroup.killAll()
+                    // cgroup writes and kill(2)s: off the event loop.
+                    Blocking.queue.async { r.running.cgroup.killAll() }
                 }
-            }
+            })
         }
         let send: @Sendable () -> Void = { [self, task] in
             r.send(task, bundlePath: bundlePath, env: nil) { [self, task] result in
@@ -527,20 +531,21 @@ actor EnvironmentPool {
     /// more, the actor retires it.
     private nonisolated func nextTask(for r: WarmReplica) -> TaskRecord? {
         let used = r.state.withLock { $0.tasksRun }
-        let spent = config.maxTasksPerReplica.map { used >= $0 } ?? false
         let (next, retire): (TaskRecord?, Bool) = dispatcher.state.withLock { s in
             let exited = r.state.withLock { $0.exited || $0.closedReason != nil }
-            if s.draining || spent || exited { return (nil, true) }
-            if s.queued > 0 {
-                let t = s.queue[s.head]
-                if r.claim(t) {
-                    _ = s.popTask()
-                    return (t, false)
-                }
+            switch Scheduling.afterTask(tasksRun: used, maxTasksPerReplica: config.maxTasksPerReplica,
+                                        draining: s.draining, exited: exited, queued: s.queued) {
+            case .retire:
                 return (nil, true)
+            case .takeNext:
+                let t = s.queue[s.head]
+                guard r.claim(t) else { return (nil, true) }
+                _ = s.popTask()
+                return (t, false)
+            case .idle:
+                s.idle.append(r)
+                return (nil, false)
             }
-            s.idle.append(r)
-            return (nil, false)
         }
         if retire { Task { await self.retireReplica(r) } }
         return next
@@ -584,6 +589,7 @@ actor EnvironmentPool {
 
     /// The worker died or broke the protocol mid-task.
     private func lost(_ task: TaskRecord, on r: WarmReplica, _ error: ChannelError) async {
+        r.cancelDeadline()
         let reason = error
         let status: ExitStatus
         if case .protocolViolation = reason {
@@ -627,7 +633,9 @@ actor EnvironmentPool {
     private func reapIdle() {
         let now = ContinuousClock.now
         let expired: [WarmReplica] = dispatcher.state.withLock { s in
-            let out = s.idle.filter { now - $0.state.withLock({ $0.lastUsed }) >= config.ttl }
+            let out = s.idle.filter {
+                Scheduling.idleExpired(lastUsed: $0.state.withLock({ $0.lastUsed }), now: now, ttl: config.ttl)
+            }
             s.idle.removeAll { r in out.contains { $0 === r } }
             return out
         }

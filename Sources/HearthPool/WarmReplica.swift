@@ -32,15 +32,34 @@ final class WarmReplica: Sendable {
     /// Called once per `send`, with the result frame or why none came.
     typealias ResultHandler = @Sendable (Result<WorkerMessage, ChannelError>) -> Void
 
-    enum Phase: String, Sendable { case starting, ready, busy, draining, stopped, failed }
+    enum Phase: String, Sendable { case starting, ready, busy, stopped }
 
     let name: String
     let running: RunningReplica
     private let toWorker: Int32
     private let fromWorker: Int32
-    /// fd 4 as a NIO pipe channel on the daemon's event loop (see attach);
-    /// NIO owns and closes the fd then. nil until attached.
+    /// fd 4 (read) and fd 3 (written) as one NIO pipe channel on the
+    /// daemon's event loop (see attach); NIO owns and closes both fds then.
+    /// nil until attached.
     private let channel = Mutex<(any Channel)?>(nil)
+    /// Who closes fd 3 and fd 4: this replica until they are handed to
+    /// NIO; NIO once its channel exists (closing them here then could close
+    /// numbers already reused); this replica again if the hand-over fails.
+    private enum FDOwner { case ours, handing, nio, closed }
+    private let fdOwner = Mutex(FDOwner.ours)
+
+    /// Closes fd 3 and fd 4 if they are still this replica's (once).
+    private func closeOwnFDs(from states: Set<FDOwner>) {
+        let mine: Bool = fdOwner.withLock {
+            guard states.contains($0) else { return false }
+            $0 = .closed
+            return true
+        }
+        if mine {
+            close(toWorker)
+            close(fromWorker)
+        }
+    }
     let started = ContinuousClock.now
     /// The host directory mounted read-only at /.hearth/code: this
     /// replica's own view of the code store (CodeStore.link).
@@ -63,10 +82,6 @@ final class WarmReplica: Sendable {
         var exited = false
         /// The pool has started tearing it down.
         var removed = false
-        /// A large frame is being finished on a blocking thread: teardown
-        /// leaves closing fd 3 to it, so the number cannot be reused under it.
-        var writerActive = false
-        var closeWhenWritten = false
         var readyWaiter: CheckedContinuation<WorkerMessage, any Error>?
         var ready: WorkerMessage?
         /// A pre-started spare being adopted: waits for the worker's `adopted`.
@@ -79,6 +94,14 @@ final class WarmReplica: Sendable {
         var idleLog = LogBuffer(limit: 64 << 10)
         var timedOut = false
         var cancelRequested = false
+        /// The running task's timeout, a timer on the event loop; cancelled
+        /// when the task ends, so none outlives its task.
+        var deadline: Scheduled<Void>?
+
+        mutating func takeDeadline() -> Scheduled<Void>? {
+            defer { deadline = nil }
+            return deadline
+        }
     }
     let state: Mutex<State>
 
@@ -111,18 +134,30 @@ final class WarmReplica: Sendable {
             }
             task?.appendLog(stream, bytes)
         }
-        // Run frames are written from the event loop and HTTP handlers:
-        // never block there on a full pipe (see writeFrame).
-        let wflags = fcntl(toWorker, F_GETFL)
-        _ = fcntl(toWorker, F_SETFL, wflags | O_NONBLOCK)
-        let ch = try await NIOPipeBootstrap(group: loop)
+        // One channel for both directions: NIO reads fd 4 and writes fd 3
+        // (non-blocking, a frame larger than the pipe's room finished as
+        // the worker reads it), on the same loop.
+        fdOwner.withLock { $0 = .handing }
+        let ch: any Channel
+        do {
+            ch = try await NIOPipeBootstrap(group: loop)
             .channelInitializer { [self] ch in
-                ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(WorkerChannelReader(self)) }
+                // Recorded before the first read: a `ready` read at once
+                // may be answered with a run frame at once.
+                channel.withLock { $0 = ch }
+                return ch.eventLoop.makeCompletedFuture {
+                    try ch.pipeline.syncOperations.addHandler(WorkerChannelReader(self))
+                }
             }
-            .takingOwnershipOfDescriptor(input: fromWorker).get()
-        channel.withLock { $0 = ch }
-        // Closed before the channel was recorded: close it now.
-        if closedReason != nil { ch.close(promise: nil) }
+            .takingOwnershipOfDescriptors(input: fromWorker, output: toWorker).get()
+        } catch {
+            // A failed hand-over leaves the fds ours (NIO's rule).
+            closeOwnFDs(from: [.handing])
+            throw error
+        }
+        fdOwner.withLock { $0 = .nio }
+        // Closed before the channel existed: close it now.
+        if closedReason != nil || phase == .stopped { ch.close(promise: nil) }
     }
 
     /// Bytes from fd 4: cuts frames and hands each message on, stopping
@@ -304,10 +339,27 @@ final class WarmReplica: Sendable {
 
     /// Gives back a claim that was not used (the task was cancelled meanwhile).
     func unclaim() {
-        state.withLock {
-            $0.current = nil
-            if $0.phase == .busy { $0.phase = .ready }
+        let timer: Scheduled<Void>? = state.withLock { s in
+            s.current = nil
+            if s.phase == .busy { s.phase = .ready }
+            return s.takeDeadline()
         }
+        timer?.cancel()
+    }
+
+    /// Arms the running task's timeout (replacing none: one task at a time).
+    func setDeadline(_ timer: Scheduled<Void>) {
+        let old: Scheduled<Void>? = state.withLock { s in
+            defer { s.deadline = timer }
+            return s.deadline
+        }
+        old?.cancel()
+    }
+
+    /// The task ended some other way (its replica was lost): its timer goes.
+    func cancelDeadline() {
+        let timer: Scheduled<Void>? = state.withLock { $0.takeDeadline() }
+        timer?.cancel()
     }
 
     /// Sends the claimed task; `done` runs once, on fd 4's reader for a
@@ -329,78 +381,45 @@ final class WarmReplica: Sendable {
 
     /// After a task: back to idle.
     func finishTask() {
-        state.withLock {
-            $0.current = nil
-            $0.tasksRun += 1
-            $0.lastUsed = .now
-            $0.cancelRequested = false
-            if $0.phase == .busy { $0.phase = .ready }
+        let timer: Scheduled<Void>? = state.withLock { s in
+            s.current = nil
+            s.tasksRun += 1
+            s.lastUsed = .now
+            s.cancelRequested = false
+            if s.phase == .busy { s.phase = .ready }
+            return s.takeDeadline()
         }
+        timer?.cancel()
     }
 
-    /// Writes what the pipe takes now; a frame larger than the pipe's room
-    /// is finished on a blocking-work thread, waiting for POLLOUT there.
+    /// Writes a frame to fd 3 through the channel: at once on the event
+    /// loop, or handed to it from another thread; what the pipe cannot take
+    /// now NIO writes as the worker reads. A failed write means the worker
+    /// is gone or broken: it is killed, and the channel's end reports it
+    /// to whoever waits.
     private func writeFrame(_ bytes: [UInt8]) {
-        var off = 0
-        while off < bytes.count {
-            let n = bytes[off...].withUnsafeBytes { write(toWorker, $0.baseAddress, $0.count) }
-            if n > 0 { off += n; continue }
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 && errno == EAGAIN { break }
-            // The worker is gone; the EOF on fd 4 reports it to the task.
+        guard let ch = channel.withLock({ $0 }) else {
             running.cgroup.killAll()
             return
         }
-        if off == bytes.count { return }
-        let rest = Array(bytes[off...])
-        let go: Bool = state.withLock {
-            guard $0.phase != .stopped else { return false }
-            $0.writerActive = true
-            return true
-        }
-        guard go else { return }
-        Blocking.queue.async { [self] in
-            defer {
-                let closeNow: Bool = state.withLock {
-                    $0.writerActive = false
-                    return $0.closeWhenWritten
-                }
-                if closeNow { close(toWorker) }
-            }
-            var off = 0
-            while off < rest.count {
-                if state.withLock({ $0.phase == .stopped }) { return }
-                let n = rest[off...].withUnsafeBytes { write(toWorker, $0.baseAddress, $0.count) }
-                if n > 0 { off += n; continue }
-                if n < 0 && errno == EINTR { continue }
-                if n < 0 && errno == EAGAIN {
-                    var p = pollfd(fd: toWorker, events: Int16(POLLOUT), revents: 0)
-                    _ = poll(&p, 1, 1000)
-                    continue
-                }
-                running.cgroup.killAll()
-                return
-            }
+        ch.writeAndFlush(ch.allocator.buffer(bytes: bytes)).whenFailure { [running] _ in
+            running.cgroup.killAll()
         }
     }
 
     /// Stops the worker (closing fd 3 ends it cleanly), kills what is left
     /// and removes the replica. Blocking.
     func teardown() {
-        let closeNow: Bool = state.withLock {
-            $0.phase = .stopped
-            if $0.writerActive { $0.closeWhenWritten = true }
-            return !$0.writerActive
-        }
-        if closeNow { close(toWorker) }
-        let attached = stopReading()
+        state.withLock { $0.phase = .stopped }
+        stopReading()
         running.signal(SIGKILL)
         running.teardown()
-        // Never attached (the start failed first): the fd is still ours.
-        if !attached { close(fromWorker) }
+        // Never given to NIO (the start failed first): the fds are still ours.
+        closeOwnFDs(from: [.ours])
     }
 
-    /// Stops reading fd 4; true when it was attached (NIO then closes it).
+    /// Closes the channel, fd 3 and fd 4; true when it was attached (NIO
+    /// then closes the fds).
     @discardableResult
     private func stopReading() -> Bool {
         guard let ch = channel.withLock({ $0 }) else { return false }

@@ -334,6 +334,43 @@ def test_writes_vanish_and_layers_are_untouched(hearth):
     assert snapshot() == before
 
 
+def test_teardown_of_a_hostile_writable_layer_follows_no_link_and_leaves_nothing(hearth):
+    # The replica leaves a tree deeper than PATH_MAX in its writable layer,
+    # and symlinks whose targets are host paths (inside the replica they are
+    # only strings). Teardown must remove all of it (the conftest checks no
+    # replica directory is left) without following a link: the host
+    # directory the links name keeps its file.
+    host = pathlib.Path(TMP, f"hearth-precious-{uuid.uuid4().hex[:8]}")
+    (host / "keep").mkdir(parents=True)
+    (host / "keep" / "file").write_text("precious")
+    try:
+        result = probe(hearth, f"""
+            import json, os
+            os.makedirs("/deep")
+            os.chdir("/deep")
+            depth = 0
+            for _ in range(2500):  # "/d" x 2500: 5000 bytes of path, past PATH_MAX
+                os.mkdir("d")
+                os.chdir("d")
+                depth += 1
+            open("bottom", "w").write("x")
+            os.symlink({str(host)!r}, "/escape")
+            os.symlink({str(host / "keep" / "file")!r}, "/deep/file-link")
+            os.makedirs("/nest")
+            os.symlink({str(host)!r}, "/nest/into")
+            print(json.dumps({{"deep": len("/deep") + 2 * depth}}))
+        """)
+        assert result["deep"] > 4096, result
+        deadline = time.time() + 20
+        while hearth.leftovers() and time.time() < deadline:
+            time.sleep(0.1)
+        assert hearth.leftovers() == [], "the whole writable layer is removed, deep tree included"
+        assert (host / "keep" / "file").read_text() == "precious"
+        assert sorted(p.name for p in host.iterdir()) == ["keep"]
+    finally:
+        subprocess.run(["rm", "-rf", str(host)], check=False)
+
+
 def test_env_and_workdir(hearth):
     r = hearth.sandbox("sh", "-c", "echo $GREETING $HOSTNAME; pwd", opts=("--env", "GREETING=hi", "--workdir", "/tmp"))
     assert r.returncode == 0, err(r)
