@@ -59,6 +59,9 @@ actor EnvironmentPool {
     private var retryScheduled = false
     private(set) var lastError: String?
     private var ttlTask: Task<Void, Never>?
+    /// Notified when a replica goes, a start ends or a teardown finishes:
+    /// what a drain waits for.
+    private nonisolated let changes = ChangeSignal()
     /// Replicas being torn down; drain waits for them.
     private var teardowns: [String: Task<Void, Never>] = [:]
 
@@ -371,6 +374,7 @@ actor EnvironmentPool {
 
     private func replicaStarted(_ r: WarmReplica) {
         starting -= 1
+        changes.notify()
         startFailures = 0
         lastError = nil
         replicas[r.name] = r
@@ -404,6 +408,7 @@ actor EnvironmentPool {
 
     private func startFailed(_ error: any Error) {
         starting -= 1
+        changes.notify()
         startFailures += 1
         let message = HearthError.wrap(error).message
         lastError = message
@@ -463,6 +468,7 @@ actor EnvironmentPool {
 
     private func remove(_ r: WarmReplica) {
         replicas.removeValue(forKey: r.name)
+        changes.notify()
         dispatcher.state.withLock { s in s.idle.removeAll { $0 === r } }
         // Once per replica, whichever path (exit, loss, TTL, drain) came first.
         guard r.state.withLock({ s in defer { s.removed = true }; return !s.removed }) else { return }
@@ -474,7 +480,10 @@ actor EnvironmentPool {
         }
     }
 
-    private func teardownDone(_ name: String) { teardowns.removeValue(forKey: name) }
+    private func teardownDone(_ name: String) {
+        teardowns.removeValue(forKey: name)
+        changes.notify()
+    }
 
     // MARK: running a task
 
@@ -678,13 +687,20 @@ actor EnvironmentPool {
             ctx.tasks.retire(task)
         }
         for r in idleReplicas { remove(r) }
+        // Running tasks finish (their replicas retire as they do), then
+        // the rest go; starts in flight are waited for. Woken by changes,
+        // not by polling.
         let end = ContinuousClock.now + deadline
-        while !replicas.isEmpty && ContinuousClock.now < end {
-            try? await Task.sleep(for: .milliseconds(20))
+        while true {
+            let seen = changes.generation
+            if replicas.isEmpty || ContinuousClock.now >= end { break }
+            await changes.wait(after: seen, until: end)
         }
         for r in replicas.values { remove(r) }
-        while starting > 0 && ContinuousClock.now < end + .seconds(5) {
-            try? await Task.sleep(for: .milliseconds(20))
+        while true {
+            let seen = changes.generation
+            if starting == 0 || ContinuousClock.now >= end + .seconds(5) { break }
+            await changes.wait(after: seen, until: end + .seconds(5))
         }
         for t in Array(teardowns.values) { await t.value }
     }

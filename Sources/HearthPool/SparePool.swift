@@ -68,6 +68,8 @@ public final class SparePool: Sendable {
     public let ttl: Duration
     private let ctx: PoolContext
     private let state = Mutex(State())
+    /// Notified when a build or teardown in flight ends (`busy` drops): what shutdown waits for.
+    private let settled = ChangeSignal()
     private let loop = Mutex<Task<Void, Never>?>(nil)
 
     public init(context: PoolContext, perKey: Int, ttl: Duration) {
@@ -260,6 +262,7 @@ public final class SparePool: Sendable {
             if delay > .zero { refill(key) }
         }
         state.withLock { $0.busy -= 1 }
+        settled.notify()
     }
 
     /// A spare that dies while waiting is removed and replaced (after a
@@ -292,6 +295,7 @@ public final class SparePool: Sendable {
             _ = try? await Blocking.run { r.teardown() }
             self.ctx.memory?.releaseSpare()
             self.state.withLock { $0.busy -= 1 }
+            self.settled.notify()
         }
     }
 
@@ -348,10 +352,7 @@ public final class SparePool: Sendable {
     /// Waits for builds and teardowns in flight (a build finishing for a
     /// dropped key tears its replica down itself).
     private func settle(deadline: Duration) async {
-        let end = ContinuousClock.now + deadline
-        while state.withLock({ $0.busy > 0 }) && ContinuousClock.now < end {
-            try? await Task.sleep(for: .milliseconds(10))
-        }
+        await settled.wait(until: ContinuousClock.now + deadline) { state.withLock { $0.busy == 0 } }
     }
 
     public func status() -> SparesStatus {

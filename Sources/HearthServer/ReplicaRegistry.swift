@@ -17,6 +17,8 @@ public final class ReplicaRegistry: Sendable {
         var draining = false
     }
     private let state = Mutex(State())
+    /// Notified when a replica leaves: what a drain waits for.
+    private let changes = ChangeSignal()
 
     public init() {}
 
@@ -39,6 +41,7 @@ public final class ReplicaRegistry: Sendable {
             $0.replicas.removeValue(forKey: name)
             $0.images.removeValue(forKey: name)
         }
+        changes.notify()
     }
 
     /// Replicas running on image `name` (as resolved: NAME:TAG).
@@ -54,16 +57,13 @@ public final class ReplicaRegistry: Sendable {
         let clock = ContinuousClock()
         let end = clock.now.advanced(by: deadline)
         if count > 0 { logger.info("draining \(count) replica(s), up to \(deadline)") }
-        while count > 0 && clock.now < end {
-            try? await Task.sleep(for: .milliseconds(50))
-        }
+        await changes.wait(until: end) { count == 0 }
         let left = state.withLock { Array($0.replicas.values) }
         if !left.isEmpty { logger.info("killing \(left.count) replica(s) still running after the deadline") }
         for r in left { r.signal(SIGKILL) }
         // Their request handlers tear them down; give them a moment, then
         // make sure nothing is left either way.
-        let end2 = clock.now.advanced(by: .seconds(2))
-        while count > 0 && clock.now < end2 { try? await Task.sleep(for: .milliseconds(20)) }
+        await changes.wait(until: clock.now.advanced(by: .seconds(2))) { count == 0 }
         for r in state.withLock({ Array($0.replicas.values) }) {
             _ = try? await Blocking.run { r.teardown() }
         }
