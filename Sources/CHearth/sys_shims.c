@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <stdio.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -35,6 +36,8 @@ int hearth_epoll_wait(int epfd, int32_t *fds, uint32_t *events, int max, int tim
 }
 
 int hearth_pipe2(int32_t fds[2], int flags) { return pipe2(fds, flags); }
+
+int hearth_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
 
 #include <malloc.h>
 

@@ -13,7 +13,7 @@ public enum ProcessReaper {
     /// The caller still owns (and closes) the pidfd, after the exit.
     public static func watch(pidfd: Int32, onExit: @escaping @Sendable (ExitStatus) -> Void) {
         do {
-            try EventThread.shared.watch(pidfd) { _ in
+            try ReplicaEvents.watch(pidfd) { _ in
                 var code: Int32 = 0, status: Int32 = 0
                 let rc = Pidfd.wait(pidfd, nohang: true, code: &code, status: &status)
                 if rc == 1 { return .keep }

@@ -165,7 +165,7 @@ public final class RunningReplica: Sendable {
             // pidfd is never closed under its watch or its waiters.
             var code: Int32 = 0, status: Int32 = 0
             let rc = Pidfd.wait(pidfd, nohang: false, code: &code, status: &status)
-            EventThread.shared.unwatch(pidfd)
+            ReplicaEvents.unwatch(pidfd)
             exited(rc == 0 ? ProcessReaper.exitStatus(code: code, status: status) : .signaled(SIGKILL))
         }
         try? cgroup.remove()

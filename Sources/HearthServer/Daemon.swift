@@ -271,6 +271,7 @@ public enum Daemon {
         try? runtime.cleanupStale()
         try? runtime.cgroups.removeSubtree()
         bind.remove()
+        ReplicaEvents.shutdown()
         logger.info("hearthd stopped")
     }
 

@@ -18,6 +18,8 @@ int hearth_epoll_del(int epfd, int fd);
 /* Waits; fills fds[i]/events[i] for up to max ready fds; returns the count. */
 int hearth_epoll_wait(int epfd, int32_t *fds, uint32_t *events, int max, int timeout_ms);
 int hearth_pipe2(int32_t fds[2], int flags);
+/* eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK): wakes an epoll wait (shutdown). */
+int hearth_eventfd(void);
 /* glibc's mallopt(M_ARENA_MAX, n) and malloc_trim(0): <malloc.h> is not in
  * the Glibc module. */
 int hearth_malloc_arena_max(int n);
