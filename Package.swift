@@ -131,7 +131,12 @@ let package = Package(
         .testTarget(name: "HearthImageTests", dependencies: ["HearthOS", "HearthImage", "HearthCore"]),
         .testTarget(name: "HearthSandboxTests", dependencies: ["HearthOS", "HearthSandbox", "HearthCore"]),
         .testTarget(name: "HearthRegistryTests", dependencies: ["HearthRegistry", "HearthImage", "HearthCore"]),
-        .testTarget(name: "HearthPoolTests", dependencies: ["HearthOS", "HearthPool", "HearthCore", "HearthSandbox"]),
+        .testTarget(name: "HearthPoolTests", dependencies: [
+            "HearthOS", "HearthPool", "HearthCore", "HearthSandbox",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "HearthBuildTests", dependencies: ["HearthOS", "HearthBuild", "HearthImage", "HearthCore"]),
     ],
     swiftLanguageModes: [.v6]

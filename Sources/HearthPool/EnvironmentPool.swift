@@ -11,15 +11,13 @@ import HearthOS
 
 /// Shared services every environment uses.
 public struct PoolContext: Sendable {
-    public var runtime: SandboxRuntime
-    public var images: ImageStore
+    /// Where replicas come from: built from an image or adopted spares.
+    let launcher: any ReplicaLaunching
     public var code: CodeStore
-    public var secrets: SecretStore
     public var tasks: TaskRegistry
     public var logger: Logger
-    /// Host directory holding the `hearth` package (mounted read-only at /.hearth/worker).
-    public var workerDir: String
-    public var maxFrame: Int = Frames.defaultMaxBytes
+    /// The task channel's frame limit (the worker gets it too).
+    public let maxFrame: Int
     /// Pre-started replicas new environments adopt; nil: none.
     public var spares: SparePool?
     /// The memory limit of a replica whose spec sets none, spares included
@@ -32,10 +30,20 @@ public struct PoolContext: Sendable {
     /// read there, next to the responses waiting for them.
     public var resultLoop: any EventLoop
 
+    /// `workerDir`: host directory holding the `hearth` package (mounted
+    /// read-only at /.hearth/worker).
     public init(runtime: SandboxRuntime, images: ImageStore, code: CodeStore, secrets: SecretStore,
-                tasks: TaskRegistry, logger: Logger, workerDir: String, resultLoop: any EventLoop) {
-        self.runtime = runtime; self.images = images; self.code = code; self.secrets = secrets
-        self.tasks = tasks; self.logger = logger; self.workerDir = workerDir; self.resultLoop = resultLoop
+                tasks: TaskRegistry, logger: Logger, workerDir: String, resultLoop: any EventLoop,
+                maxFrame: Int = Frames.defaultMaxBytes) {
+        self.init(launcher: ReplicaLauncher(runtime: runtime, images: images, secrets: secrets, workerDir: workerDir,
+                                            maxFrame: maxFrame, resultLoop: resultLoop, logger: logger),
+                  code: code, tasks: tasks, logger: logger, resultLoop: resultLoop, maxFrame: maxFrame)
+    }
+
+    init(launcher: any ReplicaLaunching, code: CodeStore, tasks: TaskRegistry, logger: Logger,
+         resultLoop: any EventLoop, maxFrame: Int = Frames.defaultMaxBytes) {
+        self.launcher = launcher; self.code = code; self.tasks = tasks; self.logger = logger
+        self.resultLoop = resultLoop; self.maxFrame = maxFrame
     }
 }
 
@@ -179,7 +187,7 @@ actor EnvironmentPool {
     }
 
     private func kill(_ r: WarmReplica) {
-        r.running.cgroup.killAll()
+        r.running.killAll()
     }
 
     // MARK: scheduling
@@ -232,143 +240,15 @@ actor EnvironmentPool {
                 let key = await ctx.spares?.key(for: config)
                 var replica: WarmReplica?
                 if let key, let spare = ctx.spares?.take(key) {
-                    replica = try await Self.adopt(spare, config: config, ctx: ctx)
+                    replica = try await ctx.launcher.adopt(spare, into: config)
                 }
                 let r: WarmReplica
-                if let replica { r = replica } else { r = try await Self.build(config: config, ctx: ctx) }
+                if let replica { r = replica } else { r = try await ctx.launcher.build(config, spare: false) }
                 self.replicaStarted(r)
                 if let key { ctx.spares?.learn(key, config: config) }
             } catch {
                 self.startFailed(error)
             }
-        }
-    }
-
-    /// Gives a spare this environment's limits and env. nil when the spare
-    /// turned out unusable (it is torn down; the caller builds a replica
-    /// instead); throws when the environment is at fault (a package the
-    /// image lacks), as a from-scratch start would.
-    private static func adopt(_ r: WarmReplica, config: PoolConfig, ctx: PoolContext) async throws -> WarmReplica? {
-        let t0 = ContinuousClock.now
-        func discard(_ why: String) async {
-            ctx.logger.warning("environment \(config.name): spare \(r.name) not adopted (\(why)); building a replica")
-            _ = try? await Blocking.run { r.teardown() }
-        }
-        do {
-            try await Blocking.run { try ctx.runtime.cgroups.apply(config.limits, to: r.running.cgroup) }
-        } catch {
-            await discard("writing its limits: \(HearthError.wrap(error).message)")
-            return nil
-        }
-        if let storage = config.ephemeralStorage { r.running.limitEphemeralStorage(storage) }
-        var env = config.env
-        env["HEARTH_ENVIRONMENT"] = config.name
-        env["HEARTH_IMAGE"] = config.image
-        if !config.packages.isEmpty { env["HEARTH_REQUIRE_PACKAGES"] = config.packages.joined(separator: " ") }
-        // An idle worker answers at once; one that does not is killed, and
-        // the closed channel ends the wait below.
-        let watchdog = Task {
-            try? await Task.sleep(for: .seconds(10))
-            if !Task.isCancelled { r.running.cgroup.killAll() }
-        }
-        defer { watchdog.cancel() }
-        let reply: WorkerMessage
-        do {
-            reply = try await r.adopt(env: env, packages: config.packages, image: config.image)
-        } catch {
-            await discard("\(error)")
-            return nil
-        }
-        guard reply.ok == true else {
-            _ = try? await Blocking.run { r.teardown() }
-            throw HearthError(.spawnFailed, "replica \(r.name): \(reply.message ?? "the worker refused the environment")")
-        }
-        let took = (ContinuousClock.now - t0).microseconds
-        r.state.withLock { $0.adoptMicros = took }
-        return r
-    }
-
-    /// Builds a replica and waits for its worker to say `ready`. A spare
-    /// gets nothing of an environment: no env, no packages to check (see
-    /// SparePool).
-    static func build(config: PoolConfig, ctx: PoolContext, spare: Bool = false) async throws -> WarmReplica {
-        let name = ctx.runtime.newReplicaName(prefix: config.name)
-        let codeView = ctx.runtime.replicasDir + "/" + name + ".code"
-        let toWorker = try Pipe.make(), fromWorker = try Pipe.make()
-        let replica: WarmReplica
-        do {
-            let running = try await Blocking.run { () throws -> RunningReplica in
-              // What is made here for the replica goes again if it does not start.
-              var made: [String] = []
-              do {
-                let image = try ctx.images.resolve(config.image)
-                var spec = ReplicaSpec(name: name, image: image,
-                                       argv: ["python3", "-X", "utf8", "/.hearth/worker/hearth/_worker.py"],
-                                       limits: config.limits)
-                spec.env = config.env.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
-                if !spare { spec.env.append("HEARTH_ENVIRONMENT=\(config.name)") }
-                spec.env.append("HEARTH_REPLICA=\(name)")
-                spec.env.append("HEARTH_MAX_FRAME=\(ctx.maxFrame)")
-                spec.env.append("HEARTH_IMAGE=\(config.image)")
-                if !config.packages.isEmpty {
-                    // Validated requirement strings: no spaces, so a space list needs no quoting.
-                    spec.env.append("HEARTH_REQUIRE_PACKAGES=\(config.packages.joined(separator: " "))")
-                }
-                // Bundles are read-only: do not even try to write bytecode caches there.
-                spec.env.append("PYTHONDONTWRITEBYTECODE=1")
-                spec.network = config.network
-                spec.userNamespace = config.userNamespace
-                spec.seccomp = config.seccomp
-                spec.capabilities = config.capabilities
-                // Its own view of the code store: only bundles its tasks name
-                // are linked in (at dispatch), never another environment's.
-                try FS.makeDirectory(codeView, mode: 0o755)
-                made.append(codeView)
-                spec.cleanupPaths.append(codeView)
-                spec.ephemeralStorageLimit = config.ephemeralStorage
-                spec.mounts = [
-                    BindMount(source: ctx.workerDir, target: "/.hearth/worker", readOnly: true),
-                    BindMount(source: codeView, target: "/.hearth/code", readOnly: true),
-                ]
-                if !config.secrets.isEmpty {
-                    let dir = ctx.runtime.replicasDir + "/" + name + ".secrets"
-                    made.append(dir)
-                    // Owned by the image's user, so a non-root process can
-                    // enter the 0700 directory and read its own secrets.
-                    let (uid, gid) = try SandboxRuntime.parseUser(image.user)
-                    try ctx.secrets.materialize(keys: config.secrets, into: dir, uid: uid, gid: gid)
-                    spec.mounts.append(BindMount(source: dir, target: "/etc/secrets", readOnly: true))
-                    spec.cleanupPaths.append(dir)
-                    spec.idShiftedPaths.append(dir)
-                }
-                spec.extraFDs = [(toWorker.read, 3), (fromWorker.write, 4)]
-                return try ctx.runtime.start(spec)
-              } catch {
-                for path in made { try? FS.removeTree(path: path) }
-                throw error
-              }
-            }
-            close(toWorker.read)
-            close(fromWorker.write)
-            replica = WarmReplica(name: name, running: running, toWorker: toWorker.write,
-                                  fromWorker: fromWorker.read, maxFrame: ctx.maxFrame, codeView: codeView)
-        } catch {
-            for fd in [toWorker.read, toWorker.write, fromWorker.read, fromWorker.write] { close(fd) }
-            throw error
-        }
-        do {
-            try await replica.attach(loop: ctx.resultLoop)
-            _ = try await replica.waitReady()
-            return replica
-        } catch {
-            // The worker died before `ready`: say why, with what it printed.
-            let status = await replica.running.wait()
-            let output = replica.idleOutput.suffix(2000)
-            _ = try? await Blocking.run { replica.teardown() }
-            var message = "replica \(name): the worker \(status) before it was ready"
-            if replica.running.cgroup.oomKilled() { message += " (out of memory)" }
-            if !output.isEmpty { message += "; its output:\n" + output }
-            throw HearthError(.spawnFailed, message)
         }
     }
 
@@ -505,7 +385,7 @@ actor EnvironmentPool {
                 if task.currentState == .running, r.state.withLock({ $0.current === task }) {
                     r.state.withLock { $0.timedOut = true }
                     // cgroup writes and kill(2)s: off the event loop.
-                    Blocking.queue.async { r.running.cgroup.killAll() }
+                    Blocking.queue.async { r.running.killAll() }
                 }
             })
         }
@@ -602,7 +482,7 @@ actor EnvironmentPool {
         let reason = error
         let status: ExitStatus
         if case .protocolViolation = reason {
-            r.running.cgroup.killAll()
+            r.running.killAll()
         }
         status = await r.running.wait()
         let (timedOut, cancelled) = r.state.withLock { ($0.timedOut, $0.cancelRequested) }
@@ -613,7 +493,7 @@ actor EnvironmentPool {
         } else if timedOut {
             let t = task.timeout ?? config.timeout ?? .zero
             taskError = TaskError(type: "Timeout", message: "task \(task.id) did not finish within \(t.seconds) s; its replica was killed")
-        } else if r.running.cgroup.oomKilled() {
+        } else if r.running.oomKilled() {
             let limit = config.limits.memoryLimit.map(Quantity.formatMemory) ?? "none"
             taskError = TaskError(type: "OOMKilled", message: "task \(task.id) ran out of memory (limit \(limit)); its replica was killed and will be replaced")
         } else if case .protocolViolation(let m) = reason {

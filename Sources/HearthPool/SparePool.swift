@@ -100,7 +100,7 @@ public final class SparePool: Sendable {
     public func key(for config: PoolConfig) async -> Key? {
         guard perKey > 0, Self.ineligibility(config) == nil else { return nil }
         return try? await Blocking.run {
-            let image = try self.ctx.images.resolve(config.image)
+            let image = try self.ctx.launcher.imageIdentity(config.image)
             return Key(image: image.name, imageID: image.id, network: config.network, seccomp: config.seccomp,
                        capabilities: config.capabilities, userNamespace: config.userNamespace)
         }
@@ -226,7 +226,7 @@ public final class SparePool: Sendable {
 
     private func buildOne(_ key: Key, _ config: PoolConfig) async {
         do {
-            let r = try await EnvironmentPool.build(config: config, ctx: ctx, spare: true)
+            let r = try await ctx.launcher.build(config, spare: true)
             r.setPhase(.ready)
             let keep: Bool = state.withLock { s in
                 guard var e = s.entries[key] else { return false }

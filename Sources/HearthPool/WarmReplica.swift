@@ -35,7 +35,7 @@ final class WarmReplica: Sendable {
     enum Phase: String, Sendable { case starting, ready, busy, stopped }
 
     let name: String
-    let running: RunningReplica
+    let running: any ReplicaProcess
     private let toWorker: Int32
     private let fromWorker: Int32
     /// fd 4 (read) and fd 3 (written) as one NIO pipe channel on the
@@ -105,7 +105,7 @@ final class WarmReplica: Sendable {
     }
     let state: Mutex<State>
 
-    init(name: String, running: RunningReplica, toWorker: Int32, fromWorker: Int32, maxFrame: Int, codeView: String) {
+    init(name: String, running: any ReplicaProcess, toWorker: Int32, fromWorker: Int32, maxFrame: Int, codeView: String) {
         self.name = name
         self.codeView = codeView
         self.running = running
@@ -280,7 +280,7 @@ final class WarmReplica: Sendable {
                 return (p, r, a)
             }
         stopReading()
-        if case .protocolViolation = reason { running.cgroup.killAll() }
+        if case .protocolViolation = reason { running.killAll() }
         pending?(.failure(reason))
         ready?.resume(throwing: reason)
         adopt?.resume(throwing: reason)
@@ -399,11 +399,11 @@ final class WarmReplica: Sendable {
     /// to whoever waits.
     private func writeFrame(_ bytes: [UInt8]) {
         guard let ch = channel.withLock({ $0 }) else {
-            running.cgroup.killAll()
+            running.killAll()
             return
         }
         ch.writeAndFlush(ch.allocator.buffer(bytes: bytes)).whenFailure { [running] _ in
-            running.cgroup.killAll()
+            running.killAll()
         }
     }
 
