@@ -172,8 +172,7 @@ actor EnvironmentPool {
             ctx.tasks.retire(task)
             return true
         }
-        for r in replicas.values where r.state.withLock({ $0.current === task }) {
-            r.state.withLock { $0.cancelRequested = true }
+        for r in replicas.values where r.requestCancel(of: task) {
             // hearth-init forwards SIGINT to the worker: KeyboardInterrupt in the task.
             r.running.signal(SIGINT)
             let grace = Duration.seconds(5)
@@ -258,8 +257,7 @@ actor EnvironmentPool {
         startFailures = 0
         lastError = nil
         replicas[r.name] = r
-        r.setPhase(.ready)
-        let adopted = r.state.withLock { $0.adoptMicros }
+        let adopted = r.adoptMicros
         if adopted == nil { PoolMetrics.coldStart.record(duration: ContinuousClock.now - r.started) }
         watchExit(r)
         let (draining, first): (Bool, TaskRecord?) = dispatcher.state.withLock { s in
@@ -325,10 +323,7 @@ actor EnvironmentPool {
         guard replicas[r.name] != nil else { return }
         let busy: Bool = dispatcher.state.withLock { s in
             s.idle.removeAll { $0 === r }
-            return r.state.withLock { st in
-                st.exited = true
-                return st.current != nil
-            }
+            return r.markExited()
         }
         if busy { return }
         if case .protocolViolation(let m)? = r.closedReason {
@@ -351,7 +346,7 @@ actor EnvironmentPool {
         changes.notify()
         dispatcher.state.withLock { s in s.idle.removeAll { $0 === r } }
         // Once per replica, whichever path (exit, loss, TTL, drain) came first.
-        guard r.state.withLock({ s in defer { s.removed = true }; return !s.removed }) else { return }
+        guard r.markRemoved() else { return }
         let name = r.name
         teardowns[name] = Task { _ = try? await Blocking.run { r.teardown() } }
         Task { [weak self] in
@@ -370,7 +365,7 @@ actor EnvironmentPool {
     /// Sends a task to a replica claimed for it. Any thread.
     private nonisolated func dispatch(_ task: TaskRecord, on r: WarmReplica, cold: Bool) {
         var task = task
-        while !task.markRunning(replica: r.name, pid: r.state.withLock({ $0.workerPid }), cold: cold,
+        while !task.markRunning(replica: r.name, pid: r.workerPid, cold: cold,
                                 coldPhases: cold ? Self.coldPhases(r) : nil) {
             // Cancelled meanwhile: the replica takes the next task, or goes idle.
             r.unclaim()
@@ -382,12 +377,11 @@ actor EnvironmentPool {
             // A timer on the event loop, cancelled when the task ends (a
             // sleeping Task per task outlived every task that finished in time).
             r.setDeadline(ctx.resultLoop.scheduleTask(in: .nanoseconds(timeout.nanoseconds)) { [task] in
-                if task.currentState == .running, r.state.withLock({ $0.current === task }) {
-                    r.state.withLock { $0.timedOut = true }
+                if task.currentState == .running, r.markTimedOut(task) {
                     // cgroup writes and kill(2)s: off the event loop.
                     Blocking.queue.async { r.running.killAll() }
                 }
-            })
+            }, for: task)
         }
         let send: @Sendable () -> Void = { [self, task] in
             r.send(task, bundlePath: bundlePath, env: nil) { [self, task] result in
@@ -419,9 +413,9 @@ actor EnvironmentPool {
     /// the replica claimed for it) or goes idle (nil). When it may not take
     /// more, the actor retires it.
     private nonisolated func nextTask(for r: WarmReplica) -> TaskRecord? {
-        let used = r.state.withLock { $0.tasksRun }
+        let used = r.tasksRun
         let (next, retire): (TaskRecord?, Bool) = dispatcher.state.withLock { s in
-            let exited = r.state.withLock { $0.exited || $0.closedReason != nil }
+            let exited = !r.usable
             switch Scheduling.afterTask(tasksRun: used, maxTasksPerReplica: config.maxTasksPerReplica,
                                         draining: s.draining, exited: exited, queued: s.queued) {
             case .retire:
@@ -446,7 +440,7 @@ actor EnvironmentPool {
     private nonisolated static func coldPhases(_ r: WarmReplica) -> [String: Int64] {
         // An adopted spare was built earlier, off this task's path: only
         // the adoption was on it.
-        if let adopted = r.state.withLock({ $0.adoptMicros }) { return ["spare_adopt": adopted] }
+        if let adopted = r.adoptMicros { return ["spare_adopt": adopted] }
         var out: [String: Int64] = [:]
         for p in r.running.startPhases { out[p.name] = p.duration.microseconds }
         out["worker_ready"] = (ContinuousClock.now - r.started).microseconds
@@ -461,7 +455,7 @@ actor EnvironmentPool {
             // Warm dispatch: run frame out → result frame in, on a ready replica.
             PoolMetrics.warmDispatch.record(duration: ContinuousClock.now - started)
         }
-        let cancelled = r.state.withLock { $0.cancelRequested }
+        let cancelled = r.cancelRequested
         if msg.ok == true {
             task.finish(.succeeded, result: msg.value ?? Array("null".utf8), workerMicros: msg.duration_us, resultBytes: msg.frameBytes)
         } else if cancelled && msg.error?.type == "KeyboardInterrupt" {
@@ -485,7 +479,8 @@ actor EnvironmentPool {
             r.running.killAll()
         }
         status = await r.running.wait()
-        let (timedOut, cancelled) = r.state.withLock { ($0.timedOut, $0.cancelRequested) }
+        let held = r.releaseHeld()
+        let (timedOut, cancelled) = (held?.timedOut ?? false, held?.cancelRequested ?? false)
         let taskError: TaskError
         if let eviction = r.running.eviction {
             ctx.logger.warning("environment \(config.name): \(eviction.message)")
@@ -512,7 +507,6 @@ actor EnvironmentPool {
         }
         task.finish(cancelled && !timedOut ? .cancelled : .failed, error: taskError)
         ctx.tasks.retire(task)
-        r.state.withLock { $0.current = nil }
         remove(r)
         pump()
     }
@@ -523,7 +517,7 @@ actor EnvironmentPool {
         let now = ContinuousClock.now
         let expired: [WarmReplica] = dispatcher.state.withLock { s in
             let out = s.idle.filter {
-                Scheduling.idleExpired(lastUsed: $0.state.withLock({ $0.lastUsed }), now: now, ttl: config.ttl)
+                Scheduling.idleExpired(lastUsed: $0.lastUsed, now: now, ttl: config.ttl)
             }
             s.idle.removeAll { r in out.contains { $0 === r } }
             return out
@@ -536,15 +530,7 @@ actor EnvironmentPool {
 
     func status() -> EnvironmentStatus {
         let now = ContinuousClock.now
-        let reps = replicas.values.sorted { $0.name < $1.name }.map { r -> ReplicaStatus in
-            r.state.withLock { s in
-                let idleFor = s.current == nil ? (now - s.lastUsed).seconds : 0
-                return ReplicaStatus(name: r.name, state: s.phase.rawValue, pid: s.workerPid, tasksRun: s.tasksRun,
-                                     idleSeconds: idleFor,
-                                     ttlLeftSeconds: s.current == nil ? max(0, config.ttl.seconds - idleFor) : nil,
-                                     python: s.python)
-            }
-        }
+        let reps = replicas.values.sorted { $0.name < $1.name }.map { $0.status(now: now, ttl: config.ttl) }
         return EnvironmentStatus(name: config.name, identity: config.identity, image: config.image,
                                  replicaCount: config.replicaCount, ttlSeconds: config.ttl.seconds,
                                  queued: queued, replicas: reps, lastError: lastError)

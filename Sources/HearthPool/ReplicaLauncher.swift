@@ -79,7 +79,7 @@ struct ReplicaLauncher: ReplicaLaunching {
             throw HearthError(.spawnFailed, "replica \(r.name): \(reply.message ?? "the worker refused the environment")")
         }
         let took = (ContinuousClock.now - t0).microseconds
-        r.state.withLock { $0.adoptMicros = took }
+        r.recordAdoption(micros: took)
         return r
     }
 

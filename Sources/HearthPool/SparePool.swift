@@ -133,7 +133,7 @@ public final class SparePool: Sendable {
             // Oldest first.
             while !e.ready.isEmpty {
                 let c = e.ready.removeFirst()
-                if c.state.withLock({ $0.closedReason == nil && !$0.exited }) { found = c; break }
+                if c.usable { found = c; break }
                 dead.append(c)
             }
             s.entries[key] = e
@@ -227,7 +227,6 @@ public final class SparePool: Sendable {
     private func buildOne(_ key: Key, _ config: PoolConfig) async {
         do {
             let r = try await ctx.launcher.build(config, spare: true)
-            r.setPhase(.ready)
             let keep: Bool = state.withLock { s in
                 guard var e = s.entries[key] else { return false }
                 e.starting = max(0, e.starting - 1)
@@ -281,7 +280,7 @@ public final class SparePool: Sendable {
                 return true
             }
             guard wasSpare else { return }
-            r.state.withLock { $0.exited = true }
+            _ = r.markExited()
             ctx.logger.warning("spare replica \(r.name) exited while waiting; replacing it")
             retire(r)
             refill(key)

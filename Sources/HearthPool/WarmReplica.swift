@@ -32,7 +32,64 @@ final class WarmReplica: Sendable {
     /// Called once per `send`, with the result frame or why none came.
     typealias ResultHandler = @Sendable (Result<WorkerMessage, ChannelError>) -> Void
 
-    enum Phase: String, Sendable { case starting, ready, busy, stopped }
+    typealias Waiter = CheckedContinuation<WorkerMessage, any Error>
+
+    /// The task a replica holds, with what belongs to that task alone.
+    struct Held {
+        let task: TaskRecord
+        /// Set once the run frame is sent: where its result frame goes.
+        var onResult: ResultHandler?
+        /// The task's timeout, a timer on the event loop; cancelled when
+        /// the task ends, so none outlives its task.
+        var deadline: Scheduled<Void>?
+        /// The timer fired (the replica was killed for it).
+        var timedOut = false
+        /// Someone cancelled the task (SIGINT was sent).
+        var cancelRequested = false
+    }
+
+    /// The replica's one state machine. The worker answers only what the
+    /// daemon asked, one thing at a time, so each phase says what (if
+    /// anything) the worker owes.
+    enum Phase {
+        /// Started; the worker owes its one `ready` (a waiter once someone waits).
+        case starting(Waiter?)
+        /// Ready, holding no task.
+        case idle
+        /// A spare being adopted: the worker owes `adopted`.
+        case adopting(Waiter)
+        /// Holding a task: claimed, then sent (the worker owes its result).
+        case busy(Held)
+        /// The channel closed (the worker exited, was killed, broke the
+        /// protocol, or the replica was torn down); nothing more comes from
+        /// it. The task it held stays until the pool has settled it.
+        case closed(ChannelError, Held?)
+
+        /// For status: starting, ready or busy.
+        var name: String {
+            switch self {
+            case .starting: return "starting"
+            case .idle, .adopting, .closed(_, nil): return "ready"
+            case .busy, .closed(_, _?): return "busy"
+            }
+        }
+
+        var held: Held? {
+            switch self {
+            case .busy(let h), .closed(_, let h?): return h
+            default: return nil
+            }
+        }
+
+        /// The worker owes a frame: one may arrive.
+        var expectsFrame: Bool {
+            switch self {
+            case .starting, .adopting: return true
+            case .busy(let h): return h.onResult != nil
+            case .idle, .closed: return false
+            }
+        }
+    }
 
     let name: String
     let running: any ReplicaProcess
@@ -71,39 +128,43 @@ final class WarmReplica: Sendable {
     func markLinked(_ sha: String) { _ = linked.withLock { $0.insert(sha) } }
 
     struct State {
-        var phase: Phase = .starting
-        var workerPid: Int32?
-        var python: String?
+        var phase: Phase = .starting(nil)
+        /// The worker's `ready` frame (its pid and Python), once it came.
+        var ready: WorkerMessage?
         var tasksRun = 0
         var lastUsed = ContinuousClock.now
-        var current: TaskRecord?
-        var pending: ResultHandler?
         /// The replica's process has exited (set by the pool, under its dispatcher lock).
         var exited = false
         /// The pool has started tearing it down.
         var removed = false
-        var readyWaiter: CheckedContinuation<WorkerMessage, any Error>?
-        var ready: WorkerMessage?
-        /// A pre-started spare being adopted: waits for the worker's `adopted`.
-        var adoptWaiter: CheckedContinuation<WorkerMessage, any Error>?
         /// Set once an environment adopted this spare: how long that took.
         var adoptMicros: Int64?
-        var closedReason: ChannelError?
         var reader: FrameReader
         /// Output while no task runs (start-up errors, a worker's last words).
         var idleLog = LogBuffer(limit: 64 << 10)
-        var timedOut = false
-        var cancelRequested = false
-        /// The running task's timeout, a timer on the event loop; cancelled
-        /// when the task ends, so none outlives its task.
-        var deadline: Scheduled<Void>?
 
-        mutating func takeDeadline() -> Scheduled<Void>? {
-            defer { deadline = nil }
-            return deadline
+        var closedReason: ChannelError? {
+            if case .closed(let reason, _) = phase { return reason }
+            return nil
+        }
+
+        /// Updates the held task's record, if `task` is the one held.
+        mutating func updateHeld(_ task: TaskRecord, _ change: (inout Held) -> Void) -> Bool {
+            switch phase {
+            case .busy(var h) where h.task === task:
+                change(&h)
+                phase = .busy(h)
+                return true
+            case .closed(let reason, var h?) where h.task === task:
+                change(&h)
+                phase = .closed(reason, h)
+                return true
+            default:
+                return false
+            }
         }
     }
-    let state: Mutex<State>
+    private let state: Mutex<State>
 
     init(name: String, running: any ReplicaProcess, toWorker: Int32, fromWorker: Int32, maxFrame: Int, codeView: String) {
         self.name = name
@@ -114,8 +175,82 @@ final class WarmReplica: Sendable {
         state = Mutex(State(reader: FrameReader(maxBytes: maxFrame)))
     }
 
-    var phase: Phase { state.withLock { $0.phase } }
-    func setPhase(_ p: Phase) { state.withLock { $0.phase = p } }
+    // MARK: what the pool reads and records
+
+    var workerPid: Int32? { state.withLock { $0.ready?.pid } }
+    var tasksRun: Int { state.withLock { $0.tasksRun } }
+    var lastUsed: ContinuousClock.Instant { state.withLock { $0.lastUsed } }
+    var adoptMicros: Int64? { state.withLock { $0.adoptMicros } }
+    func recordAdoption(micros: Int64) { state.withLock { $0.adoptMicros = micros } }
+
+    /// Marks `task` (if held) as cancelled by request; false when not held.
+    func requestCancel(of task: TaskRecord) -> Bool {
+        state.withLock { $0.updateHeld(task) { $0.cancelRequested = true } }
+    }
+
+    /// Marks `task` (if held) as timed out; false when not held.
+    func markTimedOut(_ task: TaskRecord) -> Bool {
+        state.withLock { $0.updateHeld(task) { $0.timedOut = true } }
+    }
+
+    /// Whether the held task was cancelled by request (for its result).
+    var cancelRequested: Bool { state.withLock { $0.phase.held?.cancelRequested ?? false } }
+
+    /// The held task ended some other way (its replica was lost): its timer goes.
+    func cancelDeadline() {
+        var timer: Scheduled<Void>?
+        state.withLock { s in
+            guard let task = s.phase.held?.task else { return }
+            _ = s.updateHeld(task) { h in
+                timer = h.deadline
+                h.deadline = nil
+            }
+        }
+        timer?.cancel()
+    }
+
+    /// The pool settled the task a closed replica held: returns its record
+    /// (was it timed out, cancelled?) and cancels its timer.
+    func releaseHeld() -> Held? {
+        let h: Held? = state.withLock { s in
+            guard case .closed(let reason, let h?) = s.phase else { return nil }
+            s.phase = .closed(reason, nil)
+            return h
+        }
+        h?.deadline?.cancel()
+        return h
+    }
+
+    /// The process exited (the pool, under its dispatcher lock): true when
+    /// a task is still held (its own path settles it).
+    func markExited() -> Bool {
+        state.withLock { s in
+            s.exited = true
+            return s.phase.held != nil
+        }
+    }
+
+    /// True the first time: the caller tears the replica down.
+    func markRemoved() -> Bool {
+        state.withLock { s in
+            defer { s.removed = true }
+            return !s.removed
+        }
+    }
+
+    /// Neither exited nor closed: it can take a task.
+    var usable: Bool { state.withLock { $0.closedReason == nil && !$0.exited } }
+
+    /// For `GET /v1/environments/NAME`.
+    func status(now: ContinuousClock.Instant, ttl: Duration) -> ReplicaStatus {
+        state.withLock { s in
+            let holding = s.phase.held != nil
+            let idleFor = holding ? 0 : (now - s.lastUsed).seconds
+            return ReplicaStatus(name: name, state: s.phase.name, pid: s.ready?.pid, tasksRun: s.tasksRun,
+                                 idleSeconds: idleFor, ttlLeftSeconds: holding ? nil : max(0, ttl.seconds - idleFor),
+                                 python: s.ready?.python)
+        }
+    }
 
     /// Starts reading the channel and the output pipes. fd 4 is read on
     /// `loop` (the daemon's one HTTP event loop): a result frame then
@@ -129,8 +264,9 @@ final class WarmReplica: Sendable {
             case .stderr(let b): (.stderr, b)
             }
             let task: TaskRecord? = state.withLock { s in
-                if s.current == nil { s.idleLog.append(stream, bytes) }
-                return s.current
+                let task = s.phase.held?.task
+                if task == nil { s.idleLog.append(stream, bytes) }
+                return task
             }
             task?.appendLog(stream, bytes)
         }
@@ -157,7 +293,7 @@ final class WarmReplica: Sendable {
         }
         fdOwner.withLock { $0 = .nio }
         // Closed before the channel existed: close it now.
-        if closedReason != nil || phase == .stopped { ch.close(promise: nil) }
+        if closedReason != nil { ch.close(promise: nil) }
     }
 
     /// Bytes from fd 4: cuts frames and hands each message on, stopping
@@ -177,7 +313,7 @@ final class WarmReplica: Sendable {
             let announced: Int?
             do {
                 (frame, expecting, announced) = try state.withLock { s in
-                    (try s.reader.next(), s.ready == nil || s.adoptWaiter != nil || s.pending != nil, s.reader.announced)
+                    (try s.reader.next(), s.phase.expectsFrame, s.reader.announced)
                 }
             } catch {
                 closeChannel(.protocolViolation("the worker sent a \(error)"))
@@ -220,21 +356,18 @@ final class WarmReplica: Sendable {
     private func deliver(_ msg: WorkerMessage) -> String? {
         switch msg.type {
         case "ready":
-            let (waiter, again): (CheckedContinuation<WorkerMessage, any Error>?, Bool) = state.withLock {
-                if $0.ready != nil { return (nil, true) }
-                $0.ready = msg
-                $0.workerPid = msg.pid
-                $0.python = msg.python
-                let w = $0.readyWaiter
-                $0.readyWaiter = nil
+            let (waiter, again): (Waiter?, Bool) = state.withLock { s in
+                guard case .starting(let w) = s.phase else { return (nil, true) }
+                s.ready = msg
+                s.phase = .idle
                 return (w, false)
             }
             if again { return "the worker sent a second \"ready\" frame; a worker says ready once" }
             waiter?.resume(returning: msg)
         case "adopted":
-            let waiter: CheckedContinuation<WorkerMessage, any Error>? = state.withLock { s in
-                let w = s.adoptWaiter
-                s.adoptWaiter = nil
+            let waiter: Waiter? = state.withLock { s in
+                guard case .adopting(let w) = s.phase else { return nil }
+                s.phase = .idle
                 return w
             }
             guard let waiter else {
@@ -244,10 +377,12 @@ final class WarmReplica: Sendable {
         case "result":
             // The task's last output must land before its result.
             running.drainOutput()
-            let (pending, current): (ResultHandler?, String?) = state.withLock {
-                guard let p = $0.pending, $0.current?.id == msg.id else { return (nil, $0.current?.id) }
-                $0.pending = nil
-                return (p, $0.current?.id)
+            let (pending, current): (ResultHandler?, String?) = state.withLock { s in
+                guard case .busy(var h) = s.phase else { return (nil, s.phase.held?.task.id) }
+                guard let p = h.onResult, h.task.id == msg.id else { return (nil, h.task.id) }
+                h.onResult = nil
+                s.phase = .busy(h)
+                return (p, h.task.id)
             }
             guard let pending else {
                 let running = current.map { "task \($0) is running" } ?? "no task is running"
@@ -269,21 +404,31 @@ final class WarmReplica: Sendable {
     /// Ends the channel: waiters get the reason; the worker is killed if it
     /// broke the protocol (it cannot be trusted to resync).
     private func closeChannel(_ reason: ChannelError) {
-        let (pending, ready, adopt): (ResultHandler?, CheckedContinuation<WorkerMessage, any Error>?,
-                                      CheckedContinuation<WorkerMessage, any Error>?) =
-            state.withLock {
-                if $0.closedReason == nil { $0.closedReason = reason }
-                let p = $0.pending, r = $0.readyWaiter, a = $0.adoptWaiter
-                $0.pending = nil
-                $0.readyWaiter = nil
-                $0.adoptWaiter = nil
-                return (p, r, a)
+        // The first reason wins; whoever waits hears it once.
+        let (pending, waiter): (ResultHandler?, Waiter?) = state.withLock { s in
+            switch s.phase {
+            case .closed:
+                return (nil, nil)
+            case .starting(let w):
+                s.phase = .closed(reason, nil)
+                return (nil, w)
+            case .adopting(let w):
+                s.phase = .closed(reason, nil)
+                return (nil, w)
+            case .idle:
+                s.phase = .closed(reason, nil)
+                return (nil, nil)
+            case .busy(var h):
+                let p = h.onResult
+                h.onResult = nil
+                s.phase = .closed(reason, h)
+                return (p, nil)
             }
+        }
         stopReading()
         if case .protocolViolation = reason { running.killAll() }
         pending?(.failure(reason))
-        ready?.resume(throwing: reason)
-        adopt?.resume(throwing: reason)
+        waiter?.resume(throwing: reason)
     }
 
     var closedReason: ChannelError? { state.withLock { $0.closedReason } }
@@ -291,11 +436,17 @@ final class WarmReplica: Sendable {
     /// Waits for the worker's `ready` frame.
     func waitReady() async throws -> WorkerMessage {
         try await withCheckedThrowingContinuation { cont in
-            let (ready, closed): (WorkerMessage?, ChannelError?) = state.withLock {
-                if let r = $0.ready { return (r, nil) }
-                if let c = $0.closedReason { return (nil, c) }
-                $0.readyWaiter = cont
-                return (nil, nil)
+            let (ready, closed): (WorkerMessage?, ChannelError?) = state.withLock { s in
+                if let r = s.ready { return (r, nil) }
+                switch s.phase {
+                case .closed(let c, _): return (nil, c)
+                case .starting(nil):
+                    s.phase = .starting(cont)
+                    return (nil, nil)
+                default:
+                    // One waiter: the launcher that built it.
+                    return (nil, .protocolViolation("replica \(name): a second wait for the worker's ready"))
+                }
             }
             if let ready { cont.resume(returning: ready) } else if let closed { cont.resume(throwing: closed) }
         }
@@ -314,13 +465,18 @@ final class WarmReplica: Sendable {
         w.byte(0x7d)
         let frame = Frames.finish(&w)
         return try await withCheckedThrowingContinuation { cont in
-            let closed: ChannelError? = state.withLock {
-                if let c = $0.closedReason { return c }
-                $0.adoptWaiter = cont
-                $0.lastUsed = .now
-                return nil
+            let refused: ChannelError? = state.withLock { s in
+                switch s.phase {
+                case .closed(let c, _): return c
+                case .idle:
+                    s.phase = .adopting(cont)
+                    s.lastUsed = .now
+                    return nil
+                default:
+                    return .protocolViolation("replica \(name) is \(s.phase.name), not idle: it cannot be adopted")
+                }
             }
-            if let closed { cont.resume(throwing: closed); return }
+            if let refused { cont.resume(throwing: refused); return }
             writeFrame(frame)
         }
     }
@@ -329,10 +485,9 @@ final class WarmReplica: Sendable {
     /// exited; the pool calls it under its dispatcher lock, so a replica is
     /// idle, claimed or gone, never two at once.
     func claim(_ task: TaskRecord) -> Bool {
-        state.withLock {
-            guard $0.closedReason == nil, !$0.exited, $0.current == nil else { return false }
-            $0.current = task
-            $0.phase = .busy
+        state.withLock { s in
+            guard case .idle = s.phase, !s.exited else { return false }
+            s.phase = .busy(Held(task: task))
             return true
         }
     }
@@ -340,26 +495,33 @@ final class WarmReplica: Sendable {
     /// Gives back a claim that was not used (the task was cancelled meanwhile).
     func unclaim() {
         let timer: Scheduled<Void>? = state.withLock { s in
-            s.current = nil
-            if s.phase == .busy { s.phase = .ready }
-            return s.takeDeadline()
+            switch s.phase {
+            case .busy(let h):
+                s.phase = .idle
+                return h.deadline
+            case .closed(let reason, let h?):
+                // Closed meanwhile: nothing was sent, so no loss to settle.
+                s.phase = .closed(reason, nil)
+                return h.deadline
+            default:
+                return nil
+            }
         }
         timer?.cancel()
     }
 
-    /// Arms the running task's timeout (replacing none: one task at a time).
-    func setDeadline(_ timer: Scheduled<Void>) {
-        let old: Scheduled<Void>? = state.withLock { s in
-            defer { s.deadline = timer }
-            return s.deadline
+    /// Arms the held task's timeout (one task at a time); a timer for a
+    /// task no longer held is cancelled at once.
+    func setDeadline(_ timer: Scheduled<Void>, for task: TaskRecord) {
+        var old: Scheduled<Void>?
+        let held = state.withLock { s in
+            s.updateHeld(task) { h in
+                old = h.deadline
+                h.deadline = timer
+            }
         }
         old?.cancel()
-    }
-
-    /// The task ended some other way (its replica was lost): its timer goes.
-    func cancelDeadline() {
-        let timer: Scheduled<Void>? = state.withLock { $0.takeDeadline() }
-        timer?.cancel()
+        if !held { timer.cancel() }
     }
 
     /// Sends the claimed task; `done` runs once, on fd 4's reader for a
@@ -368,26 +530,36 @@ final class WarmReplica: Sendable {
         let message = RunMessage(id: task.id, module: task.module, function: task.function, kwargs: task.takeKwargs(),
                                  bundle: task.bundle.map { .init(version: $0, path: bundlePath ?? "") }, env: env)
         let frame = message.frame()
-        let closed: ChannelError? = state.withLock {
-            if let c = $0.closedReason { return c }
-            $0.current = task
-            $0.pending = done
-            $0.phase = .busy
-            return nil
+        let refused: ChannelError? = state.withLock { s in
+            switch s.phase {
+            case .closed(let c, _): return c
+            case .busy(var h) where h.task === task:
+                h.onResult = done
+                s.phase = .busy(h)
+                return nil
+            default:
+                return .protocolViolation("replica \(name) is \(s.phase.name) without task \(task.id) claimed: it was not sent")
+            }
         }
-        if let closed { done(.failure(closed)); return }
+        if let refused { done(.failure(refused)); return }
         writeFrame(frame)
     }
 
     /// After a task: back to idle.
     func finishTask() {
         let timer: Scheduled<Void>? = state.withLock { s in
-            s.current = nil
             s.tasksRun += 1
             s.lastUsed = .now
-            s.cancelRequested = false
-            if s.phase == .busy { s.phase = .ready }
-            return s.takeDeadline()
+            switch s.phase {
+            case .busy(let h):
+                s.phase = .idle
+                return h.deadline
+            case .closed(let reason, let h?):
+                s.phase = .closed(reason, nil)
+                return h.deadline
+            default:
+                return nil
+            }
         }
         timer?.cancel()
     }
@@ -410,8 +582,8 @@ final class WarmReplica: Sendable {
     /// Stops the worker (closing fd 3 ends it cleanly), kills what is left
     /// and removes the replica. Blocking.
     func teardown() {
-        state.withLock { $0.phase = .stopped }
-        stopReading()
+        // Whoever still waits hears that the channel closed.
+        closeChannel(.closed)
         running.signal(SIGKILL)
         running.teardown()
         // Never given to NIO (the start failed first): the fds are still ours.
