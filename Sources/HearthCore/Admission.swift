@@ -72,7 +72,9 @@ public enum Admission {
                     + " = \(f(resource.spares))"
             }
             if !already.isEmpty { already += "," }
-            let message = "environment \"\(new.name)\": replica_count \(new.replicaCount) × \(resource.label) \(f(each))"
+            // A scaling environment reserves its max: it may get there.
+            let count = new.minReplicas == nil ? "replica_count \(new.replicaCount)" : "replicas.max \(new.replicaCount)"
+            let message = "environment \"\(new.name)\": \(count) × \(resource.label) \(f(each))"
                 + " = \(f(wanted))\(resource.unit)\(already) exceeds the \(f(max(resource.available, 0)))\(resource.unit)"
                 + " this machine can give"
                 + (resource.spares > 0 ? " (hearthd --spares 0 keeps no spares)" : "")

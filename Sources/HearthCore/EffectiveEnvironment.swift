@@ -26,8 +26,18 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
     public var ephemeralStorageRequest: Int64?
     /// Bytes.
     public var ephemeralStorageLimit: Int64?
+    /// The most replicas at once (`replica_count`, or `replicas.max`).
     public var replicaCount: Int
+    /// The least the environment keeps while in use; nil: `replicaCount`.
+    public var minReplicas: Int?
     public var ttlSeconds: Int
+    /// How long an idle environment keeps `minReplicas` before going to
+    /// zero; nil: `ttlSeconds`.
+    public var scaledownTTLSeconds: Int?
+    /// Tasks one replica runs at once; nil: 1.
+    public var concurrency: Int?
+    /// Start `minReplicas` at apply; nil: no.
+    public var prewarm: Bool?
     /// Secret keys, sorted, without duplicates.
     public var secrets: [String]
     public var network: EnvironmentSpec.Network
@@ -73,7 +83,13 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
         self.userNamespace = userNamespace
     }
 
-    /// The per-task timeout as a `Duration`.
+    /// `replicas.min`, else `replica_count`.
+    public var leastReplicas: Int { minReplicas ?? replicaCount }
+    /// Tasks one replica runs at once.
+    public var tasksPerReplica: Int { concurrency ?? 1 }
+    /// Seconds an idle environment keeps its least replicas.
+    public var scaledownSeconds: Int { scaledownTTLSeconds ?? ttlSeconds }
+
     /// The per-task timeout as a `Duration`; nil when there is none (or it
     /// is not a finite positive number, which validation refuses).
     /// The memory limit each replica gets: its limit, else its request
@@ -103,7 +119,10 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
         case ephemeralStorageRequest = "ephemeral_storage_request"
         case ephemeralStorageLimit = "ephemeral_storage_limit"
         case replicaCount = "replica_count"
+        case minReplicas = "min_replicas"
         case ttlSeconds = "ttl_seconds"
+        case scaledownTTLSeconds = "scaledown_ttl_seconds"
+        case concurrency, prewarm
         case secrets, network, seccomp, capabilities
         case timeoutSeconds = "timeout_seconds"
         case maxTasksPerReplica = "max_tasks_per_replica"

@@ -22,8 +22,19 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
     /// admission, `limits` are enforced by the cgroup.
     public var requests: Resources
     public var limits: Resources
-    /// Most replicas kept at once, 1…64.
+    /// Most replicas kept at once, 1…64; with `replicas`, its `max`.
     public var replicaCount: Int
+    /// `replicas: {min, max}`: the environment scales between them on
+    /// demand; nil: `replica_count` for both.
+    public var replicas: ReplicaRange?
+    /// Seconds the environment keeps its `min` replicas once no task is
+    /// queued or running, before it scales to zero; nil: `ttl_seconds`.
+    public var scaledownTTLSeconds: Int?
+    /// Tasks one replica runs at once, 1…256; nil: 1.
+    public var concurrency: Int?
+    /// Start `min` replicas when the environment is applied (and when it
+    /// wakes from zero), before any task asks; nil: false.
+    public var prewarm: Bool?
     /// Seconds a replica may sit idle before it is torn down, 1…86400.
     public var ttlSeconds: Int
     /// Keys of the secrets mounted at `/etc/secrets/KEY`, in the order given, without duplicates.
@@ -56,13 +67,18 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
         replicaCount: Int = EnvironmentSpec.defaultReplicaCount, ttlSeconds: Int = EnvironmentSpec.defaultTTLSeconds,
         secretRequests: [String] = [], podTemplate: PodTemplate? = nil, network: Network = .none,
         seccomp: Seccomp = .default, capabilities: Capabilities = Capabilities(), timeout: Double? = nil,
-        maxTasksPerReplica: Int? = nil, maxQueue: Int = EnvironmentSpec.defaultMaxQueue, packages: [String] = []
+        maxTasksPerReplica: Int? = nil, maxQueue: Int = EnvironmentSpec.defaultMaxQueue, packages: [String] = [],
+        replicas: ReplicaRange? = nil, scaledownTTLSeconds: Int? = nil, concurrency: Int? = nil, prewarm: Bool? = nil
     ) {
         self.name = name; self.containerImage = containerImage; self.environment = environment
         self.requests = requests; self.limits = limits; self.replicaCount = replicaCount
         self.ttlSeconds = ttlSeconds; self.secretRequests = secretRequests; self.podTemplate = podTemplate
         self.network = network; self.seccomp = seccomp; self.capabilities = capabilities; self.timeout = timeout
         self.maxTasksPerReplica = maxTasksPerReplica; self.maxQueue = maxQueue; self.packages = packages
+        // `replica_count` is the maximum either way, so the two never disagree.
+        if let replicas { self.replicaCount = replicas.max }
+        self.replicas = replicas; self.scaledownTTLSeconds = scaledownTTLSeconds
+        self.concurrency = concurrency; self.prewarm = prewarm
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
@@ -79,6 +95,9 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
         case packages
         case userNamespace = "user_namespace"
         case imagePullPolicy = "image_pull_policy"
+        case replicas
+        case scaledownTTLSeconds = "scaledown_ttl"
+        case concurrency, prewarm
     }
 
     // MARK: Defaults and ranges
@@ -93,6 +112,9 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
     /// flytekit's `PodTemplate` default.
     public static let defaultPrimaryContainerName = "primary"
     public static let replicaCountRange = 1...64
+    /// `replicas.min`: zero lets the environment scale to nothing.
+    public static let minReplicasRange = 0...64
+    public static let concurrencyRange = 1...256
     /// One second to one day.
     public static let ttlSecondsRange = 1...86_400
     public static let maxQueueRange = 1...100_000
@@ -100,6 +122,16 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
     public static let maxTimeoutSeconds: Double = 604_800
 
     // MARK: Nested types
+
+    /// `replicas: {min, max}` (also `[min, max]` as Flyte 2's tuple, or one
+    /// number for both).
+    public struct ReplicaRange: Codable, Sendable, Equatable {
+        public var min: Int
+        public var max: Int
+        public init(min: Int, max: Int) { self.min = min; self.max = max }
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case min, max }
+    }
 
     /// flytekit's `Resources`. Values are Kubernetes quantities kept as
     /// written (`"2"`, `"500m"`, `"300Mi"`); numbers are accepted on input.

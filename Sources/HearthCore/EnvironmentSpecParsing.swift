@@ -156,6 +156,50 @@ extension EnvironmentSpec {
         packages = try Self.unique(r.list(K.packages.rawValue, SpecReader.string))
         userNamespace = try r.bool(K.userNamespace.rawValue)
         imagePullPolicy = try Self.pullPolicy(r, K.imagePullPolicy.rawValue)
+        if let node = r.node(K.replicas.rawValue) {
+            let range = try Self.replicaRange(node, path: r.path(K.replicas.rawValue))
+            // replica_count is the maximum: both may be written (the
+            // normalized form does), but they must agree.
+            if r.node(K.replicaCount.rawValue) != nil, replicaCount != range.max {
+                throw SpecReader.error(r.path(K.replicaCount.rawValue), "\(replicaCount) disagrees with replicas.max (\(range.max)); give replicas {min, max}, or replica_count alone for a fixed number")
+            }
+            replicas = range
+            replicaCount = range.max
+        }
+        if let node = r.node(K.scaledownTTLSeconds.rawValue) {
+            let path = r.path(K.scaledownTTLSeconds.rawValue)
+            let value = try Self.seconds(node, path: path)
+            guard value.isFinite, value == value.rounded(), let whole = Int(exactly: value) else {
+                throw SpecReader.error(path, "\(SpecNode.render(value)) is not whole seconds")
+            }
+            scaledownTTLSeconds = whole
+        }
+        concurrency = try r.int(K.concurrency.rawValue)
+        prewarm = try r.bool(K.prewarm.rawValue)
+    }
+
+    /// `{min: M, max: N}`, `[M, N]` (Flyte 2's tuple) or `N` (both).
+    static func replicaRange(_ node: SpecNode, path: String) throws -> ReplicaRange {
+        switch node.value {
+        case .int, .double:
+            let n = try SpecReader.int(node, path: path)
+            return ReplicaRange(min: n, max: n)
+        case .sequence(let items):
+            guard items.count == 2 else {
+                throw SpecReader.error(path, "expected [min, max], got a list of \(items.count)")
+            }
+            return ReplicaRange(min: try SpecReader.int(items[0], path: path + "[0]"),
+                                max: try SpecReader.int(items[1], path: path + "[1]"))
+        case .mapping:
+            let m = try SpecReader(node, path: path, what: "a mapping with min and max")
+            try m.rejectUnknown(ReplicaRange.CodingKeys.allCases.map(\.rawValue))
+            guard let max = try m.int("max") else {
+                throw SpecReader.error(m.path("max"), "missing; replicas needs a max (the most replicas at once)")
+            }
+            return ReplicaRange(min: try m.int("min") ?? 0, max: max)
+        default:
+            throw SpecReader.error(path, "expected {min, max}, [min, max] or a number, got \(node.kindDescription)")
+        }
     }
 
     /// `IfNotPresent`, `Always` or `Never` at `key`, if present.

@@ -37,11 +37,32 @@ extension EnvironmentSpec {
         }
         if let image = containerImage { try Self.checkImage(image, path: at(K.containerImage.rawValue)) }
         try Self.checkVariables(environment.map { ($0.key, $0.value, "\(at(K.environment.rawValue))[\"\($0.key)\"]") })
+        if let replicas {
+            let path = at(K.replicas.rawValue)
+            guard Self.minReplicasRange.contains(replicas.min) else {
+                throw SpecReader.error(path + ".min", "\(replicas.min) is out of range; expected \(Self.minReplicasRange.lowerBound) to \(Self.minReplicasRange.upperBound)")
+            }
+            guard Self.replicaCountRange.contains(replicas.max) else {
+                throw SpecReader.error(path + ".max", "\(replicas.max) is out of range; expected \(Self.replicaCountRange.lowerBound) to \(Self.replicaCountRange.upperBound)")
+            }
+            guard replicas.min <= replicas.max else {
+                throw SpecReader.error(path + ".min", "\(replicas.min) is more than replicas.max (\(replicas.max)); the least replicas cannot exceed the most")
+            }
+            guard replicaCount == replicas.max else {
+                throw SpecReader.error(at(K.replicaCount.rawValue), "\(replicaCount) disagrees with replicas.max (\(replicas.max)); give replicas {min, max}, or replica_count alone for a fixed number")
+            }
+        }
         guard Self.replicaCountRange.contains(replicaCount) else {
             throw SpecReader.error(at(K.replicaCount.rawValue), "\(replicaCount) is out of range; expected \(Self.replicaCountRange.lowerBound) to \(Self.replicaCountRange.upperBound)")
         }
         guard Self.ttlSecondsRange.contains(ttlSeconds) else {
             throw SpecReader.error(at(K.ttlSeconds.rawValue), "\(ttlSeconds) is out of range; expected \(Self.ttlSecondsRange.lowerBound) to \(Self.ttlSecondsRange.upperBound) seconds (one day)")
+        }
+        if let scaledownTTLSeconds, !Self.ttlSecondsRange.contains(scaledownTTLSeconds) {
+            throw SpecReader.error(at(K.scaledownTTLSeconds.rawValue), "\(scaledownTTLSeconds) is out of range; expected \(Self.ttlSecondsRange.lowerBound) to \(Self.ttlSecondsRange.upperBound) seconds (one day)")
+        }
+        if let concurrency, !Self.concurrencyRange.contains(concurrency) {
+            throw SpecReader.error(at(K.concurrency.rawValue), "\(concurrency) is out of range; expected \(Self.concurrencyRange.lowerBound) to \(Self.concurrencyRange.upperBound) tasks at once in one replica")
         }
         for (i, key) in secretRequests.enumerated() where !Self.isSecretKey(key) {
             throw SpecReader.error("\(at(K.secretRequests.rawValue))[\(i)]", "\"\(key)\" is not a valid secret key; use 1 to 253 letters, digits, '_', '.' or '-' (\(Self.secretKeyPattern)), not \".\" or \"..\"")
@@ -100,6 +121,12 @@ extension EnvironmentSpec {
             labels: podTemplate?.labels ?? [:], annotations: podTemplate?.annotations ?? [:],
             packages: packages.isEmpty ? nil : Array(Set(packages)).sorted(), userNamespace: userNamespace)
         effective.imagePullPolicy = pullPolicy
+        // Each left out when it says what the default says, so that
+        // environments without them keep their identity.
+        if let replicas, replicas.min != replicas.max { effective.minReplicas = replicas.min }
+        if let scaledownTTLSeconds, scaledownTTLSeconds != ttlSeconds { effective.scaledownTTLSeconds = scaledownTTLSeconds }
+        if let concurrency, concurrency != 1 { effective.concurrency = concurrency }
+        if prewarm == true { effective.prewarm = true }
         return effective
     }
 

@@ -137,6 +137,8 @@ public struct EnvironmentStatus: Codable, Sendable {
     public var queued: Int
     public var replicas: [ReplicaStatus]
     public var lastError: String?
+    /// min, max, current and the last scale decision.
+    public var scaling: ScalingStatus?
 
     public init(name: String, identity: String, image: String, replicaCount: Int, ttlSeconds: Double, queued: Int,
                 replicas: [ReplicaStatus], lastError: String?) {
@@ -145,6 +147,44 @@ public struct EnvironmentStatus: Codable, Sendable {
     }
 }
 
+
+/// An environment's scale: its bounds, where it is, and its last decision.
+public struct ScalingStatus: Codable, Sendable, Equatable {
+    public var min: Int
+    public var max: Int
+    /// Replicas running (ready or busy).
+    public var current: Int
+    public var starting: Int
+    /// Tasks one replica runs at once.
+    public var concurrency: Int
+    public var prewarm: Bool
+    public var scaledownTTLSeconds: Double
+    public var lastDecision: ScaleDecision?
+
+    public init(min: Int, max: Int, current: Int, starting: Int, concurrency: Int, prewarm: Bool,
+                scaledownTTLSeconds: Double, lastDecision: ScaleDecision?) {
+        self.min = min; self.max = max; self.current = current; self.starting = starting
+        self.concurrency = concurrency; self.prewarm = prewarm; self.scaledownTTLSeconds = scaledownTTLSeconds
+        self.lastDecision = lastDecision
+    }
+}
+
+/// One scale decision: replicas before and after, and why.
+public struct ScaleDecision: Codable, Sendable, Equatable {
+    public enum Direction: String, Codable, Sendable {
+        case up, down
+    }
+    public var direction: Direction
+    public var from: Int
+    public var to: Int
+    public var reason: String
+    /// Unix seconds.
+    public var at: Double
+
+    public init(direction: Direction, from: Int, to: Int, reason: String, at: Double) {
+        self.direction = direction; self.from = from; self.to = to; self.reason = reason; self.at = at
+    }
+}
 
 /// `GET /v1/spares`: the pre-started replicas the daemon keeps.
 public struct SparesStatus: Codable, Sendable, Equatable {

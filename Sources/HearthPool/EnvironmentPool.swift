@@ -72,6 +72,8 @@ actor EnvironmentPool {
     private nonisolated let changes = ChangeSignal()
     /// Replicas being torn down; drain waits for them.
     private var teardowns: [String: Task<Void, Never>] = [:]
+    /// The last time the environment scaled, and why (for status).
+    private var lastScale: ScaleDecision?
 
     /// What the warm path shares with the actor. Lock order: the
     /// dispatcher's lock, then a replica's or a task's, never the reverse.
@@ -82,6 +84,9 @@ actor EnvironmentPool {
             /// Most recently used last.
             var idle: [WarmReplica] = []
             var draining = false
+            /// Scaled to zero after `scaledown_ttl`: prewarm's floor waits
+            /// for the next task.
+            var asleep = false
 
             var queued: Int { queue.count - head }
 
@@ -117,7 +122,13 @@ actor EnvironmentPool {
         self.ctx = context
     }
 
-    func startTTLLoop() {
+    /// Starts the TTL loop and, with `prewarm`, the least replicas.
+    func start() {
+        startTTLLoop()
+        pump()
+    }
+
+    private func startTTLLoop() {
         ttlTask = Task { [weak self] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(250))
@@ -154,7 +165,10 @@ actor EnvironmentPool {
                 throw refusal
             }
             s.queue.append(contentsOf: tasks[i...])
-            return rest > 0
+            // A task wakes an environment that scaled to zero.
+            let woke = s.asleep
+            s.asleep = false
+            return rest > 0 || (woke && config.prewarm)
         }
         for (t, r) in direct { dispatch(t, on: r, cold: false) }
         if waiting { Task { await self.pump() } }
@@ -192,9 +206,9 @@ actor EnvironmentPool {
     // MARK: scheduling
 
     /// Pairs queued tasks with idle replicas, then starts replicas for the
-    /// tasks still waiting, up to replica_count.
+    /// tasks still waiting (and prewarm's least), up to the most.
     private func pump() {
-        let (pairs, waiting, draining): ([(TaskRecord, WarmReplica)], Int, Bool) = dispatcher.state.withLock { s in
+        let (pairs, waiting, draining, asleep): ([(TaskRecord, WarmReplica)], Int, Bool, Bool) = dispatcher.state.withLock { s in
             var pairs: [(TaskRecord, WarmReplica)] = []
             while s.queued > 0, !s.idle.isEmpty {
                 let t = s.queue[s.head]
@@ -202,20 +216,34 @@ actor EnvironmentPool {
                 _ = s.popTask()
                 pairs.append((t, r))
             }
-            return (pairs, s.queued, s.draining)
+            return (pairs, s.queued, s.draining, s.asleep)
         }
         for (t, r) in pairs { dispatch(t, on: r, cold: false) }
+        let floor = config.prewarm && !asleep ? config.minReplicas : 0
         let wanted = Scheduling.replicasToStart(queued: waiting, starting: starting, running: replicas.count,
-                                                replicaCount: config.replicaCount, draining: draining)
+                                                maxReplicas: config.replicaCount, concurrency: config.concurrency,
+                                                floor: floor, draining: draining)
         guard wanted > 0 else { return }
         if case .at(let instant) = Scheduling.startGate(now: .now, nextStartAllowed: nextStartAllowed) {
             scheduleRetry(at: instant)
             return
         }
+        let before = replicas.count + starting
+        let reason = waiting > 0
+            ? "\(waiting) task\(waiting == 1 ? "" : "s") waiting, \(replicas.count) running and \(starting) starting (max \(config.replicaCount))"
+            : "prewarm: keeping min \(config.minReplicas)"
         for _ in 0..<wanted {
             starting += 1
             startReplica()
         }
+        recordScale(.up, from: before, to: before + wanted, reason: reason)
+    }
+
+    private func recordScale(_ direction: ScaleDecision.Direction, from: Int, to: Int, reason: String) {
+        lastScale = ScaleDecision(direction: direction, from: from, to: to, reason: reason,
+                                  at: Date().timeIntervalSince1970)
+        PoolMetrics.scaleEvents(direction).increment()
+        ctx.logger.info("environment \(config.name): scale \(direction.rawValue) \(from) → \(to): \(reason)")
     }
 
     private func scheduleRetry(at instant: ContinuousClock.Instant) {
@@ -513,27 +541,45 @@ actor EnvironmentPool {
 
     // MARK: TTL, status, shutdown
 
+    /// Replicas idle for `ttl` go while more than `min` remain; all go
+    /// once nothing has been queued or running for `scaledown_ttl`.
     private func reapIdle() {
         let now = ContinuousClock.now
-        let expired: [WarmReplica] = dispatcher.state.withLock { s in
-            let out = s.idle.filter {
-                Scheduling.idleExpired(lastUsed: $0.lastUsed, now: now, ttl: config.ttl)
-            }
+        let total = replicas.count
+        let lastUsed = replicas.values.map(\.lastUsed).max()
+        let busy = starting > 0
+        let decision: ([WarmReplica], Scheduling.ScaleDownReason)? = dispatcher.state.withLock { s in
+            // Least recently used first (the list keeps the most recent last).
+            let idle = s.idle
+            let quiet = !busy && s.queued == 0 && idle.count == total
+            guard let (indices, reason) = Scheduling.replicasToRetire(
+                idleLastUsed: idle.map(\.lastUsed), total: total, minReplicas: config.minReplicas, ttl: config.ttl,
+                environmentIdleSince: quiet ? lastUsed : nil, scaledownTTL: config.scaledownTTL, now: now)
+            else { return nil }
+            let out = indices.map { idle[$0] }
             s.idle.removeAll { r in out.contains { $0 === r } }
-            return out
+            if reason == .scaledownTTL { s.asleep = true }
+            return (out, reason)
         }
-        for r in expired {
-            ctx.logger.info("environment \(config.name): replica \(r.name) idle for its TTL (\(config.ttl.seconds) s); removing it")
-            remove(r)
+        guard let (expired, reason) = decision else { return }
+        let why = switch reason {
+        case .idleTTL: "idle for ttl (\(config.ttl.seconds) s) with more than min (\(config.minReplicas))"
+        case .scaledownTTL: "nothing queued or running for scaledown_ttl (\(config.scaledownTTL.seconds) s)"
         }
+        for r in expired { remove(r) }
+        recordScale(.down, from: total, to: total - expired.count, reason: why)
     }
 
     func status() -> EnvironmentStatus {
         let now = ContinuousClock.now
         let reps = replicas.values.sorted { $0.name < $1.name }.map { $0.status(now: now, ttl: config.ttl) }
-        return EnvironmentStatus(name: config.name, identity: config.identity, image: config.image,
-                                 replicaCount: config.replicaCount, ttlSeconds: config.ttl.seconds,
-                                 queued: queued, replicas: reps, lastError: lastError)
+        var status = EnvironmentStatus(name: config.name, identity: config.identity, image: config.image,
+                                       replicaCount: config.replicaCount, ttlSeconds: config.ttl.seconds,
+                                       queued: queued, replicas: reps, lastError: lastError)
+        status.scaling = ScalingStatus(min: config.minReplicas, max: config.replicaCount, current: replicas.count,
+                                       starting: starting, concurrency: config.concurrency, prewarm: config.prewarm,
+                                       scaledownTTLSeconds: config.scaledownTTL.seconds, lastDecision: lastScale)
+        return status
     }
 
     /// Stops taking tasks, lets running ones finish (up to `deadline`), then

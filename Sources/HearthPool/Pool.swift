@@ -63,7 +63,7 @@ public final class Pool: Sendable {
         if persist {
             try FS.writeAtomically(Array(spec), to: envDir + "/" + config.name + ".json")
         }
-        if let pool = envs.withLock({ $0[config.name]?.pool }) { await pool.startTTLLoop() }
+        if let pool = envs.withLock({ $0[config.name]?.pool }) { await pool.start() }
         if let old {
             ctx.logger.info("environment \(config.name): spec changed; rolling its replicas")
             Task { await old.drain(deadline: .seconds(300)) }

@@ -8,8 +8,19 @@ public struct PoolConfig: Sendable {
     public var image: String
     public var env: [String: String]
     public var limits: CgroupLimits
+    /// The most replicas at once (`replica_count`, `replicas.max`).
     public var replicaCount: Int
+    /// The least kept while the environment is in use (`replicas.min`).
+    public var minReplicas: Int
+    /// A replica idle this long goes, while more than `minReplicas` remain.
     public var ttl: Duration
+    /// An environment with nothing queued or running this long goes to zero.
+    public var scaledownTTL: Duration
+    /// Tasks one replica runs at once.
+    public var concurrency = 1
+    /// Start `minReplicas` at apply, and again when a task wakes the
+    /// environment from zero.
+    public var prewarm = false
     public var secrets: [String]
     public var network: NetworkMode
     public var seccomp: SeccompProfile?
@@ -31,6 +42,8 @@ public struct PoolConfig: Sendable {
                 maxTasksPerReplica: Int?, maxQueue: Int, packages: [String] = [], ephemeralStorage: Int64? = nil) {
         self.name = name; self.identity = identity; self.image = image; self.env = env; self.limits = limits
         self.replicaCount = replicaCount; self.ttl = ttl; self.secrets = secrets; self.network = network
+        // A fixed number unless the spec says otherwise (see init(_:seccomp:...)).
+        self.minReplicas = replicaCount; self.scaledownTTL = ttl
         self.seccomp = seccomp; self.capabilities = capabilities; self.timeout = timeout
         self.maxTasksPerReplica = maxTasksPerReplica; self.maxQueue = maxQueue; self.packages = packages
         self.ephemeralStorage = ephemeralStorage
@@ -73,5 +86,9 @@ extension PoolConfig {
                   timeout: e.timeout, maxTasksPerReplica: e.maxTasksPerReplica, maxQueue: e.maxQueue,
                   packages: e.packages ?? [], ephemeralStorage: e.replicaEphemeralStorage)
         userNamespace = e.userNamespace ?? defaultUserNamespace
+        minReplicas = e.leastReplicas
+        scaledownTTL = .seconds(e.scaledownSeconds)
+        concurrency = e.tasksPerReplica
+        prewarm = e.prewarm ?? false
     }
 }

@@ -5,16 +5,50 @@ import HearthCore
 /// `EnvironmentPool` gathers the numbers under its locks and acts on the
 /// answers.
 public enum Scheduling {
-    /// Replicas to start now for the tasks waiting: one per queued task not
-    /// already covered by a replica being started, while the environment
-    /// holds fewer than `replica_count` (running and starting together);
-    /// none while draining.
-    public static func replicasToStart(queued: Int, starting: Int, running: Int, replicaCount: Int,
-                                       draining: Bool) -> Int {
+    /// Replicas to start now: enough for the tasks waiting that replicas
+    /// being started will not take (each takes `concurrency` at once), and
+    /// up to `floor` (prewarm's `min`) even with nothing waiting; never
+    /// beyond `maxReplicas` running and starting together, none while
+    /// draining.
+    public static func replicasToStart(queued: Int, starting: Int, running: Int, maxReplicas: Int,
+                                       concurrency: Int = 1, floor: Int = 0, draining: Bool) -> Int {
         guard !draining else { return 0 }
-        let uncovered = queued - starting
-        let room = replicaCount - running - starting
-        return max(0, min(uncovered, room))
+        let perReplica = max(1, concurrency)
+        let uncovered = max(0, queued - starting * perReplica)
+        let forQueue = (uncovered + perReplica - 1) / perReplica
+        let forFloor = floor - running - starting
+        let room = maxReplicas - running - starting
+        return max(0, min(max(forQueue, forFloor), room))
+    }
+
+    /// Why replicas go when their environment scales down.
+    public enum ScaleDownReason: Equatable, Sendable {
+        /// Each was idle for `ttl` while more than `min` replicas remained.
+        case idleTTL
+        /// Nothing was queued or running for `scaledown_ttl`: all go.
+        case scaledownTTL
+    }
+
+    /// Which idle replicas go now. `idleLastUsed`: when each idle replica
+    /// (no task in flight) last finished a task, least recently used
+    /// first; `total`: all replicas, busy ones included; `environmentIdle`:
+    /// since when nothing has been queued or running (nil: something is).
+    /// Returns indices into `idleLastUsed`.
+    public static func replicasToRetire(idleLastUsed: [ContinuousClock.Instant], total: Int, minReplicas: Int,
+                                        ttl: Duration, environmentIdleSince: ContinuousClock.Instant?,
+                                        scaledownTTL: Duration, now: ContinuousClock.Instant)
+        -> (indices: [Int], reason: ScaleDownReason)? {
+        guard !idleLastUsed.isEmpty else { return nil }
+        if let since = environmentIdleSince, now - since >= scaledownTTL {
+            return (Array(idleLastUsed.indices), .scaledownTTL)
+        }
+        var left = total
+        var out: [Int] = []
+        for (i, used) in idleLastUsed.enumerated() where left > minReplicas && idleExpired(lastUsed: used, now: now, ttl: ttl) {
+            out.append(i)
+            left -= 1
+        }
+        return out.isEmpty ? nil : (out, .idleTTL)
     }
 
     /// Whether a start may happen now, or when: after a failed start the

@@ -87,6 +87,14 @@ struct EnvStatus: ParsableCommand {
             let path = "/v1/environments/" + percentEncodePath(name)
             guard let e = try global.listing(path, as: EnvironmentStatus.self, json: json) else { return }
             print("environment \(e.name)  image \(e.image)  replicas \(e.replicas.count)/\(e.replicaCount)  ttl \(Int(e.ttlSeconds))s  queued \(e.queued)")
+            if let sc = e.scaling {
+                print("scaling: min \(sc.min)  max \(sc.max)  current \(sc.current)  starting \(sc.starting)  queued \(e.queued)"
+                      + "  concurrency \(sc.concurrency)  scaledown_ttl \(Int(sc.scaledownTTLSeconds))s" + (sc.prewarm ? "  prewarm" : ""))
+                if let d = sc.lastDecision {
+                    let ago = max(0, Date().timeIntervalSince1970 - d.at)
+                    print("last scale: \(d.direction.rawValue) \(d.from) → \(d.to), \(oneDecimal(ago))s ago: \(d.reason)")
+                }
+            }
             if let err = e.lastError { print("last error: \(err)") }
             var rows = [["REPLICA", "STATE", "PID", "TASKS", "IDLE", "TTL LEFT"]]
             for rep in e.replicas {

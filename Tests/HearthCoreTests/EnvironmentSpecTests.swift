@@ -539,10 +539,52 @@ final class EnvironmentSpecTests: XCTestCase {
         XCTAssertEqual(try JSONDecoder().decode(EnvironmentSpec.self, from: JSONEncoder().encode(spec)), spec)
     }
 
+    func testScalingFields() throws {
+        let e = try one("name: a\nreplicas: {min: 1, max: 4}\nscaledown_ttl: 5m\nconcurrency: 8\nprewarm: true").effective
+        XCTAssertEqual(e.replicaCount, 4, "replica_count is the max")
+        XCTAssertEqual(e.leastReplicas, 1)
+        XCTAssertEqual(e.scaledownSeconds, 300)
+        XCTAssertEqual(e.tasksPerReplica, 8)
+        XCTAssertEqual(e.prewarm, true)
+        // Flyte 2's tuple, one number, and a max alone (min 0).
+        XCTAssertEqual(try one("name: a\nreplicas: [0, 3]").effective.leastReplicas, 0)
+        XCTAssertEqual(try one("name: a\nreplicas: [0, 3]").effective.replicaCount, 3)
+        XCTAssertEqual(try one("name: a\nreplicas: {max: 2}").effective.leastReplicas, 0)
+        XCTAssertEqual(try one("name: a\nreplicas: 3").effective.identity, try one("name: a\nreplica_count: 3").effective.identity,
+                       "a fixed number either way is the same environment")
+        XCTAssertEqual(try one("name: a\nreplicas: {min: 1, max: 2}\nreplica_count: 2").effective.replicaCount, 2,
+                       "both, agreeing (the normalized form writes both)")
+        // Defaults leave the identity alone.
+        let plain = try one("name: a").effective.identity
+        XCTAssertEqual(try one("name: a\nconcurrency: 1\nprewarm: false\nscaledown_ttl: 100").effective.identity, plain)
+        XCTAssertNotEqual(try one("name: a\nconcurrency: 2").effective.identity, plain)
+        XCTAssertNotEqual(try one("name: a\nreplicas: [0, 1]").effective.identity, plain)
+        // Refusals name the field and the rule.
+        assertRefused("name: a\nreplicas: {min: 3, max: 2}",
+                      "env.yaml: replicas.min: 3 is more than replicas.max (2); the least replicas cannot exceed the most")
+        assertRefused("name: a\nreplicas: {min: -1, max: 2}", "env.yaml: replicas.min: -1 is out of range; expected 0 to 64")
+        assertRefused("name: a\nreplicas: {min: 0, max: 65}", "env.yaml: replicas.max: 65 is out of range; expected 1 to 64")
+        assertRefused("name: a\nreplicas: {min: 0}", "env.yaml: replicas.max: missing; replicas needs a max (the most replicas at once)")
+        assertRefused("name: a\nreplicas: {min: 0, max: 2, most: 3}", "env.yaml: replicas.most: unknown field")
+        assertRefused("name: a\nreplicas: [1, 2, 3]", "env.yaml: replicas: expected [min, max], got a list of 3")
+        assertRefused("name: a\nreplicas: fast", "env.yaml: replicas: expected {min, max}, [min, max] or a number, got a string")
+        assertRefused("name: a\nreplicas: [0, 4]\nreplica_count: 2",
+                      "env.yaml: replica_count: 2 disagrees with replicas.max (4); give replicas {min, max}, or replica_count alone for a fixed number")
+        assertRefused("name: a\nconcurrency: 0", "env.yaml: concurrency: 0 is out of range; expected 1 to 256 tasks at once in one replica")
+        assertRefused("name: a\nscaledown_ttl: 1.5", "env.yaml: scaledown_ttl: 1.5 is not whole seconds")
+        assertRefused("name: a\nscaledown_ttl: 0", "env.yaml: scaledown_ttl: 0 is out of range; expected 1 to 86400 seconds (one day)")
+        assertRefused("name: a\nprewarm: yes please", "env.yaml: prewarm: expected true or false")
+        // Saved and read back.
+        let spec = try one("name: a\nreplicas: [1, 4]\nconcurrency: 4\nprewarm: true\nscaledown_ttl: 60")
+        XCTAssertEqual(try JSONDecoder().decode(EnvironmentSpec.self, from: JSONEncoder().encode(spec)), spec)
+        // Built in code: replica_count follows replicas.max.
+        XCTAssertEqual(try EnvironmentSpec(name: "a", replicas: .init(min: 0, max: 5)).validated().replicaCount, 5)
+    }
+
     func testUnknownFieldsAtEveryDepth() {
-        assertRefused("name: a\nreplicas: 2", "env.yaml: replicas: unknown field")
+        assertRefused("name: a\nreplica: 2", "env.yaml: replica: unknown field")
         XCTAssertEqual(refusal("name: a\nttl: 2"),
-                       "env.yaml: ttl: unknown field; expected one of name, container_image, environment, requests, limits, replica_count, ttl_seconds, secret_requests, pod_template, network, seccomp, capabilities, timeout, max_tasks_per_replica, max_queue, packages, user_namespace, image_pull_policy")
+                       "env.yaml: ttl: unknown field; expected one of name, container_image, environment, requests, limits, replica_count, ttl_seconds, secret_requests, pod_template, network, seccomp, capabilities, timeout, max_tasks_per_replica, max_queue, packages, user_namespace, image_pull_policy, replicas, scaledown_ttl, concurrency, prewarm")
         XCTAssertEqual(refusal("name: a\nreplica_cont: 2"), "env.yaml: replica_cont: unknown field (did you mean replica_count?)")
         assertRefused("name: a\nrequests: {cpus: 1}", "env.yaml: requests.cpus: unknown field (did you mean cpu?)")
         assertRefused("name: a\ncapabilities: {add: [], remove: []}", "env.yaml: capabilities.remove: unknown field")

@@ -33,11 +33,13 @@ import Testing
         }
 
         func apply(_ name: String = "env", replicas: Int = 1, timeout: Duration? = nil, maxTasks: Int? = nil,
-                   maxQueue: Int = 1000, ttl: Duration = .seconds(300)) async throws {
-            let config = PoolConfig(name: name, identity: "id-\(name)-\(replicas)-\(maxTasks ?? 0)", image: "fake:1",
+                   maxQueue: Int = 1000, ttl: Duration = .seconds(300),
+                   scaling: (inout PoolConfig) -> Void = { _ in }) async throws {
+            var config = PoolConfig(name: name, identity: "id-\(name)-\(replicas)-\(maxTasks ?? 0)", image: "fake:1",
                                     env: [:], limits: CgroupLimits(), replicaCount: replicas, ttl: ttl, secrets: [],
                                     network: .none, seccomp: nil, capabilities: .empty, timeout: timeout,
                                     maxTasksPerReplica: maxTasks, maxQueue: maxQueue)
+            scaling(&config)
             _ = try await pool.apply(config, spec: Data("{}".utf8), persist: false)
         }
 
@@ -241,6 +243,84 @@ import Testing
         // The next task starts a new one.
         let s = try await h.run("echo")
         #expect(s.coldStart == true && h.launcher.builds == 2)
+        await h.close()
+    }
+
+    // MARK: scaling between min and max
+
+    @Test func aBurstScalesUpToMaxThenIdleReplicasGoDownToMin() async throws {
+        let h = try Harness()
+        try await h.apply(replicas: 4, ttl: .milliseconds(400)) { $0.minReplicas = 1; $0.scaledownTTL = .seconds(3600) }
+        let tasks = try (0..<8).map { _ in try h.submit("sleep", #"{"ms": 300}"#) }
+        var used = Set<String>()
+        for t in tasks {
+            let s = await t.wait()
+            #expect(s.state == .succeeded, "\(String(describing: s.error))")
+            if let r = s.replica { used.insert(r) }
+        }
+        #expect(h.launcher.builds == 4, "8 waiting tasks, max 4: four replicas, no more")
+        #expect(used.count == 4)
+        let up = try await h.pool.status("env").scaling?.lastDecision
+        #expect(up?.direction == .up)
+        // Idle past ttl: down to min, never below while scaledown_ttl has not passed.
+        try await waitUntil { h.launcher.processes.filter(\.tornDown).count == 3 }
+        let status = try await h.pool.status("env")
+        #expect(status.replicas.count == 1)
+        #expect(status.scaling?.min == 1 && status.scaling?.max == 4 && status.scaling?.current == 1)
+        #expect(status.scaling?.lastDecision?.direction == .down)
+        #expect(status.scaling?.lastDecision?.reason.contains("idle for ttl") == true, "\(String(describing: status.scaling))")
+        // The one kept is warm.
+        let next = try await h.run("echo")
+        #expect(next.coldStart == false && h.launcher.builds == 4)
+        await h.close()
+    }
+
+    @Test func minZeroScalesToZeroAndTheNextTaskIsAColdStart() async throws {
+        let h = try Harness()
+        try await h.apply(replicas: 2, ttl: .milliseconds(300)) { $0.minReplicas = 0 }
+        #expect(try await h.run("echo").coldStart == true)
+        try await waitUntil { h.launcher.processes.first?.tornDown == true }
+        #expect(try await h.pool.status("env").replicas.isEmpty)
+        let next = try await h.run("echo")
+        #expect(next.coldStart == true && h.launcher.builds == 2)
+        await h.close()
+    }
+
+    @Test func aFixedCountStaysUntilNothingRunsForScaledownTTL() async throws {
+        let h = try Harness()
+        try await h.apply(replicas: 2, ttl: .milliseconds(100)) { $0.scaledownTTL = .milliseconds(1500) }
+        let a = try h.submit("sleep", #"{"ms": 50}"#), b = try h.submit("sleep", #"{"ms": 50}"#)
+        _ = await a.wait(); _ = await b.wait()
+        #expect(h.launcher.builds == 2)
+        // Well past ttl, before scaledown_ttl: min (= replica_count) stays.
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(try await h.pool.status("env").replicas.count == 2)
+        try await waitUntil { h.launcher.processes.allSatisfy(\.tornDown) }
+        let status = try await h.pool.status("env")
+        #expect(status.replicas.isEmpty)
+        #expect(status.scaling?.lastDecision?.reason.contains("scaledown_ttl") == true, "\(String(describing: status.scaling))")
+        await h.close()
+    }
+
+    @Test func prewarmStartsMinBeforeAnyTaskAndAgainWhenATaskWakesItFromZero() async throws {
+        let h = try Harness()
+        try await h.apply(replicas: 3, ttl: .milliseconds(100)) {
+            $0.minReplicas = 2; $0.prewarm = true; $0.scaledownTTL = .milliseconds(400)
+        }
+        try await waitUntil { h.launcher.builds == 2 }
+        for _ in 0..<500 where try await h.pool.status("env").replicas.count < 2 {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(try await h.pool.status("env").replicas.count == 2)
+        let first = try await h.run("echo")
+        #expect(first.state == .succeeded && first.coldStart == false, "a prewarmed replica was ready")
+        // Quiet for scaledown_ttl: zero, and prewarm does not start them again by itself.
+        try await waitUntil { h.launcher.processes.allSatisfy(\.tornDown) }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(h.launcher.builds == 2)
+        // A task wakes it: its own replica and min again.
+        #expect(try await h.run("echo").state == .succeeded)
+        try await waitUntil { h.launcher.builds == 4 }
         await h.close()
     }
 }

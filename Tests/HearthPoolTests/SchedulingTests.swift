@@ -6,7 +6,7 @@ import XCTest
 final class SchedulingTests: XCTestCase {
     func testReplicasToStartCoversWaitingTasksUpToReplicaCount() {
         func start(_ queued: Int, starting: Int = 0, running: Int = 0, count: Int = 3, draining: Bool = false) -> Int {
-            Scheduling.replicasToStart(queued: queued, starting: starting, running: running, replicaCount: count,
+            Scheduling.replicasToStart(queued: queued, starting: starting, running: running, maxReplicas: count,
                                        draining: draining)
         }
         XCTAssertEqual(start(0), 0, "nothing waits: nothing starts")
@@ -19,6 +19,46 @@ final class SchedulingTests: XCTestCase {
         XCTAssertEqual(start(3, starting: 1, running: 1), 1, "starting and running together fill replica_count")
         XCTAssertEqual(start(5, draining: true), 0, "a draining environment starts nothing")
         XCTAssertEqual(start(1, starting: 4, running: 0, count: 3), 0, "over the count (a smaller new spec): none, not negative")
+    }
+
+    func testReplicasToStartWithConcurrencyAndAPrewarmFloor() {
+        func start(_ queued: Int, starting: Int = 0, running: Int = 0, max: Int = 8, k: Int = 1, floor: Int = 0) -> Int {
+            Scheduling.replicasToStart(queued: queued, starting: starting, running: running, maxReplicas: max,
+                                       concurrency: k, floor: floor, draining: false)
+        }
+        XCTAssertEqual(start(8, k: 4), 2, "each new replica takes concurrency tasks at once")
+        XCTAssertEqual(start(9, k: 4), 3, "a partial replica's worth still needs a replica")
+        XCTAssertEqual(start(8, starting: 1, k: 4), 1, "a replica being started covers concurrency tasks")
+        XCTAssertEqual(start(100, k: 4, floor: 0), 8, "never beyond max")
+        XCTAssertEqual(start(0, floor: 2), 2, "prewarm starts min with nothing waiting")
+        XCTAssertEqual(start(0, starting: 1, floor: 2), 1)
+        XCTAssertEqual(start(0, running: 2, floor: 2), 0, "min already there")
+        XCTAssertEqual(start(5, running: 1, floor: 2), 5, "the queue's need when larger than the floor's")
+        XCTAssertEqual(start(0, max: 1, floor: 3), 1, "the floor is capped by max too")
+        XCTAssertEqual(Scheduling.replicasToStart(queued: 0, starting: 0, running: 0, maxReplicas: 4, floor: 2, draining: true), 0,
+                       "draining: not even prewarm")
+    }
+
+    func testScaleDownKeepsMinUntilTheEnvironmentIsIdleForScaledownTTL() {
+        let now = ContinuousClock.now
+        func retire(_ idleAgo: [Int], total: Int, min: Int, quietFor: Int? = nil, scaledown: Int = 300)
+            -> (indices: [Int], reason: Scheduling.ScaleDownReason)? {
+            Scheduling.replicasToRetire(idleLastUsed: idleAgo.map { now - .seconds($0) }, total: total, minReplicas: min,
+                                        ttl: .seconds(60), environmentIdleSince: quietFor.map { now - .seconds($0) },
+                                        scaledownTTL: .seconds(scaledown), now: now)
+        }
+        XCTAssertNil(retire([], total: 3, min: 0), "nothing idle: nothing goes")
+        XCTAssertNil(retire([30, 10], total: 2, min: 0), "idle less than ttl")
+        XCTAssertEqual(retire([90, 70, 10], total: 4, min: 1)?.indices, [0, 1], "idle past ttl, above min")
+        XCTAssertEqual(retire([90, 70, 65], total: 3, min: 1)?.indices, [0, 1], "min stays, however long idle")
+        XCTAssertEqual(retire([90, 70, 65], total: 3, min: 1)?.reason, .idleTTL)
+        XCTAssertNil(retire([90, 70], total: 2, min: 2, quietFor: 65), "a fixed count waits for scaledown_ttl")
+        XCTAssertEqual(retire([90, 70], total: 2, min: 2, quietFor: 300)?.indices, [0, 1],
+                       "quiet for scaledown_ttl: all go")
+        XCTAssertEqual(retire([90, 70], total: 2, min: 2, quietFor: 300)?.reason, .scaledownTTL)
+        XCTAssertEqual(retire([90, 70], total: 2, min: 0)?.indices, [0, 1], "min 0: down to zero by ttl alone")
+        XCTAssertEqual(retire([90], total: 3, min: 0, quietFor: nil, scaledown: 1)?.indices, [0],
+                       "tasks still run: scaledown_ttl does not apply, ttl does")
     }
 
     func testStartsWaitOutTheBackoffAfterAFailure() {

@@ -46,6 +46,7 @@ _LAZY = {
     "Secret": "hearth._spec",
     "ImageSpec": "hearth._spec",
     "PodTemplate": "hearth._spec",
+    "ReusePolicy": "hearth._spec",
     "workflow": "hearth._workflow",
     "WorkflowFailurePolicy": "hearth._workflow",
     "LaunchPlan": "hearth._workflow",

@@ -63,7 +63,7 @@ class ActorEnvironment(object):
     before a replica is removed (int or timedelta); ``secret_requests``:
     ``Secret``s (or keys) mounted at ``/etc/secrets``; ``pod_template``;
     ``backlog_length``: tasks that may wait (``max_queue``);
-    ``parallelism``: accepted, 1 (a replica runs one task at a time).
+    ``parallelism``: tasks one replica runs at once (``concurrency``).
 
     Hearth's own, keyword only: ``timeout`` (default per-task limit),
     ``max_tasks_per_replica``, ``max_queue``, ``network`` ("none",
@@ -72,17 +72,56 @@ class ActorEnvironment(object):
     unprivileged host uid; None: the daemon's default),
     ``image_pull_policy`` ("IfNotPresent", the default, "Always" or "Never":
     when hearthd pulls the image from its registry as the environment is
-    applied), ``socket`` (default ``HEARTH_SOCKET``)."""
+    applied), ``socket`` (default ``HEARTH_SOCKET``).
 
-    def __init__(self, name, container_image=None, replica_count=1, ttl_seconds=None, environment=None,
+    Scaling, as Flyte 2's reusable environments: ``replicas`` (a number,
+    or ``(min, max)``: started on demand up to max, idle ones beyond min go
+    after ``ttl_seconds``), ``scaledown_ttl`` (how long an environment with
+    nothing queued or running keeps its min replicas before going to zero;
+    default ``ttl_seconds``), ``concurrency`` (tasks one replica runs at
+    once), ``prewarm`` (start min replicas at apply), or all of them as
+    ``reusable=ReusePolicy(replicas=, idle_ttl=, scaledown_ttl=,
+    concurrency=)``."""
+
+    def __init__(self, name, container_image=None, replica_count=None, ttl_seconds=None, environment=None,
                  requests=None, limits=None, accelerator=None, secret_requests=None, pod_template=None,
                  interruptible=False, parallelism=None, backlog_length=None, *, timeout=None,
                  max_tasks_per_replica=None, max_queue=None, network=None, user_namespace=None,
-                 image_pull_policy=None, socket=None):
+                 image_pull_policy=None, socket=None, replicas=None, scaledown_ttl=None, concurrency=None,
+                 prewarm=None, reusable=None):
         if not isinstance(name, str) or not name:
             raise TypeError("ActorEnvironment: name must be a non-empty string, got %r" % (name,))
-        if isinstance(replica_count, bool) or not isinstance(replica_count, int):
+        if reusable is not None:
+            if not isinstance(reusable, _spec.ReusePolicy):
+                raise TypeError("ActorEnvironment %s: reusable must be a hearth.ReusePolicy, got %r" % (name, reusable))
+            for field, mine, theirs in (("replicas", replicas, reusable.replicas),
+                                        ("ttl_seconds", ttl_seconds, reusable.idle_ttl),
+                                        ("scaledown_ttl", scaledown_ttl, reusable.scaledown_ttl),
+                                        ("concurrency", concurrency, reusable.concurrency)):
+                if mine is not None and theirs is not None:
+                    raise TypeError("ActorEnvironment %s: %s is given both directly and in reusable; give it once"
+                                    % (name, field))
+            replicas = replicas if replicas is not None else reusable.replicas
+            ttl_seconds = ttl_seconds if ttl_seconds is not None else reusable.idle_ttl
+            scaledown_ttl = scaledown_ttl if scaledown_ttl is not None else reusable.scaledown_ttl
+            concurrency = concurrency if concurrency is not None else reusable.concurrency
+        if replica_count is not None and (isinstance(replica_count, bool) or not isinstance(replica_count, int)):
             raise TypeError("ActorEnvironment %s: replica_count must be an int, got %r" % (name, replica_count))
+        self.replicas = None
+        if replicas is not None:
+            low, high = _spec.replica_range(replicas, "ActorEnvironment %s: replicas" % name)
+            if replica_count is not None and replica_count != high:
+                raise TypeError("ActorEnvironment %s: replica_count %d and replicas %r disagree; give replicas "
+                                "(min, max), or replica_count alone" % (name, replica_count, replicas))
+            self.replicas = (low, high)
+            replica_count = high
+        if replica_count is None:
+            replica_count = 1
+        if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
+                                        or concurrency < 1):
+            raise TypeError("ActorEnvironment %s: concurrency must be an int >= 1, got %r" % (name, concurrency))
+        if prewarm is not None and not isinstance(prewarm, bool):
+            raise TypeError("ActorEnvironment %s: prewarm must be True or False, got %r" % (name, prewarm))
         if environment is not None and not isinstance(environment, dict):
             raise TypeError("ActorEnvironment %s: environment must be a dict of strings, got %r" % (name, environment))
         if pod_template is not None and not isinstance(pod_template, _spec.PodTemplate):
@@ -94,9 +133,11 @@ class ActorEnvironment(object):
         if parallelism is not None and (isinstance(parallelism, bool) or not isinstance(parallelism, int)
                                         or parallelism < 1):
             raise TypeError("ActorEnvironment %s: parallelism must be an int >= 1, got %r" % (name, parallelism))
-        if parallelism is not None and parallelism > 1:
-            warnings.warn("ActorEnvironment %s: parallelism=%d is not applied: a Hearth replica runs one task at "
-                          "a time (raise replica_count instead)" % (name, parallelism), stacklevel=2)
+        if parallelism is not None and concurrency is not None and parallelism != concurrency:
+            raise TypeError("ActorEnvironment %s: parallelism %d and concurrency %d disagree; give one"
+                            % (name, parallelism, concurrency))
+        if concurrency is None and parallelism is not None:
+            concurrency = parallelism
         if backlog_length is not None:
             if isinstance(backlog_length, bool) or not isinstance(backlog_length, int) or backlog_length < 1:
                 raise TypeError("ActorEnvironment %s: backlog_length must be an int >= 1, got %r"
@@ -125,6 +166,9 @@ class ActorEnvironment(object):
         if image_pull_policy is not None:
             _spec._pull_policy(image_pull_policy, "ActorEnvironment %s: image_pull_policy" % name)
         self.image_pull_policy = image_pull_policy
+        self.scaledown_ttl = scaledown_ttl
+        self.concurrency = concurrency
+        self.prewarm = prewarm
         self.socket = socket
         self._applied = {}  # socket path -> identity the daemon gave this process's spec
         self._lock = threading.Lock()
@@ -139,7 +183,18 @@ class ActorEnvironment(object):
         where = "ActorEnvironment %s" % self.name
         env = _spec.image_env(self.container_image)
         env.update({str(k): str(v) for k, v in self.environment.items()})
-        spec = {"name": self.name, "replica_count": self.replica_count}
+        spec = {"name": self.name}
+        if self.replicas is not None and self.replicas[0] != self.replicas[1]:
+            spec["replicas"] = {"min": self.replicas[0], "max": self.replicas[1]}
+        else:
+            spec["replica_count"] = self.replica_count
+        scaledown = _spec.whole_seconds(self.scaledown_ttl, "%s: scaledown_ttl" % where)
+        if scaledown is not None:
+            spec["scaledown_ttl"] = scaledown
+        if self.concurrency is not None:
+            spec["concurrency"] = self.concurrency
+        if self.prewarm is not None:
+            spec["prewarm"] = self.prewarm
         if self.container_image is not None:
             spec["container_image"] = _spec.image_name(self.container_image)
         packages = _spec.image_packages(self.container_image)

@@ -402,3 +402,54 @@ def seconds(value, field):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError("%s: expected seconds (a number) or a datetime.timedelta, got %r" % (field, value))
     return value
+
+
+class ReusePolicy(object):
+    """Flyte 2's ``ReusePolicy``, as ``ActorEnvironment(reusable=...)``.
+
+    ``replicas``: a number (fixed) or ``(min, max)``: the environment scales
+    between them on demand; ``idle_ttl``: seconds (or a timedelta) a replica
+    may sit idle before it goes while more than ``min`` remain (Hearth's
+    ``ttl_seconds``); ``scaledown_ttl``: how long an environment with nothing
+    queued or running keeps its ``min`` replicas before going to zero;
+    ``concurrency``: tasks one replica runs at once."""
+
+    def __init__(self, replicas=None, idle_ttl=None, scaledown_ttl=None, concurrency=None):
+        self.replicas = replicas
+        self.idle_ttl = idle_ttl
+        self.scaledown_ttl = scaledown_ttl
+        self.concurrency = concurrency
+
+    def __repr__(self):
+        return "ReusePolicy(replicas=%r, idle_ttl=%r, scaledown_ttl=%r, concurrency=%r)" % (
+            self.replicas, self.idle_ttl, self.scaledown_ttl, self.concurrency)
+
+
+def replica_range(value, field):
+    """``N``, ``(min, max)``, ``[min, max]`` or ``{"min": M, "max": N}`` as
+    ``(min, max)``; the daemon checks the ranges."""
+    def whole(v, what):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError("%s: %s must be an int, got %r" % (field, what, v))
+        return v
+
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"min", "max"})
+        if unknown:
+            raise TypeError("%s: unknown key %r; expected min and max" % (field, unknown[0]))
+        if "max" not in value:
+            raise TypeError("%s: needs a max (the most replicas at once)" % field)
+        return whole(value.get("min", 0), "min"), whole(value["max"], "max")
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise TypeError("%s: expected (min, max), got %r" % (field, value))
+        return whole(value[0], "min"), whole(value[1], "max")
+    n = whole(value, "the replica count")
+    return n, n
+
+
+def whole_seconds(value, field):
+    s = seconds(value, field)
+    if s is not None and s != int(s):
+        raise ValueError("%s must be whole seconds, got %r" % (field, s))
+    return None if s is None else int(s)

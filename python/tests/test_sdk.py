@@ -178,6 +178,38 @@ def test_environment_spec_translation():
     }
 
 
+def test_scaling_fields_and_flyte2_reuse_policy():
+    env = ActorEnvironment(name="s", replicas=(1, 4), scaledown_ttl=datetime.timedelta(minutes=10), concurrency=8,
+                           prewarm=True)
+    assert env.spec() == {"name": "s", "replicas": {"min": 1, "max": 4}, "scaledown_ttl": 600, "concurrency": 8,
+                          "prewarm": True}
+    assert env.replica_count == 4
+    # Flyte 2's spelling: idle_ttl is the per-replica ttl.
+    flyte2 = ActorEnvironment(name="s", reusable=hearth.ReusePolicy(replicas=(0, 3), idle_ttl=30, scaledown_ttl=120,
+                                                                    concurrency=2))
+    assert flyte2.spec() == {"name": "s", "replicas": {"min": 0, "max": 3}, "ttl_seconds": 30, "scaledown_ttl": 120,
+                             "concurrency": 2}
+    # A fixed number stays replica_count; union's parallelism is concurrency.
+    assert ActorEnvironment(name="s", replicas=3).spec() == {"name": "s", "replica_count": 3}
+    assert ActorEnvironment(name="s", parallelism=4).spec()["concurrency"] == 4
+    assert ActorEnvironment(name="s", replicas={"min": 2, "max": 5}).spec()["replicas"] == {"min": 2, "max": 5}
+    for kwargs, message in [
+        (dict(replica_count=2, replicas=(0, 4)), "replica_count 2 and replicas (0, 4) disagree"),
+        (dict(replicas=(1, 2, 3)), "replicas: expected (min, max)"),
+        (dict(replicas=("1", 2)), "replicas: min must be an int"),
+        (dict(replicas={"min": 1}), "replicas: needs a max"),
+        (dict(concurrency=0), "concurrency must be an int >= 1"),
+        (dict(prewarm="yes"), "prewarm must be True or False"),
+        (dict(parallelism=2, concurrency=3), "parallelism 2 and concurrency 3 disagree"),
+        (dict(concurrency=2, reusable=hearth.ReusePolicy(concurrency=2)), "concurrency is given both directly and in reusable"),
+        (dict(reusable={"replicas": 2}), "reusable must be a hearth.ReusePolicy"),
+    ]:
+        with pytest.raises(TypeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            ActorEnvironment(name="s", **kwargs)
+    with pytest.raises(ValueError, match="scaledown_ttl must be whole seconds"):
+        ActorEnvironment(name="s", scaledown_ttl=1.5).spec()
+
+
 def test_image_spec_that_needs_nothing_is_its_base():
     assert _spec.ImageSpec(packages=["union", "flytekit>=1.10"]) == "hearth/python:3.11"
     assert _spec.ImageSpec(base_image="img:1", env={"A": "1"}) == "img:1"
