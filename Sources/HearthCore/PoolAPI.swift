@@ -120,6 +120,8 @@ public struct ReplicaStatus: Codable, Sendable {
     public var idleSeconds: Double
     public var ttlLeftSeconds: Double?
     public var python: String?
+    /// Tasks running in it now, when it runs several at once (`concurrency`).
+    public var running: Int?
 
     public init(name: String, state: String, pid: Int32?, tasksRun: Int, idleSeconds: Double,
                 ttlLeftSeconds: Double?, python: String?) {

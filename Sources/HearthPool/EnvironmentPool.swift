@@ -81,7 +81,8 @@ actor EnvironmentPool {
         struct State {
             var queue: [TaskRecord] = []
             var head = 0
-            /// Most recently used last.
+            /// Replicas with a free slot (idle, or running fewer tasks than
+            /// their concurrency); most recently used last.
             var idle: [WarmReplica] = []
             var draining = false
             /// Scaled to zero after `scaledown_ttl`: prewarm's floor waits
@@ -104,14 +105,44 @@ actor EnvironmentPool {
                 return t
             }
 
-            /// The most recently used idle replica that can take `task`;
-            /// replicas found closed or exited are dropped (the actor
-            /// removes them when it learns of the exit).
-            mutating func claimIdle(for task: TaskRecord) -> WarmReplica? {
-                while let r = idle.popLast() {
-                    if r.claim(task) { return r }
+            /// The most recently used replica with a free slot that can take
+            /// `task`; one left full stays out of the list until a task of
+            /// its ends, and replicas found closed, exited or at
+            /// `max_tasks_per_replica` are dropped (the actor removes or
+            /// retires them).
+            mutating func claimIdle(for task: TaskRecord, maxTasks: Int?) -> WarmReplica? {
+                while let r = idle.last {
+                    switch r.claim(task, maxTasks: maxTasks) {
+                    case .claimed(let full):
+                        if full { idle.removeLast() }
+                        return r
+                    case .refused:
+                        idle.removeLast()
+                    }
                 }
                 return nil
+            }
+
+            /// Back among the replicas with a free slot (once).
+            mutating func offer(_ r: WarmReplica) {
+                if !idle.contains(where: { $0 === r }) { idle.append(r) }
+            }
+
+            /// `r` takes queued tasks while it has free slots; offered when
+            /// a slot is left.
+            mutating func fill(_ r: WarmReplica, maxTasks: Int?) -> [TaskRecord] {
+                var out: [TaskRecord] = []
+                while queued > 0 {
+                    switch r.claim(queue[head], maxTasks: maxTasks) {
+                    case .claimed(let full):
+                        if let t = popTask() { out.append(t) }
+                        if full { return out }
+                    case .refused:
+                        return out
+                    }
+                }
+                offer(r)
+                return out
             }
         }
         let state = Mutex(State())
@@ -152,7 +183,7 @@ actor EnvironmentPool {
             }
             var i = 0
             if s.queued == 0 {
-                while i < tasks.count, let r = s.claimIdle(for: tasks[i]) {
+                while i < tasks.count, let r = s.claimIdle(for: tasks[i], maxTasks: config.maxTasksPerReplica) {
                     direct.append((tasks[i], r))
                     i += 1
                 }
@@ -160,7 +191,7 @@ actor EnvironmentPool {
             let rest = tasks.count - i
             if let refusal = Scheduling.queueRefusal(environment: config.name, queued: s.queued, adding: rest,
                                                      maxQueue: config.maxQueue) {
-                for (_, r) in direct { r.unclaim(); s.idle.append(r) }
+                for (t, r) in direct { r.unclaim(t); s.offer(r) }
                 direct = []
                 throw refusal
             }
@@ -187,8 +218,13 @@ actor EnvironmentPool {
             return true
         }
         for r in replicas.values where r.requestCancel(of: task) {
-            // hearth-init forwards SIGINT to the worker: KeyboardInterrupt in the task.
-            r.running.signal(SIGINT)
+            if r.concurrency > 1 {
+                // Beside other tasks: the worker cancels this one alone.
+                r.sendCancel(task)
+            } else {
+                // hearth-init forwards SIGINT to the worker: KeyboardInterrupt in the task.
+                r.running.signal(SIGINT)
+            }
             let grace = Duration.seconds(5)
             Task { [weak self] in
                 try? await Task.sleep(for: grace)
@@ -212,7 +248,7 @@ actor EnvironmentPool {
             var pairs: [(TaskRecord, WarmReplica)] = []
             while s.queued > 0, !s.idle.isEmpty {
                 let t = s.queue[s.head]
-                guard let r = s.claimIdle(for: t) else { break }
+                guard let r = s.claimIdle(for: t, maxTasks: config.maxTasksPerReplica) else { break }
                 _ = s.popTask()
                 pairs.append((t, r))
             }
@@ -288,16 +324,10 @@ actor EnvironmentPool {
         let adopted = r.adoptMicros
         if adopted == nil { PoolMetrics.coldStart.record(duration: ContinuousClock.now - r.started) }
         watchExit(r)
-        let (draining, first): (Bool, TaskRecord?) = dispatcher.state.withLock { s in
-            if s.draining { return (true, nil) }
-            guard s.queued > 0 else {
-                s.idle.append(r)
-                return (false, nil)
-            }
-            let t = s.queue[s.head]
-            guard r.claim(t) else { return (false, nil) }
-            _ = s.popTask()
-            return (false, t)
+        // The tasks that waited for it: as many as its concurrency takes.
+        let (draining, first): (Bool, [TaskRecord]) = dispatcher.state.withLock { s in
+            if s.draining { return (true, []) }
+            return (false, s.fill(r, maxTasks: config.maxTasksPerReplica))
         }
         if draining {
             remove(r)
@@ -308,7 +338,7 @@ actor EnvironmentPool {
         } else {
             ctx.logger.info("environment \(config.name): replica \(r.name) ready (\(Int((ContinuousClock.now - r.started).milliseconds)) ms)")
         }
-        if let first { dispatch(first, on: r, cold: true) }
+        for t in first { dispatch(t, on: r, cold: true) }
         pump()
     }
 
@@ -392,20 +422,28 @@ actor EnvironmentPool {
 
     /// Sends a task to a replica claimed for it. Any thread.
     private nonisolated func dispatch(_ task: TaskRecord, on r: WarmReplica, cold: Bool) {
-        var task = task
-        while !task.markRunning(replica: r.name, pid: r.workerPid, cold: cold,
-                                coldPhases: cold ? Self.coldPhases(r) : nil) {
-            // Cancelled meanwhile: the replica takes the next task, or goes idle.
-            r.unclaim()
-            guard let next = nextTask(for: r) else { return }
-            task = next
+        guard task.markRunning(replica: r.name, pid: r.workerPid, cold: cold,
+                               coldPhases: cold ? Self.coldPhases(r) : nil) else {
+            // Cancelled meanwhile: the slot takes the next task, or is free.
+            r.unclaim(task)
+            for next in nextTasks(for: r) { dispatch(next, on: r, cold: false) }
+            return
         }
         let bundlePath = task.bundle.map { "/.hearth/code/" + $0 }
         if let timeout = task.timeout ?? config.timeout {
             // A timer on the event loop, cancelled when the task ends (a
             // sleeping Task per task outlived every task that finished in time).
-            r.setDeadline(ctx.resultLoop.scheduleTask(in: .nanoseconds(timeout.nanoseconds)) { [task] in
-                if task.currentState == .running, r.markTimedOut(task) {
+            let loop = ctx.resultLoop
+            r.setDeadline(loop.scheduleTask(in: .nanoseconds(timeout.nanoseconds)) { [task] in
+                guard task.currentState == .running, r.markTimedOut(task) else { return }
+                if r.concurrency > 1 {
+                    // Beside other tasks: cancelled alone; killed (with
+                    // them) only if it ignores that for the grace period.
+                    r.sendCancel(task)
+                    loop.scheduleTask(in: .seconds(5)) {
+                        if task.currentState == .running { Blocking.queue.async { r.running.killAll() } }
+                    }
+                } else {
                     // cgroup writes and kill(2)s: off the event loop.
                     Blocking.queue.async { r.running.killAll() }
                 }
@@ -431,31 +469,27 @@ actor EnvironmentPool {
                 task.finish(.failed, error: TaskError(type: "BundleUnavailable",
                     message: "task \(task.id): code bundle \(sha) could not be made visible to replica \(r.name): \(HearthError.wrap(error).message)"))
                 ctx.tasks.retire(task)
-                r.finishTask()
-                if let next = nextTask(for: r) { dispatch(next, on: r, cold: false) }
+                r.finishTask(task)
+                for next in nextTasks(for: r) { dispatch(next, on: r, cold: false) }
             }
         }
     }
 
-    /// The replica, just freed, takes the next queued task (returned, and
-    /// the replica claimed for it) or goes idle (nil). When it may not take
-    /// more, the actor retires it.
-    private nonisolated func nextTask(for r: WarmReplica) -> TaskRecord? {
+    /// A slot of the replica just came free: it takes queued tasks
+    /// (returned, claimed for it) or waits among the replicas with a free
+    /// slot. When it may not take more, the actor retires it once its last
+    /// task has ended.
+    private nonisolated func nextTasks(for r: WarmReplica) -> [TaskRecord] {
         let used = r.tasksRun
-        let (next, retire): (TaskRecord?, Bool) = dispatcher.state.withLock { s in
+        let (next, retire): ([TaskRecord], Bool) = dispatcher.state.withLock { s in
             let exited = !r.usable
             switch Scheduling.afterTask(tasksRun: used, maxTasksPerReplica: config.maxTasksPerReplica,
                                         draining: s.draining, exited: exited, queued: s.queued) {
             case .retire:
-                return (nil, true)
-            case .takeNext:
-                let t = s.queue[s.head]
-                guard r.claim(t) else { return (nil, true) }
-                _ = s.popTask()
-                return (t, false)
-            case .idle:
-                s.idle.append(r)
-                return (nil, false)
+                s.idle.removeAll { $0 === r }
+                return ([], r.inFlight == 0)
+            case .takeNext, .idle:
+                return (s.fill(r, maxTasks: config.maxTasksPerReplica), false)
             }
         }
         if retire { Task { await self.retireReplica(r) } }
@@ -483,10 +517,17 @@ actor EnvironmentPool {
             // Warm dispatch: run frame out → result frame in, on a ready replica.
             PoolMetrics.warmDispatch.record(duration: ContinuousClock.now - started)
         }
-        let cancelled = r.cancelRequested
+        let (cancelled, timedOut) = r.marks(of: task)
+        // A task stopped by a `cancel` frame (concurrency > 1) answers with
+        // the exception that stopped it.
+        let interrupted = msg.error?.type == "KeyboardInterrupt" || msg.error?.type == "CancelledError"
         if msg.ok == true {
             task.finish(.succeeded, result: msg.value ?? Array("null".utf8), workerMicros: msg.duration_us, resultBytes: msg.frameBytes)
-        } else if cancelled && msg.error?.type == "KeyboardInterrupt" {
+        } else if timedOut && interrupted {
+            let t = task.timeout ?? config.timeout ?? .zero
+            task.finish(.failed, error: TaskError(type: "Timeout", message: "task \(task.id) did not finish within \(t.seconds) s; it was cancelled (the replica's other tasks go on)"),
+                        workerMicros: msg.duration_us)
+        } else if cancelled && interrupted {
             task.finish(.cancelled, error: TaskError(type: "Cancelled", message: "task \(task.id) was cancelled while running"),
                         workerMicros: msg.duration_us)
         } else {
@@ -494,20 +535,20 @@ actor EnvironmentPool {
                         workerMicros: msg.duration_us, resultBytes: msg.frameBytes)
         }
         ctx.tasks.retire(task)
-        r.finishTask()
-        if let next = nextTask(for: r) { dispatch(next, on: r, cold: false) }
+        r.finishTask(task)
+        for next in nextTasks(for: r) { dispatch(next, on: r, cold: false) }
     }
 
     /// The worker died or broke the protocol mid-task.
     private func lost(_ task: TaskRecord, on r: WarmReplica, _ error: ChannelError) async {
-        r.cancelDeadline()
+        r.cancelDeadline(of: task)
         let reason = error
         let status: ExitStatus
         if case .protocolViolation = reason {
             r.running.killAll()
         }
         status = await r.running.wait()
-        let held = r.releaseHeld()
+        let held = r.releaseHeld(task)
         let (timedOut, cancelled) = (held?.timedOut ?? false, held?.cancelRequested ?? false)
         let taskError: TaskError
         if let eviction = r.running.eviction {
@@ -547,10 +588,11 @@ actor EnvironmentPool {
         let now = ContinuousClock.now
         let total = replicas.count
         let lastUsed = replicas.values.map(\.lastUsed).max()
-        let busy = starting > 0
+        let busy = starting > 0 || replicas.values.contains { $0.inFlight > 0 }
         let decision: ([WarmReplica], Scheduling.ScaleDownReason)? = dispatcher.state.withLock { s in
-            // Least recently used first (the list keeps the most recent last).
-            let idle = s.idle
+            // Least recently used first (the list keeps the most recent
+            // last); only replicas running nothing.
+            let idle = s.idle.filter { $0.inFlight == 0 }
             let quiet = !busy && s.queued == 0 && idle.count == total
             guard let (indices, reason) = Scheduling.replicasToRetire(
                 idleLastUsed: idle.map(\.lastUsed), total: total, minReplicas: config.minReplicas, ttl: config.ttl,
@@ -590,7 +632,9 @@ actor EnvironmentPool {
             s.draining = true
             var out: [TaskRecord] = []
             while let t = s.popTask() { out.append(t) }
-            let idle = s.idle
+            // Replicas running nothing go now; the others retire as their
+            // last task ends (nextTasks sees the drain).
+            let idle = s.idle.filter { $0.inFlight == 0 }
             s.idle = []
             return (out, idle)
         }

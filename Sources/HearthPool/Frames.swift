@@ -125,7 +125,8 @@ struct ControlMessage: Encodable {
     var id: String?
 }
 
-/// Worker → daemon: `ready`, `result`, `pong`, `error`.
+/// Worker → daemon: `ready`, `adopted`, `result`, `log` (a task's output
+/// when the replica runs several at once), `pong`, `error`.
 struct WorkerMessage: Sendable {
     var type: String
     var id: String?
@@ -137,6 +138,9 @@ struct WorkerMessage: Sendable {
     var error: TaskError?
     var message: String?
     var duration_us: Int64?
+    /// A `log` frame's stream (`stdout` or `stderr`) and text.
+    var stream: String?
+    var data: String?
     /// The frame's size: what a result costs the result budget.
     var frameBytes = 0
 
@@ -155,5 +159,7 @@ struct WorkerMessage: Sendable {
         error = o["error"].flatMap { TaskError(json: $0) }
         message = o["message"]?.stringValue
         if case .int(let d)? = o["duration_us"] { duration_us = d }
+        stream = o["stream"]?.stringValue
+        data = o["data"]?.stringValue
     }
 }

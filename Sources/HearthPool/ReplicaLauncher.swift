@@ -60,6 +60,8 @@ struct ReplicaLauncher: ReplicaLaunching {
         env["HEARTH_ENVIRONMENT"] = config.name
         env["HEARTH_IMAGE"] = config.image
         if !config.packages.isEmpty { env["HEARTH_REQUIRE_PACKAGES"] = config.packages.joined(separator: " ") }
+        // The worker switches to running several tasks at once after `adopted`.
+        if config.concurrency > 1 { env["HEARTH_CONCURRENCY"] = "\(config.concurrency)" }
         // An idle worker answers at once; one that does not is killed, and
         // the closed channel ends the wait below.
         let watchdog = Task {
@@ -80,6 +82,7 @@ struct ReplicaLauncher: ReplicaLaunching {
         }
         let took = (ContinuousClock.now - t0).microseconds
         r.recordAdoption(micros: took)
+        r.setConcurrency(config.concurrency)
         return r
     }
 
@@ -105,6 +108,7 @@ struct ReplicaLauncher: ReplicaLaunching {
                 spec.env.append("HEARTH_REPLICA=\(name)")
                 spec.env.append("HEARTH_MAX_FRAME=\(maxFrame)")
                 spec.env.append("HEARTH_IMAGE=\(config.image)")
+                if config.concurrency > 1 { spec.env.append("HEARTH_CONCURRENCY=\(config.concurrency)") }
                 if !config.packages.isEmpty {
                     // Validated requirement strings: no spaces, so a space list needs no quoting.
                     spec.env.append("HEARTH_REQUIRE_PACKAGES=\(config.packages.joined(separator: " "))")
@@ -146,7 +150,8 @@ struct ReplicaLauncher: ReplicaLaunching {
             close(toWorker.read)
             close(fromWorker.write)
             replica = WarmReplica(name: name, running: running, toWorker: toWorker.write,
-                                  fromWorker: fromWorker.read, maxFrame: maxFrame, codeView: codeView)
+                                  fromWorker: fromWorker.read, maxFrame: maxFrame, codeView: codeView,
+                                  concurrency: config.concurrency)
         } catch {
             for fd in [toWorker.read, toWorker.write, fromWorker.read, fromWorker.write] { close(fd) }
             throw error

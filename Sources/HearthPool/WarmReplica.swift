@@ -22,7 +22,8 @@ enum ChannelError: Error, CustomStringConvertible {
 }
 
 /// A replica running the Hearth worker: one long-lived interpreter, fed
-/// tasks one at a time over fd 3 and answering on fd 4.
+/// tasks over fd 3 (one at a time, or up to `concurrency` at once) and
+/// answering on fd 4.
 ///
 /// The warm path has no thread hop of its own: the run frame is written by
 /// whoever dispatches (an HTTP handler, or the reader right after the
@@ -49,8 +50,7 @@ final class WarmReplica: Sendable {
     }
 
     /// The replica's one state machine. The worker answers only what the
-    /// daemon asked, one thing at a time, so each phase says what (if
-    /// anything) the worker owes.
+    /// daemon asked, so each phase says what (if anything) the worker owes.
     enum Phase {
         /// Started; the worker owes its one `ready` (a waiter once someone waits).
         case starting(Waiter?)
@@ -58,26 +58,28 @@ final class WarmReplica: Sendable {
         case idle
         /// A spare being adopted: the worker owes `adopted`.
         case adopting(Waiter)
-        /// Holding a task: claimed, then sent (the worker owes its result).
-        case busy(Held)
+        /// Holding tasks (never empty; at most `concurrency`): each claimed,
+        /// then sent (the worker owes its result, and `log` frames before it).
+        case busy([Held])
         /// The channel closed (the worker exited, was killed, broke the
         /// protocol, or the replica was torn down); nothing more comes from
-        /// it. The task it held stays until the pool has settled it.
-        case closed(ChannelError, Held?)
+        /// it. The tasks it held stay until the pool has settled them.
+        case closed(ChannelError, [Held])
 
         /// For status: starting, ready or busy.
         var name: String {
             switch self {
             case .starting: return "starting"
-            case .idle, .adopting, .closed(_, nil): return "ready"
-            case .busy, .closed(_, _?): return "busy"
+            case .idle, .adopting: return "ready"
+            case .busy: return "busy"
+            case .closed(_, let h): return h.isEmpty ? "ready" : "busy"
             }
         }
 
-        var held: Held? {
+        var held: [Held] {
             switch self {
-            case .busy(let h), .closed(_, let h?): return h
-            default: return nil
+            case .busy(let h), .closed(_, let h): return h
+            default: return []
             }
         }
 
@@ -85,7 +87,7 @@ final class WarmReplica: Sendable {
         var expectsFrame: Bool {
             switch self {
             case .starting, .adopting: return true
-            case .busy(let h): return h.onResult != nil
+            case .busy(let h): return h.contains { $0.onResult != nil }
             case .idle, .closed: return false
             }
         }
@@ -129,6 +131,8 @@ final class WarmReplica: Sendable {
 
     struct State {
         var phase: Phase = .starting(nil)
+        /// Tasks the worker runs at once (the environment's `concurrency`).
+        var capacity = 1
         /// The worker's `ready` frame (its pid and Python), once it came.
         var ready: WorkerMessage?
         var tasksRun = 0
@@ -148,31 +152,54 @@ final class WarmReplica: Sendable {
             return nil
         }
 
-        /// Updates the held task's record, if `task` is the one held.
+        /// Updates `task`'s record, if it is held.
         mutating func updateHeld(_ task: TaskRecord, _ change: (inout Held) -> Void) -> Bool {
             switch phase {
-            case .busy(var h) where h.task === task:
-                change(&h)
-                phase = .busy(h)
+            case .busy(var list):
+                guard let i = list.firstIndex(where: { $0.task === task }) else { return false }
+                change(&list[i])
+                phase = .busy(list)
                 return true
-            case .closed(let reason, var h?) where h.task === task:
-                change(&h)
-                phase = .closed(reason, h)
+            case .closed(let reason, var list):
+                guard let i = list.firstIndex(where: { $0.task === task }) else { return false }
+                change(&list[i])
+                phase = .closed(reason, list)
                 return true
             default:
                 return false
             }
         }
+
+        /// Lets go of `task` (it ended, or was never sent): its record.
+        mutating func dropHeld(_ task: TaskRecord) -> Held? {
+            switch phase {
+            case .busy(var list):
+                guard let i = list.firstIndex(where: { $0.task === task }) else { return nil }
+                let h = list.remove(at: i)
+                phase = list.isEmpty ? .idle : .busy(list)
+                return h
+            case .closed(let reason, var list):
+                guard let i = list.firstIndex(where: { $0.task === task }) else { return nil }
+                let h = list.remove(at: i)
+                phase = .closed(reason, list)
+                return h
+            default:
+                return nil
+            }
+        }
     }
     private let state: Mutex<State>
 
-    init(name: String, running: any ReplicaProcess, toWorker: Int32, fromWorker: Int32, maxFrame: Int, codeView: String) {
+    init(name: String, running: any ReplicaProcess, toWorker: Int32, fromWorker: Int32, maxFrame: Int, codeView: String,
+         concurrency: Int = 1) {
         self.name = name
         self.codeView = codeView
         self.running = running
         self.toWorker = toWorker
         self.fromWorker = fromWorker
-        state = Mutex(State(reader: FrameReader(maxBytes: maxFrame)))
+        var st = State(reader: FrameReader(maxBytes: maxFrame))
+        st.capacity = max(1, concurrency)
+        state = Mutex(st)
     }
 
     // MARK: what the pool reads and records
@@ -182,6 +209,11 @@ final class WarmReplica: Sendable {
     var lastUsed: ContinuousClock.Instant { state.withLock { $0.lastUsed } }
     var adoptMicros: Int64? { state.withLock { $0.adoptMicros } }
     func recordAdoption(micros: Int64) { state.withLock { $0.adoptMicros = micros } }
+    /// Tasks it runs at once; an adopted spare takes its environment's.
+    var concurrency: Int { state.withLock { $0.capacity } }
+    func setConcurrency(_ k: Int) { state.withLock { $0.capacity = max(1, k) } }
+    /// Tasks held now (claimed or running).
+    var inFlight: Int { state.withLock { $0.phase.held.count } }
 
     /// Marks `task` (if held) as cancelled by request; false when not held.
     func requestCancel(of task: TaskRecord) -> Bool {
@@ -193,14 +225,18 @@ final class WarmReplica: Sendable {
         state.withLock { $0.updateHeld(task) { $0.timedOut = true } }
     }
 
-    /// Whether the held task was cancelled by request (for its result).
-    var cancelRequested: Bool { state.withLock { $0.phase.held?.cancelRequested ?? false } }
+    /// `task`'s marks (cancelled by request, timed out), while it is held.
+    func marks(of task: TaskRecord) -> (cancelled: Bool, timedOut: Bool) {
+        state.withLock { s in
+            guard let h = s.phase.held.first(where: { $0.task === task }) else { return (false, false) }
+            return (h.cancelRequested, h.timedOut)
+        }
+    }
 
-    /// The held task ended some other way (its replica was lost): its timer goes.
-    func cancelDeadline() {
+    /// `task` ended some other way (its replica was lost): its timer goes.
+    func cancelDeadline(of task: TaskRecord) {
         var timer: Scheduled<Void>?
         state.withLock { s in
-            guard let task = s.phase.held?.task else { return }
             _ = s.updateHeld(task) { h in
                 timer = h.deadline
                 h.deadline = nil
@@ -209,24 +245,23 @@ final class WarmReplica: Sendable {
         timer?.cancel()
     }
 
-    /// The pool settled the task a closed replica held: returns its record
+    /// The pool settled a task a closed replica held: returns its record
     /// (was it timed out, cancelled?) and cancels its timer.
-    func releaseHeld() -> Held? {
+    func releaseHeld(_ task: TaskRecord) -> Held? {
         let h: Held? = state.withLock { s in
-            guard case .closed(let reason, let h?) = s.phase else { return nil }
-            s.phase = .closed(reason, nil)
-            return h
+            guard case .closed = s.phase else { return nil }
+            return s.dropHeld(task)
         }
         h?.deadline?.cancel()
         return h
     }
 
     /// The process exited (the pool, under its dispatcher lock): true when
-    /// a task is still held (its own path settles it).
+    /// tasks are still held (their own paths settle them).
     func markExited() -> Bool {
         state.withLock { s in
             s.exited = true
-            return s.phase.held != nil
+            return !s.phase.held.isEmpty
         }
     }
 
@@ -244,11 +279,13 @@ final class WarmReplica: Sendable {
     /// For `GET /v1/environments/NAME`.
     func status(now: ContinuousClock.Instant, ttl: Duration) -> ReplicaStatus {
         state.withLock { s in
-            let holding = s.phase.held != nil
+            let holding = !s.phase.held.isEmpty
             let idleFor = holding ? 0 : (now - s.lastUsed).seconds
-            return ReplicaStatus(name: name, state: s.phase.name, pid: s.ready?.pid, tasksRun: s.tasksRun,
-                                 idleSeconds: idleFor, ttlLeftSeconds: holding ? nil : max(0, ttl.seconds - idleFor),
-                                 python: s.ready?.python)
+            var st = ReplicaStatus(name: name, state: s.phase.name, pid: s.ready?.pid, tasksRun: s.tasksRun,
+                                   idleSeconds: idleFor, ttlLeftSeconds: holding ? nil : max(0, ttl.seconds - idleFor),
+                                   python: s.ready?.python)
+            if s.capacity > 1 { st.running = s.phase.held.count }
+            return st
         }
     }
 
@@ -263,8 +300,12 @@ final class WarmReplica: Sendable {
             case .stdout(let b): (.stdout, b)
             case .stderr(let b): (.stderr, b)
             }
+            // One task held: its output. Several at once send theirs as
+            // `log` frames; what reaches the pipes then (a subprocess, a
+            // C library) is the replica's.
             let task: TaskRecord? = state.withLock { s in
-                let task = s.phase.held?.task
+                let held = s.phase.held
+                let task = held.count == 1 ? held[0].task : nil
                 if task == nil { s.idleLog.append(stream, bytes) }
                 return task
             }
@@ -377,18 +418,37 @@ final class WarmReplica: Sendable {
         case "result":
             // The task's last output must land before its result.
             running.drainOutput()
-            let (pending, current): (ResultHandler?, String?) = state.withLock { s in
-                guard case .busy(var h) = s.phase else { return (nil, s.phase.held?.task.id) }
-                guard let p = h.onResult, h.task.id == msg.id else { return (nil, h.task.id) }
-                h.onResult = nil
-                s.phase = .busy(h)
-                return (p, h.task.id)
+            let (pending, current): (ResultHandler?, [String]) = state.withLock { s in
+                guard case .busy(var list) = s.phase,
+                      let i = list.firstIndex(where: { $0.task.id == msg.id && $0.onResult != nil }) else {
+                    return (nil, s.phase.held.filter { $0.onResult != nil }.map(\.task.id))
+                }
+                let p = list[i].onResult
+                list[i].onResult = nil
+                s.phase = .busy(list)
+                return (p, [])
             }
             guard let pending else {
-                let running = current.map { "task \($0) is running" } ?? "no task is running"
+                let running = current.isEmpty ? "no task is running"
+                    : current.count == 1 ? "task \(current[0]) is running" : "tasks \(current.joined(separator: ", ")) are running"
                 return "the worker sent a \"result\" frame for task \(msg.id ?? "?"), but \(running); a worker answers each \"run\" with one result for its id"
             }
             pending(.success(msg))
+        case "log":
+            // A running task's output, when the replica runs several at once.
+            let task: TaskRecord? = state.withLock { s in
+                s.phase.held.first { $0.task.id == msg.id && $0.onResult != nil }?.task
+            }
+            guard let task else {
+                return "the worker sent a \"log\" frame for task \(msg.id ?? "?"), which is not running; a worker sends a task's output before its result"
+            }
+            let stream: LogBuffer.Stream
+            switch msg.stream {
+            case "stdout": stream = .stdout
+            case "stderr": stream = .stderr
+            default: return "the worker sent a \"log\" frame with stream \((msg.stream ?? "none").debugDescription); expected stdout or stderr"
+            }
+            task.appendLog(stream, Array((msg.data ?? "").utf8))
         case "error":
             return "the worker reported a channel error: \(msg.message ?? "?")"
         case "pong":
@@ -405,29 +465,30 @@ final class WarmReplica: Sendable {
     /// broke the protocol (it cannot be trusted to resync).
     private func closeChannel(_ reason: ChannelError) {
         // The first reason wins; whoever waits hears it once.
-        let (pending, waiter): (ResultHandler?, Waiter?) = state.withLock { s in
+        let (pending, waiter): ([ResultHandler], Waiter?) = state.withLock { s in
             switch s.phase {
             case .closed:
-                return (nil, nil)
+                return ([], nil)
             case .starting(let w):
-                s.phase = .closed(reason, nil)
-                return (nil, w)
+                s.phase = .closed(reason, [])
+                return ([], w)
             case .adopting(let w):
-                s.phase = .closed(reason, nil)
-                return (nil, w)
+                s.phase = .closed(reason, [])
+                return ([], w)
             case .idle:
-                s.phase = .closed(reason, nil)
-                return (nil, nil)
-            case .busy(var h):
-                let p = h.onResult
-                h.onResult = nil
-                s.phase = .closed(reason, h)
-                return (p, nil)
+                s.phase = .closed(reason, [])
+                return ([], nil)
+            case .busy(var list):
+                let handlers = list.compactMap(\.onResult)
+                for i in list.indices { list[i].onResult = nil }
+                s.phase = .closed(reason, list)
+                return (handlers, nil)
             }
         }
         stopReading()
         if case .protocolViolation = reason { running.killAll() }
-        pending?(.failure(reason))
+        // Every task in flight hears it: one crash ends them all.
+        for p in pending { p(.failure(reason)) }
         waiter?.resume(throwing: reason)
     }
 
@@ -481,33 +542,40 @@ final class WarmReplica: Sendable {
         }
     }
 
-    /// Takes the replica for `task` unless its channel closed or its process
-    /// exited; the pool calls it under its dispatcher lock, so a replica is
-    /// idle, claimed or gone, never two at once.
-    func claim(_ task: TaskRecord) -> Bool {
+    /// The outcome of a claim.
+    enum Claim: Equatable {
+        /// Taken; `full`: no slot is left for another task.
+        case claimed(full: Bool)
+        /// Not taken: closed, exited, at its concurrency, or at
+        /// `maxTasks` (counting the tasks it holds).
+        case refused
+    }
+
+    /// Takes a slot of the replica for `task`; the pool calls it under its
+    /// dispatcher lock, so a slot is free, claimed or gone, never two at once.
+    func claim(_ task: TaskRecord, maxTasks: Int? = nil) -> Claim {
         state.withLock { s in
-            guard case .idle = s.phase, !s.exited else { return false }
-            s.phase = .busy(Held(task: task))
-            return true
+            guard !s.exited else { return .refused }
+            var list: [Held]
+            switch s.phase {
+            case .idle: list = []
+            case .busy(let l): list = l
+            default: return .refused
+            }
+            guard list.count < s.capacity else { return .refused }
+            if let maxTasks, s.tasksRun + list.count >= maxTasks { return .refused }
+            list.append(Held(task: task))
+            s.phase = .busy(list)
+            let atMax = maxTasks.map { s.tasksRun + list.count >= $0 } ?? false
+            return .claimed(full: list.count >= s.capacity || atMax)
         }
     }
 
     /// Gives back a claim that was not used (the task was cancelled meanwhile).
-    func unclaim() {
-        let timer: Scheduled<Void>? = state.withLock { s in
-            switch s.phase {
-            case .busy(let h):
-                s.phase = .idle
-                return h.deadline
-            case .closed(let reason, let h?):
-                // Closed meanwhile: nothing was sent, so no loss to settle.
-                s.phase = .closed(reason, nil)
-                return h.deadline
-            default:
-                return nil
-            }
-        }
-        timer?.cancel()
+    func unclaim(_ task: TaskRecord) {
+        // Closed meanwhile: nothing was sent, so no loss to settle.
+        let h = state.withLock { $0.dropHeld(task) }
+        h?.deadline?.cancel()
     }
 
     /// Arms the held task's timeout (one task at a time); a timer for a
@@ -531,37 +599,30 @@ final class WarmReplica: Sendable {
                                  bundle: task.bundle.map { .init(version: $0, path: bundlePath ?? "") }, env: env)
         let frame = message.frame()
         let refused: ChannelError? = state.withLock { s in
-            switch s.phase {
-            case .closed(let c, _): return c
-            case .busy(var h) where h.task === task:
-                h.onResult = done
-                s.phase = .busy(h)
-                return nil
-            default:
-                return .protocolViolation("replica \(name) is \(s.phase.name) without task \(task.id) claimed: it was not sent")
-            }
+            if case .closed(let c, _) = s.phase { return c }
+            let held = s.updateHeld(task) { $0.onResult = done }
+            return held ? nil : .protocolViolation("replica \(name) is \(s.phase.name) without task \(task.id) claimed: it was not sent")
         }
         if let refused { done(.failure(refused)); return }
         writeFrame(frame)
     }
 
-    /// After a task: back to idle.
-    func finishTask() {
-        let timer: Scheduled<Void>? = state.withLock { s in
+    /// Asks the worker to stop `task` (it runs beside others, so no signal
+    /// can single it out): an asyncio task is cancelled, a thread's task
+    /// gets KeyboardInterrupt. Its result still comes, as a failure.
+    func sendCancel(_ task: TaskRecord) {
+        guard let frame = try? Frames.encode(ControlMessage(type: "cancel", id: task.id)) else { return }
+        writeFrame(frame)
+    }
+
+    /// After a task: its slot is free again.
+    func finishTask(_ task: TaskRecord) {
+        let h: Held? = state.withLock { s in
             s.tasksRun += 1
             s.lastUsed = .now
-            switch s.phase {
-            case .busy(let h):
-                s.phase = .idle
-                return h.deadline
-            case .closed(let reason, let h?):
-                s.phase = .closed(reason, nil)
-                return h.deadline
-            default:
-                return nil
-            }
+            return s.dropHeld(task)
         }
-        timer?.cancel()
+        h?.deadline?.cancel()
     }
 
     /// Writes a frame to fd 3 through the channel: at once on the event

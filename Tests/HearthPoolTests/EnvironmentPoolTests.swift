@@ -302,6 +302,23 @@ import Testing
         await h.close()
     }
 
+    @Test func withConcurrencyEachNewReplicaTakesThatManyWaitingTasks() async throws {
+        let h = try Harness()
+        // The fake worker answers one frame at a time; the pool still hands
+        // each replica up to 4 tasks and starts replicas for the rest.
+        try await h.apply(replicas: 8) { $0.minReplicas = 0; $0.concurrency = 4 }
+        let tasks = try (0..<8).map { _ in try h.submit("sleep", #"{"ms": 20}"#) }
+        var used: [String: Int] = [:]
+        for t in tasks {
+            let s = await t.wait()
+            #expect(s.state == .succeeded, "\(String(describing: s.error))")
+            if let r = s.replica { used[r, default: 0] += 1 }
+        }
+        #expect(h.launcher.builds == 2, "8 tasks, 4 per replica: 2 replicas")
+        #expect(used.values.sorted() == [4, 4], "\(used)")
+        await h.close()
+    }
+
     @Test func prewarmStartsMinBeforeAnyTaskAndAgainWhenATaskWakesItFromZero() async throws {
         let h = try Harness()
         try await h.apply(replicas: 3, ttl: .milliseconds(100)) {

@@ -244,7 +244,7 @@ final class FakeLauncher: ReplicaLaunching {
         let process = FakeProcess(name: name, input: toWorker.read, output: fromWorker.write)
         state.withLock { $0.processes.append(process) }
         let r = WarmReplica(name: name, running: process, toWorker: toWorker.write, fromWorker: fromWorker.read,
-                            maxFrame: 1 << 20, codeView: "/nonexistent/\(name)")
+                            maxFrame: 1 << 20, codeView: "/nonexistent/\(name)", concurrency: config.concurrency)
         try await r.attach(loop: loop)
         _ = try await r.waitReady()
         return r

@@ -22,6 +22,7 @@ took; ``python -m hearth run`` prints them.
 import collections
 import functools
 import json
+import sys
 import threading
 import time
 import warnings
@@ -37,6 +38,24 @@ def _client_for(path):
     from hearth._client import client
 
     return client(path)
+
+
+def _async_client_for(path):
+    from hearth._client import async_client
+
+    return async_client(path)
+
+
+def _in_event_loop():
+    """True when called from a coroutine (an asyncio loop runs in this thread)."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return False
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
 
 __all__ = ["ActorEnvironment", "ActorTask", "MappedTask", "map_task", "task", "TaskRun", "runs", "applies"]
 
@@ -326,6 +345,31 @@ class ActorEnvironment(object):
             self._ensure(c)
         raise AssertionError("unreachable")
 
+    async def _apost(self, ac, c, path, body, what):
+        """``_post`` for asyncio code: the same re-apply rule."""
+        for attempt in (0, 1):
+            body["identity"] = self._applied.get(c.path)
+            data = json.dumps(body, separators=(",", ":")).encode()
+            try:
+                return await ac.call("POST", path, data, what=what)
+            except APIError as e:
+                stale = e.code in ("environment_not_found", "spec_changed")
+                if not stale or attempt == 1:
+                    raise
+            with self._lock:
+                self._applied.pop(c.path, None)
+            self._ensure(c)
+        raise AssertionError("unreachable")
+
+
+def _is_coroutine_function(fn):
+    code = getattr(fn, "__code__", None)
+    return code is not None and bool(code.co_flags & 0x0080)  # CO_COROUTINE
+
+
+def _inspect_isawaitable(value):
+    return hasattr(value, "__await__")
+
 
 class ActorTask(object):
     """A task of an ActorEnvironment; call it with keyword arguments."""
@@ -354,6 +398,8 @@ class ActorTask(object):
         self._sig = None
         self._where = None
         self._classes = None
+        # An ``async def`` task called from a coroutine is awaited: ``await t(x=1)``.
+        self._async = _is_coroutine_function(fn)
 
     def __repr__(self):
         return "<hearth task %s in %s>" % (self.__qualname__, self.environment.name)
@@ -380,6 +426,8 @@ class ActorTask(object):
     def __call__(self, *args, **kwargs):
         if _in_worker():
             return self._hearth_fn(*args, **kwargs)
+        if self._async and _in_event_loop():
+            return self.aio(*args, **kwargs)
         from hearth import _flow  # in a workflow: skipped branches, bool proxies, `>>` (see there)
 
         def run(a, k):
@@ -387,6 +435,42 @@ class ActorTask(object):
                 return self._cache.call(self, self.signature.bind(a, k))
             return self._remote(self.signature.bind(a, k))
         return _flow.call(self, args, kwargs, run)
+
+    async def aio(self, *args, **kwargs):
+        """The task as a coroutine: ``await t.aio(x=1)`` (and ``await t(x=1)``
+        for an ``async def`` task called from a coroutine). Many awaited at
+        once run at once over the environment's replicas, each a request on
+        the event loop, not a thread."""
+        if _in_worker():
+            value = self._hearth_fn(*args, **kwargs)
+            if _inspect_isawaitable(value):
+                value = await value
+            return value
+        bound = self.signature.bind(args, kwargs)
+        if self._cache is not None:
+            import asyncio
+
+            # The task cache's file I/O is blocking: off the loop.
+            return await asyncio.get_running_loop().run_in_executor(
+                None, lambda: self._cache.call(self, bound))
+        return await self._aremote(bound)
+
+    async def _aremote(self, kwargs):
+        c, body, encoded = self._request([kwargs])
+        body["kwargs"] = encoded[0]
+        body["wait"] = True
+        path = "/v1/environments/%s/tasks" % self.environment.name
+        ac = _async_client_for(self.environment.socket)
+        for attempt in range(self.retries + 1):
+            t0 = time.perf_counter()
+            snap = await self.environment._apost(ac, c, path, body, "task %s" % self.__qualname__)
+            total = int((time.perf_counter() - t0) * 1e6)
+            try:
+                return self._outcome(snap, total)
+            except Exception:
+                if attempt == self.retries:
+                    raise
+        raise AssertionError("unreachable")
 
     # -- remote ----------------------------------------------------------------
 

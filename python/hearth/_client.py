@@ -18,7 +18,7 @@ import threading
 from hearth._errors import (APIError, DaemonUnavailable, EnvironmentRefused, QueueFull, ResultExpired,
                             SocketPermissionError)
 
-__all__ = ["Client", "default_socket", "client"]
+__all__ = ["Client", "AsyncClient", "default_socket", "client", "async_client"]
 
 DEFAULT_SOCKET = "/run/hearth/hearthd.sock"
 
@@ -42,25 +42,9 @@ class Client(object):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.connect(self.path)
-        except FileNotFoundError:
-            s.close()
-            raise DaemonUnavailable(
-                "hearthd is not running: there is no socket at %s. Start it with `sudo hearthd &` "
-                "(or `sudo scripts/demo`), or set HEARTH_SOCKET to the socket it listens on." % self.path)
-        except ConnectionRefusedError:
-            s.close()
-            raise DaemonUnavailable(
-                "hearthd is not running: nothing listens on %s (a stale socket file). Start it with "
-                "`sudo hearthd &`, or set HEARTH_SOCKET to the socket it listens on." % self.path)
-        except PermissionError:
-            s.close()
-            raise SocketPermissionError(
-                "permission denied on %s: hearthd's socket is mode 0660, owned by root and group hearth. "
-                "Run as root, or add yourself to the group (`sudo usermod -aG hearth $USER`, then log in "
-                "again)." % self.path)
         except OSError as e:
             s.close()
-            raise DaemonUnavailable("cannot connect to hearthd at %s: %s" % (self.path, os.strerror(e.errno or 0)))
+            raise _connect_error(self.path, e) from None
         return s
 
     def close(self):
@@ -166,29 +150,7 @@ class Client(object):
         """JSON in, JSON out; an error status raises APIError (or the
         subclass for the route). ``not_found``: returned for a 404."""
         status, raw = self.request(method, path, body, content_type=content_type, timeout=timeout)
-        if status < 300:
-            if not raw:
-                return None
-            return json.loads(raw)
-        if status == 404 and not_found is not None:
-            return not_found
-        code, message = "http_%d" % status, raw.decode("utf-8", "replace")[:2000]
-        task = None
-        try:
-            doc = json.loads(raw)
-            err = doc["error"]
-            code, message = err.get("code", code), err.get("message", message)
-            task = doc.get("task")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            pass
-        if status == 410 and code == "result_expired":
-            raise ResultExpired(status, code, message, what, task=task)
-        cls = APIError
-        if status == 429:
-            cls = QueueFull
-        elif method == "POST" and path == "/v1/environments":
-            cls = EnvironmentRefused
-        raise cls(status, code, message, what)
+        return _answer(status, raw, method, path, what, not_found)
 
 
     def stream(self, method, path, body=None, what=None, timeout=None, accept=None):
@@ -276,6 +238,154 @@ class Client(object):
 
 _lock = threading.Lock()
 _clients = {}
+
+
+def _connect_error(path, e):
+    """The SDK's error for a failed connect to ``path``."""
+    if isinstance(e, FileNotFoundError):
+        return DaemonUnavailable(
+            "hearthd is not running: there is no socket at %s. Start it with `sudo hearthd &` "
+            "(or `sudo scripts/demo`), or set HEARTH_SOCKET to the socket it listens on." % path)
+    if isinstance(e, ConnectionRefusedError):
+        return DaemonUnavailable(
+            "hearthd is not running: nothing listens on %s (a stale socket file). Start it with "
+            "`sudo hearthd &`, or set HEARTH_SOCKET to the socket it listens on." % path)
+    if isinstance(e, PermissionError):
+        return SocketPermissionError(
+            "permission denied on %s: hearthd's socket is mode 0660, owned by root and group hearth. "
+            "Run as root, or add yourself to the group (`sudo usermod -aG hearth $USER`, then log in "
+            "again)." % path)
+    return DaemonUnavailable("cannot connect to hearthd at %s: %s" % (path, os.strerror(e.errno or 0)))
+
+
+def _answer(status, raw, method, path, what, not_found=None):
+    """A response's JSON, or the error it carries raised as the SDK's exception."""
+    if status < 300:
+        if not raw:
+            return None
+        return json.loads(raw)
+    if status == 404 and not_found is not None:
+        return not_found
+    code, message = "http_%d" % status, raw.decode("utf-8", "replace")[:2000]
+    task = None
+    try:
+        doc = json.loads(raw)
+        err = doc["error"]
+        code, message = err.get("code", code), err.get("message", message)
+        task = doc.get("task")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    if status == 410 and code == "result_expired":
+        raise ResultExpired(status, code, message, what, task=task)
+    cls = APIError
+    if status == 429:
+        cls = QueueFull
+    elif method == "POST" and path == "/v1/environments":
+        cls = EnvironmentRefused
+    raise cls(status, code, message, what)
+
+
+class AsyncClient(object):
+    """The same requests for asyncio code: a connection per request in
+    flight (kept for the next one when the response allows), so many
+    awaited tasks run at once on one event loop, without a thread each."""
+
+    def __init__(self, path=None):
+        self.path = path or default_socket()
+        import weakref
+
+        # event loop -> [(reader, writer)]: a connection belongs to its loop
+        self._idle = weakref.WeakKeyDictionary()
+
+    async def request(self, method, path, body=None, content_type="application/json"):
+        import asyncio
+
+        if body is not None and not isinstance(body, (bytes, bytearray, memoryview)):
+            body = json.dumps(body, separators=(",", ":")).encode()
+        data = b"" if body is None else bytes(body)
+        head = ("%s %s HTTP/1.1\r\nHost: hearthd\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+                % (method, path, content_type, len(data))).encode()
+        loop = asyncio.get_running_loop()
+        idle = self._idle.setdefault(loop, [])
+        for attempt in (0, 1):
+            conn = idle.pop() if idle else None
+            reused = conn is not None
+            if conn is None:
+                try:
+                    conn = await asyncio.open_unix_connection(self.path)
+                except OSError as e:
+                    raise _connect_error(self.path, e) from None
+            reader, writer = conn
+            try:
+                writer.write(head + data)
+                await writer.drain()
+                status, raw, keep = await self._response(reader)
+            except (_Closed, ConnectionError, asyncio.IncompleteReadError) as e:
+                writer.close()
+                if reused and attempt == 0 and not isinstance(e, asyncio.IncompleteReadError):
+                    continue  # the daemon closed an idle connection: one fresh try
+                raise DaemonUnavailable("lost the connection to hearthd at %s during %s %s"
+                                        % (self.path, method, path)) from None
+            except BaseException:
+                writer.close()  # cancelled mid-request: the connection is in an unknown state
+                raise
+            if keep:
+                idle.append(conn)
+            else:
+                writer.close()
+            return status, raw
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _response(reader):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except Exception as e:
+            import asyncio
+
+            if isinstance(e, asyncio.IncompleteReadError) and not e.partial:
+                raise _Closed()
+            raise
+        lines = head[:-4].decode("latin-1").split("\r\n")
+        try:
+            status = int(lines[0].split(" ", 2)[1])
+        except (IndexError, ValueError):
+            raise DaemonUnavailable("hearthd sent a malformed status line: %r" % (lines[0][:80],))
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            out = []
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                chunk = await reader.readexactly(size + 2)
+                out.append(chunk[:size])
+                if size == 0:
+                    break
+            raw = b"".join(out)
+        else:
+            raw = await reader.readexactly(int(headers.get("content-length", "0")))
+        return status, raw, headers.get("connection", "").lower() != "close"
+
+    async def call(self, method, path, body=None, what=None, content_type="application/json", not_found=None):
+        status, raw = await self.request(method, path, body, content_type=content_type)
+        return _answer(status, raw, method, path, what, not_found)
+
+
+_async_clients = {}
+
+
+def async_client(path=None):
+    """The shared asyncio client for ``path``."""
+    path = path or default_socket()
+    c = _async_clients.get(path)
+    if c is None:
+        with _lock:
+            c = _async_clients.get(path)
+            if c is None:
+                c = _async_clients[path] = AsyncClient(path)
+    return c
 
 
 def client(path=None):

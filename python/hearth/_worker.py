@@ -217,12 +217,11 @@ except ImportError:  # pragma: no cover
 
 from hearth import _protocol
 
-__all__ = ["main", "in_worker", "current_task_id"]
+__all__ = ["main", "in_worker", "current_task_id", "task_id"]
 
 IN_FD = 3
 OUT_FD = 4
 
-current_task_id = None
 _active = False
 _armed = False  # SIGINT raises KeyboardInterrupt only while True
 _THIS_FILE = os.path.normcase(os.path.abspath(__file__))
@@ -233,6 +232,26 @@ if _THIS_FILE.endswith((".pyc", ".pyo")):
 def in_worker():
     """True when this interpreter is a Hearth replica's worker."""
     return _active
+
+
+# The running task's id. A context variable rather than a global: with
+# ``concurrency`` > 1 several tasks run at once (asyncio tasks copy the
+# context, threads get a copy from the worker), each seeing its own.
+import contextvars as _contextvars  # noqa: E402  (a C module: cheap)
+
+_task_var = _contextvars.ContextVar("hearth_task_id", default=None)
+
+
+def task_id():
+    """The id of the task running in this context (None between tasks)."""
+    return _task_var.get()
+
+
+def __getattr__(name):
+    # ``hearth._worker.current_task_id``, as before it was per task.
+    if name == "current_task_id":
+        return _task_var.get()
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
 class _Fatal(Exception):
@@ -533,30 +552,41 @@ def _conform(plan, value, name, fname):
         raise TypeError(str(e)) from None
 
 
+def _prepare(module, function, raw_kwargs):
+    """The function to call, its conformed kwargs, its plan and name."""
+    kwargs = _protocol.decode_value(raw_kwargs) if raw_kwargs else {}
+    fn = _resolve(module, function)
+    plan = _plan(fn)
+    name = getattr(fn, "__name__", function)
+    if plan is not None:
+        for k, v in kwargs.items():
+            kwargs[k] = _conform(plan, v, k, name)
+    return fn, kwargs, plan, name
+
+
+def _output(plan, name, value):
+    if type(value) is _GeneratorType:
+        value = list(value)
+    if plan is not None:
+        if plan[1].get("return", 0) in (None, type(None)):
+            value = None  # -> None: what the body returns is not an output (as in flytekit)
+        else:
+            value = _conform(plan, value, "return", name)
+    return value
+
+
 def _invoke(module, function, raw_kwargs):
     """Runs the task; (True, value) or (False, exception)."""
     global _armed
     try:
         _armed = True
-        kwargs = _protocol.decode_value(raw_kwargs) if raw_kwargs else {}
-        fn = _resolve(module, function)
-        plan = _plan(fn)
-        name = getattr(fn, "__name__", function)
-        if plan is not None:
-            for k, v in kwargs.items():
-                kwargs[k] = _conform(plan, v, k, name)
+        fn, kwargs, plan, name = _prepare(module, function, raw_kwargs)
         value = fn(**kwargs)
         if type(value) is _CoroutineType:
             import asyncio
 
             value = asyncio.run(value)
-        if type(value) is _GeneratorType:
-            value = list(value)
-        if plan is not None:
-            if plan[1].get("return", 0) in (None, type(None)):
-                value = None  # -> None: what the body returns is not an output (as in flytekit)
-            else:
-                value = _conform(plan, value, "return", name)
+        value = _output(plan, name, value)
         _armed = False
         return True, value
     except BaseException as e:
@@ -705,10 +735,10 @@ def _adopt(msg):
 
 
 def _run(msg, limit, stdio):
-    global current_task_id, _armed
+    global _armed
     tid = _check_run(msg)
     t0 = time.perf_counter_ns()
-    current_task_id = tid
+    token = _task_var.set(tid)
     try:
         env = msg.get("env")
         if env:
@@ -720,7 +750,7 @@ def _run(msg, limit, stdio):
         _armed = False
         ok, value = False, e
     finally:
-        current_task_id = None
+        _task_var.reset(token)
     stdio.restore()
     _restore_signals()
     body = _result_body(tid, ok, value, t0, limit)
@@ -743,6 +773,303 @@ def _drop_frames(e):
             pass
         e = e.__cause__ or e.__context__
         seen += 1
+
+
+# -- several tasks at once (concurrency > 1) ---------------------------------------------
+
+def _concurrency():
+    """Tasks this replica runs at once (``HEARTH_CONCURRENCY``, set by the
+    daemon at start or by ``adopt``)."""
+    try:
+        return max(1, int(os.environ.get("HEARTH_CONCURRENCY", "1")))
+    except ValueError:
+        return 1
+
+
+class _TaskStream(object):
+    """sys.stdout/sys.stderr while several tasks run: what a task writes
+    goes to the daemon as ``log`` frames under its id, line by line, so
+    each task's output stays its own; writes outside any task (a thread
+    the task left behind) go to the real stream."""
+
+    def __init__(self, server, stream, real):
+        self._server = server
+        self._stream = stream
+        self._real = real
+        self.encoding = getattr(real, "encoding", None) or "utf-8"
+        self.errors = getattr(real, "errors", None) or "strict"
+
+    def write(self, text):
+        tid = _task_var.get()
+        if tid is None:
+            return self._real.write(text)
+        if not isinstance(text, str):
+            raise TypeError("write() argument must be str, not %s" % type(text).__name__)
+        self._server.output(tid, self._stream, text)
+        return len(text)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        tid = _task_var.get()
+        if tid is not None:
+            self._server.flush_output(tid, self._stream)
+        else:
+            self._real.flush()
+
+    def fileno(self):
+        return self._real.fileno()
+
+    def isatty(self):
+        return False
+
+    def writable(self):
+        return True
+
+    @property
+    def closed(self):
+        return False
+
+
+class _Concurrent(object):
+    """Serves the channel with up to ``k`` tasks in flight: ``async def``
+    tasks on one asyncio loop (this thread), plain functions on a pool of
+    ``k`` threads. Frames are read on a thread of their own and handled on
+    the loop in order; a ``cancel`` cancels an asyncio task or raises
+    KeyboardInterrupt in a task's thread. Frames to the daemon are written
+    under one lock (a task's log lines always before its result)."""
+
+    _LOG_CHUNK = 16 << 10
+
+    def __init__(self, reader, limit, k):
+        import asyncio
+        import concurrent.futures
+        import threading
+
+        self._asyncio = asyncio
+        self.reader = reader
+        self.limit = limit
+        self.k = k
+        self.loop = asyncio.new_event_loop()
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=k, thread_name_prefix="hearth-task")
+        self.lock = threading.Lock()
+        # Held while a thread's task ends and while a cancel targets a
+        # thread: the KeyboardInterrupt lands in the task, never in the pool.
+        self.handles = threading.Lock()
+        self.running = {}  # tid -> asyncio.Task, or the thread ident once its thread runs it
+        self.cancel_early = set()  # thread tasks cancelled before their thread took them
+        self.pending = {}  # (tid, stream) -> text not yet sent (no newline yet)
+        self.exit_code = None
+
+    # output ------------------------------------------------------------------------
+
+    def _log_frame(self, tid, stream, text):
+        body = _protocol.dumps_message({"type": "log", "id": tid, "stream": stream, "data": _safe_text(text)})
+        _protocol.write_frame(OUT_FD, body)
+
+    def output(self, tid, stream, text):
+        with self.lock:
+            key = (tid, stream)
+            buf = self.pending.get(key, "") + text
+            cut = buf.rfind("\n") + 1
+            if cut == 0 and len(buf) < self._LOG_CHUNK:
+                self.pending[key] = buf
+                return
+            if cut == 0:
+                cut = len(buf)
+            self.pending[key] = buf[cut:]
+            try:
+                self._log_frame(tid, stream, buf[:cut])
+            except BrokenPipeError:
+                _exit(0, run_atexit=False)
+
+    def flush_output(self, tid, stream):
+        with self.lock:
+            buf = self.pending.pop((tid, stream), "")
+            if buf:
+                try:
+                    self._log_frame(tid, stream, buf)
+                except BrokenPipeError:
+                    _exit(0, run_atexit=False)
+
+    def _finish(self, tid, body):
+        """The task's last output, then its result, as one write sequence."""
+        with self.lock:
+            for stream in ("stdout", "stderr"):
+                buf = self.pending.pop((tid, stream), "")
+                if buf:
+                    self._log_frame(tid, stream, buf)
+            _protocol.write_frame(OUT_FD, body)
+
+    # tasks ---------------------------------------------------------------------------
+
+    def _start(self, msg):
+        tid = _check_run(msg)
+        if tid in self.running:
+            raise _Fatal("run message %s: that task is already running" % (tid,))
+        if len(self.running) >= self.k:
+            raise _Fatal("run message %s: %d tasks are already running, the replica's concurrency"
+                         % (tid, len(self.running)))
+        t0 = time.perf_counter_ns()
+        env = msg.get("env")
+        if env:
+            _apply_env(env)
+        _switch_bundle(msg.get("bundle"))
+        ctx = _contextvars.copy_context()
+        ctx.run(_task_var.set, tid)
+        try:
+            fn, kwargs, plan, name = ctx.run(_prepare, msg["module"], msg["function"], msg.get("kwargs"))
+        except BaseException as e:
+            self._done(tid, t0, False, e)
+            return
+        if _is_async(fn):
+            task = self.loop.create_task(self._run_async(fn, kwargs, plan, name), context=ctx)
+            # The callback, not the coroutine, reports: a task cancelled
+            # before its first step never runs its coroutine at all.
+            task.add_done_callback(lambda t, tid=tid, t0=t0: self._async_done(tid, t0, t))
+            self.running[tid] = task
+        else:
+            self.running[tid] = None
+            fut = self.loop.run_in_executor(self.pool, ctx.run, self._run_sync, tid, fn, kwargs, plan, name)
+            fut.add_done_callback(lambda f, tid=tid, t0=t0: self._thread_done(tid, t0, f))
+
+    async def _run_async(self, fn, kwargs, plan, name):
+        try:
+            return True, _output(plan, name, await fn(**kwargs))
+        except BaseException as e:
+            return False, e
+
+    def _async_done(self, tid, t0, task):
+        if task.cancelled():
+            ok, value = False, self._asyncio.CancelledError()
+        else:
+            ok, value = task.result()
+        self._done(tid, t0, ok, value)
+
+    def _run_sync(self, tid, fn, kwargs, plan, name):
+        import threading
+
+        with self.handles:
+            if tid in self.cancel_early:
+                return False, KeyboardInterrupt()
+            self.running[tid] = threading.get_ident()
+        try:
+            value = fn(**kwargs)
+            if type(value) is _CoroutineType:
+                value = self._asyncio.run(value)
+            return True, _output(plan, name, value)
+        except BaseException as e:
+            return False, e
+        finally:
+            with self.handles:
+                self.running[tid] = None
+
+    def _thread_done(self, tid, t0, fut):
+        try:
+            ok, value = fut.result()
+        except BaseException as e:  # KeyboardInterrupt landed between the try and the call
+            ok, value = False, e
+        self._done(tid, t0, ok, value)
+
+    def _done(self, tid, t0, ok, value):
+        self.running.pop(tid, None)
+        self.cancel_early.discard(tid)
+        body = _result_body(tid, ok, value, t0, self.limit)
+        if not ok:
+            _drop_frames(value)
+        try:
+            self._finish(tid, body)
+        except BrokenPipeError:
+            _exit(0, run_atexit=False)
+
+    def _cancel(self, msg):
+        tid = msg.get("id")
+        if tid not in self.running:
+            return  # finished (its result may be on its way): nothing to do
+        handle = self.running.get(tid)
+        if handle is None or isinstance(handle, int):
+            import ctypes
+
+            with self.handles:
+                handle = self.running.get(tid)
+                if handle is None:
+                    # Not on its thread yet (or just off it): it stops as it starts.
+                    self.cancel_early.add(tid)
+                else:
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(handle),
+                                                               ctypes.py_object(KeyboardInterrupt))
+        else:
+            handle.cancel()
+
+    # channel ---------------------------------------------------------------------------
+
+    def _frame(self, body):
+        if self.exit_code is not None:
+            return
+        try:
+            if body is None:
+                return self._stop(0)
+            msg = _protocol.loads_message(body)
+            kind = msg.get("type")
+            if kind == "run":
+                self._start(msg)
+            elif kind == "cancel":
+                self._cancel(msg)
+            elif kind == "ping":
+                with self.lock:
+                    _protocol.write_frame(OUT_FD, _protocol.dumps_message({"type": "pong", "id": msg.get("id")}))
+            elif kind == "shutdown":
+                self._stop(0)
+            elif type(kind) is str:
+                self._fatal("unknown message type %r" % (kind,))
+            else:
+                self._fatal('malformed frame: no "type"')
+        except (_protocol.ProtocolError, _Fatal) as e:
+            self._fatal(str(e))
+        except BrokenPipeError:
+            self._stop(0)
+
+    def _fatal(self, message):
+        with self.lock:
+            self._stop(_fatal(message))
+
+    def _stop(self, code):
+        if self.exit_code is None:
+            self.exit_code = code
+            self.loop.stop()
+
+    def _read(self):
+        try:
+            while True:
+                body = self.reader.read_body()
+                self.loop.call_soon_threadsafe(self._frame, body)
+                if body is None:
+                    return
+        except (_protocol.ProtocolError, OSError) as e:
+            message = str(e) if isinstance(e, _protocol.ProtocolError) else "channel error: %s" % (e,)
+            self.loop.call_soon_threadsafe(self._fatal, message)
+        except RuntimeError:
+            pass  # the loop closed: the worker is exiting
+
+    def serve(self, stdio):
+        import threading
+
+        sys.stdout = _TaskStream(self, "stdout", stdio.out)
+        sys.stderr = _TaskStream(self, "stderr", stdio.err)
+        self._asyncio.set_event_loop(self.loop)
+        threading.Thread(target=self._read, name="hearth-channel", daemon=True).start()
+        self.loop.run_forever()
+        return self.exit_code if self.exit_code is not None else 0
+
+
+def _is_async(fn):
+    code = getattr(fn, "__code__", None)
+    # CO_COROUTINE; a callable object's __call__ or a bound method: look through.
+    if code is None:
+        code = getattr(getattr(fn, "__call__", None), "__code__", None)
+    return code is not None and bool(code.co_flags & 0x0080)
 
 
 # -- channel -----------------------------------------------------------------------------
@@ -820,6 +1147,7 @@ def main():
     reader = _protocol.FrameReader(IN_FD, limit)
     loads = _protocol.loads_message
     _active = True
+    k = _concurrency()
     _send(_protocol.dumps_message({
         "type": "ready",
         "pid": os.getpid(),
@@ -828,6 +1156,8 @@ def main():
         "protocol": _protocol.PROTOCOL_VERSION,
     }))
     try:
+        if k > 1:
+            return _Concurrent(reader, limit, k).serve(stdio)
         while True:
             body = reader.read_body()
             if body is None:
@@ -838,6 +1168,8 @@ def main():
                 _send(_run(msg, limit, stdio))
             elif kind == "adopt":
                 _send(_adopt(msg))
+                if _concurrency() > 1:
+                    return _Concurrent(reader, limit, _concurrency()).serve(stdio)
             elif kind == "ping":
                 _send(_protocol.dumps_message({"type": "pong", "id": msg.get("id")}))
             elif kind == "shutdown":

@@ -1040,3 +1040,164 @@ def test_round_trip_latency(worker, bundle, capsys):
         print("\n[hearth worker] Python %s: median round trip of 2000 trivial tasks: %.1f us "
               "(p90 %.1f us; worker-side duration_us median %d)"
               % (worker.ready["python"], times[1000] / 1000.0, times[1800] / 1000.0, inside[1000]))
+
+
+# -- several tasks at once (HEARTH_CONCURRENCY) ---------------------------------------
+
+CONCURRENT_TASKS = r'''
+import asyncio, os, sys, threading, time
+
+async def nap(tag, seconds):
+    print("start", tag)
+    await asyncio.sleep(seconds)
+    print("end", tag, file=sys.stderr)
+    return {"tag": tag, "t0": time.time() - seconds, "t1": time.time()}
+
+def block(tag, seconds):
+    print("thread", tag, threading.current_thread().name)
+    time.sleep(seconds)
+    return {"tag": tag, "thread": threading.current_thread().name}
+
+def spin(tag):
+    print("spinning", tag)
+    while True:
+        time.sleep(0.01)
+
+async def wait_forever(tag):
+    await asyncio.sleep(3600)
+
+def task_id():
+    from hearth import _worker
+    return _worker.current_task_id
+
+async def task_id_async():
+    from hearth import _worker
+    await asyncio.sleep(0.05)
+    return _worker.task_id()
+
+def die():
+    os._exit(7)
+'''
+
+
+@pytest.fixture
+def concurrent(make_worker, env_dirs):
+    b = write_bundle(env_dirs[0], V2, tasks_src=CONCURRENT_TASKS)
+    return make_worker(env={"HEARTH_CONCURRENCY": "8"}), b
+
+
+def _run_msg(tid, function, bundle, **kwargs):
+    return {"type": "run", "id": tid, "module": T, "function": function, "kwargs": encode_value(kwargs),
+            "bundle": bundle}
+
+
+def _collect(w, ids, timeout=30.0):
+    """Result frames by id, and each task's log frames (stream, text) by id."""
+    results, logs = {}, {}
+    while len(results) < len(ids):
+        msg = w.recv(timeout)
+        assert msg is not None, "worker died: %r" % (w.drain(),)
+        if msg["type"] == "log":
+            assert msg["id"] not in results, "a log frame after its task's result: %r" % msg
+            logs.setdefault(msg["id"], []).append((msg["stream"], msg["data"]))
+        else:
+            assert msg["type"] == "result", msg
+            results[msg["id"]] = msg
+    return results, logs
+
+
+def test_concurrent_async_tasks_overlap_and_keep_their_own_output(concurrent):
+    w, b = concurrent
+    ids = ["a%d" % i for i in range(8)]
+    for tid in ids:
+        w.send(_run_msg(tid, "nap", b, tag=tid, seconds=1.0))
+    t0 = time.monotonic()
+    results, logs = _collect(w, ids)
+    took = time.monotonic() - t0
+    assert all(r["ok"] for r in results.values()), results
+    values = [decode_value(results[t]["value"]) for t in ids]
+    # All 8 were asleep at the same instant (one second each).
+    assert max(v["t0"] for v in values) < min(v["t1"] for v in values), values
+    assert took < 8.0, "8 one-second sleeps ran one after another (%.1f s)" % took
+    for tid in ids:
+        assert logs[tid] == [("stdout", "start %s\n" % tid), ("stderr", "end %s\n" % tid)], logs[tid]
+
+
+def test_concurrent_plain_functions_run_on_threads(concurrent):
+    w, b = concurrent
+    ids = ["s%d" % i for i in range(4)]
+    for tid in ids:
+        w.send(_run_msg(tid, "block", b, tag=tid, seconds=0.5))
+    results, logs = _collect(w, ids)
+    threads = {decode_value(results[t]["value"])["thread"] for t in ids}
+    assert len(threads) == 4 and all(t.startswith("hearth-task") for t in threads), threads
+    for tid in ids:
+        assert logs[tid][0][1].startswith("thread %s hearth-task" % tid), logs[tid]
+
+
+def test_concurrent_task_ids_are_per_task(concurrent):
+    w, b = concurrent
+    w.send(_run_msg("x1", "task_id_async", b))
+    w.send(_run_msg("x2", "task_id_async", b))
+    w.send(_run_msg("x3", "task_id", b))
+    results, _ = _collect(w, ["x1", "x2", "x3"])
+    assert {t: decode_value(r["value"]) for t, r in results.items()} == {"x1": "x1", "x2": "x2", "x3": "x3"}
+
+
+def test_concurrent_cancel_ends_one_task_and_the_others_go_on(concurrent):
+    w, b = concurrent
+    w.send(_run_msg("c-async", "wait_forever", b, tag="a"))
+    w.send(_run_msg("c-thread", "spin", b, tag="t"))
+    w.send(_run_msg("c-ok", "nap", b, tag="ok", seconds=0.5))
+    time.sleep(0.3)
+    w.send({"type": "cancel", "id": "c-async"})
+    w.send({"type": "cancel", "id": "c-thread"})
+    w.send({"type": "cancel", "id": "no-such-task"})  # already finished: nothing to do
+    # Cancelled before its first step: its coroutine never runs, its result still comes.
+    w.send(_run_msg("c-early", "wait_forever", b, tag="e"))
+    w.send({"type": "cancel", "id": "c-early"})
+    w.send(_run_msg("c-early-thread", "spin", b, tag="e"))
+    w.send({"type": "cancel", "id": "c-early-thread"})
+    results, _ = _collect(w, ["c-async", "c-thread", "c-ok", "c-early", "c-early-thread"])
+    assert results["c-early-thread"]["error"]["type"] == "KeyboardInterrupt"
+    assert results["c-early"]["ok"] is False and results["c-early"]["error"]["type"] == "CancelledError"
+    assert results["c-async"]["ok"] is False and results["c-async"]["error"]["type"] == "CancelledError"
+    assert results["c-thread"]["ok"] is False and results["c-thread"]["error"]["type"] == "KeyboardInterrupt"
+    assert results["c-ok"]["ok"] is True
+    # The worker still serves, with all its threads.
+    w.send(_run_msg("after", "block", b, tag="after", seconds=0))
+    assert _collect(w, ["after"])[0]["after"]["ok"] is True
+
+
+def test_concurrent_errors_and_limits(concurrent):
+    w, b = concurrent
+    w.send(_run_msg("e1", "no_such_function", b))
+    results, _ = _collect(w, ["e1"])
+    assert results["e1"]["error"]["type"] == "AttributeError"
+    # A task id already running is a protocol violation: fatal.
+    w.send(_run_msg("dup", "wait_forever", b, tag="d"))
+    w.send(_run_msg("dup", "wait_forever", b, tag="d"))
+    msg = w.recv()
+    assert msg["type"] == "error" and "already running" in msg["message"], msg
+    assert w.wait() == 2
+
+
+def test_concurrent_crash_takes_the_interpreter(concurrent):
+    w, b = concurrent
+    w.send(_run_msg("n1", "nap", b, tag="n1", seconds=5))
+    w.send(_run_msg("boom", "die", b))
+    assert w.recv() is None
+    assert w.wait() == 7
+
+
+def test_adopt_switches_a_spare_to_concurrent(make_worker, env_dirs):
+    b = write_bundle(env_dirs[0], V2, tasks_src=CONCURRENT_TASKS)
+    w = make_worker()
+    w.send({"type": "adopt", "env": {"HEARTH_CONCURRENCY": "4"}, "packages": [], "image": "img"})
+    assert w.recv() == {"type": "adopted", "ok": True}
+    ids = ["p%d" % i for i in range(4)]
+    for tid in ids:
+        w.send(_run_msg(tid, "nap", b, tag=tid, seconds=0.5))
+    results, _ = _collect(w, ids)
+    values = [decode_value(results[t]["value"]) for t in ids]
+    assert max(v["t0"] for v in values) < min(v["t1"] for v in values), values

@@ -5,6 +5,8 @@ after `ttl_seconds`, and everything goes once nothing has run for
 `scaledown_ttl`. Checks count replicas and overlaps, never wall-clock time.
 """
 import json
+import os
+import textwrap
 import time
 
 import pytest
@@ -155,3 +157,129 @@ def test_bad_scaling_specs_are_refused_naming_the_field(hd):
         assert r.returncode != 0 and expected in r.stderr.decode(), (text, r.stderr)
     _, body = api(hd.socket, "GET", "/v1/environments/sc-bad")
     assert body["error"]["code"] == "environment_not_found", body
+
+
+# -- several tasks at once in one replica (concurrency) ------------------------------------
+
+ASYNC_TASKS = textwrap.dedent('''
+    import asyncio, os, sys, time
+
+    async def nap(tag, seconds):
+        print("start", tag)
+        await asyncio.sleep(seconds)
+        print("end", tag, file=sys.stderr)
+        return {"tag": tag, "pid": os.getpid(), "t0": time.time() - seconds, "t1": time.time()}
+
+    def block(tag, seconds):
+        print("thread", tag)
+        time.sleep(seconds)
+        return {"tag": tag, "pid": os.getpid()}
+
+    async def forever(tag):
+        await asyncio.sleep(3600)
+
+    def die():
+        os._exit(7)
+''')
+
+
+@pytest.fixture(scope="module")
+def async_code(hd):
+    sha, raw = bundle({"atasks.py": ASYNC_TASKS})
+    status, body = api(hd.socket, "PUT", f"/v1/code/{sha}", raw)
+    assert status == 201, body
+    return sha
+
+
+def arun(hd, envname, sha, fn, wait=False, timeout=None, **kwargs):
+    req = {"module": "atasks", "function": fn, "kwargs": kwargs, "bundle": sha, "wait": wait}
+    if timeout:
+        req["timeout"] = timeout
+    return api(hd.socket, "POST", f"/v1/environments/{envname}/tasks", req)
+
+
+def test_concurrency_runs_tasks_at_once_in_one_replica_each_with_its_own_log(hd, async_code):
+    e = "sc-conc"
+    apply(hd, f"name: {e}\nreplica_count: 1\nconcurrency: 8\n")
+    ids = [arun(hd, e, async_code, "nap", tag=f"T{i}", seconds=1.0)[1]["id"] for i in range(8)]
+    snaps = finished(hd, ids)
+    assert all(s["state"] == "succeeded" for s in snaps), snaps
+    assert len({s["replica"] for s in snaps}) == 1, "one replica runs all 8"
+    assert most_at_once([(s["result"]["t0"], s["result"]["t1"]) for s in snaps]) == 8
+    for i, tid in enumerate(ids):
+        r = hd.hearth("logs", tid)
+        text = r.stdout.decode() + r.stderr.decode()
+        assert f"start T{i}" in text and f"end T{i}" in text, text
+        others = [f"T{j}\n" for j in range(8) if j != i]
+        assert not any(o in text for o in others), f"task {i}'s log holds another task's output: {text!r}"
+    # Plain functions run on the replica's threads, also at once.
+    ids = [arun(hd, e, async_code, "block", tag=f"B{i}", seconds=0.5)[1]["id"] for i in range(4)]
+    snaps = finished(hd, ids)
+    assert all(s["state"] == "succeeded" for s in snaps), snaps
+    st = status(hd, e)
+    assert len(st["replicas"]) == 1 and st["scaling"]["concurrency"] == 8
+
+
+def test_a_crash_fails_every_task_in_flight_as_replica_lost(hd, async_code):
+    e = "sc-crash"
+    apply(hd, f"name: {e}\nreplica_count: 1\nconcurrency: 8\n")
+    ids = [arun(hd, e, async_code, "nap", tag=f"C{i}", seconds=30)[1]["id"] for i in range(7)]
+    wait_for("7 running", lambda: (lambda s: s if s["replicas"] and s["replicas"][0].get("running") == 7 else None)(status(hd, e)))
+    crash = arun(hd, e, async_code, "die")[1]["id"]
+    snaps = finished(hd, ids + [crash])
+    assert all(s["state"] == "failed" and s["error"]["type"] == "ReplicaLost" for s in snaps), \
+        [(s["state"], s.get("error")) for s in snaps]
+    assert all("exited with code 7" in s["error"]["message"] for s in snaps), snaps[0]["error"]
+
+
+def test_timeout_and_cancel_stop_one_task_and_the_replica_goes_on(hd, async_code):
+    e = "sc-stop"
+    apply(hd, f"name: {e}\nreplica_count: 1\nconcurrency: 4\n")
+    slow = arun(hd, e, async_code, "forever", tag="t", timeout=1)[1]["id"]
+    stuck = arun(hd, e, async_code, "forever", tag="c")[1]["id"]
+    fine = arun(hd, e, async_code, "nap", tag="ok", seconds=2)[1]["id"]
+    wait_for("running", lambda: api(hd.socket, "GET", f"/v1/tasks/{stuck}")[1]["state"] == "running")
+    s, _ = api(hd.socket, "DELETE", f"/v1/tasks/{stuck}")
+    assert s == 202, s
+    a, b, c = finished(hd, [slow, stuck, fine])
+    assert a["state"] == "failed" and a["error"]["type"] == "Timeout", a
+    assert "the replica's other tasks go on" in a["error"]["message"], a
+    assert b["state"] == "cancelled", b
+    assert c["state"] == "succeeded", c
+    # Still the same interpreter.
+    d = finished(hd, [arun(hd, e, async_code, "nap", tag="after", seconds=0)[1]["id"]])[0]
+    assert d["state"] == "succeeded" and d["replica"] == c["replica"] and d["coldStart"] is False, d
+
+
+def test_sdk_awaits_async_tasks_at_once(hd, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    (tmp_path / "awaited.py").write_text(textwrap.dedent('''
+        import asyncio, json, time
+        from hearth import ActorEnvironment
+
+        env = ActorEnvironment(name="sc-sdk-async", replicas=(1, 2), concurrency=8, ttl_seconds=60)
+
+        @env.task
+        async def nap(i: int) -> list:
+            t0 = time.time()
+            await asyncio.sleep(1)
+            return [i * i, t0, time.time()]
+
+        async def main():
+            await nap(i=0)   # applies the environment and starts a replica
+            return await asyncio.gather(*(nap(i=i) for i in range(16)))
+
+        if __name__ == "__main__":
+            print(json.dumps(asyncio.run(main())))
+    '''))
+    env = dict(os.environ, HEARTH_SOCKET=hd.socket, PYTHONPATH=str(REPO / "python"))
+    r = subprocess.run([sys.executable, "awaited.py"], cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [v for v, _, _ in out] == [i * i for i in range(16)]
+    # 16 awaited at once from one thread: at least a replica's 8 ran together.
+    assert most_at_once([(t0, t1) for _, t0, t1 in out]) >= 8, out
