@@ -121,6 +121,28 @@ def render(results: Dict[str, Any], chart_name: Optional[str] = "bench.svg") -> 
                            [[str(r["replicas"]), str(r["tasks"]), f"{r['seconds']:.2f}", f"{r['tasks_per_second']:,.0f}"]
                             for r in tp]))
         lines.append("")
+    bu = results.get("burst")
+    if bu:
+        lines.append(f"## Burst: {bu[0]['tasks']} tasks of 50 ms at once")
+        lines.append("")
+        lines.append("Replica-seconds: replicas held from the burst until a few seconds after it drained "
+                     "(what each costs); the fixed counts keep theirs for their TTL, the scaling one lets "
+                     "those beyond min go after its ttl.")
+        lines.append("")
+        lines.append(table(["environment", "drain (s)", "tasks/s", "peak replicas", "replicas at the end",
+                            "replica-seconds", "scale decisions (up / down)"],
+                           [[f"`{r['label']}`", f"{r['drain_seconds']:.2f}", f"{r['tasks'] / r['drain_seconds']:,.0f}",
+                             str(r["peak"]), str(r["end"]), f"{r['replica_seconds']:.1f} over {r['window_seconds']:.1f} s",
+                             f"{r['scale_ups']} / {r['scale_downs']}"] for r in bu]))
+        lines.append("")
+    cc = results.get("concurrency")
+    if cc:
+        lines.append("## Concurrency inside one replica (async task, 50 ms `asyncio.sleep`)")
+        lines.append("")
+        lines.append(table(["concurrency", "tasks", "seconds", "tasks/s"],
+                           [[str(r["concurrency"]), str(r["tasks"]), f"{r['seconds']:.2f}",
+                             f"{r['tasks_per_second']:,.0f}"] for r in cc]))
+        lines.append("")
     mem = results.get("memory")
     if mem:
         lines.append("## Memory")

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from hearth_bench import peers, pull, spares
-from hearth_bench.client import Client, LeanClient, histogram, histogram_delta, parse_prometheus
+from hearth_bench import burst, peers, pull, spares
+from hearth_bench.client import APIError, Client, LeanClient, histogram, histogram_delta, parse_prometheus
 from hearth_bench.daemon import Daemon, pids_in_cgroup_subtree, rss_bytes
 from hearth_bench.stats import histogram_quantile, summarize
 
@@ -51,6 +51,11 @@ def inc(x):
 def sleep(seconds):
     import time
     time.sleep(seconds)
+
+
+async def io_wait(seconds):
+    import asyncio
+    await asyncio.sleep(seconds)
 '''
 
 
@@ -218,6 +223,13 @@ class Runner:
                 self.warm_numpy()
             log("throughput")
             results["throughput"] = [self.throughput(2), self.throughput(1)]
+            log("burst: scaling against fixed replica counts")
+            try:
+                results["burst"] = burst.burst(self.api, self.bundle, 200, 3.0 if self.quick else 10.0, log)
+                log("concurrency inside a replica")
+                results["concurrency"] = burst.concurrency(self.api, self.bundle, 400)
+            except APIError as e:  # a hearthd from before scaling refuses the spec
+                self.notes.append(f"burst and concurrency rows: this hearthd refused the spec ({e}).")
             log("memory")
             results["memory"] = self.memory(idle_rss)
             log("image builds")
