@@ -68,6 +68,17 @@ class Sampler:
             total += na * (tb - ta)
         return total
 
+    def settled_after(self, t: float, peak: int) -> Any:
+        """Seconds after `t` until the count first fell below `peak` and
+        stayed there to the end of the samples; None when it never fell."""
+        after = [(ts, n) for ts, n in self.samples if ts >= t]
+        if not after or after[-1][1] >= peak:
+            return None
+        for i in range(len(after)):
+            if all(n < peak for _, n in after[i:]) and after[i][1] == after[-1][1]:
+                return after[i][0] - t
+        return None
+
     def peak(self) -> int:
         return max((n for _, n in self.samples), default=0)
 
@@ -98,6 +109,7 @@ def burst(api: Any, bundle: str, n: int, idle: float, log: Callable[[str], None]
         rows.append({"key": key, "label": label, "tasks": n, "drain_seconds": t1 - t0,
                      "replica_seconds": s.replica_seconds(t0, t2), "window_seconds": t2 - t0, "peak": s.peak(),
                      "end": s.samples[-1][1] if s.samples else None,
+                     "shrunk_after": s.settled_after(t1, s.peak()),
                      "scale_ups": len(ups), "scale_downs": len(downs),
                      "last_down": downs[-1]["reason"] if downs else None})
         log(f"burst {label}: {n} tasks drained in {t1 - t0:.2f} s, peak {s.peak()} replicas, "

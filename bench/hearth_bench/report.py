@@ -130,9 +130,11 @@ def render(results: Dict[str, Any], chart_name: Optional[str] = "bench.svg") -> 
                      "those beyond min go after its ttl.")
         lines.append("")
         lines.append(table(["environment", "drain (s)", "tasks/s", "peak replicas", "replicas at the end",
-                            "replica-seconds", "scale decisions (up / down)"],
+                            "back down after the drain", "replica-seconds", "scale decisions (up / down)"],
                            [[f"`{r['label']}`", f"{r['drain_seconds']:.2f}", f"{r['tasks'] / r['drain_seconds']:,.0f}",
-                             str(r["peak"]), str(r["end"]), f"{r['replica_seconds']:.1f} over {r['window_seconds']:.1f} s",
+                             str(r["peak"]), str(r["end"]),
+                             "-" if r.get("shrunk_after") is None else f"{r['shrunk_after']:.1f} s",
+                             f"{r['replica_seconds']:.1f} over {r['window_seconds']:.1f} s",
                              f"{r['scale_ups']} / {r['scale_downs']}"] for r in bu]))
         lines.append("")
     cc = results.get("concurrency")
