@@ -62,6 +62,9 @@
 #ifndef MOUNT_ATTR_IDMAP
 #define MOUNT_ATTR_IDMAP 0x00100000
 #endif
+#ifndef MOVE_MOUNT_T_EMPTY_PATH
+#define MOVE_MOUNT_T_EMPTY_PATH 0x00000040
+#endif
 #ifndef OPEN_TREE_CLONE
 #define OPEN_TREE_CLONE 1
 #endif
@@ -587,6 +590,27 @@ static int op_idmap_bind(const struct hearth_spawn_plan *p, const char *root, co
     return (int)r;
 }
 
+static int op_attach(const char *root, const struct hearth_op *op)
+{
+    char tbuf[32];
+    const char *target;
+    int tfd = -1, e;
+    long r;
+    if (op->tree_fd < 0)
+        return -EBADF;
+    e = mount_path(root, op->target, tbuf, &target, &tfd);
+    if (e < 0)
+        return e;
+    /* By the target's fd: a detached tree attached through a
+     * /proc/self/fd path is refused (EINVAL). */
+    if (tfd >= 0)
+        r = RAW(SYS_move_mount, op->tree_fd, "", tfd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
+    else
+        r = RAW(SYS_move_mount, op->tree_fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH);
+    hs_close(tfd);
+    return (int)r;
+}
+
 static const char *next_pivot(const struct hearth_spawn_plan *p, uint32_t i)
 {
     for (; i < p->op_count; i++)
@@ -636,6 +660,9 @@ static void child_ops(const struct hs_child *c)
             break;
         case HEARTH_OP_IDMAP_BIND:
             e = op_idmap_bind(p, root, op);
+            break;
+        case HEARTH_OP_ATTACH:
+            e = op_attach(root, op);
             break;
         default:
             e = -EINVAL;

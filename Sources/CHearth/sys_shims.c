@@ -92,3 +92,25 @@ int hearth_memfd_create(const char *name, unsigned int flags)
 {
     return (int)syscall(SYS_memfd_create, name, flags);
 }
+
+/* linux/mount.h's struct mount_attr and flags, spelled out (older headers). */
+struct hearth_mount_attr {
+    uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
+int hearth_detached_tree(int fd, int read_only)
+{
+    /* OPEN_TREE_CLONE 1, OPEN_TREE_CLOEXEC = O_CLOEXEC; MOUNT_ATTR_RDONLY 1,
+     * NOSUID 2, NODEV 4. */
+    struct hearth_mount_attr attr = { .attr_set = 0x2 | 0x4 | (read_only ? 0x1 : 0) };
+    int tree = (int)syscall(SYS_open_tree, fd, "", 1 | O_CLOEXEC | AT_EMPTY_PATH);
+    if (tree < 0)
+        return -1;
+    if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0) {
+        int e = errno;
+        close(tree);
+        errno = e;
+        return -1;
+    }
+    return tree;
+}

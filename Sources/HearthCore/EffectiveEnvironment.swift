@@ -38,6 +38,23 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
     public var concurrency: Int?
     /// Start `minReplicas` at apply; nil: no.
     public var prewarm: Bool?
+    /// Host directories in every replica, sorted by `path`; nil: none.
+    public var mounts: [Mount]?
+
+    public struct Mount: Codable, Sendable, Equatable {
+        public var hostPath: String
+        public var path: String
+        public var readOnly: Bool
+        public init(hostPath: String, path: String, readOnly: Bool) {
+            self.hostPath = hostPath; self.path = path; self.readOnly = readOnly
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case hostPath = "host_path"
+            case path
+            case readOnly = "read_only"
+        }
+    }
     /// Secret keys, sorted, without duplicates.
     public var secrets: [String]
     public var network: EnvironmentSpec.Network
@@ -122,7 +139,7 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
         case minReplicas = "min_replicas"
         case ttlSeconds = "ttl_seconds"
         case scaledownTTLSeconds = "scaledown_ttl_seconds"
-        case concurrency, prewarm
+        case concurrency, prewarm, mounts
         case secrets, network, seccomp, capabilities
         case timeoutSeconds = "timeout_seconds"
         case maxTasksPerReplica = "max_tasks_per_replica"

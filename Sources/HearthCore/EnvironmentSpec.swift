@@ -35,6 +35,9 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
     /// Start `min` replicas when the environment is applied (and when it
     /// wakes from zero), before any task asks; nil: false.
     public var prewarm: Bool?
+    /// Host directories mounted into every replica (`hearthd --allow-mount`
+    /// says which); read-only unless `read_only: false`.
+    public var mounts: [Mount] = []
     /// Seconds a replica may sit idle before it is torn down, 1…86400.
     public var ttlSeconds: Int
     /// Keys of the secrets mounted at `/etc/secrets/KEY`, in the order given, without duplicates.
@@ -97,7 +100,7 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
         case imagePullPolicy = "image_pull_policy"
         case replicas
         case scaledownTTLSeconds = "scaledown_ttl"
-        case concurrency, prewarm
+        case concurrency, prewarm, mounts
     }
 
     // MARK: Defaults and ranges
@@ -115,6 +118,10 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
     /// `replicas.min`: zero lets the environment scale to nothing.
     public static let minReplicasRange = 0...64
     public static let concurrencyRange = 1...256
+    public static let maxMounts = 32
+    /// Where a mount may not go: the replica's kernel interfaces, its
+    /// devices, Hearth's own directories and the secrets.
+    public static let reservedMountPaths = ["/proc", "/sys", "/dev", "/.hearth", "/etc/secrets"]
     /// One second to one day.
     public static let ttlSecondsRange = 1...86_400
     public static let maxQueueRange = 1...100_000
@@ -122,6 +129,23 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
     public static let maxTimeoutSeconds: Double = 604_800
 
     // MARK: Nested types
+
+    /// One host directory in every replica: `{host_path, path, read_only}`.
+    public struct Mount: Codable, Sendable, Equatable {
+        public var hostPath: String
+        public var path: String
+        /// nil: read-only.
+        public var readOnly: Bool?
+        public init(hostPath: String, path: String, readOnly: Bool? = nil) {
+            self.hostPath = hostPath; self.path = path; self.readOnly = readOnly
+        }
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case hostPath = "host_path"
+            case path
+            case readOnly = "read_only"
+        }
+    }
 
     /// `replicas: {min, max}` (also `[min, max]` as Flyte 2's tuple, or one
     /// number for both).

@@ -176,6 +176,17 @@ extension EnvironmentSpec {
         }
         concurrency = try r.int(K.concurrency.rawValue)
         prewarm = try r.bool(K.prewarm.rawValue)
+        mounts = try r.list(K.mounts.rawValue) { node, path in
+            let m = try SpecReader(node, path: path, what: "a mapping with host_path, path and read_only")
+            try m.rejectUnknown(Mount.CodingKeys.allCases.map(\.rawValue))
+            guard let host = try m.string("host_path") else {
+                throw SpecReader.error(m.path("host_path"), "missing; a mount needs the host directory to mount")
+            }
+            guard let target = try m.string("path") else {
+                throw SpecReader.error(m.path("path"), "missing; a mount needs the path it takes in the replica")
+            }
+            return Mount(hostPath: host, path: target, readOnly: try m.bool("read_only"))
+        }
     }
 
     /// `{min: M, max: N}`, `[M, N]` (Flyte 2's tuple) or `N` (both).

@@ -64,6 +64,7 @@ extension EnvironmentSpec {
         if let concurrency, !Self.concurrencyRange.contains(concurrency) {
             throw SpecReader.error(at(K.concurrency.rawValue), "\(concurrency) is out of range; expected \(Self.concurrencyRange.lowerBound) to \(Self.concurrencyRange.upperBound) tasks at once in one replica")
         }
+        let effectiveMounts = try Self.checkedMounts(mounts, path: at(K.mounts.rawValue))
         for (i, key) in secretRequests.enumerated() where !Self.isSecretKey(key) {
             throw SpecReader.error("\(at(K.secretRequests.rawValue))[\(i)]", "\"\(key)\" is not a valid secret key; use 1 to 253 letters, digits, '_', '.' or '-' (\(Self.secretKeyPattern)), not \".\" or \"..\"")
         }
@@ -127,10 +128,48 @@ extension EnvironmentSpec {
         if let scaledownTTLSeconds, scaledownTTLSeconds != ttlSeconds { effective.scaledownTTLSeconds = scaledownTTLSeconds }
         if let concurrency, concurrency != 1 { effective.concurrency = concurrency }
         if prewarm == true { effective.prewarm = true }
+        if !effectiveMounts.isEmpty { effective.mounts = effectiveMounts }
         return effective
     }
 
     // MARK: Helpers
+
+    /// Absolute, normalized paths (no `.`, `..` or empty components, no
+    /// NUL), targets outside the reserved places, one mount per target;
+    /// sorted by target, read-only unless said otherwise.
+    static func checkedMounts(_ mounts: [Mount], path: String) throws -> [EffectiveEnvironment.Mount] {
+        guard mounts.count <= maxMounts else {
+            throw SpecReader.error(path, "\(mounts.count) mounts; at most \(maxMounts)")
+        }
+        var seen: [String: Int] = [:]
+        var out: [EffectiveEnvironment.Mount] = []
+        for (i, m) in mounts.enumerated() {
+            let at = "\(path)[\(i)]"
+            try checkAbsolute(m.hostPath, path: at + ".host_path")
+            try checkAbsolute(m.path, path: at + ".path")
+            if let reserved = reservedMountPaths.first(where: { m.path == $0 || m.path.hasPrefix($0 + "/") }) {
+                throw SpecReader.error(at + ".path", "\"\(m.path)\" is \(m.path == reserved ? "" : "under ")\(reserved), which a mount may not cover (\(reservedMountPaths.joined(separator: ", ")) are the replica's own)")
+            }
+            if let other = seen[m.path] {
+                throw SpecReader.error(at + ".path", "\"\(m.path)\" is already the path of \(path)[\(other)]; one mount per path")
+            }
+            seen[m.path] = i
+            out.append(.init(hostPath: m.hostPath, path: m.path, readOnly: m.readOnly ?? true))
+        }
+        return out.sorted { $0.path < $1.path }
+    }
+
+    private static func checkAbsolute(_ p: String, path: String) throws {
+        guard p.hasPrefix("/"), p != "/" else {
+            throw SpecReader.error(path, "\(p.debugDescription) is not allowed; expected an absolute path other than /")
+        }
+        guard !p.utf8.contains(0) else { throw SpecReader.error(path, "the path contains a NUL byte") }
+        let parts = p.dropFirst().split(separator: "/", omittingEmptySubsequences: false)
+        guard !parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else {
+            throw SpecReader.error(path, "\(p.debugDescription) is not a normalized path; write it without empty, . or .. components")
+        }
+        guard p.utf8.count <= 1024 else { throw SpecReader.error(path, "the path is longer than 1024 bytes") }
+    }
 
     static func isDNSLabel(_ s: String) -> Bool {
         let b = Array(s.utf8)

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import HearthCore
 import HearthImage
+import HearthOS
 import HearthSandbox
 import Logging
 
@@ -13,6 +14,8 @@ public actor EnvironmentAdmission {
     let images: ImageStore
     let secrets: SecretStore
     let policy: PrivilegePolicy
+    /// Which host directories may be mounted (`hearthd --allow-mount`).
+    let mountPolicy: MountPolicy
     /// hearthd --userns: environments that do not say get user namespaces.
     let defaultUserNamespace: Bool
     let logger: Logger
@@ -28,8 +31,10 @@ public actor EnvironmentAdmission {
     private var pull: Pull?
     private var admitted: [String: EffectiveEnvironment] = [:]
 
-    public init(pool: Pool, images: ImageStore, secrets: SecretStore, policy: PrivilegePolicy, defaultUserNamespace: Bool = false,
+    public init(pool: Pool, images: ImageStore, secrets: SecretStore, policy: PrivilegePolicy,
+         mountPolicy: MountPolicy = MountPolicy(allowed: []), defaultUserNamespace: Bool = false,
          logger: Logger, capacity: MachineCapacity, ledger: MemoryLedger, defaultMemory: Int64?) {
+        self.mountPolicy = mountPolicy
         self.defaultUserNamespace = defaultUserNamespace
         self.pool = pool
         self.images = images
@@ -182,12 +187,38 @@ public actor EnvironmentAdmission {
         for key in e.secrets where !secrets.exists(key: key) {
             throw HearthError(.notFound, "environment \"\(e.name)\": secret \"\(key)\" in secret_requests is not set; set it with `hearth secret set \(key)`")
         }
+        let mounts = try hostMounts(e)
         let seccomp: SeccompProfile?
         switch e.seccomp {
         case .default: seccomp = SeccompProfile.default
         case .unconfined: seccomp = nil
         case .profile(let path): seccomp = try SeccompProfile.load(path: path)
         }
-        return try PoolConfig(e, seccomp: seccomp, defaultMemory: defaultMemory, defaultUserNamespace: defaultUserNamespace)
+        var config = try PoolConfig(e, seccomp: seccomp, defaultMemory: defaultMemory, defaultUserNamespace: defaultUserNamespace)
+        config.mounts = mounts
+        return config
+    }
+
+    /// Each mount under an allowed prefix (else `.forbidden`), and there: an
+    /// existing directory reached without leaving the prefix.
+    private func hostMounts(_ e: EffectiveEnvironment) throws -> [PoolConfig.HostMount] {
+        let mounts = e.mounts ?? []
+        let prefixes = try mountPolicy.prefixes(for: e)
+        return try zip(mounts, prefixes).map { m, prefix in
+            do {
+                _ = try HostPath.openDirectory(m.hostPath, beneath: prefix)
+            } catch let err as SystemError {
+                let why = switch err.errno {
+                case EXDEV: "leads out of \(prefix) (a symlink or .. on the way points outside it)"
+                case ENOENT: "does not exist"
+                case ENOTDIR: "is not a directory (or a component of it is not)"
+                case ELOOP: "goes through too many symlinks"
+                case EACCES: "cannot be opened by hearthd (permission denied)"
+                default: "cannot be opened: \(err)"
+                }
+                throw HearthError(.invalidArgument, "environment \"\(e.name)\": mounts: host_path \(m.hostPath.debugDescription) (at \(m.path)) \(why)")
+            }
+            return PoolConfig.HostMount(prefix: prefix, hostPath: m.hostPath, path: m.path, readOnly: m.readOnly)
+        }
     }
 }

@@ -21,6 +21,19 @@ public struct PoolConfig: Sendable {
     /// Start `minReplicas` at apply, and again when a task wakes the
     /// environment from zero.
     public var prewarm = false
+    /// Host directories bound into every replica, each with the allowed
+    /// prefix it lies under (it is opened beneath it at every build).
+    public var mounts: [HostMount] = []
+
+    public struct HostMount: Sendable, Equatable {
+        public var prefix: String
+        public var hostPath: String
+        public var path: String
+        public var readOnly: Bool
+        public init(prefix: String, hostPath: String, path: String, readOnly: Bool) {
+            self.prefix = prefix; self.hostPath = hostPath; self.path = path; self.readOnly = readOnly
+        }
+    }
     public var secrets: [String]
     public var network: NetworkMode
     public var seccomp: SeccompProfile?

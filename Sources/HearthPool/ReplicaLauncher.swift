@@ -140,8 +140,18 @@ struct ReplicaLauncher: ReplicaLaunching {
                     spec.cleanupPaths.append(dir)
                     spec.idShiftedPaths.append(dir)
                 }
+                // Host directories: opened beneath their allowed prefix now,
+                // and a detached copy of what was opened (not the path) is
+                // what the spawn attaches.
+                var mountFDs: [OwnedFD] = []
+                for m in config.mounts {
+                    let dir = try HostPath.openDirectory(m.hostPath, beneath: m.prefix)
+                    let tree = try HostPath.detachedTree(of: dir, readOnly: m.readOnly, display: m.hostPath)
+                    mountFDs.append(tree)
+                    spec.mounts.append(BindMount(source: m.hostPath, target: m.path, readOnly: m.readOnly, tree: tree.raw))
+                }
                 spec.extraFDs = [(toWorker.read, 3), (fromWorker.write, 4)]
-                return try runtime.start(spec)
+                return try withExtendedLifetime(mountFDs) { try runtime.start(spec) }
               } catch {
                 for path in made { try? FS.removeTree(path: path) }
                 throw error

@@ -81,6 +81,7 @@ public final class SparePool: Sendable {
     /// Why `config` cannot take a spare, or nil when it can.
     public static func ineligibility(_ config: PoolConfig) -> String? {
         if !config.secrets.isEmpty { return "it requests secrets, which are mounted when a replica is built" }
+        if !config.mounts.isEmpty { return "it mounts host directories, which are mounted when a replica is built" }
         for key in config.env.keys.sorted()
         where startupVariables.contains(key) || startupPrefixes.contains(where: { key.hasPrefix($0) }) {
             return "its env sets \(key), which is read when the interpreter starts"

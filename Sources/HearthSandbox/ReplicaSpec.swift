@@ -16,8 +16,12 @@ public struct BindMount: Sendable {
     public var source: String
     public var target: String
     public var readOnly: Bool
-    public init(source: String, target: String, readOnly: Bool) {
-        self.source = source; self.target = target; self.readOnly = readOnly
+    /// A detached mount tree (an fd the caller keeps open until the spawn
+    /// returns) attached instead of binding `source` by path; its flags
+    /// were set when it was made.
+    public var tree: Int32?
+    public init(source: String, target: String, readOnly: Bool, tree: Int32? = nil) {
+        self.source = source; self.target = target; self.readOnly = readOnly; self.tree = tree
     }
 }
 

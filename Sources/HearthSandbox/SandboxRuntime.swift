@@ -352,9 +352,21 @@ public final class SandboxRuntime: Sendable {
                   flags: MountFlags.nosuid | MountFlags.nodev),
         ]
         for m in spec.mounts {
-            // /.hearth is read-only: its mount points are made in the runtime directory.
-            if !m.target.hasPrefix(ContainerPaths.runtimeMount + "/") { ops.append(.mkdir(r + m.target)) }
-            ops.append(.bind(m.source, on: r + m.target, readOnly: m.readOnly, flags: MountFlags.nosuid | MountFlags.nodev))
+            // /.hearth is read-only: its mount points are made in the runtime
+            // directory. Elsewhere every missing directory on the way is made
+            // (in the replica's writable layer, resolved inside its root).
+            if !m.target.hasPrefix(ContainerPaths.runtimeMount + "/") {
+                var partial = ""
+                for part in m.target.split(separator: "/") {
+                    partial += "/" + part
+                    ops.append(.mkdir(r + partial))
+                }
+            }
+            if let tree = m.tree {
+                ops.append(.attach(tree, on: r + m.target))
+            } else {
+                ops.append(.bind(m.source, on: r + m.target, readOnly: m.readOnly, flags: MountFlags.nosuid | MountFlags.nodev))
+            }
         }
         ops.append(.pivot(r))
         ops += ContainerPaths.masked.map(FSOp.mask)

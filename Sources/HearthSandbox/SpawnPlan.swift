@@ -27,7 +27,7 @@ public enum CloneFlags {
 /// One filesystem operation of the spawn path (see hearth_spawn.h).
 public struct FSOp: Sendable, Equatable, CustomStringConvertible {
     public enum Kind: Int32, Sendable {
-        case mount = 1, mkdir, mknod, symlink, pivot, mask, readonly, writeFile, idmapBind
+        case mount = 1, mkdir, mknod, symlink, pivot, mask, readonly, writeFile, idmapBind, attach
     }
     public var kind: Kind
     public var source: String? = nil
@@ -38,6 +38,8 @@ public struct FSOp: Sendable, Equatable, CustomStringConvertible {
     public var mode: UInt32 = 0
     public var dev: UInt64 = 0
     public var optional = false
+    /// `.attach`: the detached tree's fd (open in the daemon, inherited).
+    public var treeFD: Int32 = -1
 
     public static func mount(_ fstype: String, source: String? = nil, on target: String, flags: UInt = 0,
                              data: String? = nil) -> FSOp {
@@ -50,6 +52,11 @@ public struct FSOp: Sendable, Equatable, CustomStringConvertible {
     /// An idmapped copy of `source` (through the plan's user namespace) on `target`.
     public static func idmapBind(_ source: String, on target: String, flags: UInt) -> FSOp {
         FSOp(kind: .idmapBind, source: source, target: target, flags: flags)
+    }
+    /// The detached mount tree at `tree` (HearthOS `HostPath.detachedTree`)
+    /// attached on `target`.
+    public static func attach(_ tree: Int32, on target: String) -> FSOp {
+        FSOp(kind: .attach, target: target, treeFD: tree)
     }
     public static func mkdir(_ target: String, mode: UInt32 = 0o755) -> FSOp {
         FSOp(kind: .mkdir, target: target, mode: mode)
@@ -81,6 +88,7 @@ public struct FSOp: Sendable, Equatable, CustomStringConvertible {
         case .readonly: return "make \(target) read-only"
         case .writeFile: return "write \(target)"
         case .idmapBind: return "idmapped mount of \(source ?? "?") on \(target)"
+        case .attach: return "attach a host directory on \(target)"
         }
     }
 
@@ -155,6 +163,7 @@ public struct SpawnPlan: Sendable {
             c.flags = op.flags
             c.mode = op.mode
             c.dev = op.dev
+            c.tree_fd = op.treeFD
             cops.append(c)
         }
         var crl = rlimits.map { r -> hearth_rlimit in

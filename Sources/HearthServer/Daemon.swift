@@ -36,6 +36,8 @@ public struct DaemonOptions: Sendable {
     /// Lets clients ask for settings that take down a wall of the sandbox
     /// (PrivilegePolicy); off by default.
     public var allowPrivileged = false
+    /// Host directories environments may mount (`--allow-mount`), as given.
+    public var allowMounts: [String] = []
     /// Replicas run in user namespaces unless a spec or request says
     /// otherwise (`user_namespace: false`).
     public var userNamespaces = false
@@ -152,7 +154,19 @@ public enum Daemon {
         let policy = PrivilegePolicy(allowPrivileged: options.allowPrivileged)
         let puller = try Puller(store: images, configuration: options.registries,
                                 credentialsPath: options.stateRoot + "/registry-auth.json")
+        // Canonical (symlinks resolved once, here): a mount's host path is
+        // then opened beneath the prefix it names, never through a link.
+        var allowed: [String] = []
+        for dir in options.allowMounts {
+            guard dir.hasPrefix("/"), let real = realpath(dir, nil) else {
+                throw HearthError.invalid("hearthd --allow-mount \(dir): \(dir.hasPrefix("/") ? String(cString: strerror(errno)) : "not an absolute path")")
+            }
+            allowed.append(String(cString: real))
+            free(real)
+        }
+        if !allowed.isEmpty { logger.info("environments may mount host directories under \(allowed.joined(separator: ", "))") }
         let admission = EnvironmentAdmission(pool: pool, images: images, secrets: secrets, policy: policy,
+                                             mountPolicy: MountPolicy(allowed: allowed),
                                          defaultUserNamespace: options.userNamespaces, logger: logger,
                                          capacity: capacity, ledger: ledger, defaultMemory: options.defaultMemory)
         await admission.restore()

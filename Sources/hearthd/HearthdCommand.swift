@@ -41,6 +41,9 @@ struct HearthdCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Let clients ask for seccomp unconfined or a custom profile, added capabilities and network host (each takes down a wall of the sandbox; see docs/security.md).")
     var allowPrivileged = false
 
+    @Option(name: .long, help: ArgumentHelp("A host directory environments may mount (their `mounts`), with what lies below it; repeatable. None by default.", valueName: "DIR"))
+    var allowMount: [String] = []
+
     @Flag(name: .long, help: "Run replicas in user namespaces by default (root inside is an unprivileged host uid; a spec's user_namespace: false opts out).")
     var userns = false
 
@@ -119,6 +122,7 @@ struct HearthdCommand: AsyncParsableCommand {
         options.spareTTL = .seconds(spareTtl)
         options.spareImages = spareImage
         options.allowPrivileged = allowPrivileged
+        options.allowMounts = allowMount
         options.userNamespaces = userns
         options.resultBudget = Int(clamping: memoryBudget)
         options.resultDiskBudget = Int(clamping: diskBudget)

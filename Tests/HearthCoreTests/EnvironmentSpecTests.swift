@@ -581,10 +581,49 @@ final class EnvironmentSpecTests: XCTestCase {
         XCTAssertEqual(try EnvironmentSpec(name: "a", replicas: .init(min: 0, max: 5)).validated().replicaCount, 5)
     }
 
+    func testMounts() throws {
+        let e = try one("name: a\nmounts: [{host_path: /data/z, path: /z}, {host_path: /data/models, path: /models, read_only: false}]").effective
+        XCTAssertEqual(e.mounts, [.init(hostPath: "/data/models", path: "/models", readOnly: false),
+                                  .init(hostPath: "/data/z", path: "/z", readOnly: true)],
+                       "sorted by path, read-only unless said")
+        XCTAssertEqual(try one("name: a\nmounts: []").effective.identity, try one("name: a").effective.identity)
+        XCTAssertNotEqual(try one("name: a\nmounts: [{host_path: /d, path: /d}]").effective.identity,
+                          try one("name: a\nmounts: [{host_path: /d, path: /d, read_only: false}]").effective.identity)
+        assertRefused("name: a\nmounts: [{host_path: data, path: /d}]",
+                      "env.yaml: mounts[0].host_path: \"data\" is not allowed; expected an absolute path other than /")
+        assertRefused("name: a\nmounts: [{host_path: /data/../etc, path: /d}]",
+                      "env.yaml: mounts[0].host_path: \"/data/../etc\" is not a normalized path")
+        assertRefused("name: a\nmounts: [{host_path: /data//x, path: /d}]", "env.yaml: mounts[0].host_path: \"/data//x\" is not a normalized path")
+        assertRefused("name: a\nmounts: [{host_path: /d, path: /proc/x}]", "env.yaml: mounts[0].path: \"/proc/x\" is under /proc")
+        assertRefused("name: a\nmounts: [{host_path: /d, path: /.hearth}]", "env.yaml: mounts[0].path: \"/.hearth\" is /.hearth")
+        assertRefused("name: a\nmounts: [{host_path: /d, path: /x}, {host_path: /e, path: /x}]",
+                      "env.yaml: mounts[1].path: \"/x\" is already the path of mounts[0]")
+        assertRefused("name: a\nmounts: [{path: /x}]", "env.yaml: mounts[0].host_path: missing")
+        assertRefused("name: a\nmounts: [{host_path: /d, path: /x, readonly: true}]", "env.yaml: mounts[0].readonly: unknown field")
+        assertRefused("name: a\nmounts: [{host_path: /d, path: /x, read_only: yes}]", "env.yaml: mounts[0].read_only: expected true or false")
+        let spec = try one("name: a\nmounts: [{host_path: /d, path: /x, read_only: false}]")
+        XCTAssertEqual(try JSONDecoder().decode(EnvironmentSpec.self, from: JSONEncoder().encode(spec)), spec)
+    }
+
+    func testMountPolicyFindsTheLongestAllowedPrefix() throws {
+        let e = try one("name: a\nmounts: [{host_path: /data/models/x, path: /x}, {host_path: /srv, path: /s}]").effective
+        let policy = MountPolicy(allowed: ["/data", "/data/models", "/srv"])
+        XCTAssertEqual(try policy.prefixes(for: e), ["/srv", "/data/models"], "in the effective order (by path: /s, /x)")
+        XCTAssertFalse(MountPolicy.isUnder("/database", "/data"), "component-wise, not by characters")
+        XCTAssertThrowsError(try MountPolicy(allowed: ["/data"]).prefixes(for: e)) { error in
+            let e = error as? HearthError
+            XCTAssertEqual(e?.code, .forbidden)
+            XCTAssertEqual(e?.message, "environment \"a\": mounts: host_path \"/srv\" (at /s) is not under a directory hearthd lets environments mount (hearthd --allow-mount: /data)")
+        }
+        XCTAssertThrowsError(try MountPolicy(allowed: []).prefixes(for: e)) { error in
+            XCTAssertTrue((error as? HearthError)?.message.contains("hearthd allows none") == true)
+        }
+    }
+
     func testUnknownFieldsAtEveryDepth() {
         assertRefused("name: a\nreplica: 2", "env.yaml: replica: unknown field")
         XCTAssertEqual(refusal("name: a\nttl: 2"),
-                       "env.yaml: ttl: unknown field; expected one of name, container_image, environment, requests, limits, replica_count, ttl_seconds, secret_requests, pod_template, network, seccomp, capabilities, timeout, max_tasks_per_replica, max_queue, packages, user_namespace, image_pull_policy, replicas, scaledown_ttl, concurrency, prewarm")
+                       "env.yaml: ttl: unknown field; expected one of name, container_image, environment, requests, limits, replica_count, ttl_seconds, secret_requests, pod_template, network, seccomp, capabilities, timeout, max_tasks_per_replica, max_queue, packages, user_namespace, image_pull_policy, replicas, scaledown_ttl, concurrency, prewarm, mounts")
         XCTAssertEqual(refusal("name: a\nreplica_cont: 2"), "env.yaml: replica_cont: unknown field (did you mean replica_count?)")
         assertRefused("name: a\nrequests: {cpus: 1}", "env.yaml: requests.cpus: unknown field (did you mean cpu?)")
         assertRefused("name: a\ncapabilities: {add: [], remove: []}", "env.yaml: capabilities.remove: unknown field")

@@ -100,14 +100,18 @@ class ActorEnvironment(object):
     default ``ttl_seconds``), ``concurrency`` (tasks one replica runs at
     once), ``prewarm`` (start min replicas at apply), or all of them as
     ``reusable=ReusePolicy(replicas=, idle_ttl=, scaledown_ttl=,
-    concurrency=)``."""
+    concurrency=)``.
+
+    ``mounts``: host directories in every replica, each ``{"host_path":
+    ..., "path": ..., "read_only": False}`` or ``(host_path, path)``
+    (read-only); hearthd allows those under its ``--allow-mount`` dirs."""
 
     def __init__(self, name, container_image=None, replica_count=None, ttl_seconds=None, environment=None,
                  requests=None, limits=None, accelerator=None, secret_requests=None, pod_template=None,
                  interruptible=False, parallelism=None, backlog_length=None, *, timeout=None,
                  max_tasks_per_replica=None, max_queue=None, network=None, user_namespace=None,
                  image_pull_policy=None, socket=None, replicas=None, scaledown_ttl=None, concurrency=None,
-                 prewarm=None, reusable=None):
+                 prewarm=None, reusable=None, mounts=None):
         if not isinstance(name, str) or not name:
             raise TypeError("ActorEnvironment: name must be a non-empty string, got %r" % (name,))
         if reusable is not None:
@@ -187,6 +191,7 @@ class ActorEnvironment(object):
         self.image_pull_policy = image_pull_policy
         self.scaledown_ttl = scaledown_ttl
         self.concurrency = concurrency
+        self.mounts = _spec.mounts_list(mounts, "ActorEnvironment %s: mounts" % name)
         self.prewarm = prewarm
         self.socket = socket
         self._applied = {}  # socket path -> identity the daemon gave this process's spec
@@ -214,6 +219,8 @@ class ActorEnvironment(object):
             spec["concurrency"] = self.concurrency
         if self.prewarm is not None:
             spec["prewarm"] = self.prewarm
+        if self.mounts:
+            spec["mounts"] = self.mounts
         if self.container_image is not None:
             spec["container_image"] = _spec.image_name(self.container_image)
         packages = _spec.image_packages(self.container_image)

@@ -453,3 +453,36 @@ def whole_seconds(value, field):
     if s is not None and s != int(s):
         raise ValueError("%s must be whole seconds, got %r" % (field, s))
     return None if s is None else int(s)
+
+
+def mounts_list(value, field):
+    """``mounts`` as the spec spells it: a list of ``{host_path, path,
+    read_only}`` (``read_only`` left out means read-only) or of
+    ``(host_path, path[, read_only])``; the daemon checks the paths."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise TypeError("%s: expected a list of mounts, got %r" % (field, value))
+    out = []
+    for i, m in enumerate(value):
+        where = "%s[%d]" % (field, i)
+        if isinstance(m, dict):
+            unknown = sorted(set(m) - {"host_path", "path", "read_only"})
+            if unknown:
+                raise TypeError("%s: unknown key %r; expected host_path, path and read_only" % (where, unknown[0]))
+            entry = {"host_path": m.get("host_path"), "path": m.get("path")}
+            if "read_only" in m:
+                entry["read_only"] = m["read_only"]
+        elif isinstance(m, (list, tuple)) and len(m) in (2, 3):
+            entry = {"host_path": m[0], "path": m[1]}
+            if len(m) == 3:
+                entry["read_only"] = m[2]
+        else:
+            raise TypeError("%s: expected {host_path, path, read_only} or (host_path, path), got %r" % (where, m))
+        for k in ("host_path", "path"):
+            if not isinstance(entry[k], str) or not entry[k]:
+                raise TypeError("%s: %s must be a non-empty string, got %r" % (where, k, entry[k]))
+        if "read_only" in entry and not isinstance(entry["read_only"], bool):
+            raise TypeError("%s: read_only must be True or False, got %r" % (where, entry["read_only"]))
+        out.append(entry)
+    return out

@@ -210,6 +210,19 @@ def test_scaling_fields_and_flyte2_reuse_policy():
         ActorEnvironment(name="s", scaledown_ttl=1.5).spec()
 
 
+def test_mounts_in_the_spec():
+    env = ActorEnvironment(name="m", mounts=[("/data/models", "/models"),
+                                             {"host_path": "/data/out", "path": "/out", "read_only": False}])
+    assert env.spec()["mounts"] == [{"host_path": "/data/models", "path": "/models"},
+                                    {"host_path": "/data/out", "path": "/out", "read_only": False}]
+    assert "mounts" not in ActorEnvironment(name="m").spec()
+    for mounts, message in [("/data", "expected a list of mounts"), ([("/d",)], r"expected \{host_path"),
+                            ([{"host": "/d", "path": "/x"}], "unknown key 'host'"),
+                            ([("/d", "/x", "yes")], "read_only must be True or False")]:
+        with pytest.raises(TypeError, match=message):
+            ActorEnvironment(name="m", mounts=mounts)
+
+
 def test_image_spec_that_needs_nothing_is_its_base():
     assert _spec.ImageSpec(packages=["union", "flytekit>=1.10"]) == "hearth/python:3.11"
     assert _spec.ImageSpec(base_image="img:1", env={"A": "1"}) == "img:1"

@@ -44,6 +44,13 @@ enum hearth_op_kind {
      * layers of a replica in a user namespace: the host's uid 0 files
      * appear as the namespace's root, and nothing is chowned on disk. */
     HEARTH_OP_IDMAP_BIND = 9,
+    /* Attach the detached mount tree open in the parent at fd `tree_fd`
+     * (hearth_detached_tree: its flags already set) on target, resolved in
+     * the root: move_mount(tree_fd, "", target). A bind by path could not
+     * do it: a path checked in the parent may change before the child
+     * binds it, and a bind of the fd's own mount, which lives in the
+     * parent's mount namespace, is refused (EINVAL). */
+    HEARTH_OP_ATTACH = 10,
 };
 
 struct hearth_op {
@@ -56,6 +63,7 @@ struct hearth_op {
     unsigned long flags;     /* MS_* flags */
     uint32_t mode;
     uint64_t dev;            /* makedev(major, minor) for MKNOD */
+    int32_t tree_fd;         /* ATTACH: the detached tree, an fd in the parent (and the child) */
 };
 
 struct hearth_fd_map {

@@ -33,6 +33,11 @@ int hearth_pidfd_send_signal(int pidfd, int sig);
 int hearth_pidfd_wait(int pidfd, int nohang, int *code, int *status);
 int hearth_openat2(int dirfd, const char *path, int flags, int mode, uint64_t resolve);
 int hearth_memfd_create(const char *name, unsigned int flags);
+/* A detached copy of the mount at fd (open_tree(fd, "", OPEN_TREE_CLONE |
+ * OPEN_TREE_CLOEXEC | AT_EMPTY_PATH), not recursive), with read-only (if
+ * read_only), nosuid and nodev set on it (mount_setattr). Returns the
+ * tree's fd or -1 with errno. A spawn attaches it (HEARTH_OP_ATTACH). */
+int hearth_detached_tree(int fd, int read_only);
 
 /* struct ucred (SO_PEERCRED), which <sys/socket.h> shows only with
  * _GNU_SOURCE; same layout, for getsockopt through SwiftNIO. */
