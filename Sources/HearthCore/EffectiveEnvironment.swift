@@ -40,6 +40,8 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
     public var prewarm: Bool?
     /// Host directories in every replica, sorted by `path`; nil: none.
     public var mounts: [Mount]?
+    /// CDI devices, sorted, without duplicates; nil: none.
+    public var devices: [String]?
 
     public struct Mount: Codable, Sendable, Equatable {
         public var hostPath: String
@@ -139,7 +141,7 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
         case minReplicas = "min_replicas"
         case ttlSeconds = "ttl_seconds"
         case scaledownTTLSeconds = "scaledown_ttl_seconds"
-        case concurrency, prewarm, mounts
+        case concurrency, prewarm, mounts, devices
         case secrets, network, seccomp, capabilities
         case timeoutSeconds = "timeout_seconds"
         case maxTasksPerReplica = "max_tasks_per_replica"

@@ -38,6 +38,9 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
     /// Host directories mounted into every replica (`hearthd --allow-mount`
     /// says which); read-only unless `read_only: false`.
     public var mounts: [Mount] = []
+    /// CDI devices every replica gets, `vendor.com/class=name` (`hearth
+    /// devices` lists what the host offers).
+    public var devices: [String] = []
     /// Seconds a replica may sit idle before it is torn down, 1…86400.
     public var ttlSeconds: Int
     /// Keys of the secrets mounted at `/etc/secrets/KEY`, in the order given, without duplicates.
@@ -100,7 +103,7 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
         case imagePullPolicy = "image_pull_policy"
         case replicas
         case scaledownTTLSeconds = "scaledown_ttl"
-        case concurrency, prewarm, mounts
+        case concurrency, prewarm, mounts, devices
     }
 
     // MARK: Defaults and ranges

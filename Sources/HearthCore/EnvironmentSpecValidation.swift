@@ -65,6 +65,9 @@ extension EnvironmentSpec {
             throw SpecReader.error(at(K.concurrency.rawValue), "\(concurrency) is out of range; expected \(Self.concurrencyRange.lowerBound) to \(Self.concurrencyRange.upperBound) tasks at once in one replica")
         }
         let effectiveMounts = try Self.checkedMounts(mounts, path: at(K.mounts.rawValue))
+        for (i, d) in devices.enumerated() where CDISpec.parseQualified(d) == nil {
+            throw SpecReader.error("\(at(K.devices.rawValue))[\(i)]", "\(d.debugDescription) is not a CDI device name; expected vendor.com/class=name, as `hearth devices` lists them")
+        }
         for (i, key) in secretRequests.enumerated() where !Self.isSecretKey(key) {
             throw SpecReader.error("\(at(K.secretRequests.rawValue))[\(i)]", "\"\(key)\" is not a valid secret key; use 1 to 253 letters, digits, '_', '.' or '-' (\(Self.secretKeyPattern)), not \".\" or \"..\"")
         }
@@ -129,6 +132,7 @@ extension EnvironmentSpec {
         if let concurrency, concurrency != 1 { effective.concurrency = concurrency }
         if prewarm == true { effective.prewarm = true }
         if !effectiveMounts.isEmpty { effective.mounts = effectiveMounts }
+        if !devices.isEmpty { effective.devices = Array(Set(devices)).sorted() }
         return effective
     }
 

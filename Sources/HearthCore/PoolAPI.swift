@@ -188,6 +188,28 @@ public struct ScaleDecision: Codable, Sendable, Equatable {
     }
 }
 
+/// `GET /v1/devices`: the CDI devices this host offers, and the spec files
+/// that could not be read.
+public struct DevicesStatus: Codable, Sendable, Equatable {
+    public struct Device: Codable, Sendable, Equatable {
+        public var name: String
+        public var file: String
+        public var nodes: [String]
+        public var env: [String]
+        public var mounts: [String]
+        public var hooks: [String]
+        public init(name: String, file: String, nodes: [String], env: [String], mounts: [String], hooks: [String]) {
+            self.name = name; self.file = file; self.nodes = nodes; self.env = env; self.mounts = mounts; self.hooks = hooks
+        }
+    }
+    public var dirs: [String]
+    public var devices: [Device]
+    public var errors: [String]
+    public init(dirs: [String], devices: [Device], errors: [String]) {
+        self.dirs = dirs; self.devices = devices; self.errors = errors
+    }
+}
+
 /// `GET /v1/spares`: the pre-started replicas the daemon keeps.
 public struct SparesStatus: Codable, Sendable, Equatable {
     public struct KeyStatus: Codable, Sendable, Equatable {

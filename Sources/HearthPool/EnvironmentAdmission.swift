@@ -16,6 +16,8 @@ public actor EnvironmentAdmission {
     let policy: PrivilegePolicy
     /// Which host directories may be mounted (`hearthd --allow-mount`).
     let mountPolicy: MountPolicy
+    /// Where CDI specs are read (`hearthd --cdi-spec-dir`).
+    let cdiDirs: [String]
     /// hearthd --userns: environments that do not say get user namespaces.
     let defaultUserNamespace: Bool
     let logger: Logger
@@ -32,9 +34,11 @@ public actor EnvironmentAdmission {
     private var admitted: [String: EffectiveEnvironment] = [:]
 
     public init(pool: Pool, images: ImageStore, secrets: SecretStore, policy: PrivilegePolicy,
-         mountPolicy: MountPolicy = MountPolicy(allowed: []), defaultUserNamespace: Bool = false,
+         mountPolicy: MountPolicy = MountPolicy(allowed: []), cdiDirs: [String] = CDIRegistry.defaultDirs,
+         defaultUserNamespace: Bool = false,
          logger: Logger, capacity: MachineCapacity, ledger: MemoryLedger, defaultMemory: Int64?) {
         self.mountPolicy = mountPolicy
+        self.cdiDirs = cdiDirs
         self.defaultUserNamespace = defaultUserNamespace
         self.pool = pool
         self.images = images
@@ -58,6 +62,18 @@ public actor EnvironmentAdmission {
     }
 
     public func setPull(_ pull: @escaping Pull) { self.pull = pull }
+
+    /// What `GET /v1/devices` shows: the CDI specs read now.
+    public nonisolated func devices() -> DevicesStatus {
+        let registry = CDIRegistry.load(dirs: cdiDirs)
+        let devices = registry.devices.values.sorted { $0.name < $1.name }.map { e in
+            DevicesStatus.Device(name: e.name, file: e.file,
+                                 nodes: e.edits.deviceNodes.map(\.path), env: e.edits.env,
+                                 mounts: e.edits.mounts.map { "\($0.hostPath) -> \($0.containerPath)" },
+                                 hooks: e.edits.hooks.map { "\($0.hookName): \($0.path)" })
+        }
+        return DevicesStatus(dirs: cdiDirs, devices: devices, errors: registry.errors)
+    }
 
     /// Environments saved by an earlier daemon come back as they were.
     public func restore() async {
@@ -196,6 +212,9 @@ public actor EnvironmentAdmission {
         }
         var config = try PoolConfig(e, seccomp: seccomp, defaultMemory: defaultMemory, defaultUserNamespace: defaultUserNamespace)
         config.mounts = mounts
+        if let names = e.devices, !names.isEmpty {
+            config.devices = try CDIRegistry.load(dirs: cdiDirs).resolve(names, environment: e.name)
+        }
         return config
     }
 

@@ -24,6 +24,9 @@ public struct PoolConfig: Sendable {
     /// Host directories bound into every replica, each with the allowed
     /// prefix it lies under (it is opened beneath it at every build).
     public var mounts: [HostMount] = []
+    /// CDI devices' edits: nodes in /dev (allowed in the device cgroup),
+    /// env, bind mounts.
+    public var devices = ResolvedDevices()
 
     public struct HostMount: Sendable, Equatable {
         public var prefix: String

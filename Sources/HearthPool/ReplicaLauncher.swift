@@ -150,6 +150,11 @@ struct ReplicaLauncher: ReplicaLaunching {
                     mountFDs.append(tree)
                     spec.mounts.append(BindMount(source: m.hostPath, target: m.path, readOnly: m.readOnly, tree: tree.raw))
                 }
+                // CDI devices: their nodes, allowed in the device cgroup; env; mounts.
+                spec.deviceNodes = config.devices.nodes.map(\.node)
+                spec.devices += config.devices.nodes.map(\.rule)
+                spec.env += config.devices.env
+                spec.mounts += config.devices.mounts
                 spec.extraFDs = [(toWorker.read, 3), (fromWorker.write, 4)]
                 return try withExtendedLifetime(mountFDs) { try runtime.start(spec) }
               } catch {

@@ -82,3 +82,18 @@ public struct DeviceRule: Sendable, Hashable, CustomStringConvertible {
         rules.contains { $0.allows(kind, major: major, minor: minor, access: access) }
     }
 }
+
+
+/// A device node made in a replica's /dev (a CDI device's `deviceNodes`).
+public struct DeviceNode: Sendable, Equatable {
+    /// Under /dev.
+    public var path: String
+    public var kind: DeviceRule.Kind
+    public var major: UInt32
+    public var minor: UInt32
+    /// Permission bits (0666 unless the spec says).
+    public var mode: UInt32
+    public init(path: String, kind: DeviceRule.Kind, major: UInt32, minor: UInt32, mode: UInt32) {
+        self.path = path; self.kind = kind; self.major = major; self.minor = minor; self.mode = mode
+    }
+}

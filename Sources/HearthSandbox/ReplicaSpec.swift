@@ -12,7 +12,7 @@ public enum NetworkMode: String, Sendable, Codable {
 }
 
 /// A host path mounted into a replica.
-public struct BindMount: Sendable {
+public struct BindMount: Sendable, Equatable {
     public var source: String
     public var target: String
     public var readOnly: Bool
@@ -41,6 +41,9 @@ public struct ReplicaSpec: Sendable {
     /// Devices granted beyond `DeviceRule.standard` (nothing grants any yet;
     /// GPUs will). Everything else is refused by the replica's cgroup.
     public var devices: [DeviceRule] = []
+    /// Device nodes made in the replica's /dev (CDI devices); each needs a
+    /// rule in `devices` to be opened.
+    public var deviceNodes: [DeviceNode] = []
     /// Extra pipes for the child: (fd in the daemon, fd number in the replica).
     public var extraFDs: [(source: Int32, target: Int32)] = []
     /// Host paths that belong to this replica and go with it (e.g. its secrets).

@@ -334,6 +334,16 @@ public final class SandboxRuntime: Sendable {
                                      ("urandom", 1, 9), ("tty", 5, 0)] {
             ops.append(.charDevice(r + "/dev/" + name, major: UInt32(major), minor: UInt32(minor)))
         }
+        // CDI devices' nodes (their rules are in the device cgroup).
+        for node in spec.deviceNodes {
+            var partial = ""
+            let parts = node.path.split(separator: "/")
+            for part in parts.dropLast() {
+                partial += "/" + part
+                if partial != "/dev" { ops.append(.mkdir(r + partial)) }
+            }
+            ops.append(.deviceNode(r + node.path, kind: node.kind, major: node.major, minor: node.minor, mode: node.mode))
+        }
         ops += [
             .mkdir(r + "/dev/pts"),
             .mount("devpts", on: r + "/dev/pts", flags: MountFlags.nosuid | MountFlags.noexec,

@@ -64,6 +64,10 @@ public struct FSOp: Sendable, Equatable, CustomStringConvertible {
     public static func charDevice(_ target: String, major: UInt32, minor: UInt32, mode: UInt32 = 0o666) -> FSOp {
         FSOp(kind: .mknod, target: target, mode: UInt32(S_IFCHR) | mode, dev: makedev(major, minor))
     }
+    public static func deviceNode(_ target: String, kind: DeviceRule.Kind, major: UInt32, minor: UInt32, mode: UInt32) -> FSOp {
+        FSOp(kind: .mknod, target: target, mode: UInt32(kind == .block ? S_IFBLK : S_IFCHR) | (mode & 0o777),
+             dev: makedev(major, minor))
+    }
     public static func symlink(_ linkTarget: String, at path: String) -> FSOp {
         FSOp(kind: .symlink, source: linkTarget, target: path)
     }

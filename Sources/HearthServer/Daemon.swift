@@ -38,6 +38,8 @@ public struct DaemonOptions: Sendable {
     public var allowPrivileged = false
     /// Host directories environments may mount (`--allow-mount`), as given.
     public var allowMounts: [String] = []
+    /// Where CDI specs are read (`--cdi-spec-dir`).
+    public var cdiDirs = CDIRegistry.defaultDirs
     /// Replicas run in user namespaces unless a spec or request says
     /// otherwise (`user_namespace: false`).
     public var userNamespaces = false
@@ -166,7 +168,7 @@ public enum Daemon {
         }
         if !allowed.isEmpty { logger.info("environments may mount host directories under \(allowed.joined(separator: ", "))") }
         let admission = EnvironmentAdmission(pool: pool, images: images, secrets: secrets, policy: policy,
-                                             mountPolicy: MountPolicy(allowed: allowed),
+                                             mountPolicy: MountPolicy(allowed: allowed), cdiDirs: options.cdiDirs,
                                          defaultUserNamespace: options.userNamespaces, logger: logger,
                                          capacity: capacity, ledger: ledger, defaultMemory: options.defaultMemory)
         await admission.restore()

@@ -104,6 +104,10 @@ struct PoolRoutes: Sendable {
             let bundle = try await Blocking.run { try code.store(sha256: sha, tarball: bytes) }
             return try json(bundle, status: .created)
         }
+        router.get("/v1/devices") { _, _ in
+            let status = try await Blocking.run { admission.devices() }
+            return try json(status)
+        }
         router.get("/v1/spares") { _, _ in
             let status = pool.spares?.status()
                 ?? SparesStatus(enabled: false, perKey: 0, ttlSeconds: 0, keys: [], adopted: 0)

@@ -282,3 +282,27 @@ struct SecretCommand: ParsableCommand {
         }
     }
 }
+
+struct Devices: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the CDI devices this host offers to environments (their `devices`), and the CDI specs that could not be read.")
+    @OptionGroup var global: GlobalOptions
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        do {
+            guard let d = try global.listing("/v1/devices", as: DevicesStatus.self, json: json) else { return }
+            if d.devices.isEmpty {
+                print("no CDI devices in \(d.dirs.joined(separator: ", "))")
+            } else {
+                var rows = [["DEVICE", "NODES", "ENV", "MOUNTS", "SPEC"]]
+                for dev in d.devices {
+                    rows.append([dev.name, dev.nodes.isEmpty ? "-" : dev.nodes.joined(separator: ","),
+                                 "\(dev.env.count)", "\(dev.mounts.count)", dev.file])
+                }
+                printTable(rows)
+            }
+            for e in d.errors { print("unreadable CDI spec: \(e)") }
+        } catch { throw failure(error) }
+    }
+}

@@ -14,7 +14,7 @@ struct Hearth: ParsableCommand {
         abstract: "Hearth: warm, isolated Python replicas on one machine.",
         discussion: "Talks to hearthd over its Unix socket (HEARTH_SOCKET, default \(HearthDefaults.socketPath)).",
         subcommands: [Apply.self, EnvList.self, EnvStatus.self, EnvRemove.self, RunTask.self, TaskResult.self, Logs.self,
-                      SecretCommand.self, Spares.self, Sandbox.self, ImageCommand.self, Login.self, Logout.self,
+                      SecretCommand.self, Spares.self, Devices.self, Sandbox.self, ImageCommand.self, Login.self, Logout.self,
                       Version.self]
     )
 }

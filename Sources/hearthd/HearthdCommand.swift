@@ -44,6 +44,9 @@ struct HearthdCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("A host directory environments may mount (their `mounts`), with what lies below it; repeatable. None by default.", valueName: "DIR"))
     var allowMount: [String] = []
 
+    @Option(name: .long, help: ArgumentHelp("A directory of CDI specs (JSON or YAML) for the devices environments may ask for; repeatable, later ones win (default /etc/cdi, /var/run/cdi).", valueName: "DIR"))
+    var cdiSpecDir: [String] = []
+
     @Flag(name: .long, help: "Run replicas in user namespaces by default (root inside is an unprivileged host uid; a spec's user_namespace: false opts out).")
     var userns = false
 
@@ -123,6 +126,7 @@ struct HearthdCommand: AsyncParsableCommand {
         options.spareImages = spareImage
         options.allowPrivileged = allowPrivileged
         options.allowMounts = allowMount
+        if !cdiSpecDir.isEmpty { options.cdiDirs = cdiSpecDir }
         options.userNamespaces = userns
         options.resultBudget = Int(clamping: memoryBudget)
         options.resultDiskBudget = Int(clamping: diskBudget)

@@ -623,7 +623,7 @@ final class EnvironmentSpecTests: XCTestCase {
     func testUnknownFieldsAtEveryDepth() {
         assertRefused("name: a\nreplica: 2", "env.yaml: replica: unknown field")
         XCTAssertEqual(refusal("name: a\nttl: 2"),
-                       "env.yaml: ttl: unknown field; expected one of name, container_image, environment, requests, limits, replica_count, ttl_seconds, secret_requests, pod_template, network, seccomp, capabilities, timeout, max_tasks_per_replica, max_queue, packages, user_namespace, image_pull_policy, replicas, scaledown_ttl, concurrency, prewarm, mounts")
+                       "env.yaml: ttl: unknown field; expected one of name, container_image, environment, requests, limits, replica_count, ttl_seconds, secret_requests, pod_template, network, seccomp, capabilities, timeout, max_tasks_per_replica, max_queue, packages, user_namespace, image_pull_policy, replicas, scaledown_ttl, concurrency, prewarm, mounts, devices")
         XCTAssertEqual(refusal("name: a\nreplica_cont: 2"), "env.yaml: replica_cont: unknown field (did you mean replica_count?)")
         assertRefused("name: a\nrequests: {cpus: 1}", "env.yaml: requests.cpus: unknown field (did you mean cpu?)")
         assertRefused("name: a\ncapabilities: {add: [], remove: []}", "env.yaml: capabilities.remove: unknown field")

@@ -104,14 +104,16 @@ class ActorEnvironment(object):
 
     ``mounts``: host directories in every replica, each ``{"host_path":
     ..., "path": ..., "read_only": False}`` or ``(host_path, path)``
-    (read-only); hearthd allows those under its ``--allow-mount`` dirs."""
+    (read-only); hearthd allows those under its ``--allow-mount`` dirs.
+    ``devices``: CDI devices (``["vendor.com/class=name"]``, as ``hearth
+    devices`` lists them) every replica gets."""
 
     def __init__(self, name, container_image=None, replica_count=None, ttl_seconds=None, environment=None,
                  requests=None, limits=None, accelerator=None, secret_requests=None, pod_template=None,
                  interruptible=False, parallelism=None, backlog_length=None, *, timeout=None,
                  max_tasks_per_replica=None, max_queue=None, network=None, user_namespace=None,
                  image_pull_policy=None, socket=None, replicas=None, scaledown_ttl=None, concurrency=None,
-                 prewarm=None, reusable=None, mounts=None):
+                 prewarm=None, reusable=None, mounts=None, devices=None):
         if not isinstance(name, str) or not name:
             raise TypeError("ActorEnvironment: name must be a non-empty string, got %r" % (name,))
         if reusable is not None:
@@ -192,6 +194,11 @@ class ActorEnvironment(object):
         self.scaledown_ttl = scaledown_ttl
         self.concurrency = concurrency
         self.mounts = _spec.mounts_list(mounts, "ActorEnvironment %s: mounts" % name)
+        if devices is not None and (not isinstance(devices, (list, tuple))
+                                    or not all(isinstance(d, str) and d for d in devices)):
+            raise TypeError("ActorEnvironment %s: devices must be a list of CDI device names "
+                            "(vendor.com/class=name), got %r" % (name, devices))
+        self.devices = list(devices or [])
         self.prewarm = prewarm
         self.socket = socket
         self._applied = {}  # socket path -> identity the daemon gave this process's spec
@@ -221,6 +228,8 @@ class ActorEnvironment(object):
             spec["prewarm"] = self.prewarm
         if self.mounts:
             spec["mounts"] = self.mounts
+        if self.devices:
+            spec["devices"] = self.devices
         if self.container_image is not None:
             spec["container_image"] = _spec.image_name(self.container_image)
         packages = _spec.image_packages(self.container_image)

@@ -216,6 +216,9 @@ def test_mounts_in_the_spec():
     assert env.spec()["mounts"] == [{"host_path": "/data/models", "path": "/models"},
                                     {"host_path": "/data/out", "path": "/out", "read_only": False}]
     assert "mounts" not in ActorEnvironment(name="m").spec()
+    assert ActorEnvironment(name="m", devices=["example.com/net=tun"]).spec()["devices"] == ["example.com/net=tun"]
+    with pytest.raises(TypeError, match="devices must be a list of CDI device names"):
+        ActorEnvironment(name="m", devices="example.com/net=tun")
     for mounts, message in [("/data", "expected a list of mounts"), ([("/d",)], r"expected \{host_path"),
                             ([{"host": "/d", "path": "/x"}], "unknown key 'host'"),
                             ([("/d", "/x", "yes")], "read_only must be True or False")]:
