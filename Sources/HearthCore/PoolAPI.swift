@@ -122,6 +122,8 @@ public struct ReplicaStatus: Codable, Sendable {
     public var python: String?
     /// Tasks running in it now, when it runs several at once (`concurrency`).
     public var running: Int?
+    /// The GPUs it holds (`nvidia.com/gpu=0`, …), when it holds any.
+    public var gpus: [String]?
 
     public init(name: String, state: String, pid: Int32?, tasksRun: Int, idleSeconds: Double,
                 ttlLeftSeconds: Double?, python: String?) {

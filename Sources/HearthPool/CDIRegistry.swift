@@ -62,11 +62,12 @@ public struct CDIRegistry: Sendable {
             if let hook = entry.edits.hooks.first {
                 throw HearthError(.invalidArgument, "\(at): \(name) (\(entry.file)) needs a \(hook.hookName) hook (\(hook.path)), and Hearth runs no CDI hooks yet")
             }
-            out.env += entry.edits.env
-            for node in entry.edits.deviceNodes {
+            // Several devices of one spec share its edits: each once.
+            for e in entry.edits.env where !out.env.contains(e) { out.env.append(e) }
+            for node in entry.edits.deviceNodes where !out.nodes.contains(where: { $0.node.path == node.path }) {
                 out.nodes.append(try Self.node(node, device: name, file: entry.file))
             }
-            for m in entry.edits.mounts {
+            for m in entry.edits.mounts where !out.mounts.contains(where: { $0.target == m.containerPath }) {
                 out.mounts.append(BindMount(source: m.hostPath, target: m.containerPath,
                                             readOnly: m.options.contains("ro")))
             }

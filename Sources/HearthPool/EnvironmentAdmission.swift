@@ -18,6 +18,8 @@ public actor EnvironmentAdmission {
     let mountPolicy: MountPolicy
     /// Where CDI specs are read (`hearthd --cdi-spec-dir`).
     let cdiDirs: [String]
+    /// The GPUs admission counts (`replicas × gpu` may not exceed them).
+    let gpus: GPUAllocator?
     /// hearthd --userns: environments that do not say get user namespaces.
     let defaultUserNamespace: Bool
     let logger: Logger
@@ -35,10 +37,12 @@ public actor EnvironmentAdmission {
 
     public init(pool: Pool, images: ImageStore, secrets: SecretStore, policy: PrivilegePolicy,
          mountPolicy: MountPolicy = MountPolicy(allowed: []), cdiDirs: [String] = CDIRegistry.defaultDirs,
+         gpus: GPUAllocator? = nil,
          defaultUserNamespace: Bool = false,
          logger: Logger, capacity: MachineCapacity, ledger: MemoryLedger, defaultMemory: Int64?) {
         self.mountPolicy = mountPolicy
         self.cdiDirs = cdiDirs
+        self.gpus = gpus
         self.defaultUserNamespace = defaultUserNamespace
         self.pool = pool
         self.images = images
@@ -106,7 +110,10 @@ public actor EnvironmentAdmission {
         }
         // Checked and recorded under the ledger's lock, against the spares
         // that exist now: none can be built into this room meanwhile.
-        let capacity = self.capacity, defaultMemory = self.defaultMemory, current = admitted
+        var capacity = self.capacity
+        // The GPUs the CDI specs offer now.
+        if let gpus { capacity.gpus = Int64(gpus.gpus().names.count) }
+        let defaultMemory = self.defaultMemory, current = admitted
         try ledger.admit { spares in
             var planned = current
             for (_, eff, _) in prepared {

@@ -26,6 +26,8 @@ public struct PoolContext: Sendable {
     /// Admission's memory ledger, where spares reserve their limit; nil:
     /// spares are not counted.
     public var memory: MemoryLedger?
+    /// Whole GPUs for replicas with `gpu: N`; nil: none to give.
+    public var gpus: GPUAllocator?
     /// The daemon's (single) HTTP event loop: replicas' result frames are
     /// read there, next to the responses waiting for them.
     public var resultLoop: any EventLoop
@@ -34,10 +36,11 @@ public struct PoolContext: Sendable {
     /// read-only at /.hearth/worker).
     public init(runtime: SandboxRuntime, images: ImageStore, code: CodeStore, secrets: SecretStore,
                 tasks: TaskRegistry, logger: Logger, workerDir: String, resultLoop: any EventLoop,
-                maxFrame: Int = Frames.defaultMaxBytes) {
+                maxFrame: Int = Frames.defaultMaxBytes, gpus: GPUAllocator? = nil) {
         self.init(launcher: ReplicaLauncher(runtime: runtime, images: images, secrets: secrets, workerDir: workerDir,
-                                            maxFrame: maxFrame, resultLoop: resultLoop, logger: logger),
+                                            maxFrame: maxFrame, resultLoop: resultLoop, logger: logger, gpus: gpus),
                   code: code, tasks: tasks, logger: logger, resultLoop: resultLoop, maxFrame: maxFrame)
+        self.gpus = gpus
     }
 
     init(launcher: any ReplicaLaunching, code: CodeStore, tasks: TaskRegistry, logger: Logger,
@@ -406,7 +409,12 @@ actor EnvironmentPool {
         // Once per replica, whichever path (exit, loss, TTL, drain) came first.
         guard r.markRemoved() else { return }
         let name = r.name
-        teardowns[name] = Task { _ = try? await Blocking.run { r.teardown() } }
+        let gpus = ctx.gpus
+        teardowns[name] = Task {
+            _ = try? await Blocking.run { r.teardown() }
+            // Its GPUs are free once its processes are gone.
+            gpus?.release(name)
+        }
         Task { [weak self] in
             await self?.teardowns[name]?.value
             await self?.teardownDone(name)
@@ -614,7 +622,13 @@ actor EnvironmentPool {
 
     func status() -> EnvironmentStatus {
         let now = ContinuousClock.now
-        let reps = replicas.values.sorted { $0.name < $1.name }.map { $0.status(now: now, ttl: config.ttl) }
+        let holders = ctx.gpus?.holders() ?? [:]
+        let reps = replicas.values.sorted { $0.name < $1.name }.map { r -> ReplicaStatus in
+            var st = r.status(now: now, ttl: config.ttl)
+            let held = holders.filter { $0.value == r.name }.keys.sorted()
+            if !held.isEmpty { st.gpus = held }
+            return st
+        }
         var status = EnvironmentStatus(name: config.name, identity: config.identity, image: config.image,
                                        replicaCount: config.replicaCount, ttlSeconds: config.ttl.seconds,
                                        queued: queued, replicas: reps, lastError: lastError)

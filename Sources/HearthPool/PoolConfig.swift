@@ -27,6 +27,8 @@ public struct PoolConfig: Sendable {
     /// CDI devices' edits: nodes in /dev (allowed in the device cgroup),
     /// env, bind mounts.
     public var devices = ResolvedDevices()
+    /// Whole GPUs each replica holds (`limits: {gpu: N}`).
+    public var gpus = 0
 
     public struct HostMount: Sendable, Equatable {
         public var prefix: String
@@ -106,5 +108,6 @@ extension PoolConfig {
         scaledownTTL = .seconds(e.scaledownSeconds)
         concurrency = e.tasksPerReplica
         prewarm = e.prewarm ?? false
+        gpus = Int(clamping: e.gpus ?? 0)
     }
 }

@@ -33,6 +33,8 @@ struct ReplicaLauncher: ReplicaLaunching {
     /// Where replicas' result frames are read (the daemon's HTTP loop).
     let resultLoop: any EventLoop
     let logger: Logger
+    /// Where `gpu: N` replicas take their GPUs.
+    var gpus: GPUAllocator? = nil
 
     func imageIdentity(_ image: String) throws -> (name: String, id: String) {
         let resolved = try images.resolve(image)
@@ -155,10 +157,21 @@ struct ReplicaLauncher: ReplicaLaunching {
                 spec.devices += config.devices.nodes.map(\.rule)
                 spec.env += config.devices.env
                 spec.mounts += config.devices.mounts
+                if config.gpus > 0 && !spare {
+                    guard let gpus else {
+                        throw HearthError(.unavailable, "replica \(name): \(config.gpus) GPU(s) asked, and this hearthd has none to give")
+                    }
+                    let (_, edits) = try gpus.take(config.gpus, for: name)
+                    spec.deviceNodes += edits.nodes.map(\.node)
+                    spec.devices += edits.nodes.map(\.rule)
+                    spec.env += edits.env
+                    spec.mounts += edits.mounts
+                }
                 spec.extraFDs = [(toWorker.read, 3), (fromWorker.write, 4)]
                 return try withExtendedLifetime(mountFDs) { try runtime.start(spec) }
               } catch {
                 for path in made { try? FS.removeTree(path: path) }
+                gpus?.release(name)
                 throw error
               }
             }

@@ -83,6 +83,7 @@ public final class SparePool: Sendable {
         if !config.secrets.isEmpty { return "it requests secrets, which are mounted when a replica is built" }
         if !config.mounts.isEmpty { return "it mounts host directories, which are mounted when a replica is built" }
         if !config.devices.isEmpty { return "it asks for devices, which are made when a replica is built" }
+        if config.gpus > 0 { return "it asks for GPUs, which a replica takes when it is built" }
         for key in config.env.keys.sorted()
         where startupVariables.contains(key) || startupPrefixes.contains(where: { key.hasPrefix($0) }) {
             return "its env sets \(key), which is read when the interpreter starts"

@@ -366,10 +366,14 @@ public final class SandboxRuntime: Sendable {
             // directory. Elsewhere every missing directory on the way is made
             // (in the replica's writable layer, resolved inside its root).
             if !m.target.hasPrefix(ContainerPaths.runtimeMount + "/") {
+                // A file (a CDI driver library) is bound on a file.
+                var st = stat()
+                let isFile = m.tree == nil && stat(m.source, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
                 var partial = ""
-                for part in m.target.split(separator: "/") {
+                let parts = m.target.split(separator: "/")
+                for (i, part) in parts.enumerated() {
                     partial += "/" + part
-                    ops.append(.mkdir(r + partial))
+                    ops.append(isFile && i == parts.count - 1 ? .file(r + partial) : .mkdir(r + partial))
                 }
             }
             if let tree = m.tree {

@@ -58,6 +58,10 @@ public struct FSOp: Sendable, Equatable, CustomStringConvertible {
     public static func attach(_ tree: Int32, on target: String) -> FSOp {
         FSOp(kind: .attach, target: target, treeFD: tree)
     }
+    /// An empty file at `target` (what a file is bind-mounted on).
+    public static func file(_ target: String, mode: UInt32 = 0o644) -> FSOp {
+        FSOp(kind: .writeFile, target: target, mode: mode)
+    }
     public static func mkdir(_ target: String, mode: UInt32 = 0o755) -> FSOp {
         FSOp(kind: .mkdir, target: target, mode: mode)
     }

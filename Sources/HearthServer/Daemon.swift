@@ -141,8 +141,9 @@ public enum Daemon {
         // One event loop serves HTTP and reads every replica's result frames,
         // so a result reaches the response waiting for it on the same thread.
         let io = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let gpus = GPUAllocator(cdiDirs: options.cdiDirs)
         var context = PoolContext(runtime: runtime, images: images, code: code, secrets: secrets, tasks: tasks,
-                                  logger: logger, workerDir: options.workerDir, resultLoop: io.next())
+                                  logger: logger, workerDir: options.workerDir, resultLoop: io.next(), gpus: gpus)
         let capacity = EnvironmentAdmission.measureCapacity()
         let ledger = MemoryLedger(capacity: capacity.memoryBytes, spareLimit: options.defaultMemory)
         context.defaultMemory = options.defaultMemory
@@ -169,6 +170,7 @@ public enum Daemon {
         if !allowed.isEmpty { logger.info("environments may mount host directories under \(allowed.joined(separator: ", "))") }
         let admission = EnvironmentAdmission(pool: pool, images: images, secrets: secrets, policy: policy,
                                              mountPolicy: MountPolicy(allowed: allowed), cdiDirs: options.cdiDirs,
+                                             gpus: gpus,
                                          defaultUserNamespace: options.userNamespaces, logger: logger,
                                          capacity: capacity, ledger: ledger, defaultMemory: options.defaultMemory)
         await admission.restore()

@@ -96,10 +96,12 @@ struct EnvStatus: ParsableCommand {
                 }
             }
             if let err = e.lastError { print("last error: \(err)") }
-            var rows = [["REPLICA", "STATE", "PID", "TASKS", "IDLE", "TTL LEFT"]]
+            let withGPUs = e.replicas.contains { $0.gpus != nil }
+            var rows = [["REPLICA", "STATE", "PID", "TASKS", "IDLE", "TTL LEFT"] + (withGPUs ? ["GPUS"] : [])]
             for rep in e.replicas {
                 rows.append([rep.name, rep.state, rep.pid.map { "\($0)" } ?? "-", "\(rep.tasksRun)",
-                             oneDecimal(rep.idleSeconds) + "s", rep.ttlLeftSeconds.map { oneDecimal($0) + "s" } ?? "-"])
+                             oneDecimal(rep.idleSeconds) + "s", rep.ttlLeftSeconds.map { oneDecimal($0) + "s" } ?? "-"]
+                            + (withGPUs ? [rep.gpus?.joined(separator: ",") ?? "-"] : []))
             }
             printTable(rows)
         } catch { throw failure(error) }

@@ -1,0 +1,138 @@
+"""Whole GPUs per replica (`limits: {gpu: N}`, also `nvidia.com/gpu`), on a
+fake NVIDIA layout: a CDI spec of kind nvidia.com/gpu whose GPUs are
+harmless real devices this host lets root open (GPU 0 is /dev/fuse shown as
+/dev/nvidia0, GPU 1 is /dev/net/tun shown as /dev/nvidia1) and whose
+driver library is a file the test writes. Two replicas with one GPU each
+get different GPUs and can open only their own; admission counts GPUs;
+a removed environment's GPUs are free again."""
+import json
+import os
+import shutil
+import tempfile
+import textwrap
+import time
+
+import pytest
+
+from conftest import TMP, api, running_daemon
+from test_actors import bundle
+
+PROBE = textwrap.dedent('''
+    import errno, os, time
+
+    def gpu_view(hold=0.0):
+        def try_open(path):
+            try:
+                os.close(os.open(path, os.O_RDWR))
+                return "ok"
+            except OSError as e:
+                return errno.errorcode.get(e.errno, str(e.errno))
+        time.sleep(hold)
+        return {"NVIDIA_VISIBLE_DEVICES": os.environ.get("NVIDIA_VISIBLE_DEVICES"),
+                "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "nvidia0": try_open("/dev/nvidia0"), "nvidia1": try_open("/dev/nvidia1"),
+                "lib": open("/usr/lib/fake-nvidia/libcuda.so.1").read(),
+                "replica": os.environ.get("HEARTH_REPLICA")}
+''')
+
+
+@pytest.fixture(scope="module")
+def layout():
+    base = tempfile.mkdtemp(prefix="hearth-gpu-", dir=TMP)
+    lib = os.path.join(base, "libcuda.so.1")
+    with open(lib, "w") as f:
+        f.write("fake driver\n")
+    spec = {
+        "cdiVersion": "0.5.0", "kind": "nvidia.com/gpu",
+        "containerEdits": {"mounts": [{"hostPath": lib, "containerPath": "/usr/lib/fake-nvidia/libcuda.so.1",
+                                       "options": ["ro", "nosuid", "nodev", "bind"]}]},
+        "devices": [
+            {"name": "0", "containerEdits": {"deviceNodes": [{"path": "/dev/nvidia0", "hostPath": "/dev/fuse"}]}},
+            {"name": "1", "containerEdits": {"deviceNodes": [{"path": "/dev/nvidia1", "hostPath": "/dev/net/tun"}]}},
+            {"name": "all", "containerEdits": {"deviceNodes": [{"path": "/dev/nvidia0", "hostPath": "/dev/fuse"},
+                                                               {"path": "/dev/nvidia1", "hostPath": "/dev/net/tun"}]}},
+        ],
+    }
+    cdi = os.path.join(base, "cdi")
+    os.makedirs(cdi)
+    with open(os.path.join(cdi, "nvidia.json"), "w") as f:
+        json.dump(spec, f)
+    yield cdi
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def gd(layout):
+    yield from running_daemon("hearth-gpu", extra_args=["--cdi-spec-dir", layout])
+
+
+@pytest.fixture(scope="module")
+def code(gd):
+    sha, raw = bundle({"probe.py": PROBE})
+    status, body = api(gd.socket, "PUT", f"/v1/code/{sha}", raw)
+    assert status == 201, body
+    return sha
+
+
+def submit(d, env, code, **kwargs):
+    status, body = api(d.socket, "POST", f"/v1/environments/{env}/tasks",
+                       {"module": "probe", "function": "gpu_view", "kwargs": kwargs, "bundle": code, "wait": False})
+    assert status == 202, body
+    return body["id"]
+
+
+def wait(d, tid):
+    deadline = time.time() + 120
+    while True:
+        _, snap = api(d.socket, "GET", f"/v1/tasks/{tid}")
+        if snap["state"] not in ("queued", "running"):
+            return snap
+        assert time.time() < deadline
+        time.sleep(0.1)
+
+
+def test_two_replicas_get_one_gpu_each_and_open_only_their_own(gd, code):
+    r = gd.hearth("apply", "-f", "-", input=b"name: gpu-pair\nreplica_count: 2\nlimits: {nvidia.com/gpu: 1}\n",
+                  check=False)
+    assert r.returncode == 0, r.stderr
+    a, b = [wait(gd, t) for t in [submit(gd, "gpu-pair", code, hold=1.5), submit(gd, "gpu-pair", code, hold=1.5)]]
+    assert a["state"] == b["state"] == "succeeded", (a, b)
+    va, vb = a["result"], b["result"]
+    assert va["replica"] != vb["replica"], (va, vb)
+    assert {va["NVIDIA_VISIBLE_DEVICES"], vb["NVIDIA_VISIBLE_DEVICES"]} == {"0", "1"}, (va, vb)
+    for v in (va, vb):
+        own, other = ("nvidia0", "nvidia1") if v["NVIDIA_VISIBLE_DEVICES"] == "0" else ("nvidia1", "nvidia0")
+        assert v[own] == "ok" and v[other] == "ENOENT", v
+        assert v["CUDA_VISIBLE_DEVICES"] == "0" and v["lib"] == "fake driver\n", v
+    st = json.loads(gd.hearth("status", "gpu-pair", "--json").stdout)
+    held = sorted(g for rep in st["replicas"] for g in rep.get("gpus", []))
+    assert held == ["nvidia.com/gpu=0", "nvidia.com/gpu=1"], st
+    assert "GPUS" in gd.hearth("status", "gpu-pair").stdout.decode()
+
+
+def test_admission_counts_gpus_and_removal_frees_them(gd, code):
+    assert gd.hearth("apply", "-f", "-", input=b"name: gpu-pair\nreplica_count: 2\nlimits: {nvidia.com/gpu: 1}\n",
+                     check=False).returncode == 0
+    r = gd.hearth("apply", "-f", "-", input=b"name: gpu-more\nlimits: {gpu: 1}\n", check=False)
+    msg = r.stderr.decode()
+    assert r.returncode != 0 and "gpu 1 = 1 GPUs, plus 2 already admitted" in msg and "exceeds the 2" in msg, msg
+    r = gd.hearth("apply", "-f", "-", input=b"name: gpu-three\nreplica_count: 3\nlimits: {gpu: 1}\n", check=False)
+    assert r.returncode != 0 and "replica_count 3 × gpu 1 = 3 GPUs" in r.stderr.decode(), r.stderr
+    gd.hearth("rm", "gpu-pair")
+    r = gd.hearth("apply", "-f", "-", input=b"name: gpu-more\nlimits: {gpu: 2}\n", check=False)
+    assert r.returncode == 0, r.stderr
+    snap = wait(gd, submit(gd, "gpu-more", code))
+    assert snap["state"] == "succeeded", snap
+    v = snap["result"]
+    assert v["NVIDIA_VISIBLE_DEVICES"] == "0,1" and v["CUDA_VISIBLE_DEVICES"] == "0,1", v
+    assert v["nvidia0"] == "ok" and v["nvidia1"] == "ok", v
+    gd.hearth("rm", "gpu-more")
+
+
+def test_no_gpu_asked_sees_none(gd, code):
+    assert gd.hearth("apply", "-f", "-", input=b"name: gpu-none\n", check=False).returncode == 0
+    v = wait(gd, submit(gd, "gpu-none", code))
+    assert v["state"] == "failed" and "fake-nvidia" in v["error"]["message"], v  # no driver library either
+    status, body = api(gd.socket, "POST", "/v1/environments/gpu-none/tasks",
+                       {"module": "os", "function": "listdir", "kwargs": {"path": "/dev"}, "wait": True})
+    assert status == 200 and not any(n.startswith("nvidia") for n in body["result"]), body
