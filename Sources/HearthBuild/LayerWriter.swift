@@ -16,6 +16,11 @@ public struct LayerSource: Sendable {
     public var prefix: [[UInt8]] = []
     /// Image paths (components) left out, with everything below them.
     public var excluded: Set<[[UInt8]]> = []
+    /// A plain root filesystem (`hearth image import DIR`), not overlayfs:
+    /// no entry is a whiteout, and device nodes and FIFOs (a debootstrap
+    /// tree's /dev) are left out instead of refused; a replica's /dev is
+    /// made fresh anyway.
+    public var plainRootfs = false
     /// The image below the layer: a directory that has nothing in the layer
     /// below it and the same owner and mode as there is left out (it was
     /// only copied up, or made by Hearth). Without one, every directory is
@@ -155,7 +160,7 @@ public enum LayerWriter {
                 var st = stat()
                 let rc = withCString(name) { fstatat(dir.raw, $0, &st, AT_SYMLINK_NOFOLLOW) }
                 guard rc == 0 else { throw SystemError.current("lstat", display(child)) }
-                let isWhiteout = LowerView.isWhiteout(st)
+                let isWhiteout = !source.plainRootfs && LowerView.isWhiteout(st)
                 if !isWhiteout && name.starts(with: Array(".wh.".utf8)) {
                     throw HearthError(.invalidArgument, "\(display(child)): names beginning with .wh. are reserved for whiteouts in image layers; rename it")
                 }
@@ -174,6 +179,8 @@ public enum LayerWriter {
                                        mode: 0))
                 case S_IFSOCK:
                     continue  // a socket is a live endpoint, not content; tar cannot hold one
+                case S_IFCHR, S_IFBLK, S_IFIFO where source.plainRootfs:
+                    continue
                 default:
                     let what = (st.st_mode & S_IFMT) == S_IFIFO ? "a FIFO"
                         : "a device node (\(LayerWriter.major(UInt64(st.st_rdev))):\(LayerWriter.minor(UInt64(st.st_rdev))))"
@@ -187,7 +194,7 @@ public enum LayerWriter {
             guard fd >= 0 else { throw SystemError.current("open", display(components)) }
             let dir = OwnedFD(owning: fd)
             let attributes = try xattrs(dir, display: display(components))
-            let opaque = LowerView.isOpaque(dir.raw)
+            let opaque = !source.plainRootfs && LowerView.isOpaque(dir.raw)
             let member = TarMember(kind: .directory, path: try joined(imagePath(components)),
                                    mode: UInt32(st.st_mode & 0o7777), uid: st.st_uid, gid: st.st_gid,
                                    mtime: Int64(st.st_mtim.tv_sec), xattrs: attributes)

@@ -19,6 +19,15 @@ public struct ImageDetails: Sendable, Equatable {
     public var user: String
     public var os: String?
     public var architecture: String?
+
+    /// This machine's os and architecture, as image configs spell them.
+    public static var hostPlatform: (os: String?, architecture: String?) { (Platform.host.os, Platform.host.architecture) }
+
+    public init(name: String, id: String, diffIDs: [String], env: [String], entrypoint: [String], cmd: [String],
+                workingDir: String, user: String, os: String?, architecture: String?) {
+        self.name = name; self.id = id; self.diffIDs = diffIDs; self.env = env; self.entrypoint = entrypoint
+        self.cmd = cmd; self.workingDir = workingDir; self.user = user; self.os = os; self.architecture = architecture
+    }
 }
 
 /// Entry points for `hearth image build` (HearthBuild): a layer comes in as

@@ -1,6 +1,7 @@
 import CHearth
 import Foundation
 import Glibc
+import HearthBuild
 import HearthCore
 import HearthImage
 import HearthSandbox
@@ -90,9 +91,16 @@ struct ImageAndSandboxRoutes: Sendable {
         Blocking.queue.async {
             defer { if spooled { unlink(path) } }
             do {
-                let summary = try images.importImage(path: path, name: name) { p in
-                    cont.yield(ImageImportEvent(event: "progress", layer: p.layer, layers: p.layers,
-                                                bytes: p.bytes, totalBytes: p.totalBytes))
+                let summary: ImageSummary
+                if !spooled && RootfsImport.isRootfs(path) {
+                    // A plain root filesystem: one layer written from it.
+                    cont.yield(ImageImportEvent(event: "progress", layer: 1, layers: 1, bytes: 0, totalBytes: 0))
+                    summary = try RootfsImport.importDirectory(path, name: name, store: images)
+                } else {
+                    summary = try images.importImage(path: path, name: name) { p in
+                        cont.yield(ImageImportEvent(event: "progress", layer: p.layer, layers: p.layers,
+                                                    bytes: p.bytes, totalBytes: p.totalBytes))
+                    }
                 }
                 Task { await imported(summary) }
                 cont.yield(ImageImportEvent(event: "done", image: summary))

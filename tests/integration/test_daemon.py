@@ -163,3 +163,29 @@ def test_sigterm_kills_sandboxes_past_the_deadline(own):
     assert p.returncode != 0
     assert own.leftovers() == []
     own.start()
+
+
+def test_image_import_of_a_plain_root_filesystem(own, tmp_path):
+    """What debootstrap or `docker export | tar x` leaves: the tree becomes a
+    one-layer image (device nodes in it left out), and replicas run on it."""
+    index = json.loads((LAYOUT / "index.json").read_text())
+    manifest = json.loads((LAYOUT / "blobs" / "sha256" / index["manifests"][0]["digest"].split(":")[1]).read_text())
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    import tarfile
+    for layer in manifest["layers"]:
+        with tarfile.open(LAYOUT / "blobs" / "sha256" / layer["digest"].split(":")[1]) as tar:
+            tar.extractall(root, filter="fully_trusted")
+    (root / "dev").mkdir(exist_ok=True)
+    os.mknod(root / "dev" / "made-null", 0o666 | 0o020000, os.makedev(1, 3))  # a node, as debootstrap makes
+    (root / "etc" / "from-a-directory").write_text("yes\n")
+    r = own.hearth("image", "import", str(root), check=False)
+    assert r.returncode != 0 and b"carries no image name" in r.stderr, r.stderr
+    own.hearth("image", "import", str(root), "--name", "plain:1")
+    r = own.hearth("sandbox", "--image", "plain:1", "--", "python3", "-c",
+                   "import os; print(open('/etc/from-a-directory').read().strip(), os.path.exists('/dev/made-null'))",
+                   check=False)
+    assert r.returncode == 0 and r.stdout.strip() == b"yes False", (r.stdout, r.stderr)
+    ls = {i["name"]: i for i in json.loads(own.hearth("image", "ls", "--json").stdout)}
+    assert ls["plain:1"]["layers"] == 1, ls["plain:1"]
+    own.hearth("image", "rm", "plain:1")
