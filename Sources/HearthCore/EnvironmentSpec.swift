@@ -210,12 +210,54 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
         }
     }
 
-    /// Kubernetes `V1PodSpec`: only `containers`.
+    /// Kubernetes `V1PodSpec`: `containers`, and `volumes` of type
+    /// `hostPath` (mounted where the primary container's `volumeMounts`
+    /// say, as `mounts` entries).
     public struct PodSpec: Codable, Sendable, Equatable {
         public var containers: [Container]
-        public init(containers: [Container]) { self.containers = containers }
+        public var volumes: [Volume] = []
+        public init(containers: [Container], volumes: [Volume] = []) {
+            self.containers = containers; self.volumes = volumes
+        }
 
-        enum CodingKeys: String, CodingKey, CaseIterable { case containers }
+        enum CodingKeys: String, CodingKey, CaseIterable { case containers, volumes }
+    }
+
+    /// Kubernetes `V1Volume` with a `hostPath` source.
+    public struct Volume: Codable, Sendable, Equatable {
+        public var name: String
+        public var hostPath: String
+        public init(name: String, hostPath: String) { self.name = name; self.hostPath = hostPath }
+
+        private enum CodingKeys: String, CodingKey { case name, hostPath }
+        private enum HostPathKeys: String, CodingKey { case path }
+
+        /// As Kubernetes writes it: `{name, hostPath: {path}}`.
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(name, forKey: .name)
+            var h = c.nestedContainer(keyedBy: HostPathKeys.self, forKey: .hostPath)
+            try h.encode(hostPath, forKey: .path)
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            name = try c.decode(String.self, forKey: .name)
+            hostPath = try c.nestedContainer(keyedBy: HostPathKeys.self, forKey: .hostPath).decode(String.self, forKey: .path)
+        }
+    }
+
+    /// Kubernetes `V1VolumeMount`: `name`, `mountPath`, `readOnly` (nil:
+    /// read-only, Hearth's default; Kubernetes' is writable).
+    public struct VolumeMount: Codable, Sendable, Equatable {
+        public var name: String
+        public var mountPath: String
+        public var readOnly: Bool?
+        public init(name: String, mountPath: String, readOnly: Bool? = nil) {
+            self.name = name; self.mountPath = mountPath; self.readOnly = readOnly
+        }
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case name, mountPath, readOnly }
     }
 
     /// Kubernetes `V1Container`: `name`, `image`, `env`, `resources`,
@@ -226,12 +268,13 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
         public var env: [EnvVar]
         public var resources: ResourceRequirements?
         public var imagePullPolicy: PullPolicy?
+        public var volumeMounts: [VolumeMount] = []
 
         public init(name: String, image: String? = nil, env: [EnvVar] = [], resources: ResourceRequirements? = nil) {
             self.name = name; self.image = image; self.env = env; self.resources = resources
         }
 
-        enum CodingKeys: String, CodingKey, CaseIterable { case name, image, env, resources, imagePullPolicy }
+        enum CodingKeys: String, CodingKey, CaseIterable { case name, image, env, resources, imagePullPolicy, volumeMounts }
     }
 
     /// Kubernetes `V1EnvVar` with a literal value (`valueFrom` is not supported).

@@ -319,7 +319,22 @@ extension EnvironmentSpec.PodTemplate {
         if let spec = r.node(CodingKeys.podSpec.rawValue) {
             let s = try SpecReader(spec, path: r.path(CodingKeys.podSpec.rawValue), what: "a pod spec mapping")
             try s.rejectUnknown(EnvironmentSpec.PodSpec.CodingKeys.allCases.map(\.rawValue))
-            podSpec = EnvironmentSpec.PodSpec(containers: try s.list("containers", EnvironmentSpec.Container.init))
+            podSpec = EnvironmentSpec.PodSpec(
+                containers: try s.list("containers", EnvironmentSpec.Container.init),
+                volumes: try s.list("volumes") { item, itemPath in
+                    let v = try SpecReader(item, path: itemPath, what: "a volume (name and hostPath)")
+                    let name = try v.requiredString("name")
+                    guard let hp = v.node("hostPath") else {
+                        throw SpecReader.error(itemPath, "volume \(name.debugDescription) is not a hostPath volume; a replica mounts hostPath volumes only (as mounts entries)")
+                    }
+                    try v.rejectUnknown(["name", "hostPath"])
+                    let h = try SpecReader(hp, path: v.path("hostPath"), what: "a mapping with path and type")
+                    try h.rejectUnknown(["path", "type"])
+                    if let type = try h.string("type"), !["", "Directory"].contains(type) {
+                        throw SpecReader.error(h.path("type"), "\"\(type)\" is not supported; a hostPath volume here is an existing directory (Directory)")
+                    }
+                    return EnvironmentSpec.Volume(name: name, hostPath: try h.requiredString("path"))
+                })
         }
     }
 }
@@ -339,6 +354,12 @@ extension EnvironmentSpec.Container {
             // Kubernetes treats a missing value as the empty string.
             let value = try e.node("value").map { try SpecReader.scalarText($0, path: e.path("value")) } ?? ""
             return EnvironmentSpec.EnvVar(name: try e.requiredString("name"), value: value)
+        }
+        volumeMounts = try r.list("volumeMounts") { item, itemPath in
+            let m = try SpecReader(item, path: itemPath, what: "a volume mount (name, mountPath, readOnly)")
+            try m.rejectUnknown(EnvironmentSpec.VolumeMount.CodingKeys.allCases.map(\.rawValue))
+            return EnvironmentSpec.VolumeMount(name: try m.requiredString("name"), mountPath: try m.requiredString("mountPath"),
+                                               readOnly: try m.bool("readOnly"))
         }
         if let res = r.node("resources") {
             let q = try SpecReader(res, path: r.path("resources"), what: "a mapping with requests and limits")

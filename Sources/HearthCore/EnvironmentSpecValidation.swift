@@ -64,7 +64,19 @@ extension EnvironmentSpec {
         if let concurrency, !Self.concurrencyRange.contains(concurrency) {
             throw SpecReader.error(at(K.concurrency.rawValue), "\(concurrency) is out of range; expected \(Self.concurrencyRange.lowerBound) to \(Self.concurrencyRange.upperBound) tasks at once in one replica")
         }
-        let effectiveMounts = try Self.checkedMounts(mounts, path: at(K.mounts.rawValue))
+        // The primary container's hostPath volumes join `mounts`.
+        var allMounts = mounts
+        if let podTemplate, let podSpec = podTemplate.podSpec,
+           let index = podSpec.containers.firstIndex(where: { $0.name == podTemplate.primaryContainerName }) {
+            let base = "\(at(K.podTemplate.rawValue)).pod_spec.containers[\(index)].volumeMounts"
+            for (i, vm) in podSpec.containers[index].volumeMounts.enumerated() {
+                guard let volume = podSpec.volumes.first(where: { $0.name == vm.name }) else {
+                    throw SpecReader.error("\(base)[\(i)].name", "\(vm.name.debugDescription) names no volume in pod_spec.volumes")
+                }
+                allMounts.append(Mount(hostPath: volume.hostPath, path: vm.mountPath, readOnly: vm.readOnly))
+            }
+        }
+        let effectiveMounts = try Self.checkedMounts(allMounts, path: at(K.mounts.rawValue))
         for (i, d) in devices.enumerated() where CDISpec.parseQualified(d) == nil {
             throw SpecReader.error("\(at(K.devices.rawValue))[\(i)]", "\(d.debugDescription) is not a CDI device name; expected vendor.com/class=name, as `hearth devices` lists them")
         }

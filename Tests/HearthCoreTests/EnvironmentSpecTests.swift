@@ -605,6 +605,33 @@ final class EnvironmentSpecTests: XCTestCase {
         XCTAssertEqual(try JSONDecoder().decode(EnvironmentSpec.self, from: JSONEncoder().encode(spec)), spec)
     }
 
+    func testPodTemplateHostPathVolumesBecomeMounts() throws {
+        let text = """
+        name: a
+        mounts: [{host_path: /data/in, path: /in}]
+        pod_template:
+          pod_spec:
+            containers:
+              - name: primary
+                volumeMounts: [{name: models, mountPath: /models}, {name: out, mountPath: /out, readOnly: false}]
+            volumes:
+              - {name: models, hostPath: {path: /data/models, type: Directory}}
+              - {name: out, hostPath: {path: /data/out}}
+        """
+        let e = try one(text).effective
+        XCTAssertEqual(e.mounts, [.init(hostPath: "/data/in", path: "/in", readOnly: true),
+                                  .init(hostPath: "/data/models", path: "/models", readOnly: true),
+                                  .init(hostPath: "/data/out", path: "/out", readOnly: false)])
+        let spec = try one(text)
+        XCTAssertEqual(try JSONDecoder().decode(EnvironmentSpec.self, from: JSONEncoder().encode(spec)), spec)
+        assertRefused("name: a\npod_template: {pod_spec: {containers: [{name: primary, volumeMounts: [{name: x, mountPath: /x}]}]}}",
+                      "env.yaml: pod_template.pod_spec.containers[0].volumeMounts[0].name: \"x\" names no volume in pod_spec.volumes")
+        assertRefused("name: a\npod_template: {pod_spec: {containers: [{name: primary}], volumes: [{name: c, configMap: {name: c}}]}}",
+                      "env.yaml: pod_template.pod_spec.volumes[0]: volume \"c\" is not a hostPath volume")
+        assertRefused("name: a\npod_template: {pod_spec: {containers: [{name: primary}], volumes: [{name: s, hostPath: {path: /s, type: Socket}}]}}",
+                      "env.yaml: pod_template.pod_spec.volumes[0].hostPath.type: \"Socket\" is not supported")
+    }
+
     func testMountPolicyFindsTheLongestAllowedPrefix() throws {
         let e = try one("name: a\nmounts: [{host_path: /data/models/x, path: /x}, {host_path: /srv, path: /s}]").effective
         let policy = MountPolicy(allowed: ["/data", "/data/models", "/srv"])
@@ -629,7 +656,7 @@ final class EnvironmentSpecTests: XCTestCase {
         assertRefused("name: a\ncapabilities: {add: [], remove: []}", "env.yaml: capabilities.remove: unknown field")
         assertRefused("name: a\nsecret_requests: [{key: k, mount_requirement: FILE}]", "env.yaml: secret_requests[0].mount_requirement: unknown field")
         assertRefused("name: a\npod_template: {primary: x}", "env.yaml: pod_template.primary: unknown field")
-        assertRefused("name: a\npod_template: {pod_spec: {containers: [], volumes: []}}", "env.yaml: pod_template.pod_spec.volumes: unknown field")
+        assertRefused("name: a\npod_template: {pod_spec: {containers: [], initContainers: []}}", "env.yaml: pod_template.pod_spec.initContainers: unknown field")
         assertRefused("name: a\npod_template: {pod_spec: {containers: [{name: primary, command: [sh]}]}}",
                       "env.yaml: pod_template.pod_spec.containers[0].command: unknown field")
         assertRefused("name: a\npod_template: {pod_spec: {containers: [{name: primary, env: [{name: A, valueFrom: {}}]}]}}",

@@ -338,7 +338,7 @@ def pod_template_dict(template, where="pod_template"):
         return out, packages, env
     if not isinstance(spec, dict) and not hasattr(spec, "containers"):
         raise TypeError("%s.pod_spec: expected a kubernetes V1PodSpec or a dict, got %r" % (where, spec))
-    ignored = [f for f in _fields(spec) if f != "containers"]
+    ignored = [f for f in _fields(spec) if f not in ("containers", "volumes")]
     if ignored:
         warnings.warn("%s.pod_spec: %s not applied (a Hearth replica is not a Kubernetes pod)"
                       % (where, ", ".join(sorted(ignored))), stacklevel=3)
@@ -374,12 +374,30 @@ def pod_template_dict(template, where="pod_template"):
         policy = _get(c, "image_pull_policy", "imagePullPolicy")
         if policy is not None:
             cd["imagePullPolicy"] = _pull_policy(policy, "%s.image_pull_policy" % cw)
+        mounts = []
+        for vm in _get(c, "volume_mounts", "volumeMounts") or []:
+            m = {"name": _get(vm, "name"), "mountPath": _get(vm, "mount_path", "mountPath")}
+            ro = _get(vm, "read_only", "readOnly")
+            if ro is not None:
+                m["readOnly"] = bool(ro)
+            mounts.append(m)
+        if mounts:
+            cd["volumeMounts"] = mounts
         extra = [f for f in _fields(c) if f not in ("name", "image", "env", "resources", "image_pull_policy",
-                                                   "imagePullPolicy")]
+                                                   "imagePullPolicy", "volume_mounts", "volumeMounts")]
         if extra and name == template.primary_container_name:
             warnings.warn("%s (%s): %s not applied" % (cw, name, ", ".join(sorted(extra))), stacklevel=3)
         containers.append(cd)
     out["pod_spec"] = {"containers": containers}
+    volumes = []
+    for i, v in enumerate(_get(spec, "volumes") or []):
+        hp = _get(v, "host_path", "hostPath")
+        if hp is None:
+            raise ValueError("%s.pod_spec.volumes[%d] (%s): only hostPath volumes are supported"
+                             % (where, i, _get(v, "name")))
+        volumes.append({"name": _get(v, "name"), "hostPath": {"path": _get(hp, "path")}})
+    if volumes:
+        out["pod_spec"]["volumes"] = volumes
     return out, packages, env
 
 

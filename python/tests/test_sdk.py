@@ -226,6 +226,20 @@ def test_mounts_in_the_spec():
             ActorEnvironment(name="m", mounts=mounts)
 
 
+def test_pod_template_host_path_volumes():
+    from kubernetes.client import V1Container, V1HostPathVolumeSource, V1PodSpec, V1Volume, V1VolumeMount
+    t = _spec.PodTemplate(pod_spec=V1PodSpec(
+        containers=[V1Container(name="primary", volume_mounts=[V1VolumeMount(name="m", mount_path="/models")])],
+        volumes=[V1Volume(name="m", host_path=V1HostPathVolumeSource(path="/data/models"))]))
+    spec = ActorEnvironment(name="v", pod_template=t).spec()
+    assert spec["pod_template"]["pod_spec"] == {
+        "containers": [{"name": "primary", "volumeMounts": [{"name": "m", "mountPath": "/models"}]}],
+        "volumes": [{"name": "m", "hostPath": {"path": "/data/models"}}]}
+    bad = _spec.PodTemplate(pod_spec={"containers": [{"name": "primary"}], "volumes": [{"name": "e", "emptyDir": {}}]})
+    with pytest.raises(ValueError, match="only hostPath volumes are supported"):
+        ActorEnvironment(name="v", pod_template=bad).spec()
+
+
 def test_image_spec_that_needs_nothing_is_its_base():
     assert _spec.ImageSpec(packages=["union", "flytekit>=1.10"]) == "hearth/python:3.11"
     assert _spec.ImageSpec(base_image="img:1", env={"A": "1"}) == "img:1"

@@ -104,6 +104,20 @@ def test_read_only_by_default_nosuid_nodev(vd, code, layout):
     assert not os.path.exists(os.path.join(data, "new.txt"))
 
 
+def test_pod_template_host_path_volumes_are_mounts(vd, code, layout):
+    data = os.path.join(layout["allowed"], "data")
+    r = apply(vd, textwrap.dedent(f"""
+        name: vol-pod
+        pod_template:
+          pod_spec:
+            containers: [{{name: primary, volumeMounts: [{{name: models, mountPath: /models}}]}}]
+            volumes: [{{name: models, hostPath: {{path: {data}}}}}]
+    """))
+    assert r.returncode == 0, r.stderr
+    assert call(vd, "vol-pod", code, "read", path="/models/model.txt") == {"ok": "weights\n"}
+    assert call(vd, "vol-pod", code, "write", path="/models/x", text="x") == {"errno": "EROFS"}
+
+
 def test_writable_when_asked(vd, code, layout):
     rw = os.path.join(layout["allowed"], "rw")
     r = apply(vd, f"name: vol-rw\nmounts: [{{host_path: {rw}, path: /scratch, read_only: false}}]\n")
