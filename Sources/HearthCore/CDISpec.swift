@@ -14,6 +14,11 @@ public struct CDISpec: Sendable, Equatable {
     public struct Device: Sendable, Equatable {
         public var name: String
         public var edits: Edits
+        public init(name: String, edits: Edits) { self.name = name; self.edits = edits }
+    }
+
+    public init(kind: String, version: String, devices: [Device], edits: Edits) {
+        self.kind = kind; self.version = version; self.devices = devices; self.edits = edits
     }
 
     public struct Edits: Sendable, Equatable {
@@ -48,6 +53,11 @@ public struct CDISpec: Sendable, Equatable {
         public var fileMode: UInt32?
         public var uid: UInt32?
         public var gid: UInt32?
+        public init(path: String, hostPath: String?, type: String?, major: Int64?, minor: Int64?, permissions: String?,
+                    fileMode: UInt32?, uid: UInt32?, gid: UInt32?) {
+            self.path = path; self.hostPath = hostPath; self.type = type; self.major = major; self.minor = minor
+            self.permissions = permissions; self.fileMode = fileMode; self.uid = uid; self.gid = gid
+        }
     }
 
     public struct Mount: Sendable, Equatable {
@@ -55,6 +65,9 @@ public struct CDISpec: Sendable, Equatable {
         public var containerPath: String
         public var options: [String]
         public var type: String?
+        public init(hostPath: String, containerPath: String, options: [String], type: String?) {
+            self.hostPath = hostPath; self.containerPath = containerPath; self.options = options; self.type = type
+        }
     }
 
     public struct Hook: Sendable, Equatable {
@@ -62,6 +75,9 @@ public struct CDISpec: Sendable, Equatable {
         public var path: String
         public var args: [String]
         public var env: [String]
+        public init(hookName: String, path: String, args: [String], env: [String]) {
+            self.hookName = hookName; self.path = path; self.args = args; self.env = env
+        }
     }
 
     /// `vendor.com/class=name` for each device.

@@ -24,7 +24,11 @@ public struct CDIRegistry: Sendable {
 
     public static let defaultDirs = ["/etc/cdi", "/var/run/cdi"]
 
-    public static func load(dirs: [String]) -> CDIRegistry {
+    /// `nvidiaDevDir`: where `/dev/nvidiaN` nodes are looked for when no
+    /// spec offers `nvidia.com/gpu` devices (NVIDIADiscovery); nil: never.
+    public static func load(dirs: [String], nvidiaDevDir: String? = "/dev",
+                            ldcache: () -> String = NVIDIADiscovery.hostLdcache,
+                            smi: () -> String? = NVIDIADiscovery.hostSMI) -> CDIRegistry {
         var out = CDIRegistry()
         for dir in dirs {
             guard let entries = try? FS.list(path: dir) else { continue }
@@ -40,6 +44,15 @@ public struct CDIRegistry: Sendable {
                 } catch {
                     out.errors.append(HearthError.wrap(error).message)
                 }
+            }
+        }
+        // NVIDIA devices without a CDI spec: generated as nvidia-ctk would.
+        if let dev = nvidiaDevDir, !out.devices.keys.contains(where: { $0.hasPrefix(GPUAllocator.kind + "=") }),
+           access(dev + "/nvidiactl", F_OK) == 0 || access(dev + "/nvidia0", F_OK) == 0,
+           let spec = NVIDIADiscovery.spec(devDir: dev, ldcache: ldcache(), smi: smi()) {
+            for d in spec.devices {
+                let name = "\(spec.kind)=\(d.name)"
+                out.devices[name] = Entry(name: name, file: "(generated from \(dev)/nvidia*)", edits: spec.edits(for: d))
             }
         }
         return out
@@ -59,8 +72,8 @@ public struct CDIRegistry: Sendable {
                 if !errors.isEmpty { why += "; CDI specs that could not be read: \(errors.joined(separator: "; "))" }
                 throw HearthError(.invalidArgument, why)
             }
-            if let hook = entry.edits.hooks.first {
-                throw HearthError(.invalidArgument, "\(at): \(name) (\(entry.file)) needs a \(hook.hookName) hook (\(hook.path)), and Hearth runs no CDI hooks yet")
+            for hook in entry.edits.hooks {
+                try Self.apply(hook, to: &out, refusal: "\(at): \(name) (\(entry.file))")
             }
             // Several devices of one spec share its edits: each once.
             for e in entry.edits.env where !out.env.contains(e) { out.env.append(e) }
@@ -73,6 +86,59 @@ public struct CDIRegistry: Sendable {
             }
         }
         return out
+    }
+
+    /// The NVIDIA Container Toolkit's hooks (`nvidia-ctk hook …`,
+    /// `nvidia-cdi-hook …`), done by Hearth instead of run: `update-ldcache`
+    /// puts its folders on `LD_LIBRARY_PATH`, `create-symlinks` makes its
+    /// links; the ones that only tune a container runtime
+    /// (`disable-device-node-modification`, `enable-cuda-compat`, `chmod`)
+    /// need nothing here. Any other hook is refused: Hearth runs no
+    /// program a device spec names.
+    static func apply(_ hook: CDISpec.Hook, to out: inout ResolvedDevices, refusal: String) throws {
+        let tool = hook.path.split(separator: "/").last.map(String.init) ?? hook.path
+        var args = hook.args.dropFirst()  // argv[0]
+        if tool == "nvidia-ctk", args.first == "hook" { args = args.dropFirst() }
+        guard hook.hookName == "createContainer", tool == "nvidia-ctk" || tool == "nvidia-cdi-hook",
+              let command = args.first else {
+            throw HearthError(.invalidArgument, "\(refusal) needs a \(hook.hookName) hook (\(hook.path) \(hook.args.dropFirst().joined(separator: " "))), and Hearth runs no program a CDI spec names (it does the NVIDIA toolkit's update-ldcache and create-symlinks hooks itself)")
+        }
+        /// Every value of `flag` (`--flag V` or `--flag=V`) after the command.
+        func values(_ flag: String) -> [String] {
+            let rest = Array(args.dropFirst())
+            var out: [String] = []
+            var i = 0
+            while i < rest.count {
+                if rest[i] == flag, i + 1 < rest.count { out.append(rest[i + 1]); i += 2; continue }
+                if rest[i].hasPrefix(flag + "=") { out.append(String(rest[i].dropFirst(flag.count + 1))) }
+                i += 1
+            }
+            return out
+        }
+        switch command {
+        case "update-ldcache":
+            let folders = values("--folder")
+            guard !folders.isEmpty else { return }
+            if let i = out.env.firstIndex(where: { $0.hasPrefix("LD_LIBRARY_PATH=") }) {
+                var dirs = out.env[i].dropFirst("LD_LIBRARY_PATH=".count).split(separator: ":").map(String.init)
+                for f in folders where !dirs.contains(f) { dirs.append(f) }
+                out.env[i] = "LD_LIBRARY_PATH=" + dirs.joined(separator: ":")
+            } else {
+                out.env.append("LD_LIBRARY_PATH=" + folders.joined(separator: ":"))
+            }
+        case "create-symlinks":
+            for link in values("--link") {
+                let parts = link.components(separatedBy: "::")
+                guard parts.count == 2, parts[1].hasPrefix("/"), !parts[1].split(separator: "/").contains("..") else {
+                    throw HearthError(.invalidArgument, "\(refusal): create-symlinks link \(link.debugDescription) is not TARGET::/ABSOLUTE/LINK")
+                }
+                if !out.symlinks.contains(where: { $0.link == parts[1] }) { out.symlinks.append(.init(target: parts[0], link: parts[1])) }
+            }
+        case "disable-device-node-modification", "enable-cuda-compat", "chmod":
+            return
+        default:
+            throw HearthError(.invalidArgument, "\(refusal) needs the NVIDIA hook \(command.debugDescription), which Hearth does not do (it does update-ldcache and create-symlinks)")
+        }
     }
 
     private static func node(_ n: CDISpec.DeviceNode, device: String, file: String) throws -> ResolvedDevices.Node {
@@ -123,8 +189,14 @@ public struct ResolvedDevices: Sendable, Equatable {
         public var node: DeviceNode
         public var rule: DeviceRule
     }
+    public struct Symlink: Sendable, Equatable {
+        public var target: String
+        public var link: String
+    }
     public var nodes: [Node] = []
     public var env: [String] = []
     public var mounts: [BindMount] = []
-    public var isEmpty: Bool { nodes.isEmpty && env.isEmpty && mounts.isEmpty }
+    /// From `create-symlinks` hooks, made after the mounts.
+    public var symlinks: [Symlink] = []
+    public var isEmpty: Bool { nodes.isEmpty && env.isEmpty && mounts.isEmpty && symlinks.isEmpty }
 }

@@ -10,14 +10,19 @@ public final class GPUAllocator: Sendable {
     public static let kind = "nvidia.com/gpu"
 
     private let dirs: [String]
+    /// Where NVIDIA nodes are looked for when no spec offers GPUs.
+    public let nvidiaDevDir: String?
     /// GPU device name (`nvidia.com/gpu=0`) → the replica holding it.
     private let held = Mutex<[String: String]>([:])
 
-    public init(cdiDirs: [String]) { dirs = cdiDirs }
+    public init(cdiDirs: [String], nvidiaDevDir: String? = "/dev") { dirs = cdiDirs; self.nvidiaDevDir = nvidiaDevDir }
+
+    /// The CDI devices of this host (GPUs generated where no spec has them).
+    public func registry() -> CDIRegistry { CDIRegistry.load(dirs: dirs, nvidiaDevDir: nvidiaDevDir) }
 
     /// The host's GPUs, in the order the specs list them.
     public func gpus() -> (names: [String], registry: CDIRegistry) {
-        let registry = CDIRegistry.load(dirs: dirs)
+        let registry = registry()
         let names = registry.devices.keys.filter {
             $0.hasPrefix(Self.kind + "=") && $0 != Self.kind + "=all"
         }.sorted { a, b in

@@ -157,6 +157,7 @@ struct ReplicaLauncher: ReplicaLaunching {
                 spec.devices += config.devices.nodes.map(\.rule)
                 spec.env += config.devices.env
                 spec.mounts += config.devices.mounts
+                spec.symlinks += config.devices.symlinks.map { ($0.target, $0.link) }
                 if config.gpus > 0 && !spare {
                     guard let gpus else {
                         throw HearthError(.unavailable, "replica \(name): \(config.gpus) GPU(s) asked, and this hearthd has none to give")
@@ -166,6 +167,7 @@ struct ReplicaLauncher: ReplicaLaunching {
                     spec.devices += edits.nodes.map(\.rule)
                     spec.env += edits.env
                     spec.mounts += edits.mounts
+                    spec.symlinks += edits.symlinks.map { ($0.target, $0.link) }
                 }
                 spec.extraFDs = [(toWorker.read, 3), (fromWorker.write, 4)]
                 return try withExtendedLifetime(mountFDs) { try runtime.start(spec) }

@@ -44,6 +44,9 @@ public struct ReplicaSpec: Sendable {
     /// Device nodes made in the replica's /dev (CDI devices); each needs a
     /// rule in `devices` to be opened.
     public var deviceNodes: [DeviceNode] = []
+    /// (target, link) symlinks made in the root after the mounts (CDI
+    /// `create-symlinks`); missing parent directories are made.
+    public var symlinks: [(target: String, link: String)] = []
     /// Extra pipes for the child: (fd in the daemon, fd number in the replica).
     public var extraFDs: [(source: Int32, target: Int32)] = []
     /// Host paths that belong to this replica and go with it (e.g. its secrets).

@@ -382,6 +382,14 @@ public final class SandboxRuntime: Sendable {
                 ops.append(.bind(m.source, on: r + m.target, readOnly: m.readOnly, flags: MountFlags.nosuid | MountFlags.nodev))
             }
         }
+        for s in spec.symlinks {
+            var partial = ""
+            for part in s.link.split(separator: "/").dropLast() {
+                partial += "/" + part
+                ops.append(.mkdir(r + partial))
+            }
+            ops.append(.symlink(s.target, at: r + s.link))
+        }
         ops.append(.pivot(r))
         ops += ContainerPaths.masked.map(FSOp.mask)
         ops += ContainerPaths.readOnly.map(FSOp.readOnly)

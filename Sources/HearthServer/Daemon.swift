@@ -40,6 +40,8 @@ public struct DaemonOptions: Sendable {
     public var allowMounts: [String] = []
     /// Where CDI specs are read (`--cdi-spec-dir`).
     public var cdiDirs = CDIRegistry.defaultDirs
+    /// Where `/dev/nvidiaN` nodes are looked for when no CDI spec offers GPUs.
+    public var nvidiaDevDir = "/dev"
     /// Replicas run in user namespaces unless a spec or request says
     /// otherwise (`user_namespace: false`).
     public var userNamespaces = false
@@ -141,7 +143,7 @@ public enum Daemon {
         // One event loop serves HTTP and reads every replica's result frames,
         // so a result reaches the response waiting for it on the same thread.
         let io = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let gpus = GPUAllocator(cdiDirs: options.cdiDirs)
+        let gpus = GPUAllocator(cdiDirs: options.cdiDirs, nvidiaDevDir: options.nvidiaDevDir)
         var context = PoolContext(runtime: runtime, images: images, code: code, secrets: secrets, tasks: tasks,
                                   logger: logger, workerDir: options.workerDir, resultLoop: io.next(), gpus: gpus)
         let capacity = EnvironmentAdmission.measureCapacity()

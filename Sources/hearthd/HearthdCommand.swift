@@ -47,6 +47,9 @@ struct HearthdCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("A directory of CDI specs (JSON or YAML) for the devices environments may ask for; repeatable, later ones win (default /etc/cdi, /var/run/cdi).", valueName: "DIR"))
     var cdiSpecDir: [String] = []
 
+    @Option(name: .long, help: ArgumentHelp("Where NVIDIA device nodes (nvidia0, nvidiactl, …) are looked for when no CDI spec offers nvidia.com/gpu devices; Hearth then generates them as nvidia-ctk would.", valueName: "DIR"))
+    var nvidiaDevDir: String = "/dev"
+
     @Flag(name: .long, help: "Run replicas in user namespaces by default (root inside is an unprivileged host uid; a spec's user_namespace: false opts out).")
     var userns = false
 
@@ -127,6 +130,7 @@ struct HearthdCommand: AsyncParsableCommand {
         options.allowPrivileged = allowPrivileged
         options.allowMounts = allowMount
         if !cdiSpecDir.isEmpty { options.cdiDirs = cdiSpecDir }
+        options.nvidiaDevDir = nvidiaDevDir
         options.userNamespaces = userns
         options.resultBudget = Int(clamping: memoryBudget)
         options.resultDiskBudget = Int(clamping: diskBudget)

@@ -152,7 +152,7 @@ def test_yaml_specs_and_env_only_devices(cd, code):
 @pytest.mark.parametrize("device, why", [
     ("hearth.test/dev=nope", "is not a device this host offers (offered: hearth.test/dev=fuse"),
     ("hearth.test/bad=x", "CDI specs that could not be read:"),
-    ("hearth.test/dev=hooked", "needs a createContainer hook (/usr/bin/true), and Hearth runs no CDI hooks yet"),
+    ("hearth.test/dev=hooked", "needs a createContainer hook (/usr/bin/true ), and Hearth runs no program a CDI spec names"),
     ("not-a-device", "is not a CDI device name; expected vendor.com/class=name"),
 ])
 def test_unknown_or_unusable_devices_are_refused(cd, device, why):

@@ -32,6 +32,8 @@ PROBE = textwrap.dedent('''
                 "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "nvidia0": try_open("/dev/nvidia0"), "nvidia1": try_open("/dev/nvidia1"),
                 "lib": open("/usr/lib/fake-nvidia/libcuda.so.1").read(),
+                "link": os.readlink("/usr/lib/fake-nvidia/libcuda.so") if os.path.islink("/usr/lib/fake-nvidia/libcuda.so") else None,
+                "LD_LIBRARY_PATH": os.environ.get("LD_LIBRARY_PATH"),
                 "replica": os.environ.get("HEARTH_REPLICA")}
 ''')
 
@@ -45,7 +47,15 @@ def layout():
     spec = {
         "cdiVersion": "0.5.0", "kind": "nvidia.com/gpu",
         "containerEdits": {"mounts": [{"hostPath": lib, "containerPath": "/usr/lib/fake-nvidia/libcuda.so.1",
-                                       "options": ["ro", "nosuid", "nodev", "bind"]}]},
+                                       "options": ["ro", "nosuid", "nodev", "bind"]}],
+                           # As nvidia-ctk writes them; Hearth does these two itself.
+                           "hooks": [{"hookName": "createContainer", "path": "/usr/bin/nvidia-ctk",
+                                      "args": ["nvidia-ctk", "hook", "update-ldcache", "--folder", "/usr/lib/fake-nvidia"]},
+                                     {"hookName": "createContainer", "path": "/usr/bin/nvidia-cdi-hook",
+                                      "args": ["nvidia-cdi-hook", "create-symlinks",
+                                               "--link", "libcuda.so.1::/usr/lib/fake-nvidia/libcuda.so"]},
+                                     {"hookName": "createContainer", "path": "/usr/bin/nvidia-cdi-hook",
+                                      "args": ["nvidia-cdi-hook", "disable-device-node-modification"]}]},
         "devices": [
             {"name": "0", "containerEdits": {"deviceNodes": [{"path": "/dev/nvidia0", "hostPath": "/dev/fuse"}]}},
             {"name": "1", "containerEdits": {"deviceNodes": [{"path": "/dev/nvidia1", "hostPath": "/dev/net/tun"}]}},
@@ -104,6 +114,7 @@ def test_two_replicas_get_one_gpu_each_and_open_only_their_own(gd, code):
         own, other = ("nvidia0", "nvidia1") if v["NVIDIA_VISIBLE_DEVICES"] == "0" else ("nvidia1", "nvidia0")
         assert v[own] == "ok" and v[other] == "ENOENT", v
         assert v["CUDA_VISIBLE_DEVICES"] == "0" and v["lib"] == "fake driver\n", v
+        assert v["link"] == "libcuda.so.1" and v["LD_LIBRARY_PATH"] == "/usr/lib/fake-nvidia", v
     st = json.loads(gd.hearth("status", "gpu-pair", "--json").stdout)
     held = sorted(g for rep in st["replicas"] for g in rep.get("gpus", []))
     assert held == ["nvidia.com/gpu=0", "nvidia.com/gpu=1"], st
@@ -136,3 +147,44 @@ def test_no_gpu_asked_sees_none(gd, code):
     status, body = api(gd.socket, "POST", "/v1/environments/gpu-none/tasks",
                        {"module": "os", "function": "listdir", "kwargs": {"path": "/dev"}, "wait": True})
     assert status == 200 and not any(n.startswith("nvidia") for n in body["result"]), body
+
+
+# -- no CDI spec: nodes found the way nvidia-ctk finds them ------------------------------
+
+@pytest.fixture(scope="module")
+def fake_dev():
+    """A /dev with NVIDIA's names on harmless devices: nvidia0 is fuse's
+    numbers, nvidiactl null's."""
+    base = tempfile.mkdtemp(prefix="hearth-nvdev-", dir=TMP)
+    dev = os.path.join(base, "dev")
+    os.makedirs(dev)
+    os.mknod(os.path.join(dev, "nvidia0"), 0o666 | 0o020000, os.makedev(10, 229))
+    os.mknod(os.path.join(dev, "nvidiactl"), 0o666 | 0o020000, os.makedev(1, 3))
+    empty = os.path.join(base, "cdi")
+    os.makedirs(empty)
+    yield dev, empty
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def nd(fake_dev):
+    dev, empty = fake_dev
+    yield from running_daemon("hearth-nvdev", extra_args=["--cdi-spec-dir", empty, "--nvidia-dev-dir", dev])
+
+
+def test_without_a_cdi_spec_gpus_are_generated_from_the_nodes(nd, fake_dev):
+    out = nd.hearth("devices").stdout.decode()
+    assert "nvidia.com/gpu=0" in out and f"(generated from {fake_dev[0]}/nvidia*)" in out, out
+    sha, raw = bundle({"probe.py": PROBE.replace('open("/usr/lib/fake-nvidia/libcuda.so.1").read()', '"-"')})
+    assert api(nd.socket, "PUT", f"/v1/code/{sha}", raw)[0] == 201
+    assert nd.hearth("apply", "-f", "-", input=b"name: nv-gen\nlimits: {gpu: 1}\n", check=False).returncode == 0
+    status, snap = api(nd.socket, "POST", "/v1/environments/nv-gen/tasks",
+                       {"module": "probe", "function": "gpu_view", "kwargs": {}, "bundle": sha, "wait": True})
+    assert status == 200 and snap["state"] == "succeeded", snap
+    v = snap["result"]
+    assert v["nvidia0"] == "ok" and v["NVIDIA_VISIBLE_DEVICES"] == "0", v
+    status, ls = api(nd.socket, "POST", "/v1/environments/nv-gen/tasks",
+                     {"module": "os", "function": "listdir", "kwargs": {"path": "/dev"}, "wait": True})
+    assert "nvidiactl" in ls["result"], ls
+    r = nd.hearth("apply", "-f", "-", input=b"name: nv-two\nlimits: {gpu: 2}\n", check=False)
+    assert r.returncode != 0 and "exceeds the 1" in r.stderr.decode(), r.stderr
