@@ -179,7 +179,7 @@ public enum LayerWriter {
                                        mode: 0))
                 case S_IFSOCK:
                     continue  // a socket is a live endpoint, not content; tar cannot hold one
-                case S_IFCHR, S_IFBLK, S_IFIFO where source.plainRootfs:
+                case S_IFCHR where source.plainRootfs, S_IFBLK where source.plainRootfs, S_IFIFO where source.plainRootfs:
                     continue
                 default:
                     let what = (st.st_mode & S_IFMT) == S_IFIFO ? "a FIFO"

@@ -187,6 +187,22 @@ final class LayerWriterTests: XCTestCase {
         XCTAssertEqual(read("out/root/setup.cfg"), "[x]\n")
     }
 
+    /// A plain root filesystem (image import of a directory) leaves its
+    /// device nodes and FIFOs out instead.
+    func testPlainRootfsLeavesNodesOut() throws {
+        try mkdirs("rootfs/dev")
+        try write("rootfs/etc-file", "x\n")
+        XCTAssertEqual(mknod(path("rootfs/dev/null"), S_IFCHR | 0o666, UInt(1 << 8 | 3)), 0)
+        XCTAssertEqual(mkfifo(path("rootfs/pipe"), 0o600), 0)
+        var source = LayerSource(root: path("rootfs"))
+        source.plainRootfs = true
+        _ = try roundTrip(source, into: "plain-out")
+        XCTAssertEqual(read("plain-out/etc-file"), "x\n")
+        XCTAssertNil(lstatAt("plain-out/dev/null"))
+        XCTAssertNil(lstatAt("plain-out/pipe"))
+        XCTAssertNotNil(lstatAt("plain-out/dev"))
+    }
+
     /// What a layer cannot hold is refused, naming the path.
     func testRefusals() throws {
         try mkdirs("dev-upper")
