@@ -16,6 +16,7 @@ import pytest
 
 from conftest import TMP, api, running_daemon
 from test_actors import bundle
+from test_cdi import host_has_devices
 
 PROBE = textwrap.dedent('''
     import errno, os, time
@@ -40,6 +41,7 @@ PROBE = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def layout():
+    host_has_devices()
     base = tempfile.mkdtemp(prefix="hearth-gpu-", dir=TMP)
     lib = os.path.join(base, "libcuda.so.1")
     with open(lib, "w") as f:
@@ -155,6 +157,7 @@ def test_no_gpu_asked_sees_none(gd, code):
 def fake_dev():
     """A /dev with NVIDIA's names on harmless devices: nvidia0 is fuse's
     numbers, nvidiactl null's."""
+    host_has_devices()
     base = tempfile.mkdtemp(prefix="hearth-nvdev-", dir=TMP)
     dev = os.path.join(base, "dev")
     os.makedirs(dev)
