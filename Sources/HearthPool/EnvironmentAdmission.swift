@@ -67,9 +67,15 @@ public actor EnvironmentAdmission {
 
     public func setPull(_ pull: @escaping Pull) { self.pull = pull }
 
+    /// The CDI devices now: the allocator's view (GPUs generated where no
+    /// spec has them) when there is one.
+    private nonisolated func cdiRegistry() -> CDIRegistry {
+        gpus?.registry() ?? CDIRegistry.load(dirs: cdiDirs)
+    }
+
     /// What `GET /v1/devices` shows: the CDI specs read now.
     public nonisolated func devices() -> DevicesStatus {
-        let registry = gpus?.registry() ?? CDIRegistry.load(dirs: cdiDirs)
+        let registry = cdiRegistry()
         let devices = registry.devices.values.sorted { $0.name < $1.name }.map { e in
             DevicesStatus.Device(name: e.name, file: e.file,
                                  nodes: e.edits.deviceNodes.map(\.path), env: e.edits.env,
@@ -220,7 +226,7 @@ public actor EnvironmentAdmission {
         var config = try PoolConfig(e, seccomp: seccomp, defaultMemory: defaultMemory, defaultUserNamespace: defaultUserNamespace)
         config.mounts = mounts
         if let names = e.devices, !names.isEmpty {
-            config.devices = try (gpus?.registry() ?? CDIRegistry.load(dirs: cdiDirs)).resolve(names, environment: e.name)
+            config.devices = try cdiRegistry().resolve(names, environment: e.name)
         }
         return config
     }

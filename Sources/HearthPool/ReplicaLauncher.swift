@@ -152,22 +152,13 @@ struct ReplicaLauncher: ReplicaLaunching {
                     mountFDs.append(tree)
                     spec.mounts.append(BindMount(source: m.hostPath, target: m.path, readOnly: m.readOnly, tree: tree.raw))
                 }
-                // CDI devices: their nodes, allowed in the device cgroup; env; mounts.
-                spec.deviceNodes = config.devices.nodes.map(\.node)
-                spec.devices += config.devices.nodes.map(\.rule)
-                spec.env += config.devices.env
-                spec.mounts += config.devices.mounts
-                spec.symlinks += config.devices.symlinks.map { ($0.target, $0.link) }
+                // CDI devices, then the replica's own GPUs.
+                spec.add(config.devices)
                 if config.gpus > 0 && !spare {
                     guard let gpus else {
                         throw HearthError(.unavailable, "replica \(name): \(config.gpus) GPU(s) asked, and this hearthd has none to give")
                     }
-                    let (_, edits) = try gpus.take(config.gpus, for: name)
-                    spec.deviceNodes += edits.nodes.map(\.node)
-                    spec.devices += edits.nodes.map(\.rule)
-                    spec.env += edits.env
-                    spec.mounts += edits.mounts
-                    spec.symlinks += edits.symlinks.map { ($0.target, $0.link) }
+                    spec.add(try gpus.take(config.gpus, for: name).edits)
                 }
                 spec.extraFDs = [(toWorker.read, 3), (fromWorker.write, 4)]
                 return try withExtendedLifetime(mountFDs) { try runtime.start(spec) }
@@ -200,5 +191,17 @@ struct ReplicaLauncher: ReplicaLaunching {
             if !output.isEmpty { message += "; its output:\n" + output }
             throw HearthError(.spawnFailed, message)
         }
+    }
+}
+
+extension ReplicaSpec {
+    /// A device's edits: its nodes (each allowed in the device cgroup),
+    /// env, bind mounts and symlinks.
+    mutating func add(_ d: ResolvedDevices) {
+        deviceNodes += d.nodes.map(\.node)
+        devices += d.nodes.map(\.rule)
+        env += d.env
+        mounts += d.mounts
+        symlinks += d.symlinks.map { ($0.target, $0.link) }
     }
 }

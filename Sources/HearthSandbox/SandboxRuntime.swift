@@ -336,12 +336,7 @@ public final class SandboxRuntime: Sendable {
         }
         // CDI devices' nodes (their rules are in the device cgroup).
         for node in spec.deviceNodes {
-            var partial = ""
-            let parts = node.path.split(separator: "/")
-            for part in parts.dropLast() {
-                partial += "/" + part
-                if partial != "/dev" { ops.append(.mkdir(r + partial)) }
-            }
+            ops += Self.parents(of: node.path, in: r)
             ops.append(.deviceNode(r + node.path, kind: node.kind, major: node.major, minor: node.minor, mode: node.mode))
         }
         ops += [
@@ -369,12 +364,8 @@ public final class SandboxRuntime: Sendable {
                 // A file (a CDI driver library) is bound on a file.
                 var st = stat()
                 let isFile = m.tree == nil && stat(m.source, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
-                var partial = ""
-                let parts = m.target.split(separator: "/")
-                for (i, part) in parts.enumerated() {
-                    partial += "/" + part
-                    ops.append(isFile && i == parts.count - 1 ? .file(r + partial) : .mkdir(r + partial))
-                }
+                ops += Self.parents(of: m.target, in: r)
+                ops.append(isFile ? .file(r + m.target) : .mkdir(r + m.target))
             }
             if let tree = m.tree {
                 ops.append(.attach(tree, on: r + m.target))
@@ -383,16 +374,24 @@ public final class SandboxRuntime: Sendable {
             }
         }
         for s in spec.symlinks {
-            var partial = ""
-            for part in s.link.split(separator: "/").dropLast() {
-                partial += "/" + part
-                ops.append(.mkdir(r + partial))
-            }
+            ops += Self.parents(of: s.link, in: r)
             ops.append(.symlink(s.target, at: r + s.link))
         }
         ops.append(.pivot(r))
         ops += ContainerPaths.masked.map(FSOp.mask)
         ops += ContainerPaths.readOnly.map(FSOp.readOnly)
         return ops
+    }
+
+    /// mkdir of each directory above `path` inside the root `r`, top down
+    /// (one that exists is left as it is).
+    private static func parents(of path: String, in r: String) -> [FSOp] {
+        var out: [FSOp] = []
+        var partial = ""
+        for part in path.split(separator: "/").dropLast() {
+            partial += "/" + part
+            out.append(.mkdir(r + partial))
+        }
+        return out
     }
 }

@@ -348,43 +348,34 @@ class ActorEnvironment(object):
         (removed) or holds another spec under its name (another client
         applied one: 409), so a task never runs on someone else's spec."""
         for attempt in (0, 1):
-            body["identity"] = self._applied.get(c.path)
-            data = json.dumps(body, separators=(",", ":")).encode()
             try:
-                return c.call("POST", path, data, what=what)
+                return c.call("POST", path, self._body(c, body), what=what)
             except APIError as e:
-                stale = e.code in ("environment_not_found", "spec_changed")
-                if not stale or attempt == 1:
-                    raise
-            with self._lock:
-                self._applied.pop(c.path, None)
-            self._ensure(c)
+                self._reapply_if_stale(c, e, attempt)
         raise AssertionError("unreachable")
 
     async def _apost(self, ac, c, path, body, what):
         """``_post`` for asyncio code: the same re-apply rule."""
         for attempt in (0, 1):
-            body["identity"] = self._applied.get(c.path)
-            data = json.dumps(body, separators=(",", ":")).encode()
             try:
-                return await ac.call("POST", path, data, what=what)
+                return await ac.call("POST", path, self._body(c, body), what=what)
             except APIError as e:
-                stale = e.code in ("environment_not_found", "spec_changed")
-                if not stale or attempt == 1:
-                    raise
-            with self._lock:
-                self._applied.pop(c.path, None)
-            self._ensure(c)
+                self._reapply_if_stale(c, e, attempt)
         raise AssertionError("unreachable")
 
+    def _body(self, c, body):
+        body["identity"] = self._applied.get(c.path)
+        return json.dumps(body, separators=(",", ":")).encode()
 
-def _is_coroutine_function(fn):
-    code = getattr(fn, "__code__", None)
-    return code is not None and bool(code.co_flags & 0x0080)  # CO_COROUTINE
-
-
-def _inspect_isawaitable(value):
-    return hasattr(value, "__await__")
+    def _reapply_if_stale(self, c, e, attempt):
+        """Re-raises ``e`` unless the daemon lost or replaced this spec and
+        this was the first attempt; then applies the spec again."""
+        stale = e.code in ("environment_not_found", "spec_changed")
+        if not stale or attempt == 1:
+            raise e
+        with self._lock:
+            self._applied.pop(c.path, None)
+        self._ensure(c)
 
 
 class ActorTask(object):
@@ -415,7 +406,9 @@ class ActorTask(object):
         self._where = None
         self._classes = None
         # An ``async def`` task called from a coroutine is awaited: ``await t(x=1)``.
-        self._async = _is_coroutine_function(fn)
+        from hearth._worker import _is_async  # the worker's own test: what it awaits
+
+        self._async = _is_async(fn)
 
     def __repr__(self):
         return "<hearth task %s in %s>" % (self.__qualname__, self.environment.name)
@@ -459,7 +452,7 @@ class ActorTask(object):
         the event loop, not a thread."""
         if _in_worker():
             value = self._hearth_fn(*args, **kwargs)
-            if _inspect_isawaitable(value):
+            if hasattr(value, "__await__"):
                 value = await value
             return value
         bound = self.signature.bind(args, kwargs)

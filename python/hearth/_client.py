@@ -376,25 +376,22 @@ class AsyncClient(object):
 _async_clients = {}
 
 
-def async_client(path=None):
-    """The shared asyncio client for ``path``."""
+def _shared(cache, cls, path):
     path = path or default_socket()
-    c = _async_clients.get(path)
+    c = cache.get(path)
     if c is None:
         with _lock:
-            c = _async_clients.get(path)
+            c = cache.get(path)
             if c is None:
-                c = _async_clients[path] = AsyncClient(path)
+                c = cache[path] = cls(path)
     return c
+
+
+def async_client(path=None):
+    """The shared asyncio client for ``path``."""
+    return _shared(_async_clients, AsyncClient, path)
 
 
 def client(path=None):
     """The shared client for ``path`` (default: HEARTH_SOCKET, read at each call)."""
-    path = path or default_socket()
-    c = _clients.get(path)
-    if c is None:
-        with _lock:
-            c = _clients.get(path)
-            if c is None:
-                c = _clients[path] = Client(path)
-    return c
+    return _shared(_clients, Client, path)

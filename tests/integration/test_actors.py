@@ -92,6 +92,14 @@ def bundle(files):
     return hashlib.sha256(raw).hexdigest(), raw
 
 
+def upload_code(d, files):
+    """Uploads a bundle of `files` to daemon `d`; returns its sha256."""
+    sha, raw = bundle(files)
+    status, body = api(d.socket, "PUT", f"/v1/code/{sha}", raw)
+    assert status == 201, body
+    return sha
+
+
 @pytest.fixture(scope="module")
 def hd():
     yield from running_daemon("hearth-ac")

@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 from conftest import TMP, api, running_daemon
-from test_actors import bundle
+from test_actors import upload_code
 
 FUSE = ("fuse", 10, 229, "/dev/fuse")
 TUN = ("tun", 10, 200, "/dev/net/tun")
@@ -104,10 +104,7 @@ def cd(cdi_dir):
 
 @pytest.fixture(scope="module")
 def code(cd):
-    sha, raw = bundle({"probe.py": PROBE})
-    status, body = api(cd.socket, "PUT", f"/v1/code/{sha}", raw)
-    assert status == 201, body
-    return sha
+    return upload_code(cd, {"probe.py": PROBE})
 
 
 def apply(d, text):

@@ -10,12 +10,12 @@ import os
 import shutil
 import tempfile
 import textwrap
-import time
 
 import pytest
 
 from conftest import TMP, api, running_daemon
-from test_actors import bundle
+from test_actors import upload_code
+from test_scaling import finished
 from test_cdi import host_has_devices
 
 PROBE = textwrap.dedent('''
@@ -80,10 +80,7 @@ def gd(layout):
 
 @pytest.fixture(scope="module")
 def code(gd):
-    sha, raw = bundle({"probe.py": PROBE})
-    status, body = api(gd.socket, "PUT", f"/v1/code/{sha}", raw)
-    assert status == 201, body
-    return sha
+    return upload_code(gd, {"probe.py": PROBE})
 
 
 def submit(d, env, code, **kwargs):
@@ -94,13 +91,7 @@ def submit(d, env, code, **kwargs):
 
 
 def wait(d, tid):
-    deadline = time.time() + 120
-    while True:
-        _, snap = api(d.socket, "GET", f"/v1/tasks/{tid}")
-        if snap["state"] not in ("queued", "running"):
-            return snap
-        assert time.time() < deadline
-        time.sleep(0.1)
+    return finished(d, [tid])[0]
 
 
 def test_two_replicas_get_one_gpu_each_and_open_only_their_own(gd, code):
@@ -178,8 +169,7 @@ def nd(fake_dev):
 def test_without_a_cdi_spec_gpus_are_generated_from_the_nodes(nd, fake_dev):
     out = nd.hearth("devices").stdout.decode()
     assert "nvidia.com/gpu=0" in out and f"(generated from {fake_dev[0]}/nvidia*)" in out, out
-    sha, raw = bundle({"probe.py": PROBE.replace('open("/usr/lib/fake-nvidia/libcuda.so.1").read()', '"-"')})
-    assert api(nd.socket, "PUT", f"/v1/code/{sha}", raw)[0] == 201
+    sha = upload_code(nd, {"probe.py": PROBE.replace('open("/usr/lib/fake-nvidia/libcuda.so.1").read()', '"-"')})
     assert nd.hearth("apply", "-f", "-", input=b"name: nv-gen\nlimits: {gpu: 1}\n", check=False).returncode == 0
     status, snap = api(nd.socket, "POST", "/v1/environments/nv-gen/tasks",
                        {"module": "probe", "function": "gpu_view", "kwargs": {}, "bundle": sha, "wait": True})

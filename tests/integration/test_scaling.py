@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import api, running_daemon
-from test_actors import TASKS, bundle, ok, run
+from test_actors import TASKS, ok, run, upload_code
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +22,7 @@ def hd():
 
 @pytest.fixture(scope="module")
 def code(hd):
-    sha, raw = bundle({"tasks.py": TASKS})
-    status, body = api(hd.socket, "PUT", f"/v1/code/{sha}", raw)
-    assert status == 201, body
-    return sha
+    return upload_code(hd, {"tasks.py": TASKS})
 
 
 def apply(hd, text):
@@ -185,10 +182,7 @@ ASYNC_TASKS = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def async_code(hd):
-    sha, raw = bundle({"atasks.py": ASYNC_TASKS})
-    status, body = api(hd.socket, "PUT", f"/v1/code/{sha}", raw)
-    assert status == 201, body
-    return sha
+    return upload_code(hd, {"atasks.py": ASYNC_TASKS})
 
 
 def arun(hd, envname, sha, fn, wait=False, timeout=None, **kwargs):

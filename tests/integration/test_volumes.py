@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 from conftest import TMP, api, running_daemon
-from test_actors import bundle
+from test_actors import upload_code
 
 PROBE = textwrap.dedent('''
     import errno, os
@@ -76,10 +76,7 @@ def vd(layout):
 
 @pytest.fixture(scope="module")
 def code(vd):
-    sha, raw = bundle({"probe.py": PROBE})
-    status, body = api(vd.socket, "PUT", f"/v1/code/{sha}", raw)
-    assert status == 201, body
-    return sha
+    return upload_code(vd, {"probe.py": PROBE})
 
 
 def apply(d, text):
