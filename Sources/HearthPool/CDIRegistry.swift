@@ -28,7 +28,8 @@ public struct CDIRegistry: Sendable {
     /// spec offers `nvidia.com/gpu` devices (NVIDIADiscovery); nil: never.
     public static func load(dirs: [String], nvidiaDevDir: String? = "/dev",
                             ldcache: () -> String = NVIDIADiscovery.hostLdcache,
-                            smi: () -> String? = NVIDIADiscovery.hostSMI) -> CDIRegistry {
+                            scanned: () -> [String] = { NVIDIADiscovery.scanLibraries() },
+                            smi: () -> String? = { NVIDIADiscovery.hostSMI() }) -> CDIRegistry {
         var out = CDIRegistry()
         for dir in dirs {
             guard let entries = try? FS.list(path: dir) else { continue }
@@ -49,7 +50,7 @@ public struct CDIRegistry: Sendable {
         // NVIDIA devices without a CDI spec: generated as nvidia-ctk would.
         if let dev = nvidiaDevDir, !out.devices.keys.contains(where: { $0.hasPrefix(GPUAllocator.kind + "=") }),
            access(dev + "/nvidiactl", F_OK) == 0 || access(dev + "/nvidia0", F_OK) == 0,
-           let spec = NVIDIADiscovery.spec(devDir: dev, ldcache: ldcache(), smi: smi()) {
+           let spec = NVIDIADiscovery.spec(devDir: dev, ldcache: ldcache(), scanned: scanned(), smi: smi()) {
             for d in spec.devices {
                 let name = "\(spec.kind)=\(d.name)"
                 out.devices[name] = Entry(name: name, file: "(generated from \(dev)/nvidia*)", edits: spec.edits(for: d))

@@ -32,6 +32,36 @@ final class NVIDIADiscoveryTests: XCTestCase {
         XCTAssertEqual(edits.env, ["LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu"])
     }
 
+    func testDriverOutsideTheLoaderCacheIsFoundInItsFolder() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("nvlib-\(UUID().uuidString)").path
+        try FS.makeDirectory(dir)
+        defer { try? FS.removeTree(path: dir) }
+        for n in ["libcuda.so.580.1", "libnvidia-ml.so.580.1", "libz.so.1"] {
+            FileManager.default.createFile(atPath: dir + "/" + n, contents: Data("x".utf8))
+        }
+        XCTAssertEqual(symlink("libcuda.so.580.1", dir + "/libcuda.so.1"), 0)
+        XCTAssertEqual(symlink("missing", dir + "/libcuda.so"), 0)  // dangling: left out
+        let scanned = NVIDIADiscovery.scanLibraries(in: [dir, dir + "/none"])
+        XCTAssertEqual(scanned, [dir + "/libcuda.so.1", dir + "/libcuda.so.580.1", dir + "/libnvidia-ml.so.580.1"])
+        // The cache's libnvidia-ml.so.580.1 wins over the scanned one of the same name.
+        let ldcache = "\tlibnvidia-ml.so.580.1 (libc6,x86-64) => /usr/lib/libnvidia-ml.so.580.1\n"
+        XCTAssertEqual(NVIDIADiscovery.libraries(ldcache, scanned: scanned),
+                       ["/usr/lib/libnvidia-ml.so.580.1", dir + "/libcuda.so.1", dir + "/libcuda.so.580.1"])
+        XCTAssertEqual(NVIDIADiscovery.driverFolders(environment: ["LD_LIBRARY_PATH": "/opt/nv:rel"]).prefix(2),
+                       ["/opt/nv", "/usr/local/nvidia/lib64"])
+        XCTAssertNil(NVIDIADiscovery.hostSMI(environment: ["PATH": dir]).flatMap { $0.hasPrefix(dir) ? $0 : nil })
+        // A wrapper script is passed over for the program itself.
+        let bin = dir + "/bin", wrapper = dir + "/wrapper"
+        try FS.makeDirectory(bin)
+        try FS.makeDirectory(wrapper)
+        FileManager.default.createFile(atPath: wrapper + "/nvidia-smi", contents: Data("#!/bin/sh\nexec x\n".utf8),
+                                       attributes: [.posixPermissions: 0o755])
+        FileManager.default.createFile(atPath: bin + "/nvidia-smi", contents: Data([0x7F, 0x45, 0x4C, 0x46, 2, 1, 1]),
+                                       attributes: [.posixPermissions: 0o755])
+        let smi = NVIDIADiscovery.hostSMI(environment: ["PATH": wrapper + ":" + bin])
+        if smi?.hasPrefix(dir) == true { XCTAssertEqual(smi, bin + "/nvidia-smi") }
+    }
+
     func testNoGPUNodesNoSpec() throws {
         let dev = FileManager.default.temporaryDirectory.appendingPathComponent("nv-\(UUID().uuidString)").path
         try FS.makeDirectory(dev)
