@@ -120,7 +120,8 @@ public enum BundleWriter {
 
     /// A ustar header; a path over 100 bytes or a size of 8 GiB or more
     /// (the octal field's limit) goes into a PAX record before it.
-    static func header(name: String, size: Int, mode: UInt32, type: Character) -> [UInt8] {
+    static func header(name: String, size: Int, mode: UInt32, type: Character, linkName: String = "",
+                       uid: Int = 0, gid: Int = 0, mtime: Int = 0) -> [UInt8] {
         var pax: [UInt8] = []
         var stored = name
         var records = ""
@@ -136,6 +137,10 @@ public enum BundleWriter {
         }
         let octalLimit = 1 << 33
         if size >= octalLimit { records += record("size=\(size)") }
+        if linkName.utf8.count > 100 { records += record("linkpath=\(linkName)") }
+        let idLimit = 0o7777777
+        if uid > idLimit { records += record("uid=\(uid)") }
+        if gid > idLimit { records += record("gid=\(gid)") }
         if !records.isEmpty {
             let body = Array(records.utf8)
             pax += header(name: "PaxHeader", size: body.count, mode: 0o644, type: "x")
@@ -151,12 +156,13 @@ public enum BundleWriter {
         }
         put(stored, 0, 100)
         octal(Int(mode), 100, 8)
-        octal(0, 108, 8)
-        octal(0, 116, 8)
+        octal(uid <= idLimit ? uid : 0, 108, 8)
+        octal(gid <= idLimit ? gid : 0, 116, 8)
         octal(size < (1 << 33) ? size : 0, 124, 12)
-        octal(0, 136, 12)
+        octal(max(0, min(mtime, 0o77777777777)), 136, 12)
         put("        ", 148, 8)
         h[156] = UInt8(ascii: type.unicodeScalars.first ?? "0")
+        put(linkName, 157, 100)
         put("ustar", 257, 6)
         put("00", 263, 2)
         let sum = h.reduce(0) { $0 + Int($1) }

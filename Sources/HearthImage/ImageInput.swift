@@ -161,6 +161,20 @@ final class ImageInput {
         return source
     }
 
+    /// An archive of a plain root filesystem (`docker export`,
+    /// `mmdebstrap --format=tar`, `tar -C DIR -c .`) rather than of an
+    /// image: none of an image's top-level files (index.json, oci-layout,
+    /// manifest.json), and a bin, usr or etc folder. Its whole tar, nil for
+    /// anything else.
+    var plainRootfsArchive: FileSource? {
+        guard case .archive(let fd, let members) = backing,
+              !["index.json", "oci-layout", "manifest.json"].contains(where: { members[$0] != nil }),
+              members.keys.contains(where: { n in ["bin", "usr", "etc"].contains { n == $0 || n.hasPrefix($0 + "/") } }),
+              let size = try? Int64(fd.stat(path).st_size)
+        else { return nil }
+        return FileSource(fd: fd, path: path, offset: 0, length: size)
+    }
+
     func contains(_ name: String) throws -> Bool {
         try openIfPresent(name) != nil
     }

@@ -166,10 +166,32 @@ public final class ImageStore: Sendable {
     /// unpacked again. `name` (else the name the input carries) gets
     /// `:latest` if it has no tag; an existing image of that name is
     /// replaced.
+    ///
+    /// `plainRootfs` imports a root filesystem directory: an archive of one
+    /// (no index.json, oci-layout or manifest.json; a bin, usr or etc) is
+    /// unpacked into a scratch directory, device nodes and FIFOs left out,
+    /// and handed to it; nil: such an archive is refused like any other
+    /// that is not an image.
     public func importImage(path: String, name: String?,
-                            progress: @Sendable (ImportProgress) -> Void = { _ in }) throws -> ImageSummary {
+                            progress: @Sendable (ImportProgress) -> Void = { _ in },
+                            plainRootfs: ((String) throws -> ImageSummary)? = nil) throws -> ImageSummary {
         let explicit = try name.map { try ImageName.normalize($0) }
         let input = try ImageInput.open(path, scratchDirectory: cache.scratch)
+        if let plainRootfs, let tar = input.plainRootfsArchive {
+            guard name != nil else {
+                throw HearthError.invalid("\(path) is an archive of a root filesystem, which carries no image name; pass one: hearth image import \(path) --name NAME[:TAG]")
+            }
+            let temp = "\(cache.scratch)/\(tempName("rootfs"))"
+            guard mkdir(temp, 0o700) == 0 else { throw SystemError.current("mkdir", temp) }
+            defer { try? FS.removeTree(path: temp) }
+            let root = try OwnedFD.open(temp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            let unpacker = LayerUnpacker(root: root, rootPath: temp, label: "\(path) (a root filesystem archive)")
+            unpacker.skipSpecialFiles = true
+            let reader = TarReader(tar, what: path)
+            try unpacker.unpack(reader)
+            try reader.finish()
+            return try plainRootfs(temp)
+        }
         let plan = try ImagePlan.load(input, wanted: explicit)
         guard let imageName = explicit ?? plan.names.first else {
             throw HearthError.invalid("\(path) does not name its image (no RepoTags, no org.opencontainers.image.ref.name with a repository); pass one: hearth image import \(path) --name NAME[:TAG]")

@@ -43,6 +43,11 @@ public final class LayerUnpacker {
     /// Bytes of regular file content written.
     public private(set) var bytes: Int64 = 0
     public private(set) var entries = 0
+    /// A plain root filesystem's archive rather than an image layer: its
+    /// device nodes and FIFOs (a rootfs's /dev) are left out, not refused,
+    /// as a directory import leaves them out; `skipped` counts them.
+    public var skipSpecialFiles = false
+    public private(set) var skipped = 0
 
     /// - Parameters:
     ///   - root: the (empty) directory to unpack into.
@@ -138,6 +143,15 @@ public final class LayerUnpacker {
         if let name = path.last, name.starts(with: LayerUnpacker.whiteoutPrefix) {
             try applyWhiteout(entry, path: path, name: name)
             return
+        }
+        switch entry.kind {
+        case .characterDevice, .blockDevice, .fifo:
+            if skipSpecialFiles {
+                skipped += 1
+                return
+            }
+        default:
+            break
         }
         switch entry.kind {
         case .characterDevice, .blockDevice:

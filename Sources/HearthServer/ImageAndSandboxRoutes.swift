@@ -97,10 +97,14 @@ struct ImageAndSandboxRoutes: Sendable {
                     cont.yield(ImageImportEvent(event: "progress", layer: 1, layers: 1, bytes: 0, totalBytes: 0))
                     summary = try RootfsImport.importDirectory(path, name: name, store: images)
                 } else {
-                    summary = try images.importImage(path: path, name: name) { p in
+                    summary = try images.importImage(path: path, name: name, progress: { p in
                         cont.yield(ImageImportEvent(event: "progress", layer: p.layer, layers: p.layers,
                                                     bytes: p.bytes, totalBytes: p.totalBytes))
-                    }
+                    }, plainRootfs: { unpacked in
+                        // An archive of a root filesystem (docker export,
+                        // a streamed directory): imported as its tree.
+                        try RootfsImport.importDirectory(unpacked, name: name, store: images)
+                    })
                 }
                 Task { await imported(summary) }
                 cont.yield(ImageImportEvent(event: "done", image: summary))

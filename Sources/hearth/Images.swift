@@ -17,7 +17,7 @@ struct ImageCommand: ParsableCommand {
 
     struct Import: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Import an OCI image layout directory, an OCI archive or a `docker save` tarball."
+            abstract: "Import an OCI image layout directory, an OCI archive, a `docker save` tarball, or a root filesystem (a directory, or a tar of one such as `docker export` writes; --name required)."
         )
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Path of the image.") var path: String
@@ -64,12 +64,24 @@ struct ImageCommand: ParsableCommand {
                     r = try global.client.stream("POST", "/v1/images/import", body: Array(body), onData: onData, onHead: onHead)
                 } else {
                     let directory = try ArchiveStreamer.isDirectory(absolute)
+                    let rootfs = directory && ArchiveStreamer.isPlainRootfs(absolute)
+                    if rootfs && name == nil {
+                        throw HearthError.invalid("\(path) is a root filesystem directory, which carries no image name; pass one: hearth image import \(path) --name NAME[:TAG]")
+                    }
                     var target = "/v1/images/import"
                     if let name {
                         target += "?name=" + ImageCommand.percentEncoded(name)
                     }
+                    var skipped = 0
+                    defer {
+                        if skipped > 0 {
+                            writeAll(2, Array("hearth: left out \(skipped) device node(s), FIFO(s) or socket(s) of \(path) (a replica's /dev is its own)\n".utf8))
+                        }
+                    }
                     r = try global.client.upload("POST", target, contentType: "application/x-tar", produce: { emit in
-                        if directory {
+                        if rootfs {
+                            skipped = try ArchiveStreamer.streamRootfsTar(directory: absolute, emit: emit)
+                        } else if directory {
                             try ArchiveStreamer.streamTar(directory: absolute, emit: emit)
                         } else {
                             try ArchiveStreamer.streamFile(absolute, emit: emit)

@@ -165,9 +165,10 @@ def test_sigterm_kills_sandboxes_past_the_deadline(own):
     own.start()
 
 
-def test_image_import_of_a_plain_root_filesystem(own, tmp_path):
-    """What debootstrap or `docker export | tar x` leaves: the tree becomes a
-    one-layer image (device nodes in it left out), and replicas run on it."""
+def plain_rootfs(tmp_path):
+    """The default image's tree unpacked into a directory, with a device
+    node (as debootstrap makes), a file, a symlink and a setuid program
+    owned by an unusual uid and gid."""
     index = json.loads((LAYOUT / "index.json").read_text())
     manifest = json.loads((LAYOUT / "blobs" / "sha256" / index["manifests"][0]["digest"].split(":")[1]).read_text())
     root = tmp_path / "rootfs"
@@ -177,15 +178,58 @@ def test_image_import_of_a_plain_root_filesystem(own, tmp_path):
         with tarfile.open(LAYOUT / "blobs" / "sha256" / layer["digest"].split(":")[1]) as tar:
             tar.extractall(root, filter="fully_trusted")
     (root / "dev").mkdir(exist_ok=True)
-    os.mknod(root / "dev" / "made-null", 0o666 | 0o020000, os.makedev(1, 3))  # a node, as debootstrap makes
+    os.mknod(root / "dev" / "made-null", 0o666 | 0o020000, os.makedev(1, 3))
     (root / "etc" / "from-a-directory").write_text("yes\n")
+    os.symlink("from-a-directory", root / "etc" / "a-link")
+    tool = root / "usr" / "local" / "bin" / "tool"
+    tool.write_text("#!/bin/sh\n")
+    os.chown(tool, 1234, 5678)
+    os.chmod(tool, 0o4750)
+    return root
+
+
+ROOTFS_PROBE = ("import json, os; st = os.stat('/usr/local/bin/tool'); "
+                "print(json.dumps([open('/etc/from-a-directory').read().strip(), os.readlink('/etc/a-link'), "
+                "oct(st.st_mode & 0o7777), st.st_uid, st.st_gid, os.path.exists('/dev/made-null')]))")
+ROOTFS_SEEN = ["yes", "from-a-directory", "0o4750", 1234, 5678, False]
+
+
+def test_image_import_of_a_plain_root_filesystem(own, tmp_path):
+    """What debootstrap or `docker export | tar x` leaves: the tree becomes a
+    one-layer image (device nodes in it left out), and replicas run on it."""
+    root = plain_rootfs(tmp_path)
     r = own.hearth("image", "import", str(root), check=False)
     assert r.returncode != 0 and b"carries no image name" in r.stderr, r.stderr
     own.hearth("image", "import", str(root), "--name", "plain:1")
-    r = own.hearth("sandbox", "--image", "plain:1", "--", "python3", "-c",
-                   "import os; print(open('/etc/from-a-directory').read().strip(), os.path.exists('/dev/made-null'))",
-                   check=False)
-    assert r.returncode == 0 and r.stdout.strip() == b"yes False", (r.stdout, r.stderr)
+    r = own.hearth("sandbox", "--image", "plain:1", "--", "python3", "-c", ROOTFS_PROBE, check=False)
+    assert r.returncode == 0 and json.loads(r.stdout) == ROOTFS_SEEN, (r.stdout, r.stderr)
     ls = {i["name"]: i for i in json.loads(own.hearth("image", "ls", "--json").stdout)}
     assert ls["plain:1"]["layers"] == 1, ls["plain:1"]
     own.hearth("image", "rm", "plain:1")
+
+
+def test_image_import_of_a_root_filesystem_archive_and_a_streamed_directory(own, tmp_path):
+    """A tar of a root filesystem (what `docker export` or `tar -C DIR -c .`
+    writes), opened by hearthd or uploaded, and a root filesystem directory
+    sent as bytes (what a non-root user's CLI does; --stream as root):
+    each becomes an image whose files keep their modes, owners and links,
+    with the device node left out."""
+    import tarfile
+    root = plain_rootfs(tmp_path)
+    archive = tmp_path / "rootfs.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root, arcname=".")
+    with tarfile.open(archive) as tar:
+        assert any(m.ischr() for m in tar.getmembers())  # the node is in the archive
+    r = own.hearth("image", "import", str(archive), check=False)
+    assert r.returncode != 0 and b"carries no image name" in r.stderr, r.stderr
+    r = own.hearth("image", "import", str(root), "--stream", check=False)
+    assert r.returncode != 0 and b"carries no image name" in r.stderr, r.stderr
+    for name, args in (("plain:tar", [str(archive)]), ("plain:tar-sent", [str(archive), "--stream"]),
+                       ("plain:dir-sent", [str(root), "--stream"])):
+        r = own.hearth("image", "import", *args, "--name", name)
+        if name == "plain:dir-sent":
+            assert b"left out 1 device node" in r.stderr, r.stderr
+        r = own.hearth("sandbox", "--image", name, "--", "python3", "-c", ROOTFS_PROBE, check=False)
+        assert r.returncode == 0 and json.loads(r.stdout) == ROOTFS_SEEN, (name, r.stdout, r.stderr)
+        own.hearth("image", "rm", name)
