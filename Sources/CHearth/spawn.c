@@ -202,7 +202,7 @@ struct hs_child {
     const struct hearth_spawn_plan *plan;
     int err_fd;      /* write end of the error pipe, close-on-exec */
     int err_peer;    /* parent's read end of the error pipe */
-    int sync_fd;     /* child's end of the sync socket (v1), or -1 */
+    int sync_fd;     /* child's end of the sync socket (v1, hooks), or -1 */
     int sync_peer;   /* parent's end of the sync socket, or -1 */
     uint64_t *marks; /* shared page for enum hearth_spawn_mark, or NULL */
 };
@@ -848,20 +848,34 @@ static void __attribute__((noreturn)) child_main(struct hs_child *c)
     (void)syscall(SYS_umask, old_umask);
 
     /* cgroup v1: wait until the parent has put us into every hierarchy. */
-    if (c->sync_fd >= 0) {
+    if (p->cgroup_procs_count > 0) {
         char b;
         while ((r = RAW(SYS_read, c->sync_fd, &b, 1)) == -EINTR)
             ;
         if (r != 1)
             child_fail(c, HEARTH_STAGE_SYNC, r < 0 ? (int)-r : EPIPE);
-        hs_close(c->sync_fd);
-        c->sync_fd = -1;
     }
     /* v1 (or no cgroup): unshared only now, once we sit in the replica's
      * cgroups, so the namespace is rooted there. v2 did it in clone3. */
     if ((p->clone_flags & CLONE_NEWCGROUP) && p->cgroup_fd < 0 &&
         (r = RAW(SYS_unshare, CLONE_NEWCGROUP)) < 0)
         child_fail(c, HEARTH_STAGE_UNSHARE_CGROUP, (int)-r);
+    /* Hooks: the root is complete; tell the parent, wait for its word. */
+    if (p->hooks != NULL) {
+        char b = 'h';
+        while ((r = RAW(SYS_sendto, c->sync_fd, &b, 1, MSG_NOSIGNAL, NULL, 0)) == -EINTR)
+            ;
+        if (r != 1)
+            child_fail(c, HEARTH_STAGE_HOOKS, r < 0 ? (int)-r : EPIPE);
+        while ((r = RAW(SYS_read, c->sync_fd, &b, 1)) == -EINTR)
+            ;
+        if (r != 1)
+            child_fail(c, HEARTH_STAGE_HOOKS, r < 0 ? (int)-r : EPIPE);
+    }
+    if (c->sync_fd >= 0) {
+        hs_close(c->sync_fd);
+        c->sync_fd = -1;
+    }
     hs_mark(c, HEARTH_MARK_PIVOT);
 
     if (p->hostname != NULL &&
@@ -991,6 +1005,33 @@ static void kill_and_reap(int pidfd)
     reap(pidfd);
 }
 
+/* Parent: waits for the child to reach its hook point, runs the hooks,
+ * releases it. 0, or the failed stage with *err set. */
+static int run_hooks(const struct hearth_spawn_plan *plan, int sock, pid_t pid, int *err)
+{
+    char b;
+    ssize_t n;
+    int32_t r;
+    while ((n = read(sock, &b, 1)) < 0 && errno == EINTR)
+        ;
+    if (n != 1) {
+        /* The child died before its root was complete; its report says why. */
+        *err = n < 0 ? errno : EPIPE;
+        return HEARTH_STAGE_HOOKS;
+    }
+    if ((r = plan->hooks((int32_t)pid, plan->hooks_ctx)) != 0) {
+        *err = r;
+        return HEARTH_STAGE_HOOKS;
+    }
+    while ((n = send(sock, "x", 1, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+        ;
+    if (n != 1) {
+        *err = n < 0 ? errno : EIO;
+        return HEARTH_STAGE_HOOKS;
+    }
+    return 0;
+}
+
 int hearth_spawn(const struct hearth_spawn_plan *plan, struct hearth_spawn_result *result)
 {
     int errp[2] = { -1, -1 }, syncp[2] = { -1, -1 };
@@ -1017,7 +1058,7 @@ int hearth_spawn(const struct hearth_spawn_plan *plan, struct hearth_spawn_resul
         return fail_result(result, HEARTH_STAGE_CLONE, errno);
     /* A socket rather than a pipe: send(MSG_NOSIGNAL) cannot raise SIGPIPE
      * in the daemon if the child has died meanwhile. */
-    if (plan->cgroup_procs_count > 0 &&
+    if ((plan->cgroup_procs_count > 0 || plan->hooks != NULL) &&
         socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, syncp) < 0) {
         err = errno;
         close(errp[0]);
@@ -1080,7 +1121,8 @@ int hearth_spawn(const struct hearth_spawn_plan *plan, struct hearth_spawn_resul
     result->pid = (pid_t)pid;
     err = 0;
 
-    /* cgroup v1: one hierarchy at a time, then release the child. */
+    /* cgroup v1: one hierarchy at a time, then release the child; then
+     * the hooks, while the child waits at its root. */
     if (syncp[0] >= 0) {
         char num[16];
         size_t len = hs_utoa(num, (unsigned int)pid);
@@ -1096,7 +1138,7 @@ int hearth_spawn(const struct hearth_spawn_plan *plan, struct hearth_spawn_resul
                 break;
             }
         }
-        if (stage == 0) {
+        if (stage == 0 && plan->cgroup_procs_count > 0) {
             ssize_t n;
             while ((n = send(syncp[0], "x", 1, MSG_NOSIGNAL)) < 0 && errno == EINTR)
                 ;
@@ -1105,12 +1147,16 @@ int hearth_spawn(const struct hearth_spawn_plan *plan, struct hearth_spawn_resul
                 err = n < 0 ? errno : EIO;
             }
         }
-        close(syncp[0]);
+        if (stage == 0 && plan->hooks != NULL)
+            stage = run_hooks(plan, syncp[0], (pid_t)pid, &err);
         if (stage != 0) {
             if (marks != NULL)
                 munmap(marks, 4096);
+            /* Killed before its socket closes: a child still waiting must
+             * not wake to EOF and report that instead of our reason. */
             kill_and_reap(pidfd);
             close(pidfd);
+            close(syncp[0]);
             /* The child runs its mounts meanwhile: if one of them failed, it
              * has exited (hence ESRCH or EPIPE here) and its report, the
              * real reason, is waiting on the pipe. */
@@ -1130,6 +1176,7 @@ int hearth_spawn(const struct hearth_spawn_plan *plan, struct hearth_spawn_resul
             errno = saved_errno;
             return fail_result(result, stage, err);
         }
+        close(syncp[0]);
     }
 
     /* EOF with nothing read: execve succeeded and closed the pipe. */

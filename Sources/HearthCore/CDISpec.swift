@@ -75,8 +75,10 @@ public struct CDISpec: Sendable, Equatable {
         public var path: String
         public var args: [String]
         public var env: [String]
-        public init(hookName: String, path: String, args: [String], env: [String]) {
-            self.hookName = hookName; self.path = path; self.args = args; self.env = env
+        /// Seconds the hook may run; nil: the runner's default.
+        public var timeout: Int?
+        public init(hookName: String, path: String, args: [String], env: [String], timeout: Int? = nil) {
+            self.hookName = hookName; self.path = path; self.args = args; self.env = env; self.timeout = timeout
         }
     }
 
@@ -205,9 +207,17 @@ public struct CDISpec: Sendable, Equatable {
             return mount
         }
         out.hooks = try r.list("hooks") { n, p in
-            let h = try SpecReader(n, path: p, what: "a hook (hookName, path, args, env)")
-            return Hook(hookName: try h.requiredString("hookName"), path: try h.requiredString("path"),
-                        args: try h.list("args", SpecReader.string), env: try h.list("env", SpecReader.string))
+            let h = try SpecReader(n, path: p, what: "a hook (hookName, path, args, env, timeout)")
+            let hook = Hook(hookName: try h.requiredString("hookName"), path: try h.requiredString("path"),
+                            args: try h.list("args", SpecReader.string), env: try h.list("env", SpecReader.string),
+                            timeout: try h.int("timeout"))
+            if !hook.path.hasPrefix("/") {
+                throw SpecReader.error(h.path("path"), "\(hook.path.debugDescription) is not an absolute path")
+            }
+            if let t = hook.timeout, t < 1 {
+                throw SpecReader.error(h.path("timeout"), "\(t) is not allowed; a hook's timeout is at least 1 second")
+            }
+            return hook
         }
         return out
     }

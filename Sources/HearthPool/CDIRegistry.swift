@@ -59,11 +59,13 @@ public struct CDIRegistry: Sendable {
         return out
     }
 
-    /// What a replica gets for the devices `names` (`environment` and
-    /// `field` name them in errors): each must be offered and carry no
-    /// hooks (Hearth runs none yet); device nodes are read from the host
-    /// where the spec leaves out type or numbers.
-    public func resolve(_ names: [String], environment: String) throws -> ResolvedDevices {
+    /// What a replica gets for the devices `names` (`environment` names
+    /// them in errors): each must be offered; the NVIDIA toolkit's hooks
+    /// are done by Hearth, any other hook is refused unless `runHooks`
+    /// (`hearthd --allow-privileged`), when it is run as an OCI runtime
+    /// would; device nodes are read from the host where the spec leaves
+    /// out type or numbers.
+    public func resolve(_ names: [String], environment: String, runHooks: Bool = false) throws -> ResolvedDevices {
         var out = ResolvedDevices()
         for (i, name) in names.enumerated() {
             let at = "environment \"\(environment)\": devices[\(i)]"
@@ -74,7 +76,7 @@ public struct CDIRegistry: Sendable {
                 throw HearthError(.invalidArgument, why)
             }
             for hook in entry.edits.hooks {
-                try Self.apply(hook, to: &out, refusal: "\(at): \(name) (\(entry.file))")
+                try Self.apply(hook, to: &out, refusal: "\(at): \(name) (\(entry.file))", runHooks: runHooks)
             }
             // Several devices of one spec share its edits: each once.
             for e in entry.edits.env where !out.env.contains(e) { out.env.append(e) }
@@ -96,13 +98,24 @@ public struct CDIRegistry: Sendable {
     /// (`disable-device-node-modification`, `enable-cuda-compat`, `chmod`)
     /// need nothing here. Any other hook is refused: Hearth runs no
     /// program a device spec names.
-    static func apply(_ hook: CDISpec.Hook, to out: inout ResolvedDevices, refusal: String) throws {
+    static func apply(_ hook: CDISpec.Hook, to out: inout ResolvedDevices, refusal: String, runHooks: Bool = false) throws {
         let tool = hook.path.split(separator: "/").last.map(String.init) ?? hook.path
         var args = hook.args.dropFirst()  // argv[0]
         if tool == "nvidia-ctk", args.first == "hook" { args = args.dropFirst() }
+        let described = "\(hook.hookName) hook (\(([hook.path] + hook.args.dropFirst()).joined(separator: " ")))"
         guard hook.hookName == "createContainer", tool == "nvidia-ctk" || tool == "nvidia-cdi-hook",
               let command = args.first else {
-            throw HearthError(.invalidArgument, "\(refusal) needs a \(hook.hookName) hook (\(hook.path) \(hook.args.dropFirst().joined(separator: " "))), and Hearth runs no program a CDI spec names (it does the NVIDIA toolkit's update-ldcache and create-symlinks hooks itself)")
+            guard hook.hookName == "createContainer" else {
+                // prestart, createRuntime, startContainer, poststart,
+                // poststop: other moments, or inside the container; none
+                // is run.
+                throw HearthError(.invalidArgument, "\(refusal) needs a \(described); Hearth runs createContainer hooks only (under hearthd --allow-privileged)")
+            }
+            guard runHooks else {
+                throw HearthError(.invalidArgument, "\(refusal) needs a \(described), a program run as root on the host, which hearthd runs only when started with --allow-privileged (it does the NVIDIA toolkit's update-ldcache and create-symlinks hooks itself)")
+            }
+            if !out.hooks.contains(hook) { out.hooks.append(hook) }
+            return
         }
         /// Every value of `flag` (`--flag V` or `--flag=V`) after the command.
         func values(_ flag: String) -> [String] {
@@ -138,7 +151,10 @@ public struct CDIRegistry: Sendable {
         case "disable-device-node-modification", "enable-cuda-compat", "chmod":
             return
         default:
-            throw HearthError(.invalidArgument, "\(refusal) needs the NVIDIA hook \(command.debugDescription), which Hearth does not do (it does update-ldcache and create-symlinks)")
+            guard runHooks else {
+                throw HearthError(.invalidArgument, "\(refusal) needs the NVIDIA hook \(command.debugDescription), which Hearth does not do itself (it does update-ldcache and create-symlinks), and runs only when hearthd is started with --allow-privileged")
+            }
+            if !out.hooks.contains(hook) { out.hooks.append(hook) }
         }
     }
 
@@ -199,5 +215,8 @@ public struct ResolvedDevices: Sendable, Equatable {
     public var mounts: [BindMount] = []
     /// From `create-symlinks` hooks, made after the mounts.
     public var symlinks: [Symlink] = []
-    public var isEmpty: Bool { nodes.isEmpty && env.isEmpty && mounts.isEmpty && symlinks.isEmpty }
+    /// Other createContainer hooks, run on the host while the replica
+    /// waits (ContainerHooks; only under `--allow-privileged`).
+    public var hooks: [CDISpec.Hook] = []
+    public var isEmpty: Bool { nodes.isEmpty && env.isEmpty && mounts.isEmpty && symlinks.isEmpty && hooks.isEmpty }
 }

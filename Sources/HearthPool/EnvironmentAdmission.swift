@@ -226,7 +226,7 @@ public actor EnvironmentAdmission {
         var config = try PoolConfig(e, seccomp: seccomp, defaultMemory: defaultMemory, defaultUserNamespace: defaultUserNamespace)
         config.mounts = mounts
         if let names = e.devices, !names.isEmpty {
-            config.devices = try cdiRegistry().resolve(names, environment: e.name)
+            config.devices = try cdiRegistry().resolve(names, environment: e.name, runHooks: policy.allowPrivileged)
         }
         return config
     }

@@ -15,7 +15,12 @@ public final class GPUAllocator: Sendable {
     /// GPU device name (`nvidia.com/gpu=0`) → the replica holding it.
     private let held = Mutex<[String: String]>([:])
 
-    public init(cdiDirs: [String], nvidiaDevDir: String? = "/dev") { dirs = cdiDirs; self.nvidiaDevDir = nvidiaDevDir }
+    /// Run GPU specs' hooks other than the NVIDIA toolkit's (`--allow-privileged`).
+    public let runHooks: Bool
+
+    public init(cdiDirs: [String], nvidiaDevDir: String? = "/dev", runHooks: Bool = false) {
+        dirs = cdiDirs; self.nvidiaDevDir = nvidiaDevDir; self.runHooks = runHooks
+    }
 
     /// The CDI devices of this host (GPUs generated where no spec has them).
     public func registry() -> CDIRegistry { CDIRegistry.load(dirs: dirs, nvidiaDevDir: nvidiaDevDir) }
@@ -53,7 +58,7 @@ public final class GPUAllocator: Sendable {
             return chosen
         }
         do {
-            var edits = try registry.resolve(names, environment: replica)
+            var edits = try registry.resolve(names, environment: replica, runHooks: runHooks)
             // The replica's GPUs by the names the toolkit uses, and CUDA's
             // view of them (the only ones it can see), 0…N-1.
             let ids = names.map { String($0.dropFirst(Self.kind.count + 1)) }

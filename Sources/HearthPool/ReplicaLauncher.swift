@@ -203,5 +203,6 @@ extension ReplicaSpec {
         env += d.env
         mounts += d.mounts
         symlinks += d.symlinks.map { ($0.target, $0.link) }
+        for h in d.hooks where !hooks.contains(h) { hooks.append(h) }
     }
 }

@@ -47,6 +47,9 @@ public struct ReplicaSpec: Sendable {
     /// (target, link) symlinks made in the root after the mounts (CDI
     /// `create-symlinks`); missing parent directories are made.
     public var symlinks: [(target: String, link: String)] = []
+    /// CDI createContainer hooks run on the host while the replica waits
+    /// with its root complete (ContainerHooks; `--allow-privileged` only).
+    public var hooks: [CDISpec.Hook] = []
     /// Extra pipes for the child: (fd in the daemon, fd number in the replica).
     public var extraFDs: [(source: Int32, target: Int32)] = []
     /// Host paths that belong to this replica and go with it (e.g. its secrets).

@@ -210,6 +210,10 @@ public final class SandboxRuntime: Sendable {
             let out = try Pipe.make(), err = try Pipe.make()
             plan.fds = [(devnull, 0), (out.write, 1), (err.write, 2)] + spec.extraFDs
 
+            if !spec.hooks.isEmpty {
+                let hooks = spec.hooks, name = spec.name, bundle = dir + "/hook-bundle"
+                plan.hooks = { pid in try ContainerHooks.run(hooks, replica: name, pid: pid, bundle: bundle) }
+            }
             let attach = try cgroup.openForSpawn()
             plan.cgroupFD = attach.cgroupFD
             // cgroup v1 (no fd): the child unshares its cgroup namespace once

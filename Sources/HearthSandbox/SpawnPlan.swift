@@ -139,6 +139,10 @@ public struct SpawnPlan: Sendable {
     public var path: String
     public var argv: [String]
     public var envp: [String]
+    /// Run on the daemon's side while the child waits with its root
+    /// complete (the child's pid is the argument; see hearth_spawn.h); a
+    /// throw kills the child and fails the spawn with that error.
+    public var hooks: (@Sendable (Int32) throws -> Void)?
 
     public init(path: String, argv: [String], envp: [String]) {
         self.path = path; self.argv = argv; self.envp = envp
@@ -190,6 +194,7 @@ public struct SpawnPlan: Sendable {
         let argvC = arena.stringArray(argv)
         let envpC = arena.stringArray(envp)
 
+        let hookBox = hooks.map(HookBox.init)
         var result = hearth_spawn_result()
         let rc: Int32 = cops.withUnsafeBufferPointer { opsBuf in
             crl.withUnsafeMutableBufferPointer { rlBuf in
@@ -230,7 +235,21 @@ public struct SpawnPlan: Sendable {
                                 p.path = arena.string(path)
                                 p.argv = argvC
                                 p.envp = envpC
-                                return hearth_spawn(&p, &result)
+                                if let hookBox {
+                                    p.hooks = { pid, ctx in
+                                        guard let ctx else { return EINVAL }
+                                        let box = Unmanaged<HookBox>.fromOpaque(ctx).takeUnretainedValue()
+                                        do {
+                                            try box.run(pid)
+                                            return 0
+                                        } catch {
+                                            box.error = error
+                                            return ECANCELED
+                                        }
+                                    }
+                                    p.hooks_ctx = Unmanaged.passUnretained(hookBox).toOpaque()
+                                }
+                                return withExtendedLifetime(hookBox) { hearth_spawn(&p, &result) }
                             }
                         }
                     }
@@ -238,6 +257,9 @@ public struct SpawnPlan: Sendable {
             }
         }
         if rc == 0 { return Spawned(pid: result.pid, pidfd: result.pidfd, phases: Self.phases(result.marks)) }
+        if result.stage == Int32(HEARTH_STAGE_HOOKS.rawValue), let error = hookBox?.error {
+            throw HearthError(.spawnFailed, "start replica: \(HearthError.wrap(error).message)")
+        }
         throw HearthError(.spawnFailed, "start replica: \(describe(stage: result.stage, errno: result.error))")
     }
 
@@ -283,6 +305,7 @@ public struct SpawnPlan: Sendable {
             case HEARTH_STAGE_SETSID.rawValue: what = "setsid"
             case HEARTH_STAGE_USERNS.rawValue: what = "join the replica's user namespace"
             case HEARTH_STAGE_NETNS.rawValue: what = "join the replica's network namespace (network egress)"
+            case HEARTH_STAGE_HOOKS.rawValue: what = "wait for the createContainer hooks"
             default: what = "stage \(stage)"
             }
         }
@@ -294,6 +317,14 @@ public struct SpawnPlan: Sendable {
         }
         return "\(what): \(ErrnoName.name(err)) (\(String(cString: strerror(err))))" + hint
     }
+}
+
+/// The hooks of one spawn call, reached from the C callback through its
+/// context pointer; used on the calling thread only, during the call.
+private final class HookBox: @unchecked Sendable {
+    let run: @Sendable (Int32) throws -> Void
+    var error: (any Error)?
+    init(_ run: @escaping @Sendable (Int32) throws -> Void) { self.run = run }
 }
 
 /// Owns the C strings of one spawn call; freed after hearth_spawn returns.

@@ -143,7 +143,7 @@ public enum Daemon {
         // One event loop serves HTTP and reads every replica's result frames,
         // so a result reaches the response waiting for it on the same thread.
         let io = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let gpus = GPUAllocator(cdiDirs: options.cdiDirs, nvidiaDevDir: options.nvidiaDevDir)
+        let gpus = GPUAllocator(cdiDirs: options.cdiDirs, nvidiaDevDir: options.nvidiaDevDir, runHooks: options.allowPrivileged)
         var context = PoolContext(runtime: runtime, images: images, code: code, secrets: secrets, tasks: tasks,
                                   logger: logger, workerDir: options.workerDir, resultLoop: io.next(), gpus: gpus)
         let capacity = EnvironmentAdmission.measureCapacity()

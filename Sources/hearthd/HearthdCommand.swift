@@ -38,7 +38,7 @@ struct HearthdCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("An image to keep spare replicas of from start-up (or its import) on, whether or not an environment has used it yet; repeatable.", valueName: "NAME"))
     var spareImage: [String] = []
 
-    @Flag(name: .long, help: "Let clients ask for seccomp unconfined or a custom profile, added capabilities and network host (each takes down a wall of the sandbox; see docs/security.md).")
+    @Flag(name: .long, help: "Let clients ask for seccomp unconfined or a custom profile, added capabilities and network host, and run CDI devices' createContainer hooks (each takes down a wall of the sandbox; see docs/security.md).")
     var allowPrivileged = false
 
     @Option(name: .long, help: ArgumentHelp("A host directory environments may mount (their `mounts`), with what lies below it; repeatable. None by default.", valueName: "DIR"))

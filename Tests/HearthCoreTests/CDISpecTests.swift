@@ -45,6 +45,10 @@ final class CDISpecTests: XCTestCase {
                        "/etc/cdi/f.json: devices[0].containerEdits.env[0]: \"NOEQUALS\" is not NAME=value")
         XCTAssertEqual(refusal(#"{"cdiVersion": "0.6.0", "kind": "a.com/b", "devices": [{"name": "x", "containerEdits": {"deviceNodes": [{"path": "/dev/x", "permissions": "rx"}]}}]}"#),
                        "/etc/cdi/f.json: devices[0].containerEdits.deviceNodes[0].permissions: \"rx\" is not a permission set; expected letters from r, w and m")
+        XCTAssertEqual(refusal(#"{"cdiVersion": "0.6.0", "kind": "a.com/b", "devices": [{"name": "x", "containerEdits": {"hooks": [{"hookName": "createContainer", "path": "hook"}]}}]}"#),
+                       "/etc/cdi/f.json: devices[0].containerEdits.hooks[0].path: \"hook\" is not an absolute path")
+        XCTAssertEqual(refusal(#"{"cdiVersion": "0.6.0", "kind": "a.com/b", "devices": [{"name": "x", "containerEdits": {"hooks": [{"hookName": "createContainer", "path": "/h", "timeout": 0}]}}]}"#),
+                       "/etc/cdi/f.json: devices[0].containerEdits.hooks[0].timeout: 0 is not allowed; a hook's timeout is at least 1 second")
         XCTAssertNotNil(refusal("{not json"))
     }
 

@@ -90,14 +90,30 @@ final class CDIHookTests: XCTestCase {
                               to: &out, refusal: "d")
     }
 
-    func testOtherHooksAreRefused() {
+    func testOtherHooksAreRefusedUnlessPrivileged() throws {
         var out = ResolvedDevices()
-        XCTAssertThrowsError(try CDIRegistry.apply(hook("/usr/local/bin/vendor-setup", ["vendor-setup", "--all"]), to: &out, refusal: "d")) {
-            XCTAssertTrue((($0 as? HearthError)?.message ?? "").contains("Hearth runs no program a CDI spec names"))
+        let vendor = hook("/usr/local/bin/vendor-setup", ["vendor-setup", "--all"])
+        XCTAssertThrowsError(try CDIRegistry.apply(vendor, to: &out, refusal: "d")) {
+            XCTAssertTrue((($0 as? HearthError)?.message ?? "").contains("which hearthd runs only when started with --allow-privileged"))
         }
-        XCTAssertThrowsError(try CDIRegistry.apply(hook("/usr/bin/nvidia-ctk", ["nvidia-ctk", "hook", "something-new"]), to: &out, refusal: "d")) {
-            XCTAssertTrue((($0 as? HearthError)?.message ?? "").contains("which Hearth does not do"))
+        let newer = hook("/usr/bin/nvidia-ctk", ["nvidia-ctk", "hook", "something-new"])
+        XCTAssertThrowsError(try CDIRegistry.apply(newer, to: &out, refusal: "d")) {
+            XCTAssertTrue((($0 as? HearthError)?.message ?? "").contains("which Hearth does not do itself"))
         }
         XCTAssertThrowsError(try CDIRegistry.apply(hook("/usr/bin/nvidia-ctk", ["nvidia-ctk", "hook", "create-symlinks", "--link", "a::../../etc/x"]), to: &out, refusal: "d"))
+        XCTAssertEqual(out.hooks, [])
+        // Privileged: both are kept to be run, once each; the toolkit's own
+        // two are still done by Hearth, and other moments stay refused.
+        try CDIRegistry.apply(vendor, to: &out, refusal: "d", runHooks: true)
+        try CDIRegistry.apply(vendor, to: &out, refusal: "d", runHooks: true)
+        try CDIRegistry.apply(newer, to: &out, refusal: "d", runHooks: true)
+        try CDIRegistry.apply(hook("/usr/bin/nvidia-ctk", ["nvidia-ctk", "hook", "update-ldcache", "--folder", "/x"]),
+                              to: &out, refusal: "d", runHooks: true)
+        XCTAssertEqual(out.hooks, [vendor, newer])
+        XCTAssertEqual(out.env, ["LD_LIBRARY_PATH=/x"])
+        let prestart = CDISpec.Hook(hookName: "prestart", path: "/usr/local/bin/vendor-setup", args: [], env: [])
+        XCTAssertThrowsError(try CDIRegistry.apply(prestart, to: &out, refusal: "d", runHooks: true)) {
+            XCTAssertTrue((($0 as? HearthError)?.message ?? "").contains("Hearth runs createContainer hooks only"))
+        }
     }
 }

@@ -683,6 +683,65 @@ static void test_failing_op(void)
     expect_fail(&r, HEARTH_STAGE_OP_BASE + 0, ENOENT);
 }
 
+/* createContainer hooks: the parent's callback runs while the child waits
+ * with its root complete, sees that root at /proc/PID/root, and can change
+ * it before the exec; a callback's error fails the spawn at
+ * HEARTH_STAGE_HOOKS with the child reaped; a child that fails before its
+ * hook point reports its own stage, the callback never called. */
+struct hook_ctx {
+    int calls;
+    int32_t pid;
+    int32_t fail;
+};
+
+static int32_t hook_cb(int32_t pid, void *ctx)
+{
+    struct hook_ctx *h = ctx;
+    char *path = fmt("/proc/%d/root/hooked", (int)pid);
+    h->calls++;
+    h->pid = pid;
+    if (h->fail)
+        return h->fail;
+    write_file(path, "written by the hook\n");
+    free(path);
+    return 0;
+}
+
+static void test_hooks(void)
+{
+    struct plan_builder b;
+    struct run r;
+    struct hook_ctx h = { 0, 0, 0 };
+
+    standard_plan(&b);
+    b.plan.argv = (char *const[]){ "hearth-init", "/bin/cat", "/hooked", NULL };
+    b.plan.hooks = hook_cb;
+    b.plan.hooks_ctx = &h;
+    run_plan(&b, &r);
+    expect_ok(&r, 0);
+    CHECK(h.calls == 1 && h.pid == r.res.pid, "calls %d, pid %d (child %d)", h.calls, h.pid, r.res.pid);
+    CHECK(strstr(r.out, "written by the hook") != NULL, "output: %s", r.out);
+
+    h = (struct hook_ctx){ 0, 0, EPERM };
+    standard_plan(&b);
+    b.plan.argv = probe_argv;
+    b.plan.hooks = hook_cb;
+    b.plan.hooks_ctx = &h;
+    run_plan(&b, &r);
+    expect_fail(&r, HEARTH_STAGE_HOOKS, EPERM);
+    CHECK(h.calls == 1, "calls %d", h.calls);
+
+    h = (struct hook_ctx){ 0, 0, 0 };
+    standard_plan(&b);
+    b.plan.argv = probe_argv;
+    b.plan.hooks = hook_cb;
+    b.plan.hooks_ctx = &h;
+    b.ops[0].data = fmt("lowerdir=%s/nope,upperdir=%s,workdir=%s", g_workdir, b.upper, b.work);
+    run_plan(&b, &r);
+    expect_fail(&r, HEARTH_STAGE_OP_BASE + 0, ENOENT);
+    CHECK(h.calls == 0, "calls %d", h.calls);
+}
+
 static void test_exec_missing(void)
 {
     struct plan_builder b;
@@ -1389,6 +1448,7 @@ int main(int argc, char **argv)
         { "fd_map", test_fd_map },
         { "failing_op", test_failing_op },
         { "exec_missing", test_exec_missing },
+        { "hooks", test_hooks },
         { "bad_plan", test_bad_plan },
         { "egress_netns", test_egress_netns },
         { "egress_netns_userns", test_egress_netns_userns },

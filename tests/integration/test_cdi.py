@@ -6,10 +6,15 @@ node itself (root in a replica keeps CAP_MKNOD, so the device cgroup is
 what refuses); a replica that asks for none can open neither; a device's
 env reaches the replica; `hearth devices` lists what the specs offer and
 names a malformed spec's file and field; unknown devices and devices that
-need hooks are refused at apply."""
+need hooks are refused at apply, unless hearthd runs with
+--allow-privileged: then a createContainer hook runs on the host, as an OCI
+runtime runs it, while the replica waits with its root complete, and a hook
+that fails or outlives its timeout fails the replica's start with its
+output."""
 import json
 import os
 import shutil
+import sys
 import tempfile
 import textwrap
 
@@ -159,9 +164,99 @@ def test_yaml_specs_and_env_only_devices(cd, code):
 @pytest.mark.parametrize("device, why", [
     ("hearth.test/dev=nope", "is not a device this host offers (offered: hearth.test/dev=fuse"),
     ("hearth.test/bad=x", "CDI specs that could not be read:"),
-    ("hearth.test/dev=hooked", "needs a createContainer hook (/usr/bin/true ), and Hearth runs no program a CDI spec names"),
+    ("hearth.test/dev=hooked", "needs a createContainer hook (/usr/bin/true), a program run as root on the host, "
+                               "which hearthd runs only when started with --allow-privileged"),
     ("not-a-device", "is not a CDI device name; expected vendor.com/class=name"),
 ])
 def test_unknown_or_unusable_devices_are_refused(cd, device, why):
     r = apply(cd, f"name: cdi-bad\ndevices: [\"{device}\"]\n")
     assert r.returncode != 0 and why in r.stderr.decode(), r.stderr
+
+
+# A hook as OCI runtimes run them: the state on stdin, the root found
+# through the bundle's config.json. It writes what it was given into the
+# replica's root, where the task reads it.
+HOOK = textwrap.dedent('''\
+    #!{python}
+    import json, os, sys
+    state = json.load(sys.stdin)
+    config = json.load(open(os.path.join(state["bundle"], "config.json")))
+    root = config["root"]["path"]
+    with open(os.path.join(root, "tmp", "hooked"), "w") as f:
+        json.dump({{"id": state["id"], "status": state["status"], "pid": state["pid"], "root": root,
+                   "args": sys.argv[1:], "env": os.environ.get("HOOK_ENV"), "path": os.environ.get("PATH")}}, f)
+''')
+
+
+@pytest.fixture(scope="module")
+def hooks_dir():
+    host_has_devices()
+    d = tempfile.mkdtemp(prefix="hearth-cdi-hooks-", dir=TMP)
+    hook = os.path.join(d, "hook.py")
+    with open(hook, "w") as f:
+        f.write(HOOK.format(python=sys.executable))
+    failing = os.path.join(d, "failing.sh")
+    with open(failing, "w") as f:
+        f.write("#!/bin/sh\necho boom >&2\nexit 3\n")
+    slow = os.path.join(d, "slow.sh")
+    with open(slow, "w") as f:
+        f.write("#!/bin/sh\nexec sleep 60\n")
+    for p in (hook, failing, slow):
+        os.chmod(p, 0o755)
+
+    def dev(name, hook):
+        return {"name": name, "containerEdits": {"deviceNodes": [{"path": "/dev/fuse"}], "hooks": [hook]}}
+    spec = {"cdiVersion": "0.6.0", "kind": "hearth.test/hooks", "devices": [
+        dev("runs", {"hookName": "createContainer", "path": hook, "args": ["hook.py", "--flag", "x"],
+                     "env": ["HOOK_ENV=from-the-spec"]}),
+        dev("fails", {"hookName": "createContainer", "path": failing}),
+        dev("slow", {"hookName": "createContainer", "path": slow, "timeout": 1}),
+        dev("prestart", {"hookName": "prestart", "path": hook}),
+    ]}
+    with open(os.path.join(d, "hooks.json"), "w") as f:
+        json.dump(spec, f)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def privileged(hooks_dir):
+    yield from running_daemon("hearth-cdi-priv", extra_args=["--cdi-spec-dir", hooks_dir, "--allow-privileged"])
+
+
+HOOKED_PROBE = textwrap.dedent('''
+    import json, os
+
+    def hooked():
+        return dict(json.load(open("/tmp/hooked")), replica=os.environ.get("HEARTH_REPLICA"))
+''')
+
+
+def test_a_create_container_hook_runs_under_allow_privileged(privileged):
+    code = upload_code(privileged, {"probe.py": HOOKED_PROBE})
+    assert apply(privileged, "name: cdi-hook\ndevices: [hearth.test/hooks=runs]\n").returncode == 0
+    got = call(privileged, "cdi-hook", code, "hooked")
+    assert got["id"] == got["replica"] and got["status"] == "creating", got
+    assert got["root"] == f"/proc/{got['pid']}/root", got
+    assert got["args"] == ["--flag", "x"] and got["env"] == "from-the-spec", got
+    assert got["path"] is None, "the hook's environment is the spec's alone"
+
+
+@pytest.mark.parametrize("device, why", [
+    ("fails", "createContainer hook {dir}/failing.sh exited with status 3; its output: boom"),
+    ("slow", "createContainer hook {dir}/slow.sh: still running after its timeout of 1 s; killed"),
+])
+def test_a_failing_or_hanging_hook_fails_the_start_with_its_reason(privileged, hooks_dir, device, why):
+    code = upload_code(privileged, {"probe.py": HOOKED_PROBE})
+    env = f"cdi-hook-{device}"
+    assert apply(privileged, f"name: {env}\ndevices: [hearth.test/hooks={device}]\n").returncode == 0
+    status, body = api(privileged.socket, "POST", f"/v1/environments/{env}/tasks",
+                       {"module": "probe", "function": "hooked", "kwargs": {}, "bundle": code, "wait": True})
+    text = json.dumps(body)
+    assert body.get("state") != "succeeded" and why.format(dir=hooks_dir) in text, (status, text)
+    privileged.hearth("rm", env)
+
+
+def test_hooks_of_other_moments_are_refused_even_when_privileged(privileged):
+    r = apply(privileged, "name: cdi-prestart\ndevices: [hearth.test/hooks=prestart]\n")
+    assert r.returncode != 0 and "Hearth runs createContainer hooks only" in r.stderr.decode(), r.stderr

@@ -132,6 +132,17 @@ struct hearth_spawn_plan {
     const void *seccomp_filter;
     uint32_t seccomp_filter_len;       /* number of sock_filter instructions */
 
+    /* createContainer hooks (CDI, under --allow-privileged): with hooks
+     * set, the child stops once its root is complete (its mounts,
+     * pivot_root and the ops after it, the v1 cgroup sync) and before
+     * anything else (hostname, user namespace, capabilities, seccomp,
+     * exec), and the parent calls hooks(pid, hooks_ctx) meanwhile, in its
+     * own context (not the child's: any code may run there). Nonzero is an
+     * errno: the child is killed and the spawn fails at
+     * HEARTH_STAGE_HOOKS. Their time counts in HEARTH_MARK_PIVOT's phase. */
+    int32_t (*hooks)(int32_t pid, void *hooks_ctx);
+    void *hooks_ctx;
+
     const char *cwd;                   /* after pivot; NULL: "/" */
     const char *path;                  /* executable to execve (inside the new root) */
     char *const *argv;                 /* NULL-terminated */
@@ -164,6 +175,7 @@ enum hearth_stage {
     HEARTH_STAGE_SETSID = 21,
     HEARTH_STAGE_USERNS = 22,
     HEARTH_STAGE_NETNS = 23,
+    HEARTH_STAGE_HOOKS = 24,
     HEARTH_STAGE_OP_BASE = 1000,
 };
 
