@@ -118,7 +118,7 @@ let package = Package(
                           "-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker", "--no-export-dynamic"]),
         ]),
         .executableTarget(name: "hearth", dependencies: [
-            "HearthClient", "HearthCore",
+            "HearthClient", "HearthCore", "HearthOS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], linkerSettings: [
             // Every CLI run pays for dynamic linking; a static Swift runtime

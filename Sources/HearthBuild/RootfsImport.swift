@@ -15,14 +15,7 @@ import Synchronization
 public enum RootfsImport {
     /// A directory that is not an OCI layout or a `docker save` tree, and
     /// looks like a root filesystem.
-    public static func isRootfs(_ path: String) -> Bool {
-        var st = stat()
-        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { return false }
-        for marker in ["index.json", "oci-layout", "manifest.json"] where access(path + "/" + marker, F_OK) == 0 {
-            return false
-        }
-        return ["bin", "usr", "etc"].contains { access(path + "/" + $0, F_OK) == 0 }
-    }
+    public static func isRootfs(_ path: String) -> Bool { FS.isPlainRootfs(path) }
 
     public static let defaultEnv = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
 

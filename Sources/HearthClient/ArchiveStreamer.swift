@@ -16,17 +16,6 @@ public enum ArchiveStreamer {
         return st.st_mode & S_IFMT == S_IFDIR
     }
 
-    /// A directory that is no image layout (no index.json, oci-layout or
-    /// manifest.json) and looks like a root filesystem (a bin, usr or etc).
-    public static func isPlainRootfs(_ path: String) -> Bool {
-        var st = stat()
-        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { return false }
-        for marker in ["index.json", "oci-layout", "manifest.json"] where access(path + "/" + marker, F_OK) == 0 {
-            return false
-        }
-        return ["bin", "usr", "etc"].contains { access(path + "/" + $0, F_OK) == 0 }
-    }
-
     /// Emits a tar of a root filesystem directory as it is on disk:
     /// directories, regular files, symlinks (never followed), with their
     /// modes (setuid bits included), owners and mtimes; a hard link's other

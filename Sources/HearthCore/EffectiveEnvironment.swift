@@ -42,6 +42,8 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
     public var mounts: [Mount]?
     /// CDI devices, sorted, without duplicates; nil: none.
     public var devices: [String]?
+    /// Modules imported before `ready`, in order, without duplicates; nil: none.
+    public var preload: [String]?
 
     public struct Mount: Codable, Sendable, Equatable {
         public var hostPath: String
@@ -141,7 +143,7 @@ public struct EffectiveEnvironment: Codable, Sendable, Equatable {
         case minReplicas = "min_replicas"
         case ttlSeconds = "ttl_seconds"
         case scaledownTTLSeconds = "scaledown_ttl_seconds"
-        case concurrency, prewarm, mounts, devices
+        case concurrency, prewarm, mounts, devices, preload
         case secrets, network, seccomp, capabilities
         case timeoutSeconds = "timeout_seconds"
         case maxTasksPerReplica = "max_tasks_per_replica"

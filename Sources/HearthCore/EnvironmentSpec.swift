@@ -41,6 +41,10 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
     /// CDI devices every replica gets, `vendor.com/class=name` (`hearth
     /// devices` lists what the host offers).
     public var devices: [String] = []
+    /// Modules every replica imports before it says `ready` (and spares for
+    /// this environment's key before any environment adopts them), so the
+    /// first task finds them in `sys.modules`: `numpy`, `torch.nn`, …
+    public var preload: [String] = []
     /// Seconds a replica may sit idle before it is torn down, 1…86400.
     public var ttlSeconds: Int
     /// Keys of the secrets mounted at `/etc/secrets/KEY`, in the order given, without duplicates.
@@ -103,7 +107,7 @@ public struct EnvironmentSpec: Codable, Sendable, Equatable {
         case imagePullPolicy = "image_pull_policy"
         case replicas
         case scaledownTTLSeconds = "scaledown_ttl"
-        case concurrency, prewarm, mounts, devices
+        case concurrency, prewarm, mounts, devices, preload
     }
 
     // MARK: Defaults and ranges

@@ -177,6 +177,7 @@ extension EnvironmentSpec {
         concurrency = try r.int(K.concurrency.rawValue)
         prewarm = try r.bool(K.prewarm.rawValue)
         devices = try r.list(K.devices.rawValue, SpecReader.string)
+        preload = try r.list(K.preload.rawValue, SpecReader.string)
         mounts = try r.list(K.mounts.rawValue) { node, path in
             let m = try SpecReader(node, path: path, what: "a mapping with host_path, path and read_only")
             try m.rejectUnknown(Mount.CodingKeys.allCases.map(\.rawValue))

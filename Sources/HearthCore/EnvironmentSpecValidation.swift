@@ -77,6 +77,12 @@ extension EnvironmentSpec {
             }
         }
         let effectiveMounts = try Self.checkedMounts(allMounts, path: at(K.mounts.rawValue))
+        guard preload.count <= Self.maxPreload else {
+            throw SpecReader.error(at(K.preload.rawValue), "\(preload.count) modules; at most \(Self.maxPreload)")
+        }
+        for (i, module) in preload.enumerated() where !Self.isModuleName(module) {
+            throw SpecReader.error("\(at(K.preload.rawValue))[\(i)]", "\(module.debugDescription) is not a module name; expected dotted Python identifiers such as numpy or torch.nn")
+        }
         for (i, d) in devices.enumerated() where CDISpec.parseQualified(d) == nil {
             throw SpecReader.error("\(at(K.devices.rawValue))[\(i)]", "\(d.debugDescription) is not a CDI device name; expected vendor.com/class=name, as `hearth devices` lists them")
         }
@@ -145,7 +151,25 @@ extension EnvironmentSpec {
         if prewarm == true { effective.prewarm = true }
         if !effectiveMounts.isEmpty { effective.mounts = effectiveMounts }
         if !devices.isEmpty { effective.devices = Array(Set(devices)).sorted() }
+        // In the order given (an import may need the one before it), once each.
+        var modules: [String] = []
+        for m in preload where !modules.contains(m) { modules.append(m) }
+        if !modules.isEmpty { effective.preload = modules }
         return effective
+    }
+
+    static let maxPreload = 64
+
+    /// `a.b_c.d`: ASCII identifiers joined by dots, each at most 100 bytes.
+    static func isModuleName(_ s: String) -> Bool {
+        let parts = s.split(separator: ".", omittingEmptySubsequences: false)
+        return !parts.isEmpty && parts.allSatisfy { p in
+            guard let first = p.utf8.first, p.utf8.count <= 100, first == UInt8(ascii: "_") || (first | 0x20) >= 97 && (first | 0x20) <= 122
+            else { return false }
+            return p.utf8.allSatisfy { c in
+                c == UInt8(ascii: "_") || (c >= 48 && c <= 57) || ((c | 0x20) >= 97 && (c | 0x20) <= 122)
+            }
+        }
     }
 
     // MARK: Helpers

@@ -223,10 +223,12 @@ public struct SparesStatus: Codable, Sendable, Equatable {
         public var lastError: String?
         /// Named by `hearthd --spare-image`: kept without TTL or eviction.
         public var pinned: Bool
+        /// Modules these spares imported before `ready`; nil: none.
+        public var preload: [String]?
         public init(image: String, network: String, ready: Int, starting: Int, replicas: [String], lastError: String?,
-                    pinned: Bool = false) {
+                    pinned: Bool = false, preload: [String]? = nil) {
             self.image = image; self.network = network; self.ready = ready; self.starting = starting
-            self.replicas = replicas; self.lastError = lastError; self.pinned = pinned
+            self.replicas = replicas; self.lastError = lastError; self.pinned = pinned; self.preload = preload
         }
     }
     public var enabled: Bool

@@ -221,3 +221,18 @@ public enum Pipe {
         return (fds[0], fds[1])
     }
 }
+
+extension FS {
+    /// A directory that is a plain root filesystem (what debootstrap or
+    /// `docker export | tar x` leaves) rather than an image layout: none of
+    /// an image's top-level files (index.json, oci-layout, manifest.json),
+    /// and a bin, usr or etc. Links followed, as the user named it.
+    public static func isPlainRootfs(_ path: String) -> Bool {
+        var st = stat()
+        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { return false }
+        for marker in ["index.json", "oci-layout", "manifest.json"] where access(path + "/" + marker, F_OK) == 0 {
+            return false
+        }
+        return ["bin", "usr", "etc"].contains { access(path + "/" + $0, F_OK) == 0 }
+    }
+}

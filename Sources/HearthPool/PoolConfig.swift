@@ -29,6 +29,9 @@ public struct PoolConfig: Sendable {
     public var devices = ResolvedDevices()
     /// Whole GPUs each replica holds (`limits: {gpu: N}`).
     public var gpus = 0
+    /// Modules the worker imports before `ready` (`preload`); part of the
+    /// spare key, so adopted spares have imported them too.
+    public var preload: [String] = []
 
     public struct HostMount: Sendable, Equatable {
         public var prefix: String
@@ -109,5 +112,6 @@ extension PoolConfig {
         concurrency = e.tasksPerReplica
         prewarm = e.prewarm ?? false
         gpus = Int(clamping: e.gpus ?? 0)
+        preload = e.preload ?? []
     }
 }

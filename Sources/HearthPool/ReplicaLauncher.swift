@@ -111,6 +111,9 @@ struct ReplicaLauncher: ReplicaLaunching {
                 spec.env.append("HEARTH_MAX_FRAME=\(maxFrame)")
                 spec.env.append("HEARTH_IMAGE=\(config.image)")
                 if config.concurrency > 1 { spec.env.append("HEARTH_CONCURRENCY=\(config.concurrency)") }
+                // Validated module names: no spaces. Spares get it too (it is
+                // part of their key).
+                if !config.preload.isEmpty { spec.env.append("HEARTH_PRELOAD=\(config.preload.joined(separator: " "))") }
                 if !config.packages.isEmpty {
                     // Validated requirement strings: no spaces, so a space list needs no quoting.
                     spec.env.append("HEARTH_REQUIRE_PACKAGES=\(config.packages.joined(separator: " "))")

@@ -31,6 +31,8 @@ public final class SparePool: Sendable {
         var seccomp: SeccompProfile?
         var capabilities: CapabilitySet
         var userNamespace: Bool
+        /// Modules its spares import before `ready` (the environment's `preload`).
+        var preload: [String]
     }
 
     struct Entry {
@@ -105,7 +107,7 @@ public final class SparePool: Sendable {
         return try? await Blocking.run {
             let image = try self.ctx.launcher.imageIdentity(config.image)
             return Key(image: image.name, imageID: image.id, network: config.network, seccomp: config.seccomp,
-                       capabilities: config.capabilities, userNamespace: config.userNamespace)
+                       capabilities: config.capabilities, userNamespace: config.userNamespace, preload: config.preload)
         }
     }
 
@@ -189,6 +191,7 @@ public final class SparePool: Sendable {
                    ttl: ttl, secrets: [], network: c.network, seccomp: c.seccomp, capabilities: c.capabilities,
                    timeout: nil, maxTasksPerReplica: nil, maxQueue: 1, packages: [])
         spare.userNamespace = c.userNamespace
+        spare.preload = c.preload
         return spare
     }
 
@@ -359,11 +362,14 @@ public final class SparePool: Sendable {
 
     public func status() -> SparesStatus {
         state.withLock { s in
-            let keys = s.entries.sorted { ($0.key.image, $0.key.network.rawValue) < ($1.key.image, $1.key.network.rawValue) }
+            let keys = s.entries.sorted {
+                ($0.key.image, $0.key.network.rawValue, $0.key.preload.joined(separator: " "))
+                    < ($1.key.image, $1.key.network.rawValue, $1.key.preload.joined(separator: " "))
+            }
                 .map { k, e in
                     SparesStatus.KeyStatus(image: k.image, network: k.network.rawValue, ready: e.ready.count,
                                            starting: e.starting, replicas: e.ready.map(\.name), lastError: e.lastError,
-                                           pinned: e.pinned)
+                                           pinned: e.pinned, preload: k.preload.isEmpty ? nil : k.preload)
                 }
             return SparesStatus(enabled: perKey > 0, perKey: perKey, ttlSeconds: Int(ttl.seconds), keys: keys,
                                 adopted: s.adopted)

@@ -7,6 +7,7 @@ import Foundation
 import Glibc
 import HearthClient
 import HearthCore
+import HearthOS
 
 struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -64,7 +65,7 @@ struct ImageCommand: ParsableCommand {
                     r = try global.client.stream("POST", "/v1/images/import", body: Array(body), onData: onData, onHead: onHead)
                 } else {
                     let directory = try ArchiveStreamer.isDirectory(absolute)
-                    let rootfs = directory && ArchiveStreamer.isPlainRootfs(absolute)
+                    let rootfs = directory && FS.isPlainRootfs(absolute)
                     if rootfs && name == nil {
                         throw HearthError.invalid("\(path) is a root filesystem directory, which carries no image name; pass one: hearth image import \(path) --name NAME[:TAG]")
                     }

@@ -84,6 +84,23 @@ final class EnvironmentSpecTests: XCTestCase {
         }
         """
 
+    // MARK: preload
+
+    func testPreloadKeepsItsOrderOnceEachAndChangesTheIdentity() throws {
+        let e = try one("name: a\npreload: [numpy, pandas.core, numpy, _private.x1]").effective
+        XCTAssertEqual(e.preload, ["numpy", "pandas.core", "_private.x1"])
+        XCTAssertNil(try one("name: a").effective.preload)
+        XCTAssertNil(try one("name: a\npreload: []").effective.preload)
+        XCTAssertNotEqual(e.identity, try one("name: a").effective.identity)
+        XCTAssertEqual(try one("name: a\npreload: []").effective.identity, try one("name: a").effective.identity)
+        assertRefused("name: a\npreload: [numpy-2]", "env.yaml: preload[0]: \"numpy-2\" is not a module name")
+        assertRefused("name: a\npreload: [json, a..b]", "env.yaml: preload[1]: \"a..b\" is not a module name")
+        assertRefused("name: a\npreload: [\"1abc\"]", "env.yaml: preload[0]: \"1abc\" is not a module name")
+        assertRefused("name: a\npreload: [\"os; import x\"]", "env.yaml: preload[0]:")
+        let many = (0..<65).map { "m\($0)" }.joined(separator: ", ")
+        assertRefused("name: a\npreload: [\(many)]", "env.yaml: preload: 65 modules; at most 64")
+    }
+
     // MARK: Helpers
 
     func parse(_ text: String, source: String = "env.yaml") throws -> [EnvironmentSpec] {
@@ -650,7 +667,7 @@ final class EnvironmentSpecTests: XCTestCase {
     func testUnknownFieldsAtEveryDepth() {
         assertRefused("name: a\nreplica: 2", "env.yaml: replica: unknown field")
         XCTAssertEqual(refusal("name: a\nttl: 2"),
-                       "env.yaml: ttl: unknown field; expected one of name, container_image, environment, requests, limits, replica_count, ttl_seconds, secret_requests, pod_template, network, seccomp, capabilities, timeout, max_tasks_per_replica, max_queue, packages, user_namespace, image_pull_policy, replicas, scaledown_ttl, concurrency, prewarm, mounts, devices")
+                       "env.yaml: ttl: unknown field; expected one of name, container_image, environment, requests, limits, replica_count, ttl_seconds, secret_requests, pod_template, network, seccomp, capabilities, timeout, max_tasks_per_replica, max_queue, packages, user_namespace, image_pull_policy, replicas, scaledown_ttl, concurrency, prewarm, mounts, devices, preload")
         XCTAssertEqual(refusal("name: a\nreplica_cont: 2"), "env.yaml: replica_cont: unknown field (did you mean replica_count?)")
         assertRefused("name: a\nrequests: {cpus: 1}", "env.yaml: requests.cpus: unknown field (did you mean cpu?)")
         assertRefused("name: a\ncapabilities: {add: [], remove: []}", "env.yaml: capabilities.remove: unknown field")

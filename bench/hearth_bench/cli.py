@@ -19,12 +19,14 @@ CHART_ROWS = {
         ("hearth-sandbox", "hearth"),
         ("crun", "peer"), ("runc", "peer"), ("bwrap", "peer"), ("host", "peer")],
     "with `import numpy`": [
-        ("warm-numpy", "warm"), ("hearth-spare-numpy", "hearth"), ("hearth-cold-numpy", "hearth"),
+        ("warm-numpy", "warm"), ("hearth-spare-preload-numpy", "hearth"), ("hearth-spare-numpy", "hearth"),
+        ("hearth-cold-numpy", "hearth"),
         ("hearth-sandbox-numpy", "hearth"),
         ("crun-numpy", "peer"), ("runc-numpy", "peer"), ("bwrap-numpy", "peer"), ("host-numpy", "peer")],
 }
 SHORT = {"warm-sdk": "Hearth warm, SDK", "warm-api": "Hearth warm, API", "warm-numpy": "Hearth warm",
          "hearth-spare": "Hearth cold, spare adopted", "hearth-cold": "Hearth cold, from scratch",
+         "hearth-spare-preload": "Hearth cold, preloaded spare",
          "hearth-sandbox": "Hearth sandbox",
          "crun": "crun (no cgroups)", "runc": "runc", "bwrap": "bwrap", "host": "host python3"}
 

@@ -86,6 +86,17 @@ def evaluate(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     else:
         goals.append(_goal(name, "≥ 500×", None, None))
 
+    # preload: a new environment's first numpy task on an adopted spare that
+    # imported numpy before it was adopted, against bwrap importing it.
+    pre, bnp = _timing(results, "hearth-spare-preload-numpy"), _timing(results, "bwrap-numpy")
+    name = "first numpy task of a new environment with `preload: [numpy]`, spare adopted / bwrap `import numpy`"
+    if pre and bnp:
+        r = pre["median"] / bnp["median"]
+        goals.append(_goal(name, "≤ 0.10", f"{r:.3f} ({format_seconds(pre['median'])} vs "
+                                          f"{format_seconds(bnp['median'])})", r <= 0.10))
+    else:
+        goals.append(_goal(name, "≤ 0.10", None, None))
+
     tp = {r["replicas"]: r for r in results.get("throughput", [])}
     two = tp.get(2)
     goals.append(_goal("map form, replica_count 2", "≥ 5,000 tasks/s",

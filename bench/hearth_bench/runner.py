@@ -23,6 +23,7 @@ IMAGE = "hearth/python:3.11"
 # The two ways a new environment gets its first replica; the goals and the
 # chart pick between them by key (hearth-spare*, hearth-cold*).
 SPARE_LABEL = "Hearth: new environment → first task, pre-started spare adopted"
+PRELOAD_LABEL = "Hearth: new environment with `preload: [numpy]` → first task, spare adopted (numpy imported by the spare)"
 SCRATCH_LABEL = "Hearth: new environment → first task result, replica built from scratch (spares off)"
 USERNS_LABEL = "Hearth: the same, replica in a user namespace (`user_namespace: true`, idmapped layers)"
 SPARE_PHASE_LABEL = "spare adoption: limits written, env sent, packages checked"
@@ -85,12 +86,14 @@ def log(msg: str) -> None:
 
 
 def env_yaml(name: str, replicas: int = 1, image: Optional[str] = None, max_queue: int = 20000,
-             user_namespace: bool = False) -> str:
+             user_namespace: bool = False, preload: Optional[List[str]] = None) -> str:
     lines = [f"name: {name}", f"replica_count: {replicas}", "ttl_seconds: 600", f"max_queue: {max_queue}"]
     if image:
         lines.append(f"container_image: {image}")
     if user_namespace:
         lines.append("user_namespace: true")
+    if preload:
+        lines.append(f"preload: [{', '.join(preload)}]")
     return "\n".join(lines) + "\n"
 
 
@@ -208,7 +211,7 @@ class Runner:
                 if has_spares:
                     self.start_spare_daemon(layouts, have_numpy)
                 else:
-                    for key in ("hearth-spare", "hearth-spare-numpy"):
+                    for key in ("hearth-spare", "hearth-spare-numpy", "hearth-spare-preload-numpy"):
                         self.unavailable[key] = "this hearthd build has no --spares option"
                 self.cold("trivial", IMAGE, bundles.get(IMAGE), peers.TRIVIAL_CODE, "benchmod", "trivial",
                           self.sizes.cold_rounds, suffix="")
@@ -342,7 +345,7 @@ class Runner:
             d.spares(self.spare_client)  # a build without /v1/spares fails here, not in every round
         except Exception as e:
             log(f"the spare daemon did not start: {e}")
-            for key in ("hearth-spare", "hearth-spare-numpy"):
+            for key in ("hearth-spare", "hearth-spare-numpy", "hearth-spare-preload-numpy"):
                 self.unavailable[key] = f"the --spares 1 daemon: {type(e).__name__}: {str(e)[:300]}"
             self.stop_spare_daemon()
 
@@ -363,13 +366,14 @@ class Runner:
             raise RuntimeError("the spare daemon is not running")
         return self.spare_client.call("GET", "/v1/spares")
 
-    def wait_spare(self, image: str, key: str, why: str) -> bool:
-        """Waits for a ready spare for image; False (logged) on timeout. After
-        GIVE_UP_AFTER timeouts in a row it stops waiting: the daemon is not
-        refilling, and the bench must not stall on it."""
+    def wait_spare(self, image: str, key: str, why: str, preload: Optional[List[str]] = None) -> bool:
+        """Waits for a ready spare for image (of the key that preloads
+        `preload`); False (logged) on timeout. After GIVE_UP_AFTER timeouts
+        in a row it stops waiting: the daemon is not refilling, and the
+        bench must not stall on it."""
         if self.spare_timeouts >= spares.GIVE_UP_AFTER:
             return False
-        if spares.wait_ready(self.spares_now, image, self.spare_wait):
+        if spares.wait_ready(self.spares_now, image, self.spare_wait, preload=preload):
             self.spare_timeouts = 0
             return True
         self.spare_timeouts += 1
@@ -411,6 +415,12 @@ class Runner:
         if self.spare_client is not None:
             self.spare_timeouts = 0
             runners.append(("hearth-spare" + suffix, lambda i: self.hearth_spare(image, module, function, i, suffix)))
+            if workload == "numpy":
+                # The same, the environment preloading numpy: its spares
+                # import it before one is adopted.
+                runners.append(("hearth-spare-preload" + suffix,
+                                lambda i: self.hearth_spare(image, module, function, i, "-preload" + suffix,
+                                                            preload=["numpy"])))
         runners.append(("hearth-sandbox" + suffix, lambda i: self.hearth_sandbox(image, argv, suffix)))
         if bundle:
             rootfs = os.path.join(bundle, "rootfs")
@@ -470,19 +480,21 @@ class Runner:
             raise RuntimeError(f"the first task of {name} adopted a spare on the spares-off daemon: {snap}")
         self.add_cold(("hearth-userns" if userns else "hearth-cold") + suffix, t0, t1, t2, snap)
 
-    def hearth_spare(self, image: str, module: str, function: str, i: int, suffix: str) -> None:
+    def hearth_spare(self, image: str, module: str, function: str, i: int, suffix: str,
+                     preload: Optional[List[str]] = None) -> None:
         """New environment → first task on the spares-on daemon. The warm-up
         round (not recorded) builds from scratch and teaches the daemon the
         key; every later run waits for a ready spare first, and for the
         refill afterwards, so the background build overlaps no measurement."""
         key = "hearth-spare" + suffix
         runs = self.spare_runs.setdefault(key, spares.Runs())
-        if self.recording and not self.wait_spare(image, key, f"before run {i}"):
+        if self.recording and not self.wait_spare(image, key, f"before run {i}", preload):
             runs.skipped += 1
             log(f"{key}: run {i} skipped")
             return
         name = f"bench-spare{suffix}-{i}"
-        t0, t1, t2, snap = self.first_task(self.spare_client, name, image, module, function, self.spare_bundle)
+        t0, t1, t2, snap = self.first_task(self.spare_client, name, image, module, function, self.spare_bundle,
+                                           preload=preload)
         if self.recording:
             if spares.adopted(snap):
                 runs.adopted += 1
@@ -492,15 +504,16 @@ class Runner:
                 runs.not_adopted += 1
                 log(f"{key}: run {i} did not adopt a spare (coldPhases {sorted(snap.get('coldPhases') or {})}); "
                     f"left out of the row")
-        if not self.wait_spare(image, key, f"after run {i} (the refill)") and self.recording:
+        if not self.wait_spare(image, key, f"after run {i} (the refill)", preload) and self.recording:
             runs.late_refill += 1
 
     def first_task(self, api: Any, name: str, image: str, module: str, function: str,
-                   bundle: str, userns: bool = False) -> Tuple[float, float, float, Dict[str, Any]]:
+                   bundle: str, userns: bool = False,
+                   preload: Optional[List[str]] = None) -> Tuple[float, float, float, Dict[str, Any]]:
         """Applies a new environment, runs its first task and deletes it:
         (before apply, after apply, after the result, the task's snapshot)."""
         t0 = time.perf_counter()
-        api.apply(env_yaml(name, image=image, user_namespace=userns))
+        api.apply(env_yaml(name, image=image, user_namespace=userns, preload=preload))
         t1 = time.perf_counter()
         snap = api.task(name, module, function, bundle)
         t2 = time.perf_counter()
@@ -651,6 +664,7 @@ class Runner:
         "host": ("cold", "/usr/bin/python3 on the host, no isolation"),
         "warm-numpy": ("numpy", "Hearth: warm task (numpy already imported)"),
         "hearth-spare-numpy": ("numpy", SPARE_LABEL),
+        "hearth-spare-preload-numpy": ("numpy", PRELOAD_LABEL),
         "hearth-cold-numpy": ("numpy", SCRATCH_LABEL),
         "hearth-sandbox-numpy": ("numpy", "Hearth: one-shot sandbox"),
         "crun-numpy": ("numpy", "crun run (cgroups disabled, private mount ns)"),

@@ -20,13 +20,15 @@ GIVE_UP_AFTER = 3
 ADOPT_PHASE = "spare_adopt"
 
 
-def ready(status: Optional[Mapping[str, Any]], image: str, network: Optional[str] = None) -> bool:
+def ready(status: Optional[Mapping[str, Any]], image: str, network: Optional[str] = None,
+          preload: Optional[List[str]] = None) -> bool:
     """Whether `GET /v1/spares` shows at least one ready spare for image
-    (and network, when given)."""
+    (and network, when given) whose key preloads exactly `preload` (none
+    by default: a preloaded spare is not what a plain environment adopts)."""
     if not status or not status.get("enabled", True):
         return False
     for key in status.get("keys") or []:
-        if key.get("image") != image:
+        if key.get("image") != image or (key.get("preload") or None) != (preload or None):
             continue
         if network is not None and key.get("network") != network:
             continue
@@ -37,13 +39,14 @@ def ready(status: Optional[Mapping[str, Any]], image: str, network: Optional[str
 
 def wait_ready(status_fn: Callable[[], Mapping[str, Any]], image: str, timeout: float = WAIT_SECONDS,
                poll: float = 0.01, network: Optional[str] = None,
-               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> bool:
+               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+               preload: Optional[List[str]] = None) -> bool:
     """Polls status_fn until a spare for image is ready: True, or False once
     timeout seconds have passed. Asks at least once, even with timeout 0.
     Errors from status_fn (an HTTP error: a daemon without spares) propagate."""
     deadline = clock() + timeout
     while True:
-        if ready(status_fn(), image, network):
+        if ready(status_fn(), image, network, preload):
             return True
         if clock() >= deadline:
             return False
@@ -68,7 +71,8 @@ class Runs:
         return asdict(self)
 
 
-WORKLOADS = {"hearth-spare": "trivial task", "hearth-spare-numpy": "`import numpy`"}
+WORKLOADS = {"hearth-spare": "trivial task", "hearth-spare-numpy": "`import numpy`",
+             "hearth-spare-preload-numpy": "`import numpy`, environment with `preload: [numpy]`"}
 
 
 def _runs(n: int) -> str:

@@ -34,6 +34,25 @@ class ReadyTest(unittest.TestCase):
         self.assertFalse(spares.ready({"enabled": True, "keys": []}, IMAGE))
         self.assertFalse(spares.ready(None, IMAGE))
 
+    def test_preload_is_matched_exactly(self):
+        pre = status(1)
+        pre["keys"][0]["preload"] = ["numpy"]
+        self.assertFalse(spares.ready(pre, IMAGE), "a preloaded spare is not a plain environment's")
+        self.assertTrue(spares.ready(pre, IMAGE, preload=["numpy"]))
+        self.assertFalse(spares.ready(status(1), IMAGE, preload=["numpy"]))
+        self.assertFalse(spares.ready(pre, IMAGE, preload=["numpy", "pandas"]))
+
+    def test_preload_goal(self):
+        def timing(key, median):
+            return {"key": key, "stats": {"n": 3, "median": median}}
+        res = {"timings": [timing("hearth-spare-preload-numpy", 0.004), timing("bwrap-numpy", 0.100)]}
+        g = [x for x in goals.evaluate(res) if "preload" in x["goal"]]
+        self.assertEqual(len(g), 1)
+        self.assertTrue(g[0]["met"])
+        self.assertTrue(g[0]["measured"].startswith("0.040"), g[0])
+        res["timings"][0]["stats"]["median"] = 0.02
+        self.assertFalse([x for x in goals.evaluate(res) if "preload" in x["goal"]][0]["met"])
+
     def test_network_is_matched_only_when_given(self):
         self.assertTrue(spares.ready(status(1, network="host"), IMAGE))
         self.assertFalse(spares.ready(status(1, network="host"), IMAGE, network="none"))

@@ -106,14 +106,17 @@ class ActorEnvironment(object):
     ..., "path": ..., "read_only": False}`` or ``(host_path, path)``
     (read-only); hearthd allows those under its ``--allow-mount`` dirs.
     ``devices``: CDI devices (``["vendor.com/class=name"]``, as ``hearth
-    devices`` lists them) every replica gets."""
+    devices`` lists them) every replica gets.
+    ``preload``: modules (``["numpy", "torch.nn"]``) every replica imports
+    before its first task, and spares for this environment before one is
+    adopted, so the first task does not pay for those imports."""
 
     def __init__(self, name, container_image=None, replica_count=None, ttl_seconds=None, environment=None,
                  requests=None, limits=None, accelerator=None, secret_requests=None, pod_template=None,
                  interruptible=False, parallelism=None, backlog_length=None, *, timeout=None,
                  max_tasks_per_replica=None, max_queue=None, network=None, user_namespace=None,
                  image_pull_policy=None, socket=None, replicas=None, scaledown_ttl=None, concurrency=None,
-                 prewarm=None, reusable=None, mounts=None, devices=None):
+                 prewarm=None, reusable=None, mounts=None, devices=None, preload=None):
         if not isinstance(name, str) or not name:
             raise TypeError("ActorEnvironment: name must be a non-empty string, got %r" % (name,))
         if reusable is not None:
@@ -199,6 +202,13 @@ class ActorEnvironment(object):
             raise TypeError("ActorEnvironment %s: devices must be a list of CDI device names "
                             "(vendor.com/class=name), got %r" % (name, devices))
         self.devices = list(devices or [])
+        if isinstance(preload, str):
+            preload = [preload]
+        if preload is not None and (not isinstance(preload, (list, tuple))
+                                    or not all(isinstance(m, str) and m for m in preload)):
+            raise TypeError("ActorEnvironment %s: preload must be a list of module names (such as "
+                            "[\"numpy\"]), got %r" % (name, preload))
+        self.preload = list(preload or [])
         self.prewarm = prewarm
         self.socket = socket
         self._applied = {}  # socket path -> identity the daemon gave this process's spec
@@ -230,6 +240,8 @@ class ActorEnvironment(object):
             spec["mounts"] = self.mounts
         if self.devices:
             spec["devices"] = self.devices
+        if self.preload:
+            spec["preload"] = self.preload
         if self.container_image is not None:
             spec["container_image"] = _spec.image_name(self.container_image)
         packages = _spec.image_packages(self.container_image)

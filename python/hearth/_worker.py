@@ -35,7 +35,11 @@ from the environment's ``packages``) are checked against the image
 problem to stderr and exits 3, which the daemon reports as the replica's
 start failure. Then ``hearth._k8s_compat`` makes ``kubernetes.client.models``
 importable when the image lacks the real package, so that modules written
-for pod templates import inside replicas.
+for pod templates import inside replicas. Then the modules of
+``HEARTH_PRELOAD`` (space-separated, from the environment's ``preload``) are
+imported, in order, so that the first task finds them in ``sys.modules``;
+one that fails to import ends the worker with status 3 and one line naming
+the module and the error, the replica's start failure.
 
 Environment read by the worker: ``HEARTH_MAX_FRAME`` (bytes; the frame size
 limit, default 64 MiB; see ``hearth._protocol``). Everything else in the
@@ -777,6 +781,19 @@ def _drop_frames(e):
 
 # -- several tasks at once (concurrency > 1) ---------------------------------------------
 
+def _preload(modules):
+    """Imports ``modules`` in order (the environment's ``preload``); None,
+    or a line naming the first that failed and why."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except BaseException as e:  # SystemExit or KeyboardInterrupt from a module's top level too
+            return "preload %s: %s: %s" % (name, type(e).__name__, e)
+    return None
+
+
 def _concurrency():
     """Tasks this replica runs at once (``HEARTH_CONCURRENCY``, set by the
     daemon at start or by ``adopt``)."""
@@ -1140,6 +1157,11 @@ def main():
     from hearth import _k8s_compat
 
     _k8s_compat.install()
+    failed = _preload(os.environ.get("HEARTH_PRELOAD", "").split())
+    if failed:
+        sys.stderr.write("hearth: %s\n" % failed)
+        sys.stderr.flush()
+        return 3
     signal.signal(signal.SIGINT, _on_sigint)
     signal.signal(signal.SIGTERM, _on_sigterm)
     limit = _protocol.max_frame_size()

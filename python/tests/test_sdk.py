@@ -219,6 +219,11 @@ def test_mounts_in_the_spec():
     assert ActorEnvironment(name="m", devices=["example.com/net=tun"]).spec()["devices"] == ["example.com/net=tun"]
     with pytest.raises(TypeError, match="devices must be a list of CDI device names"):
         ActorEnvironment(name="m", devices="example.com/net=tun")
+    assert ActorEnvironment(name="m", preload=["numpy", "torch.nn"]).spec()["preload"] == ["numpy", "torch.nn"]
+    assert ActorEnvironment(name="m", preload="numpy").spec()["preload"] == ["numpy"]
+    assert "preload" not in ActorEnvironment(name="m").spec()
+    with pytest.raises(TypeError, match="preload must be a list of module names"):
+        ActorEnvironment(name="m", preload=[1])
     for mounts, message in [("/data", "expected a list of mounts"), ([("/d",)], r"expected \{host_path"),
                             ([{"host": "/d", "path": "/x"}], "unknown key 'host'"),
                             ([("/d", "/x", "yes")], "read_only must be True or False")]:

@@ -77,6 +77,10 @@ SPARE_TASKS = TASKS + textwrap.dedent('''
         st = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
         res["status"] = {k: st[k].strip() for k in ("CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")}
         return res
+
+    def loaded(names):
+        # Imported before this task began (neither the worker nor this module imports these).
+        return {n: n in sys.modules for n in names}
 ''')
 
 # The image that test_image_removal_takes_its_spares removes: the default
@@ -617,3 +621,51 @@ def test_daemon_stop_removes_spares_and_restart_arms_saved_keys(sd, code):
     status, snap = run(sd, "sp-stop", code, "whoami")
     assert status == 200, snap
     assert_adopted(snap, names)
+
+
+PRELOAD = ["email.mime.text", "xml.dom.minidom"]
+
+
+def wait_preloaded(d, modules, timeout=60):
+    """Polls /v1/spares until a key of the default image with `preload ==
+    modules` has a ready spare; returns its names."""
+    deadline = time.time() + timeout
+    while True:
+        body = spares(d)
+        for k in keys_of(body):
+            if k.get("preload") == modules and k.get("ready", 0) >= 1:
+                return set(k["replicas"])
+        if time.time() > deadline:
+            raise AssertionError(f"no ready spare preloading {modules} within {timeout} s: {body}\n{log_tail(d)}")
+        time.sleep(0.05)
+
+
+def test_preload_imports_before_the_first_task_built_or_adopted(sd, code):
+    """`preload`: a replica built from scratch and a spare of the same key
+    have imported the modules before their first task; the key's spares
+    preload them, and an environment without preload never adopts one."""
+    names = PRELOAD + ["wave"]
+    extra = "preload: [email.mime.text, xml.dom.minidom, email.mime.text]\n"
+    built = first_task(sd, code, "sp-pre-a", extra, fn="loaded", names=names)
+    assert_built(built)
+    assert built["result"] == {"email.mime.text": True, "xml.dom.minidom": True, "wave": False}, built
+    ready = wait_preloaded(sd, PRELOAD)
+    adopted = first_task(sd, code, "sp-pre-b", extra, fn="loaded", names=names)
+    assert_adopted(adopted, ready)
+    assert adopted["result"] == built["result"], adopted
+    plain = first_task(sd, code, "sp-pre-c", "", fn="loaded", names=names)
+    assert plain["replica"] not in wait_preloaded(sd, PRELOAD) | ready, plain
+    assert plain["result"] == {n: False for n in names}, plain
+    for e in ("sp-pre-a", "sp-pre-b", "sp-pre-c"):
+        sd.hearth("rm", e)
+
+
+def test_preload_of_a_missing_module_fails_the_start_naming_it(sd, code):
+    env(sd, "sp-pre-missing", "preload: [json, no_such_module_here]\n")
+    status, snap = run(sd, "sp-pre-missing", code, "pid")
+    assert snap.get("state") != "succeeded", snap
+    assert "preload no_such_module_here: ModuleNotFoundError: No module named 'no_such_module_here'" \
+        in json.dumps(snap), snap
+    sd.hearth("rm", "sp-pre-missing")
+    r = sd.hearth("apply", "-f", "-", input=b"name: sp-pre-bad\npreload: [numpy-2]\n", check=False)
+    assert r.returncode != 0 and b'preload[0]: "numpy-2" is not a module name' in r.stderr, r.stderr
