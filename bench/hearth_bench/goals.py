@@ -45,6 +45,15 @@ def evaluate(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     goals: List[Dict[str, Any]] = []
 
     sdk = _timing(results, "warm-sdk")
+    fl = _timing(results, "warm-floor")
+    for stat, limit in (("median", 1.5), ("p99", 3.0)):
+        name = f"warm round trip through the SDK / the floor (four process crossings), {'p50' if stat == 'median' else stat}"
+        if sdk and fl and fl.get(stat):
+            r = sdk[stat] / fl[stat]
+            goals.append(_goal(name, f"≤ {limit:.1f}×", f"{r:.2f}× ({format_seconds(sdk[stat])} vs "
+                                                          f"{format_seconds(fl[stat])})", r <= limit))
+        else:
+            goals.append(_goal(name, f"≤ {limit:.1f}×", None, None))
     goals.append(_goal("warm round trip through the SDK, p50", "≤ 300 µs",
                        format_seconds(sdk["median"]) if sdk else None,
                        sdk["median"] <= 300e-6 if sdk else None))

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from hearth_bench import burst, peers, pull, spares
+from hearth_bench import burst, floor, peers, pull, spares
 from hearth_bench.client import APIError, Client, LeanClient, histogram, histogram_delta, parse_prometheus
 from hearth_bench.daemon import Daemon, pids_in_cgroup_subtree, rss_bytes
 from hearth_bench.stats import histogram_quantile, summarize
@@ -266,10 +266,25 @@ class Runner:
         lean = LeanClient(self.daemon.socket)
         lean_body = json.dumps({"module": "benchmod", "function": "trivial", "kwargs": {}, "bundle": self.bundle,
                                 "wait": True}).encode()
+        # The floor (four process crossings, nothing else), in blocks between
+        # Hearth's own, so both see the same machine at the same time.
+        try:
+            peer: Optional[floor.Floor] = floor.Floor()
+            self.notes.append(
+                "Floor: this process as the client, a relay process reading a Unix socket and writing a pipe, and a "
+                f"Python echo process, {peer.describe()}, so every hop crosses CPUs; its samples are taken in "
+                "blocks between Hearth's warm samples. It is what four process crossings cost here with no work "
+                "in between: the least a warm round trip through hearthd can take.")
+        except Exception as e:
+            peer = None
+            self.unavailable["warm-floor"] = f"{type(e).__name__}: {str(e)[:300]}"
         before = histogram(parse_prometheus(api.metrics()), "hearth_warm_dispatch_seconds")
         done = 0
         while done < s.warm:
             n = min(s.block, s.warm - done)
+            if peer is not None:
+                for t in peer.samples(n):
+                    self.add("warm-floor", t)
             for _ in range(n):
                 t, snap = timed(lambda: api.task("bench-warm", "benchmod", "trivial", self.bundle))
                 self.add("warm-api", t)
@@ -296,6 +311,8 @@ class Runner:
                 self.add("warm-api-fresh", t)
             done += n
         lean.close()
+        if peer is not None:
+            peer.close()
         after = histogram(parse_prometheus(api.metrics()), "hearth_warm_dispatch_seconds")
         delta = histogram_delta(after, before)
         api.delete_env("bench-warm")
@@ -647,6 +664,8 @@ class Runner:
     # MARK: results
 
     LABELS = {
+        "warm-floor": ("warm", "floor: four process crossings alone (Python client → relay → Python echo → back; "
+                               "Unix socket in, pipes out; client and echo on one CPU, relay on another)"),
         "warm-sdk": ("warm", "SDK call (`@env.task`), ready replica"),
         "warm-api": ("warm", "raw API, kept-alive connection, `wait: true`"),
         "warm-api-lean": ("warm", "raw API, kept-alive, minimal HTTP/1.1 client (no http.client)"),

@@ -388,3 +388,22 @@ class SpareDaemonTest(unittest.TestCase):
             self.assertTrue(d.supports("--spares"))
             self.assertFalse(d.supports("--spare-ttl"))
             self.assertFalse(Daemon(tmp + "/none", "/w", tmp).supports("--spares"))
+
+
+class FloorTest(unittest.TestCase):
+    def test_placement_takes_the_two_lowest_allowed_cpus(self):
+        from hearth_bench import floor
+        self.assertEqual(floor.placement({3, 1, 7}), (1, 3))
+        self.assertIsNone(floor.placement({0}))
+
+    def test_floor_goals_are_ratios_of_p50_and_p99(self):
+        def timing(key, median, p99):
+            return {"key": key, "stats": {"n": 100, "median": median, "p99": p99}}
+        res = {"timings": [timing("warm-sdk", 300e-6, 900e-6), timing("warm-floor", 100e-6, 400e-6)]}
+        g = {x["goal"]: x for x in goals.evaluate(res) if "floor" in x["goal"]}
+        p50 = next(v for k, v in g.items() if k.endswith("p50"))
+        p99 = next(v for k, v in g.items() if k.endswith("p99"))
+        self.assertFalse(p50["met"])
+        self.assertTrue(p50["measured"].startswith("3.00×"), p50)
+        self.assertTrue(p99["met"])
+        self.assertTrue(p99["measured"].startswith("2.25×"), p99)
