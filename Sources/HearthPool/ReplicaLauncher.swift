@@ -103,7 +103,7 @@ struct ReplicaLauncher: ReplicaLaunching {
               do {
                 let image = try images.resolve(config.image)
                 var spec = ReplicaSpec(name: name, image: image,
-                                       argv: ["python3", "-X", "utf8", "/.hearth/worker/hearth/_worker.py"],
+                                       argv: ["python3", "-X", "utf8", "/.hearth/worker/hearth/_start.py"],
                                        limits: config.limits)
                 spec.env = config.env.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
                 if !spare { spec.env.append("HEARTH_ENVIRONMENT=\(config.name)") }

@@ -133,6 +133,8 @@ public enum Daemon {
         guard FileManager.default.fileExists(atPath: options.workerDir + "/hearth/_worker.py") else {
             throw HearthError(.unavailable, "the Hearth worker is missing: \(options.workerDir)/hearth/_worker.py; pass --worker-dir DIR (the repository's python/ directory) or run scripts/setup")
         }
+        // Replicas mount the daemon's own copy, its bytecode compiled once.
+        let workerDir = try WorkerPackage.prepare(source: options.workerDir, stateRoot: options.stateRoot, logger: logger)
         let code = try CodeStore(stateRoot: options.stateRoot)
         let secrets = try SecretStore(stateRoot: options.stateRoot)
         let tasks = TaskRegistry(journalDir: options.stateRoot + "/tasks",
@@ -145,7 +147,7 @@ public enum Daemon {
         let io = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let gpus = GPUAllocator(cdiDirs: options.cdiDirs, nvidiaDevDir: options.nvidiaDevDir, runHooks: options.allowPrivileged)
         var context = PoolContext(runtime: runtime, images: images, code: code, secrets: secrets, tasks: tasks,
-                                  logger: logger, workerDir: options.workerDir, resultLoop: io.next(), gpus: gpus)
+                                  logger: logger, workerDir: workerDir, resultLoop: io.next(), gpus: gpus)
         let capacity = EnvironmentAdmission.measureCapacity()
         let ledger = MemoryLedger(capacity: capacity.memoryBytes, spareLimit: options.defaultMemory)
         context.defaultMemory = options.defaultMemory

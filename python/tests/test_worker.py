@@ -37,6 +37,7 @@ from hearth import _cache, _protocol, actor_cache  # noqa: E402
 from hearth._protocol import decode_value, encode_value  # noqa: E402
 
 WORKER = os.path.join(PY_DIR, "hearth", "_worker.py")
+START = os.path.join(PY_DIR, "hearth", "_start.py")  # what hearthd runs
 V1 = "a" * 64
 V2 = "b" * 64
 
@@ -65,6 +66,8 @@ class Worker(object):
             full_env["HEARTH_MAX_FRAME"] = str(max_frame)
         if mode == "script":
             argv = [python, "-X", "utf8", WORKER]
+        elif mode == "start":
+            argv = [python, "-X", "utf8", START]
         else:
             argv = [python, "-X", "utf8", "-m", "hearth._worker"]
             full_env["PYTHONPATH"] = os.pathsep.join(
@@ -540,7 +543,7 @@ T = "app.tasks"
 
 # -- start-up and the channel -----------------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["script", "module"])
+@pytest.mark.parametrize("mode", ["script", "module", "start"])
 def test_ready_and_invocations(make_worker, bundle, python, mode, tmp_path):
     w = make_worker(mode=mode, cwd=str(tmp_path))
     ready = w.ready

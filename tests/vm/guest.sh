@@ -25,6 +25,12 @@ for c in cpu memory pids; do
   grep -qw "$c" /sys/fs/cgroup/cgroup.controllers || fail "the kernel offers no $c controller"
 done
 
+# test_cdi.py uses /dev/fuse and /dev/net/tun as harmless real devices: their
+# modules are not loaded at boot here, and devtmpfs shows the nodes once they are.
+modprobe -q fuse 2>/dev/null || true
+modprobe -q tun 2>/dev/null || true
+echo "hearth-vm: devices for the CDI tests: $(ls /dev/fuse /dev/net/tun 2>&1 | tr '\n' ' ')"
+
 # Writable scratch: the root is read-only 9p, and overlayfs cannot use 9p as
 # an upper layer. Not over /var/tmp or /tmp: the repository itself may live
 # there (CI clones anywhere). conftest.py makes state roots under
