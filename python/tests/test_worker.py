@@ -1189,7 +1189,13 @@ def test_concurrent_crash_takes_the_interpreter(concurrent):
     w, b = concurrent
     w.send(_run_msg("n1", "nap", b, tag="n1", seconds=5))
     w.send(_run_msg("boom", "die", b))
-    assert w.recv() is None
+    # n1's first output may be forwarded before boom ends the interpreter
+    # (how far n1 got is up to the scheduler); no result ever comes.
+    while True:
+        msg = w.recv()
+        if msg is None:
+            break
+        assert msg["type"] == "log" and msg["id"] == "n1", msg
     assert w.wait() == 7
 
 
