@@ -1,4 +1,3 @@
-import Foundation
 import Glibc
 import HearthCore
 import HearthOS
@@ -27,7 +26,7 @@ public enum WorkerPackage {
             if let why = compile(staging + "/hearth", with: python) {
                 logger.warning("worker bytecode not compiled (\(why)); replicas compile the worker at every start")
             } else {
-                logger.info("worker bytecode compiled with \(python) in \((ContinuousClock.now - t0).milliseconds) ms")
+                logger.info("worker bytecode compiled with \(python) in \(Int((ContinuousClock.now - t0).milliseconds)) ms")
             }
         }
         if access(dest, F_OK) == 0 { try FS.removeTree(path: dest) }
@@ -64,31 +63,48 @@ public enum WorkerPackage {
     }
 
     /// `python -m compileall` over `dir`, bounded in time; nil, or why not.
+    /// posix_spawn and a polled waitpid rather than Foundation's Process,
+    /// whose machinery would stay resident in the daemon for one call.
     static func compile(_ dir: String, with python: String) -> String? {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: python)
-        // -I: no user site or PYTHON* variables of the daemon's; -q: quiet.
-        p.arguments = ["-I", "-m", "compileall", "-q", dir]
-        p.environment = ["PATH": "/usr/bin:/bin"]
-        let out = Foundation.Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        p.standardInput = FileHandle.nullDevice
-        let done = DispatchSemaphore(value: 0)
-        p.terminationHandler = { _ in done.signal() }
-        do { try p.run() } catch { return "\(python): \(error.localizedDescription)" }
-        // -q prints errors only: far less than a pipe holds, so waiting
-        // before reading cannot block the compiler.
-        if done.wait(timeout: .now() + 60) == .timedOut {
-            kill(p.processIdentifier, SIGKILL)
-            done.wait()
-            return "\(python) -m compileall ran past 60 s"
+        let log = dir + "/../compileall.log"
+        defer { unlink(log) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // -I: no user site or PYTHON* variables of the daemon's; -q: errors only.
+        let argv = [python, "-I", "-m", "compileall", "-q", dir]
+        let envp = ["PATH=/usr/bin:/bin"]
+        var pid: pid_t = 0
+        let rc = withCStrings(argv) { a in withCStrings(envp) { e in posix_spawn(&pid, python, &actions, nil, a, e) } }
+        guard rc == 0 else { return "posix_spawn \(python): \(String(cString: strerror(rc)))" }
+        var status: Int32 = 0
+        let deadline = ContinuousClock.now + .seconds(60)
+        while true {
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid { break }
+            if r < 0 && errno != EINTR { return "waitpid \(pid): \(String(cString: strerror(errno)))" }
+            if ContinuousClock.now > deadline {
+                kill(pid, SIGKILL)
+                _ = waitpid(pid, &status, 0)
+                return "\(python) -m compileall ran past 60 s"
+            }
+            usleep(5_000)
         }
-        let output = out.fileHandleForReading.readDataToEndOfFile()
-        guard p.terminationReason == .exit, p.terminationStatus == 0 else {
-            let text = String(decoding: output.suffix(1000), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            return "\(python) -m compileall exited with \(p.terminationStatus): \(text)"
-        }
-        return nil
+        // WIFEXITED and WEXITSTATUS, spelled out (macros Swift does not import).
+        if status & 0x7F == 0 && (status >> 8) & 0xFF == 0 { return nil }
+        let text = (try? FS.readFile(log, limit: 1 << 20)).flatMap { $0 }
+            .map { String(decoding: $0.suffix(1000), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) } ?? ""
+        let how = status & 0x7F == 0 ? "exited with status \((status >> 8) & 0xFF)" : "was killed by signal \(status & 0x7F)"
+        return "\(python) -m compileall \(how)\(text.isEmpty ? "" : ": " + text)"
+    }
+
+    private static func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
+        var pointers = strings.map { strdup($0) }
+        pointers.append(nil)
+        defer { for p in pointers { free(p) } }
+        return body(pointers)
     }
 }
