@@ -112,6 +112,9 @@ def evaluate(results: Dict[str, Any]) -> List[Dict[str, Any]]:
                        f"{two['tasks_per_second']:,.0f} tasks/s" if two else None,
                        two["tasks_per_second"] >= 5000 if two else None))
 
+    over = next((m for m in results.get("memory", []) if m["key"] == "overhead"), None)
+    goals.append(_goal("per-replica overhead beyond a bare interpreter (hearth-init, worker, hearthd's growth)", "≤ 4 MiB",
+                       format_bytes(over["bytes"]) if over else None, over["bytes"] <= 4 << 20 if over else None))
     idle = next((m for m in results.get("memory", []) if m["key"] == "hearthd-idle"), None)
     goals.append(_goal("hearthd idle RSS", "≤ 30 MiB", format_bytes(idle["bytes"]) if idle else None,
                        idle["bytes"] <= 30 << 20 if idle else None))

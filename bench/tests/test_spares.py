@@ -407,3 +407,12 @@ class FloorTest(unittest.TestCase):
         self.assertTrue(p50["measured"].startswith("3.00×"), p50)
         self.assertTrue(p99["met"])
         self.assertTrue(p99["measured"].startswith("2.25×"), p99)
+
+
+class MemoryGoalTest(unittest.TestCase):
+    def test_per_replica_overhead_goal(self):
+        res = {"memory": [{"key": "overhead", "bytes": 3.2 * (1 << 20)}]}
+        g = [x for x in goals.evaluate(res) if x["goal"].startswith("per-replica overhead")][0]
+        self.assertTrue(g["met"])
+        res["memory"][0]["bytes"] = 5 << 20
+        self.assertFalse([x for x in goals.evaluate(res) if x["goal"].startswith("per-replica overhead")][0]["met"])
