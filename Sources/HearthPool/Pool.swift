@@ -60,6 +60,7 @@ public final class Pool: Sendable {
             return (nil, .created)
         }
         if outcome == .unchanged { return .unchanged }
+        ctx.launcher.expectBuild()
         if persist {
             try FS.writeAtomically(Array(spec), to: envDir + "/" + config.name + ".json")
         }

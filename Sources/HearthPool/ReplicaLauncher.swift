@@ -20,6 +20,10 @@ protocol ReplicaLaunching: Sendable {
     func adopt(_ spare: WarmReplica, into config: PoolConfig) async throws -> WarmReplica?
     /// The image `config` runs, as spares are keyed: (name, id).
     func imageIdentity(_ image: String) throws -> (name: String, id: String)
+    /// A replica is likely to be built soon (an environment was just
+    /// created or replaced, and its first task usually follows): start
+    /// what can be started ahead (the v1 cgroup join's wait).
+    func expectBuild()
 }
 
 /// The daemon's launcher: real sandboxes from the image store.
@@ -91,7 +95,10 @@ struct ReplicaLauncher: ReplicaLaunching {
     /// Builds a replica and waits for its worker to say `ready`. A spare
     /// gets nothing of an environment: no env, no packages to check (see
     /// SparePool).
+    func expectBuild() { runtime.cgroups.prewarmJoin() }
+
     func build(_ config: PoolConfig, spare: Bool) async throws -> WarmReplica {
+        runtime.cgroups.prewarmJoin()
         let name = runtime.newReplicaName(prefix: config.name)
         let codeView = runtime.replicasDir + "/" + name + ".code"
         let toWorker = try Pipe.make(), fromWorker = try Pipe.make()

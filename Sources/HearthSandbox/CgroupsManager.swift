@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import HearthCore
+import Synchronization
 
 /// Hearth's cgroup subtree under the daemon's own cgroup: `<own>/<subtree>`
 /// on v2, `<mount>/<own>/<subtree>` in each v1 hierarchy (cpu, memory,
@@ -41,6 +42,41 @@ public final class CgroupManager: Sendable {
     }
 
     private static func daemonLeafName(_ subtree: String) -> String { subtree + "-daemon" }
+
+    /// A join warm-up is under way (see `prewarmJoin`).
+    private let warming = Mutex(false)
+    var isWarmingUp: Bool { warming.withLock { $0 } }
+    private static let warmQueue = DispatchQueue(label: "hearth.cgroup-join-warmup")
+
+    /// cgroup v1 only: starts, on a thread of its own, the wait that the
+    /// next replica's move into its cgroups would otherwise start. Every v1
+    /// `cgroup.procs` write takes one machine-wide lock
+    /// (`cgroup_threadgroup_rwsem`) whose write side waits for an RCU grace
+    /// period (5–20 ms on the build VM) unless a writer held it within the
+    /// last one. Writing the daemon's pid into the cgroup it already sits
+    /// in moves nothing but starts that grace period now, so a replica whose
+    /// spawn is a few milliseconds away shares it instead of waiting a whole
+    /// one after its clone. Best effort: a failed write only loses the head
+    /// start. A no-op on v2, which places children with `CLONE_INTO_CGROUP`.
+    public func prewarmJoin() {
+        guard version == .v1, let own = hierarchies.first else { return }
+        let start = warming.withLock { busy -> Bool in
+            if busy { return false }
+            busy = true
+            return true
+        }
+        guard start else { return }
+        let path = own.directory + "/cgroup.procs"
+        Self.warmQueue.async { [self] in
+            let fd = open(path, O_WRONLY | O_CLOEXEC)
+            if fd >= 0 {
+                var pid = "\(getpid())"
+                _ = pid.withUTF8 { write(fd, $0.baseAddress, $0.count) }
+                close(fd)
+            }
+            warming.withLock { $0 = false }
+        }
+    }
 
     /// The subtree directory in each hierarchy.
     public var subtreePaths: [String] { hierarchies.map { $0.directory + "/" + subtree } }

@@ -98,6 +98,12 @@ public final class SandboxRuntime: Sendable {
     /// Builds and starts a replica. Blocking: call via `Blocking.run`.
     public func start(_ spec: ReplicaSpec) throws -> RunningReplica {
         let t0 = ContinuousClock.now
+        // v1: the cgroup join's grace period starts now (unless one is
+        // already under way), beside the directories, the plan, the clone
+        // and the child's mounts. The warm-up holds the kernel's
+        // cgroup_mutex while it waits, so the cgroup's mkdir waits for it
+        // too, but the join after the clone then costs nothing.
+        cgroups.prewarmJoin()
         let dir = replicasDir + "/" + spec.name
         // Upper and work share a filesystem (overlayfs needs that): the
         // scratch one when there is one.

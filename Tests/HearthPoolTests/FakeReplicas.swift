@@ -252,5 +252,7 @@ final class FakeLauncher: ReplicaLaunching {
 
     func adopt(_ spare: WarmReplica, into config: PoolConfig) async throws -> WarmReplica? { nil }
 
+    func expectBuild() {}
+
     func imageIdentity(_ image: String) throws -> (name: String, id: String) { (image, "sha256:fake") }
 }

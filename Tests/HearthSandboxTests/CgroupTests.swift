@@ -449,6 +449,28 @@ final class CgroupRootTests: XCTestCase {
         try successor.prepare()
     }
 
+    func testJoinWarmUpMovesNothing() throws {
+        let before = try String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)
+        for _ in 0..<3 { manager.prewarmJoin() }  // one runs, the others find it under way
+        let deadline = Date().addingTimeInterval(10)
+        while manager.isWarmingUp && Date() < deadline { usleep(5_000) }
+        XCTAssertFalse(manager.isWarmingUp, "the warm-up write did not finish within 10 s")
+        XCTAssertEqual(try String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8), before)
+        // A placement right after it lands where it should.
+        let a = try manager.create(name: "warm", limits: CgroupLimits())
+        defer { try? a.remove() }
+        manager.prewarmJoin()
+        let (sleeper, stdin) = try startHeld("exec sleep 1000")
+        try a.add(pid: sleeper.processIdentifier)
+        for dir in manager.subtreePaths {
+            XCTAssertEqual(value(dir + "/warm", "cgroup.procs"), "\(sleeper.processIdentifier)", dir)
+        }
+        release(stdin)
+        a.killAll()
+        XCTAssertTrue(waitExit(sleeper))
+        while manager.isWarmingUp && Date() < deadline { usleep(5_000) }
+    }
+
     func testRemovePrunesEmptyParents() throws {
         let a = try manager.create(name: "env/a", limits: CgroupLimits())
         let b = try manager.create(name: "env/b", limits: CgroupLimits())

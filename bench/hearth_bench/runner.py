@@ -719,13 +719,13 @@ class Runner:
     PHASES = [
         ("dirs", "replica directories, /etc files in the upper dir"),
         ("userns", "user namespace made, /etc files chowned into its range (user_namespace: true only)"),
-        ("cgroup", "cgroup created, limits written"),
+        ("cgroup", "cgroup created, limits written; v1: the mkdir waits out the cgroup join's warm-up (started at apply)"),
         ("devices", "device allow-list: v1 devices.deny/allow writes, v2 BPF program attached"),
         ("plan", "spawn plan: seccomp BPF (cached), mount list, fds"),
         ("spawn", "clone3 → execve (one figure: no per-step marks)"),
         ("clone", "clone3 with the namespaces"),
         ("mounts", "signals, setsid, overlay, /proc, /dev, /sys, binds"),
-        ("pivot_root", "pivot_root, masked and read-only paths; v1: waiting for the cgroup join (started with the mounts)"),
+        ("pivot_root", "pivot_root, masked and read-only paths; v1: the cgroup join (started with the mounts)"),
         ("caps_seccomp", "hostname, loopback, fds, rlimits, capabilities, seccomp"),
         ("execve", "execve of hearth-init, seen by the daemon"),
         ("worker_ready", "interpreter start + worker imports → `ready` frame"),
@@ -746,10 +746,12 @@ class Runner:
             "Hearth's cold figure built from scratch includes the environment apply, building the replica (overlay, "
             "cgroup, namespaces, seccomp), starting the interpreter and the worker, importing the task module and the "
             "result's trip back; with a spare adopted, building and starting are replaced by the adoption.",
-            "On cgroup v1 (this machine) the pivot_root phase includes the kernel's wait for the replica's move "
-            "into its cgroups: the first `cgroup.procs` write after a quiet spell waits for an RCU grace period "
-            "(`cgroup_threadgroup_rwsem`); the child mounts meanwhile. cgroup v2 places the child with "
-            "`CLONE_INTO_CGROUP` and has no such wait. The directories phase varies with the file system: ext4 "
+            "On cgroup v1 (this machine) the replica's move into its cgroups waits for an RCU grace period "
+            "(`cgroup_threadgroup_rwsem`: the first `cgroup.procs` write after a quiet spell). hearthd starts that "
+            "wait ahead, when the environment is applied and when the replica build starts, so what is left of it "
+            "shows in the cgroup phase (the new cgroup's mkdir waits behind it) and the join after the clone "
+            "(pivot_root phase) passes at once. cgroup v2 places the child with `CLONE_INTO_CGROUP` and has no "
+            "such wait. The directories phase varies with the file system: ext4 "
             "skips recently deleted inodes when it allocates new ones, which a run that makes and removes many "
             "replica directories makes slower.",
         ]

@@ -35,9 +35,10 @@ from hearth._errors import APIError, remote_exception
 
 
 def _client_for(path):
-    from hearth._client import client
-
-    return client(path)
+    c = sys.modules.get("hearth._client")
+    if c is None:
+        from hearth import _client as c
+    return c.client(path)
 
 
 def _async_client_for(path):
@@ -67,9 +68,10 @@ applies = collections.deque(maxlen=1000)
 
 
 def _in_worker():
-    from hearth import _worker
-
-    return _worker.in_worker()
+    # Only a replica's worker runs hearth._worker.main(); a process that has
+    # not imported the module is not one (a lookup, not an import, per call).
+    w = sys.modules.get("hearth._worker")
+    return w is not None and w.in_worker()
 
 
 class ActorEnvironment(object):
@@ -377,7 +379,7 @@ class ActorEnvironment(object):
 
     def _body(self, c, body):
         body["identity"] = self._applied.get(c.path)
-        return json.dumps(body, separators=(",", ":")).encode()
+        return sys.modules["hearth._client"].compact_json(body)
 
     def _reapply_if_stale(self, c, e, attempt):
         """Re-raises ``e`` unless the daemon lost or replaced this spec and
@@ -536,9 +538,9 @@ class ActorTask(object):
         """The result as the return annotation declares it: decoded (pickles
         restricted), then conformed (``hearth._typecheck.conform``); a value
         that does not fit is ``ResultTypeError``."""
-        from hearth import _results
-        from hearth._typecheck import InputError, conform
-
+        _results = sys.modules.get("hearth._results")
+        if _results is None:
+            from hearth import _results
         module = self.location()[0]
         returns = self.signature.returns
         if self._classes is None:
@@ -547,6 +549,8 @@ class ActorTask(object):
         value = _results.decode(value, self._classes, task)
         if returns is None or returns is type(None):
             return None
+        from hearth._typecheck import InputError, conform
+
         try:
             return conform(value, returns, "the output of task %s" % task)
         except InputError as e:

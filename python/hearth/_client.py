@@ -12,9 +12,11 @@ error response becomes ``APIError`` with the daemon's code and message.
 import errno
 import json
 import os
+import re
 import socket
 import threading
 
+from hearth import _protocol
 from hearth._errors import (APIError, DaemonUnavailable, EnvironmentRefused, QueueFull, ResultExpired,
                             SocketPermissionError)
 
@@ -23,8 +25,38 @@ __all__ = ["Client", "AsyncClient", "default_socket", "client", "async_client"]
 DEFAULT_SOCKET = "/run/hearth/hearthd.sock"
 
 
+# json.dumps builds a JSONEncoder at every call when given separators; one
+# made once encodes the same bytes (a warm task's request is encoded per call).
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def compact_json(value):
+    """``value`` as compact JSON bytes (ASCII, as json.dumps writes it)."""
+    return _compact(value).encode()
+
+
 def default_socket():
     return os.environ.get("HEARTH_SOCKET") or DEFAULT_SOCKET
+
+
+# The head of a warm task's response, as hearthd writes it, has these two
+# headers only; a head that is not one of them is parsed line by line.
+_PLAIN_HEAD = re.compile(rb"HTTP/1\.1 \d{3} [^\r\n]*\r\nContent-Type: application/json\r\nContent-Length: (\d+)\Z")
+
+
+def _headers(head):
+    """The headers of a response head (bytes, without the blank line), names lowercased."""
+    m = _PLAIN_HEAD.match(head)
+    if m is not None:
+        return {"content-type": "application/json", "content-length": m.group(1).decode()}
+    headers = {}
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return headers
+
+
+_UNSET = object()
 
 
 class _Closed(Exception):
@@ -59,7 +91,7 @@ class Client(object):
     def request(self, method, path, body=None, content_type="application/json", timeout=None):
         """``(status, body bytes)``. ``body`` may be bytes or a JSON-able value."""
         if body is not None and not isinstance(body, (bytes, bytearray, memoryview)):
-            body = json.dumps(body, separators=(",", ":")).encode()
+            body = compact_json(body)
         data = b"" if body is None else bytes(body)
         head = ("%s %s HTTP/1.1\r\nHost: hearthd\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
                 % (method, path, content_type, len(data))).encode()
@@ -70,8 +102,12 @@ class Client(object):
             if sock is None:
                 sock = self._local.sock = self._connect()
                 self._local.buf = b""
+                self._local.timeout = _UNSET  # a new socket: set its timeout
             try:
-                sock.settimeout(timeout)
+                if getattr(self._local, "timeout", _UNSET) != timeout:
+                    # Each settimeout is a system call (FIONBIO): only when it changes.
+                    sock.settimeout(timeout)
+                    self._local.timeout = timeout
                 if msg is not None:
                     sock.sendall(msg)
                 else:
@@ -96,12 +132,31 @@ class Client(object):
         raise AssertionError("unreachable")
 
     def _read_more(self, sock, got_any):
-        chunk = sock.recv(262144)
+        # 64 KiB: a larger request makes CPython allocate the buffer with
+        # mmap (glibc's threshold is 128 KiB) and shrink and unmap it after
+        # a short reply, three system calls and page faults a warm task.
+        chunk = sock.recv(65536)
         if not chunk:
             if not got_any:
                 raise _Closed()
             raise DaemonUnavailable("hearthd at %s closed the connection in the middle of a response" % self.path)
         return chunk
+
+    def _read_body(self, sock, have, n):
+        """The rest of an ``n``-byte body, ``have`` already read: received
+        into one buffer of its size (appending chunk to chunk copies a
+        large body over and over)."""
+        body = bytearray(n)
+        body[:len(have)] = have
+        view = memoryview(body)
+        got = len(have)
+        while got < n:
+            k = sock.recv_into(view[got:], min(n - got, 1 << 20))
+            if not k:
+                raise DaemonUnavailable("hearthd at %s closed the connection in the middle of a response" % self.path)
+            got += k
+        view.release()
+        return bytes(body)
 
     def _response(self, sock):
         buf = self._local.buf
@@ -110,17 +165,16 @@ class Client(object):
             if end >= 0:
                 break
             buf += self._read_more(sock, bool(buf))
-        lines = buf[:end].decode("latin-1").split("\r\n")
+        head = buf[:end]
         rest = buf[end + 4:]
+        first = head.split(b"\r\n", 1)[0]
         try:
-            status = int(lines[0].split(" ", 2)[1])
+            status = int(first.split(b" ", 2)[1])
         except (IndexError, ValueError):
             self.close()
-            raise DaemonUnavailable("hearthd at %s sent a malformed status line: %r" % (self.path, lines[0][:80]))
-        headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
+            raise DaemonUnavailable("hearthd at %s sent a malformed status line: %r"
+                                    % (self.path, first[:80].decode("latin-1")))
+        headers = _headers(head)
         if headers.get("transfer-encoding", "").lower() == "chunked":
             out = []
             while True:
@@ -137,9 +191,10 @@ class Client(object):
             body = b"".join(out)
         else:
             n = int(headers.get("content-length", "0"))
-            while len(rest) < n:
-                rest += self._read_more(sock, True)
-            body, rest = rest[:n], rest[n:]
+            if len(rest) >= n:
+                body, rest = rest[:n], rest[n:]
+            else:
+                body, rest = self._read_body(sock, rest, n), b""
         self._local.buf = rest
         if headers.get("connection", "").lower() == "close":
             self.close()
@@ -158,7 +213,7 @@ class Client(object):
         build's steps, a pull's progress). An error status raises as
         ``call`` does. The connection is not reused afterwards."""
         if body is not None and not isinstance(body, (bytes, bytearray, memoryview)):
-            body = json.dumps(body, separators=(",", ":")).encode()
+            body = compact_json(body)
         data = b"" if body is None else bytes(body)
         sock = self._connect()
         try:
@@ -263,7 +318,10 @@ def _answer(status, raw, method, path, what, not_found=None):
     if status < 300:
         if not raw:
             return None
-        return json.loads(raw)
+        try:
+            return _protocol.loads_value(raw)
+        except ValueError:
+            return json.loads(raw)  # says what is wrong, as before
     if status == 404 and not_found is not None:
         return not_found
     code, message = "http_%d" % status, raw.decode("utf-8", "replace")[:2000]
@@ -301,7 +359,7 @@ class AsyncClient(object):
         import asyncio
 
         if body is not None and not isinstance(body, (bytes, bytearray, memoryview)):
-            body = json.dumps(body, separators=(",", ":")).encode()
+            body = compact_json(body)
         data = b"" if body is None else bytes(body)
         head = ("%s %s HTTP/1.1\r\nHost: hearthd\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
                 % (method, path, content_type, len(data))).encode()

@@ -77,6 +77,7 @@ __all__ = [
     "pickle_value",
     "dumps_message",
     "loads_message",
+    "loads_value",
     "pack_frame",
     "write_frame",
     "FrameReader",
@@ -320,6 +321,12 @@ def loads_message(data):
     if type(obj) is not dict:
         raise ProtocolError("malformed frame: not a JSON object")
     return obj
+
+
+def loads_value(data):
+    """UTF-8 JSON bytes -> any value, on the C accelerator when there is one.
+    Raises ValueError (UnicodeDecodeError included) for what is not JSON."""
+    return _decode(str(data, "utf-8"))
 
 
 def pack_frame(body, limit=None):

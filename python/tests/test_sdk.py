@@ -484,6 +484,75 @@ def test_client_keep_alive_and_error_bodies(tmp_path):
     assert accepted == [1]
 
 
+
+def test_client_reads_every_response_shape(tmp_path):
+    """The warm path's head (Content-Type, Content-Length), other heads,
+    a chunked body, a 3 MiB body sent in small pieces, two responses in
+    one send, and `Connection: close`, all on one client."""
+    import threading
+
+    path = str(tmp_path / "d.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(2)
+    big = b'{"data":"' + b"x" * (3 << 20) + b'"}'
+
+    def read_request(conn, buf):
+        while b"\r\n\r\n" not in buf:
+            buf += conn.recv(65536)
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        n = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
+        while len(buf) < n:
+            buf += conn.recv(65536)
+        return buf[n:]
+
+    def serve():
+        conn, _ = srv.accept()
+        buf = read_request(conn, b"")
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n"
+                     b'{"ok":1}')
+        buf = read_request(conn, buf)
+        conn.sendall(b"HTTP/1.1 201 Created\r\nX-Other: 1\r\ncontent-length: 8\r\n\r\n{\"ok\":2}")
+        buf = read_request(conn, buf)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"ok\r\n"
+                     b"3\r\n\":3\r\n1\r\n}\r\n0\r\n\r\n")
+        buf = read_request(conn, buf)
+        data = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(big) + big
+        for i in range(0, len(data), 7000):
+            conn.sendall(data[i:i + 7000])
+        buf = read_request(conn, buf)
+        buf = read_request(conn, buf)
+        one = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{\"ok\":%d}"
+        conn.sendall(one % 5 + one % 6)
+        buf = read_request(conn, buf)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n"
+                     b"Connection: close\r\n\r\n{\"ok\":7}")
+        conn.close()
+        conn, _ = srv.accept()  # the client reconnects after the close
+        read_request(conn, b"")
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n"
+                     b'{"ok":8}')
+        conn.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    c = Client(path)
+    assert c.call("POST", "/v1/x", {"a": 1}) == {"ok": 1}
+    assert c.call("POST", "/v1/x", {"a": 2}) == {"ok": 2}
+    assert c.call("POST", "/v1/x", {"a": 3}, timeout=30) == {"ok": 3}
+    assert c.call("GET", "/v1/big")["data"] == "x" * (3 << 20)
+    # Two requests written before either answer is read (pipelined by hand).
+    sock = c._local.sock
+    sock.sendall(b"GET /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    sock.sendall(b"GET /b HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    assert c._response(sock) == (200, b'{"ok":5}')
+    assert c._response(sock) == (200, b'{"ok":6}')
+    assert c.call("GET", "/v1/x") == {"ok": 7}
+    assert getattr(c._local, "sock", None) is None
+    assert c.call("GET", "/v1/x") == {"ok": 8}
+    t.join()
+    srv.close()
+
 # -- workflows, launch plans, secrets, map_task inside a worker -------------------------
 
 def test_workflow_and_launch_plan_run_locally():
