@@ -4,7 +4,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <spawn.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <stdio.h>
 #include <sys/epoll.h>
@@ -91,6 +93,67 @@ int hearth_openat2(int dirfd, const char *path, int flags, int mode, uint64_t re
 int hearth_memfd_create(const char *name, unsigned int flags)
 {
     return (int)syscall(SYS_memfd_create, name, flags);
+}
+
+int hearth_memfd_capped(const char *name, int64_t cap)
+{
+    int fd = (int)syscall(SYS_memfd_create, name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return -1;
+    if (ftruncate(fd, (off_t)cap) != 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+int hearth_pidfd_open(int pid)
+{
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+int hearth_spawn_host(const char *path, char *const argv[], char *const envp[], const char *dir,
+                      int stdin_fd, int out_fd, int32_t *pid)
+{
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    sigset_t none, all;
+    pid_t child = 0;
+    int rc;
+
+    if ((rc = posix_spawn_file_actions_init(&fa)) != 0)
+        return rc;
+    if ((rc = posix_spawnattr_init(&attr)) != 0) {
+        posix_spawn_file_actions_destroy(&fa);
+        return rc;
+    }
+    if (stdin_fd >= 0)
+        rc = posix_spawn_file_actions_adddup2(&fa, stdin_fd, 0);
+    else
+        rc = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    if (rc == 0) rc = posix_spawn_file_actions_adddup2(&fa, out_fd, 1);
+    if (rc == 0) rc = posix_spawn_file_actions_adddup2(&fa, out_fd, 2);
+    /* The daemon's fds that lack close-on-exec stay out of the program. */
+    if (rc == 0) rc = posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+    if (rc == 0 && dir != NULL) rc = posix_spawn_file_actions_addchdir_np(&fa, dir);
+    /* A daemon thread may block signals (the child would inherit the
+     * mask) or ignore some: the program starts with neither. */
+    sigemptyset(&none);
+    sigfillset(&all);
+    if (rc == 0) rc = posix_spawnattr_setsigmask(&attr, &none);
+    if (rc == 0) rc = posix_spawnattr_setsigdefault(&attr, &all);
+    /* Its own process group, so a timeout kills what it started too. */
+    if (rc == 0) rc = posix_spawnattr_setpgroup(&attr, 0);
+    if (rc == 0)
+        rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
+                                                 POSIX_SPAWN_SETPGROUP);
+    if (rc == 0) rc = posix_spawn(&child, path, &fa, &attr, argv, envp);
+    posix_spawnattr_destroy(&attr);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc == 0) *pid = child;
+    return rc;
 }
 
 /* linux/mount.h's struct mount_attr and flags, spelled out (older headers). */

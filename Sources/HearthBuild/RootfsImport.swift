@@ -13,10 +13,6 @@ import Synchronization
 /// FIFOs left out, nothing on the host followed) and an image with a
 /// minimal config (PATH, `/bin/sh`, the host's platform).
 public enum RootfsImport {
-    /// A directory that is not an OCI layout or a `docker save` tree, and
-    /// looks like a root filesystem.
-    public static func isRootfs(_ path: String) -> Bool { FS.isPlainRootfs(path) }
-
     public static let defaultEnv = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
 
     private static let counter = Atomic<Int>(0)

@@ -92,16 +92,10 @@ public enum NVIDIADiscovery {
     /// `ldconfig -p` of this host; "" when it cannot run.
     public static func hostLdcache() -> String {
         for ldconfig in ["/sbin/ldconfig", "/usr/sbin/ldconfig"] where access(ldconfig, X_OK) == 0 {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: ldconfig)
-            p.arguments = ["-p"]
-            let out = Foundation.Pipe()
-            p.standardOutput = out
-            p.standardError = FileHandle.nullDevice
-            do { try p.run() } catch { return "" }
-            let data = out.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            return String(decoding: data, as: UTF8.self)
+            guard let outcome = try? HostCommand.run(ldconfig, argv: [ldconfig, "-p"], environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+                                                     timeout: .seconds(30), outputLimit: 64 << 20),
+                  outcome.succeeded else { return "" }
+            return String(decoding: outcome.output, as: UTF8.self)
         }
         return ""
     }

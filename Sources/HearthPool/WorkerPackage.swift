@@ -63,48 +63,17 @@ public enum WorkerPackage {
     }
 
     /// `python -m compileall` over `dir`, bounded in time; nil, or why not.
-    /// posix_spawn and a polled waitpid rather than Foundation's Process,
-    /// whose machinery would stay resident in the daemon for one call.
     static func compile(_ dir: String, with python: String) -> String? {
-        let log = dir + "/../compileall.log"
-        defer { unlink(log) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
         // -I: no user site or PYTHON* variables of the daemon's; -q: errors only.
-        let argv = [python, "-I", "-m", "compileall", "-q", dir]
-        let envp = ["PATH=/usr/bin:/bin"]
-        var pid: pid_t = 0
-        let rc = withCStrings(argv) { a in withCStrings(envp) { e in posix_spawn(&pid, python, &actions, nil, a, e) } }
-        guard rc == 0 else { return "posix_spawn \(python): \(String(cString: strerror(rc)))" }
-        var status: Int32 = 0
-        let deadline = ContinuousClock.now + .seconds(60)
-        while true {
-            let r = waitpid(pid, &status, WNOHANG)
-            if r == pid { break }
-            if r < 0 && errno != EINTR { return "waitpid \(pid): \(String(cString: strerror(errno)))" }
-            if ContinuousClock.now > deadline {
-                kill(pid, SIGKILL)
-                _ = waitpid(pid, &status, 0)
-                return "\(python) -m compileall ran past 60 s"
-            }
-            usleep(5_000)
+        let timeout = Duration.seconds(60)
+        do {
+            let outcome = try HostCommand.run(python, argv: [python, "-I", "-m", "compileall", "-q", dir],
+                                              environment: ["PATH=/usr/bin:/bin"], timeout: timeout)
+            if outcome.succeeded { return nil }
+            let text = outcome.tail(1000)
+            return "\(python) -m compileall \(outcome.describe(timeout: timeout))\(text.isEmpty ? "" : ": " + text)"
+        } catch {
+            return "\(error)"
         }
-        // WIFEXITED and WEXITSTATUS, spelled out (macros Swift does not import).
-        if status & 0x7F == 0 && (status >> 8) & 0xFF == 0 { return nil }
-        let text = (try? FS.readFile(log, limit: 1 << 20)).flatMap { $0 }
-            .map { String(decoding: $0.suffix(1000), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) } ?? ""
-        let how = status & 0x7F == 0 ? "exited with status \((status >> 8) & 0xFF)" : "was killed by signal \(status & 0x7F)"
-        return "\(python) -m compileall \(how)\(text.isEmpty ? "" : ": " + text)"
-    }
-
-    private static func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
-        var pointers = strings.map { strdup($0) }
-        pointers.append(nil)
-        defer { for p in pointers { free(p) } }
-        return body(pointers)
     }
 }

@@ -27,58 +27,43 @@ public enum ContainerHooks {
         let state: [String: Any] = ["ociVersion": "1.0.2", "id": replica, "status": "creating", "pid": Int(pid),
                                     "bundle": bundle, "annotations": [String: String]()]
         let stdin = try JSONSerialization.data(withJSONObject: state, options: [.sortedKeys])
-        for (i, hook) in hooks.enumerated() {
-            try runOne(hook, stdin: stdin, output: bundle + "/hook-\(i).out", cwd: bundle)
+        for hook in hooks {
+            try runOne(hook, stdin: Array(stdin), cwd: bundle)
         }
     }
 
-    static func runOne(_ hook: CDISpec.Hook, stdin: Data, output: String, cwd: String) throws {
+    static func runOne(_ hook: CDISpec.Hook, stdin: [UInt8], cwd: String) throws {
         let what = "createContainer hook \(([hook.path] + hook.args.dropFirst()).joined(separator: " "))"
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: hook.path)
-        p.arguments = Array(hook.args.dropFirst())
-        // The hook's environment is the spec's, as OCI runtimes give it.
-        p.environment = Dictionary(hook.env.compactMap { e -> (String, String)? in
-            guard let eq = e.firstIndex(of: "=") else { return nil }
-            return (String(e[..<eq]), String(e[e.index(after: eq)...]))
-        }, uniquingKeysWith: { _, last in last })
-        p.currentDirectoryURL = URL(fileURLWithPath: cwd)
-        guard FileManager.default.createFile(atPath: output, contents: nil),
-              let out = FileHandle(forWritingAtPath: output) else {
-            throw SystemError.current("create", output)
-        }
-        defer { try? out.close() }
-        p.standardOutput = out
-        p.standardError = out
-        let input = Foundation.Pipe()
-        p.standardInput = input
-        let done = DispatchSemaphore(value: 0)
-        p.terminationHandler = { _ in done.signal() }
+        let seconds = hook.timeout.map(Double.init) ?? defaultTimeout
+        let outcome: HostCommand.Outcome
         do {
-            try p.run()
+            // argv is the spec's args (args[0] is argv[0], as OCI says), the
+            // environment is the spec's, as OCI runtimes give them.
+            outcome = try HostCommand.run(hook.path, argv: hook.args, environment: environment(hook.env),
+                                          directory: cwd, stdin: stdin, timeout: .seconds(seconds))
         } catch {
-            throw HearthError(.spawnFailed, "\(what): cannot start it: \(error.localizedDescription)")
+            throw HearthError(.spawnFailed, "\(what): cannot start it: \(error)")
         }
-        // A hook that does not read its stdin must not block us: the state
-        // is small (one pipe buffer), and a closed read end is ignored.
-        try? input.fileHandleForWriting.write(contentsOf: stdin)
-        try? input.fileHandleForWriting.close()
-        let timeout = hook.timeout.map(Double.init) ?? defaultTimeout
-        if done.wait(timeout: .now() + timeout) == .timedOut {
-            kill(p.processIdentifier, SIGKILL)
-            done.wait()
-            throw HearthError(.spawnFailed, "\(what): still running after its timeout of \(Int(timeout)) s; killed\(tail(output))")
+        if outcome.succeeded { return }
+        let text = outcome.tail()
+        let output = text.isEmpty ? "" : "; its output: " + text
+        if outcome.ending == .timedOut {
+            throw HearthError(.spawnFailed, "\(what): still running after its timeout of \(Int(seconds)) s; killed\(output)")
         }
-        guard p.terminationReason == .exit, p.terminationStatus == 0 else {
-            let how = p.terminationReason == .exit ? "exited with status \(p.terminationStatus)" : "was killed by signal \(p.terminationStatus)"
-            throw HearthError(.spawnFailed, "\(what) \(how)\(tail(output))")
-        }
+        throw HearthError(.spawnFailed, "\(what) \(outcome.describe(timeout: .seconds(seconds)))\(output)")
     }
 
-    /// "; its output: …" with the last 2 KiB the hook wrote, or "".
-    private static func tail(_ path: String) -> String {
-        guard let bytes = try? FS.readFile(path, limit: 1 << 20), !bytes.isEmpty else { return "" }
-        let text = String(decoding: bytes.suffix(2048), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        return text.isEmpty ? "" : "; its output: " + text
+    /// "NAME=value" entries, the last of a name winning; entries without
+    /// `=` are not variables and are left out.
+    static func environment(_ entries: [String]) -> [String] {
+        var order: [String] = []
+        var values: [String: String] = [:]
+        for e in entries {
+            guard let eq = e.firstIndex(of: "=") else { continue }
+            let name = String(e[..<eq])
+            if values[name] == nil { order.append(name) }
+            values[name] = e
+        }
+        return order.compactMap { values[$0] }
     }
 }

@@ -4,6 +4,7 @@ import Glibc
 import HearthBuild
 import HearthCore
 import HearthImage
+import HearthOS
 import HearthSandbox
 import Hummingbird
 import Logging
@@ -92,7 +93,7 @@ struct ImageAndSandboxRoutes: Sendable {
             defer { if spooled { unlink(path) } }
             do {
                 let summary: ImageSummary
-                if !spooled && RootfsImport.isRootfs(path) {
+                if !spooled && FS.isPlainRootfs(path) {
                     // A plain root filesystem: one layer written from it.
                     cont.yield(ImageImportEvent(event: "progress", layer: 1, layers: 1, bytes: 0, totalBytes: 0))
                     summary = try RootfsImport.importDirectory(path, name: name, store: images)

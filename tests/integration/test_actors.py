@@ -53,6 +53,10 @@ TASKS = textwrap.dedent('''
         print("end", tag, flush=True)
         return {"pid": os.getpid(), "t0": t0, "t1": time.time()}
 
+    def tagged(tag, seconds):
+        time.sleep(seconds)
+        return tag
+
     def hog(mb):
         b = bytearray(mb << 20)
         for i in range(0, len(b), 4096):
@@ -282,6 +286,64 @@ def test_queue_full_bad_spec_unknown_env(hd, code):
     assert status == 400 and "name" in body["error"]["message"]
     status, body = run(hd, "no-such-env", code, "pid")
     assert status == 404
+
+
+def test_a_full_queue_refuses_with_the_reason_and_loses_no_accepted_task(hd, code):
+    """Eight clients submit 25 tasks each (wait: false) to two replicas
+    behind a queue of 4: submissions past it get 429 `queue_full` naming
+    max_queue, the client backs off and resubmits, and every accepted task
+    ends `succeeded` with its own result. Bounded: 200 tasks, 120 s."""
+    e = env(hd, "soak-queue", "replica_count: 2\nmax_queue: 4\n")
+    ok(hd, e, code, "pid")
+    deadline = time.monotonic() + 120
+    accepted, refusals, problems = {}, [], []
+    lock = threading.Lock()
+
+    def client(k):
+        for i in range(25):
+            tag = f"c{k}-{i}"
+            while True:
+                if time.monotonic() > deadline:
+                    problems.append(f"{tag}: not accepted before the deadline")
+                    return
+                status, body = run(hd, e, code, "tagged", wait=False, tag=tag, seconds=0.01)
+                if status == 202:
+                    with lock:
+                        accepted[body["id"]] = tag
+                    break
+                if status != 429:
+                    problems.append(f"{tag}: HTTP {status}: {body}")
+                    return
+                with lock:
+                    refusals.append(body)
+                time.sleep(0.02)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not problems, problems[:5]
+    assert len(accepted) == 200
+    # The queue really filled, and every refusal says why.
+    assert refusals, "no submission was refused: the queue never filled"
+    for body in refusals:
+        err = body["error"]
+        assert err["code"] == "queue_full", body
+        assert "the queue is full" in err["message"] and "max_queue 4" in err["message"], body
+    # Every accepted task finishes with its own result.
+    pending = dict(accepted)
+    while pending and time.monotonic() < deadline:
+        for tid, tag in list(pending.items()):
+            status, snap = api(hd.socket, "GET", f"/v1/tasks/{tid}")
+            assert status == 200, snap
+            if snap["state"] in ("succeeded", "failed", "cancelled", "lost"):
+                assert snap["state"] == "succeeded" and snap["result"] == tag, snap
+                del pending[tid]
+        time.sleep(0.05)
+    assert not pending, f"{len(pending)} accepted tasks did not finish: {sorted(pending)[:5]}"
+    status, st = api(hd.socket, "GET", f"/v1/environments/{e}")
+    assert status == 200 and st.get("queued", 0) == 0, st
 
 
 def test_changed_spec_rolls_same_spec_does_not(hd, code):

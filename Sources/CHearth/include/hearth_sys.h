@@ -33,6 +33,18 @@ int hearth_pidfd_send_signal(int pidfd, int sig);
 int hearth_pidfd_wait(int pidfd, int nohang, int *code, int *status);
 int hearth_openat2(int dirfd, const char *path, int flags, int mode, uint64_t resolve);
 int hearth_memfd_create(const char *name, unsigned int flags);
+/* A close-on-exec memfd of `cap` bytes (sparse: nothing is allocated until
+ * written) that cannot grow or shrink: a writer past the end gets EPERM,
+ * and the shared file offset says how much was written. -1 with errno. */
+int hearth_memfd_capped(const char *name, int64_t cap);
+/* pidfd_open(pid, 0): a pidfd (close-on-exec), or -1 with errno. */
+int hearth_pidfd_open(int pid);
+/* posix_spawn of a host program (HostCommand): fd 0 from stdin_fd (or
+ * /dev/null when it is -1), fds 1 and 2 to out_fd, every other fd closed,
+ * an empty signal mask and every signal at its default, in a process group
+ * of its own, in dir (NULL: the caller's). 0 and *pid, or an errno. */
+int hearth_spawn_host(const char *path, char *const argv[], char *const envp[], const char *dir,
+                      int stdin_fd, int out_fd, int32_t *pid);
 /* A detached copy of the mount at fd (open_tree(fd, "", OPEN_TREE_CLONE |
  * OPEN_TREE_CLOEXEC | AT_EMPTY_PATH), not recursive), with read-only (if
  * read_only), nosuid and nodev set on it (mount_setattr). Returns the
