@@ -3,6 +3,7 @@ import Glibc
 import HearthCore
 import HearthOS
 import HearthSandbox
+import Synchronization
 
 /// The CDI devices this host offers: every spec file (`*.json`, `*.yaml`,
 /// `*.yml`) in the CDI directories (`hearthd --cdi-spec-dir`, default
@@ -26,10 +27,13 @@ public struct CDIRegistry: Sendable {
 
     /// `nvidiaDevDir`: where `/dev/nvidiaN` nodes are looked for when no
     /// spec offers `nvidia.com/gpu` devices (NVIDIADiscovery); nil: never.
+    /// `generated`: where a generated NVIDIA spec is kept between loads
+    /// (nil: made at every load).
     public static func load(dirs: [String], nvidiaDevDir: String? = "/dev",
                             ldcache: () -> String = NVIDIADiscovery.hostLdcache,
                             scanned: () -> [String] = { NVIDIADiscovery.scanLibraries() },
-                            smi: () -> String? = { NVIDIADiscovery.hostSMI() }) -> CDIRegistry {
+                            smi: () -> String? = { NVIDIADiscovery.hostSMI() },
+                            generated: GeneratedSpecCache? = nil) -> CDIRegistry {
         var out = CDIRegistry()
         for dir in dirs {
             guard let entries = try? FS.list(path: dir) else { continue }
@@ -50,7 +54,9 @@ public struct CDIRegistry: Sendable {
         // NVIDIA devices without a CDI spec: generated as nvidia-ctk would.
         if let dev = nvidiaDevDir, !out.devices.keys.contains(where: { $0.hasPrefix(GPUAllocator.kind + "=") }),
            access(dev + "/nvidiactl", F_OK) == 0 || access(dev + "/nvidia0", F_OK) == 0,
-           let spec = NVIDIADiscovery.spec(devDir: dev, ldcache: ldcache(), scanned: scanned(), smi: smi()) {
+           let spec = generated?.spec(devDir: dev, make: {
+               NVIDIADiscovery.spec(devDir: dev, ldcache: ldcache(), scanned: scanned(), smi: smi())
+           }) ?? NVIDIADiscovery.spec(devDir: dev, ldcache: ldcache(), scanned: scanned(), smi: smi()) {
             for d in spec.devices {
                 let name = "\(spec.kind)=\(d.name)"
                 out.devices[name] = Entry(name: name, file: "(generated from \(dev)/nvidia*)", edits: spec.edits(for: d))
@@ -219,4 +225,49 @@ public struct ResolvedDevices: Sendable, Equatable {
     /// waits (ContainerHooks; only under `--allow-privileged`).
     public var hooks: [CDISpec.Hook] = []
     public var isEmpty: Bool { nodes.isEmpty && env.isEmpty && mounts.isEmpty && symlinks.isEmpty && hooks.isEmpty }
+}
+
+/// The NVIDIA spec generated where no CDI spec offers GPUs, kept while
+/// what it was made from is unchanged: making it runs `ldconfig -p` and
+/// scans the driver folders (milliseconds to tens of them), and it is
+/// needed at every apply with devices, every device listing and every GPU
+/// replica's start. The key is the `nvidia*` nodes of the device folder
+/// (name, device number, inode), the loader cache's and the driver
+/// folders' modification times and sizes: a driver installed, a GPU added
+/// or an `ldconfig` run makes it again.
+public final class GeneratedSpecCache: Sendable {
+    private let kept = Mutex<(key: String, spec: CDISpec?)?>(nil)
+    private let folders: [String]
+    private let ldcacheFile: String
+
+    public init(folders: [String] = NVIDIADiscovery.driverFolders(), ldcacheFile: String = "/etc/ld.so.cache") {
+        self.folders = folders
+        self.ldcacheFile = ldcacheFile
+    }
+
+    func spec(devDir: String, make: () -> CDISpec?) -> CDISpec? {
+        let key = Self.key(devDir: devDir, files: [ldcacheFile] + folders)
+        if let k = kept.withLock({ $0 }), k.key == key { return k.spec }
+        let spec = make()
+        kept.withLock { $0 = (key, spec) }
+        return spec
+    }
+
+    static func key(devDir: String, files: [String]) -> String {
+        var parts: [String] = []
+        let names = ((try? FS.list(path: devDir)) ?? []).map { String(decoding: $0.name, as: UTF8.self) }
+        for n in names.sorted() where n.hasPrefix("nvidia") {
+            var st = stat()
+            if lstat(devDir + "/" + n, &st) == 0 { parts.append("\(n):\(st.st_rdev):\(st.st_ino)") }
+        }
+        for f in files {
+            var st = stat()
+            if stat(f, &st) == 0 {
+                parts.append("\(f):\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec):\(st.st_size):\(st.st_ino)")
+            } else {
+                parts.append("\(f):-")
+            }
+        }
+        return parts.joined(separator: "|")
+    }
 }

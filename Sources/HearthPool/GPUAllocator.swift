@@ -23,7 +23,10 @@ public final class GPUAllocator: Sendable {
     }
 
     /// The CDI devices of this host (GPUs generated where no spec has them).
-    public func registry() -> CDIRegistry { CDIRegistry.load(dirs: dirs, nvidiaDevDir: nvidiaDevDir) }
+    public func registry() -> CDIRegistry { CDIRegistry.load(dirs: dirs, nvidiaDevDir: nvidiaDevDir, generated: generated) }
+
+    /// The generated NVIDIA spec between loads (see GeneratedSpecCache).
+    private let generated = GeneratedSpecCache()
 
     /// The host's GPUs, in the order the specs list them.
     public func gpus() -> (names: [String], registry: CDIRegistry) {

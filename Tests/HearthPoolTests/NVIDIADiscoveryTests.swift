@@ -71,6 +71,46 @@ final class NVIDIADiscoveryTests: XCTestCase {
     }
 }
 
+/// The generated spec is made again only when what it comes from changes.
+final class GeneratedSpecCacheTests: XCTestCase {
+    func testMadeOnceUntilNodesOrTheLoaderCacheOrAFolderChange() throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("gsc-\(UUID().uuidString)").path
+        let dev = root + "/dev", libs = root + "/lib", ldcache = root + "/ld.so.cache"
+        try FS.makeDirectory(dev)
+        try FS.makeDirectory(libs)
+        defer { try? FS.removeTree(path: root) }
+        for n in ["nvidia0", "nvidiactl", "null"] { FileManager.default.createFile(atPath: dev + "/" + n, contents: nil) }
+        FileManager.default.createFile(atPath: ldcache, contents: Data("v1".utf8))
+        let cache = GeneratedSpecCache(folders: [libs], ldcacheFile: ldcache)
+        var made = 0
+        func load() -> CDIRegistry {
+            CDIRegistry.load(dirs: [], nvidiaDevDir: dev, ldcache: { made += 1; return "" }, scanned: { [] },
+                             smi: { nil }, generated: cache)
+        }
+        XCTAssertEqual(load().devices.keys.sorted(), ["nvidia.com/gpu=0"])
+        XCTAssertEqual(load().devices.keys.sorted(), ["nvidia.com/gpu=0"])
+        XCTAssertEqual(made, 1, "an unchanged host: made once")
+        // Timestamps tick with the kernel's coarse clock: each change lands in a later tick.
+        usleep(50_000)
+        FileManager.default.createFile(atPath: dev + "/nvidia1", contents: nil)
+        XCTAssertEqual(load().devices.keys.sorted(), ["nvidia.com/gpu=0", "nvidia.com/gpu=1"])
+        XCTAssertEqual(made, 2, "a GPU node added")
+        usleep(50_000)
+        FileManager.default.createFile(atPath: ldcache, contents: Data("v2 longer".utf8))
+        _ = load()
+        XCTAssertEqual(made, 3, "ldconfig ran")
+        usleep(50_000)
+        FileManager.default.createFile(atPath: libs + "/libcuda.so.1", contents: nil)
+        _ = load()
+        XCTAssertEqual(made, 4, "a driver library installed")
+        _ = load()
+        XCTAssertEqual(made, 4)
+        // Without a cache, every load makes it.
+        _ = CDIRegistry.load(dirs: [], nvidiaDevDir: dev, ldcache: { made += 1; return "" }, scanned: { [] }, smi: { nil })
+        XCTAssertEqual(made, 5)
+    }
+}
+
 /// The NVIDIA toolkit's CDI hooks, done by Hearth (CDIRegistry.apply).
 final class CDIHookTests: XCTestCase {
     private func hook(_ path: String, _ args: [String]) -> CDISpec.Hook {
