@@ -232,10 +232,7 @@ class Client(object):
             head, _, rest = buf.partition(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
             status = int(lines[0].split(" ", 2)[1])
-            headers = {}
-            for line in lines[1:]:
-                k, _, v = line.partition(":")
-                headers[k.strip().lower()] = v.strip()
+            headers = _headers(head)
             chunked = headers.get("transfer-encoding", "").lower() == "chunked"
 
             def body_bytes(rest):
@@ -409,10 +406,7 @@ class AsyncClient(object):
             status = int(lines[0].split(" ", 2)[1])
         except (IndexError, ValueError):
             raise DaemonUnavailable("hearthd sent a malformed status line: %r" % (lines[0][:80],))
-        headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
+        headers = _headers(head[:-4])
         if headers.get("transfer-encoding", "").lower() == "chunked":
             out = []
             while True:

@@ -447,6 +447,18 @@ def test_client_permission_message(monkeypatch, tmp_path):
         Client(str(tmp_path / "x.sock")).call("GET", "/v1/version")
 
 
+def _read_request(conn, buf):
+    """Reads one request (head and Content-Length body) from a fake
+    server's connection; returns what came after it."""
+    while b"\r\n\r\n" not in buf:
+        buf += conn.recv(65536)
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    n = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
+    while len(buf) < n:
+        buf += conn.recv(65536)
+    return buf[n:]
+
+
 def test_client_keep_alive_and_error_bodies(tmp_path):
     """A tiny HTTP server on a Unix socket: two requests on one connection,
     then an error response becomes APIError with the daemon's code."""
@@ -463,13 +475,7 @@ def test_client_keep_alive_and_error_bodies(tmp_path):
         accepted.append(1)
         buf = b""
         for status, body in ((200, b'{"ok":1}'), (404, b'{"error":{"code":"not_found","message":"no such env"}}')):
-            while b"\r\n\r\n" not in buf:
-                buf += conn.recv(65536)
-            head, _, buf = buf.partition(b"\r\n\r\n")
-            n = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
-            while len(buf) < n:
-                buf += conn.recv(65536)
-            buf = buf[n:]
+            buf = _read_request(conn, buf)
             conn.sendall(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body))
         conn.close()
 
@@ -484,7 +490,6 @@ def test_client_keep_alive_and_error_bodies(tmp_path):
     assert accepted == [1]
 
 
-
 def test_client_reads_every_response_shape(tmp_path):
     """The warm path's head (Content-Type, Content-Length), other heads,
     a chunked body, a 3 MiB body sent in small pieces, two responses in
@@ -497,39 +502,30 @@ def test_client_reads_every_response_shape(tmp_path):
     srv.listen(2)
     big = b'{"data":"' + b"x" * (3 << 20) + b'"}'
 
-    def read_request(conn, buf):
-        while b"\r\n\r\n" not in buf:
-            buf += conn.recv(65536)
-        head, _, buf = buf.partition(b"\r\n\r\n")
-        n = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
-        while len(buf) < n:
-            buf += conn.recv(65536)
-        return buf[n:]
-
     def serve():
         conn, _ = srv.accept()
-        buf = read_request(conn, b"")
+        buf = _read_request(conn, b"")
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n"
                      b'{"ok":1}')
-        buf = read_request(conn, buf)
+        buf = _read_request(conn, buf)
         conn.sendall(b"HTTP/1.1 201 Created\r\nX-Other: 1\r\ncontent-length: 8\r\n\r\n{\"ok\":2}")
-        buf = read_request(conn, buf)
+        buf = _read_request(conn, buf)
         conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"ok\r\n"
                      b"3\r\n\":3\r\n1\r\n}\r\n0\r\n\r\n")
-        buf = read_request(conn, buf)
+        buf = _read_request(conn, buf)
         data = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(big) + big
         for i in range(0, len(data), 7000):
             conn.sendall(data[i:i + 7000])
-        buf = read_request(conn, buf)
-        buf = read_request(conn, buf)
+        buf = _read_request(conn, buf)
+        buf = _read_request(conn, buf)
         one = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{\"ok\":%d}"
         conn.sendall(one % 5 + one % 6)
-        buf = read_request(conn, buf)
+        buf = _read_request(conn, buf)
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n"
                      b"Connection: close\r\n\r\n{\"ok\":7}")
         conn.close()
         conn, _ = srv.accept()  # the client reconnects after the close
-        read_request(conn, b"")
+        _read_request(conn, b"")
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n"
                      b'{"ok":8}')
         conn.close()
