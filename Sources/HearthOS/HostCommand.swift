@@ -74,15 +74,10 @@ public enum HostCommand {
             guard lseek(input, 0, SEEK_SET) == 0 else { throw SystemError.current("lseek", "input of \(path)") }
         }
         var pid: Int32 = 0
-        let args = argv.isEmpty ? [path] : argv
-        let rc = withCStrings(args) { a in
-            withCStrings(environment) { e in
-                if let directory {
-                    return directory.withCString { hearth_spawn_host(path, a, e, $0, input, out, &pid) }
-                }
-                return hearth_spawn_host(path, a, e, nil, input, out, &pid)
-            }
-        }
+        let arena = CArena()
+        defer { arena.release() }
+        let rc = hearth_spawn_host(path, arena.stringArray(argv.isEmpty ? [path] : argv), arena.stringArray(environment),
+                                   arena.string(directory), input, out, &pid)
         guard rc == 0 else { throw SystemError("start", path, errno: rc) }
         let ending = wait(pid, timeout: timeout)
         return Outcome(ending: ending, output: readTail(out, limit: outputLimit))
@@ -166,13 +161,5 @@ public enum HostCommand {
             }
             done += n
         }
-    }
-
-    /// A NULL-terminated array of C strings for the call's duration.
-    private static func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
-        var pointers = strings.map { strdup($0) }
-        pointers.append(nil)
-        defer { for p in pointers { free(p) } }
-        return body(pointers)
     }
 }

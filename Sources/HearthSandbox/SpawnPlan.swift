@@ -1,6 +1,7 @@
 import CHearth
 import Glibc
 import HearthCore
+import HearthOS
 
 /// Mount flags and clone flags, spelled out because Glibc imports some of
 /// them as enum cases and some not at all.
@@ -325,36 +326,4 @@ private final class HookBox: @unchecked Sendable {
     let run: @Sendable (Int32) throws -> Void
     var error: (any Error)?
     init(_ run: @escaping @Sendable (Int32) throws -> Void) { self.run = run }
-}
-
-/// Owns the C strings of one spawn call; freed after hearth_spawn returns.
-final class CArena {
-    private var blocks: [UnsafeMutableRawPointer] = []
-    private var arrays: [UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>] = []
-
-    func string(_ s: String?) -> UnsafePointer<CChar>? {
-        guard let s else { return nil }
-        guard let p = strdup(s) else { return nil }
-        blocks.append(UnsafeMutableRawPointer(p))
-        return UnsafePointer(p)
-    }
-
-    func stringArray(_ items: [String]) -> UnsafePointer<UnsafeMutablePointer<CChar>?> {
-        let arr = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: items.count + 1)
-        for (i, s) in items.enumerated() {
-            let p = strdup(s)
-            if let p { blocks.append(UnsafeMutableRawPointer(p)) }
-            arr[i] = p
-        }
-        arr[items.count] = nil
-        arrays.append(arr)
-        return UnsafePointer(arr)
-    }
-
-    func release() {
-        for b in blocks { free(b) }
-        for a in arrays { a.deallocate() }
-        blocks.removeAll()
-        arrays.removeAll()
-    }
 }
