@@ -31,6 +31,8 @@ let package = Package(
                        providers: [.apt(["libseccomp-dev"])]),
         .systemLibrary(name: "CCap", path: "Sources/CCap", pkgConfig: "libcap",
                        providers: [.apt(["libcap-dev"])]),
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
+                       providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
                        providers: [.apt(["zlib1g-dev"])]),
 
@@ -63,9 +65,14 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Finished tasks on disk: SQLite (WAL), batched writes, retention.
+        .target(name: "HearthTaskStore", dependencies: [
+            "HearthCore", "CHearth", "CSQLite",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // Environments, warm replicas, the task channel, scheduler, code bundles, secrets.
         .target(name: "HearthPool", dependencies: [
-            "HearthCore", "HearthOS", "HearthImage", "HearthSandbox", "CHearth",
+            "HearthCore", "HearthOS", "HearthImage", "HearthSandbox", "HearthTaskStore", "CHearth",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -87,7 +94,7 @@ let package = Package(
         ]),
         // HTTP API on the Unix socket.
         .target(name: "HearthServer", dependencies: [
-            "HearthCore", "HearthOS", "HearthImage", "HearthSandbox", "HearthPool", "HearthBuild", "HearthEgress", "HearthRegistry",
+            "HearthCore", "HearthOS", "HearthImage", "HearthSandbox", "HearthPool", "HearthTaskStore", "HearthBuild", "HearthEgress", "HearthRegistry",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
@@ -131,8 +138,9 @@ let package = Package(
         .testTarget(name: "HearthImageTests", dependencies: ["HearthOS", "HearthImage", "HearthCore"]),
         .testTarget(name: "HearthSandboxTests", dependencies: ["HearthOS", "HearthSandbox", "HearthCore"]),
         .testTarget(name: "HearthRegistryTests", dependencies: ["HearthRegistry", "HearthImage", "HearthCore"]),
+        .testTarget(name: "HearthTaskStoreTests", dependencies: ["HearthTaskStore", "HearthCore"]),
         .testTarget(name: "HearthPoolTests", dependencies: [
-            "HearthOS", "HearthPool", "HearthCore", "HearthSandbox",
+            "HearthOS", "HearthPool", "HearthTaskStore", "HearthCore", "HearthSandbox",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),

@@ -116,6 +116,9 @@ public final class Pool: Sendable {
         /// Someone waits for the result: it stays out of the result budget
         /// (never spilled or dropped) until `TaskRegistry.release`.
         public var pinned = false
+        /// The client's id for the task; a second submission with the id of
+        /// a task in memory is that task (a client's retry), not a new one.
+        public var id: String?
         public init(module: String, function: String, kwargs: [UInt8], bundle: String?, timeout: Duration?,
                     identity: String? = nil) {
             self.module = module; self.function = function; self.kwargs = kwargs; self.bundle = bundle; self.timeout = timeout
@@ -152,21 +155,40 @@ public final class Pool: Sendable {
                 }
             }
         }
+        if subs.count == 1, let id = subs[0].id {
+            let t = TaskRecord(id: id, environment: env, module: subs[0].module, function: subs[0].function,
+                               kwargs: subs[0].kwargs, bundle: subs[0].bundle, timeout: subs[0].timeout)
+            if let old = ctx.tasks.addIfAbsent(t) {
+                guard old.environment == env else {
+                    throw HearthError(.conflict, "task id \(id) is already used by a task of environment \"\(old.environment)\"; give each task an id of its own")
+                }
+                if subs[0].pinned { old.pin() }
+                return [old]
+            }
+            return try enqueue([t], in: pool, env: env, pinned: subs[0].pinned, clientID: true)
+        }
         let tasks = subs.map { s in
-            let t = TaskRecord(id: ctx.tasks.newID(), environment: env, module: s.module, function: s.function,
-                               kwargs: s.kwargs, bundle: s.bundle, timeout: s.timeout)
-            if s.pinned { t.pin() }
-            return t
+            TaskRecord(id: ctx.tasks.newID(), environment: env, module: s.module, function: s.function,
+                       kwargs: s.kwargs, bundle: s.bundle, timeout: s.timeout)
         }
         for t in tasks { ctx.tasks.add(t) }
+        return try enqueue(tasks, in: pool, env: env, pinned: subs.first?.pinned == true)
+    }
+
+    /// Journals tasks already in the registry and hands them to their pool;
+    /// refused, they end `failed` with the reason, which is thrown.
+    private func enqueue(_ tasks: [TaskRecord], in pool: EnvironmentPool, env: String, pinned: Bool,
+                         clientID: Bool = false) throws -> [TaskRecord] {
+        if pinned { for t in tasks { t.pin() } }
         ctx.tasks.journal.add(tasks.map { (id: $0.id, environment: env) })
         do {
             try pool.submit(tasks)
         } catch {
             for task in tasks {
                 task.finish(.failed, error: TaskError(type: "Refused", message: HearthError.wrap(error).message))
-                ctx.tasks.retire(task)
-                if subs.first?.pinned == true { ctx.tasks.release(task) }
+                // A client's id stays free for its retry (the task was never accepted).
+                if clientID { ctx.tasks.withdraw(task) } else { ctx.tasks.retire(task) }
+                if pinned { ctx.tasks.release(task) }
             }
             throw error
         }

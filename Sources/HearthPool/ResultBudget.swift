@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import HearthCore
 import HearthSandbox
+import HearthTaskStore
 import Logging
 import Synchronization
 import HearthOS
@@ -26,7 +27,7 @@ public struct ResultBudget: Sendable {
     }
 
     /// How an expired task's message names the limits.
-    var rule: String {
+    public var rule: String {
         let mem = Quantity.formatMemory(Int64(memory)), dsk = Quantity.formatMemory(Int64(disk))
         return "finished tasks' results and logs are kept within --result-budget \(mem) in memory and --result-disk-budget \(dsk) on disk, the oldest dropped first; fetch results sooner or raise those flags"
     }
@@ -171,6 +172,9 @@ enum SpillCodec {
 
     static func encode(_ p: TaskPayload) -> [UInt8] {
         var out = magic
+        // Sized once: a 2 MiB result must not grow through a 4 MiB buffer.
+        out.reserveCapacity(64 + (p.result?.count ?? 0) + (p.error.map { $0.message.utf8.count + ($0.traceback?.utf8.count ?? 0) } ?? 0)
+                            + p.logs.reduce(0) { $0 + 9 + $1.bytes.count })
         func u64(_ v: Int) { for s in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: UInt64(v) >> UInt64(s))) } }
         let r = p.result ?? []
         u64(r.count); out += r
@@ -240,8 +244,14 @@ struct TaskPayload: Sendable {
 /// Keeps finished tasks' payloads within a `ResultBudget`: admits each
 /// task as it is retired, writes spills on the blocking queue, and drops
 /// the oldest when over budget.
+///
+/// With a task store, the store is the disk tier: every finished task is
+/// written there anyway, so a payload over the memory budget is only
+/// released (the store has it, within its own payload budget); spill
+/// files are used when records are not kept (`--task-retention 0`).
 final class ResultStore: Sendable {
     let budget: ResultBudget
+    let store: TaskStore?
     private let logger: Logger?
     private struct State {
         var ledger: RetentionLedger
@@ -249,10 +259,11 @@ final class ResultStore: Sendable {
     }
     private let state: Mutex<State>
 
-    init(budget: ResultBudget, logger: Logger?) {
+    init(budget: ResultBudget, store: TaskStore? = nil, logger: Logger?) {
         self.budget = budget
+        self.store = store
         self.logger = logger
-        state = Mutex(State(ledger: RetentionLedger(memoryBudget: budget.memory, diskBudget: budget.disk)))
+        state = Mutex(State(ledger: RetentionLedger(memoryBudget: budget.memory, diskBudget: store == nil ? budget.disk : 0)))
     }
 
     /// Makes `<dir>` (0700) and removes what an earlier daemon spilled:
@@ -305,7 +316,7 @@ final class ResultStore: Sendable {
             switch a {
             case .drop(let id, let fromDisk):
                 let t = state.withLock { $0.records.removeValue(forKey: id) }
-                t?.expire(budget.rule)
+                if let store, !fromDisk { t?.markArchived(store) } else { t?.expire(budget.rule) }
                 if fromDisk { unlink(path(for: id)) }
             case .spill(let id):
                 guard let t = state.withLock({ $0.records[id] }) else { continue }

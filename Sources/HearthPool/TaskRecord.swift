@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import HearthCore
 import HearthSandbox
+import HearthTaskStore
 import Logging
 import Synchronization
 
@@ -123,6 +124,21 @@ public final class TaskRecord: Sendable {
         return true
     }
 
+    /// Returns once the task is final, or after `timeout`, whichever is first.
+    public func waitUntilFinal(timeout: Duration) async {
+        if isFinal || timeout <= .zero { return }
+        final class Once: Sendable { let done = Atomic<Bool>(false) }
+        let once = Once()
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let resume: @Sendable () -> Void = {
+                if !once.done.exchange(true, ordering: .acquiringAndReleasing) { c.resume() }
+            }
+            whenFinished(resume)
+            let ns = timeout.components.seconds * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
+            DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(ns)), execute: resume)
+        }
+    }
+
     /// Runs `observer` once the task is final (now, if it already is).
     public func whenFinished(_ observer: @escaping @Sendable () -> Void) {
         let now: Bool = state.withLock {
@@ -185,6 +201,8 @@ enum PayloadPlace: Sendable {
     case disk(String)
     /// Dropped over budget: the budget's rule, for the error.
     case expired(String)
+    /// Released from memory; the task store has it (or says why not).
+    case archived(TaskStore)
 }
 
 /// A task whose result or logs were dropped over the result budget: HTTP
@@ -246,6 +264,34 @@ extension TaskRecord {
         }
     }
 
+    /// The payload left memory for the task store, which has it.
+    func markArchived(_ store: TaskStore) {
+        state.withLock { s in
+            guard case .memory = s.payload else { return }
+            Self.release(&s)
+            s.payload = .archived(store)
+        }
+    }
+
+    /// The task's row for the task store, made later on the store's thread
+    /// from what is captured now (arrays are shared, not copied): the
+    /// snapshot with the error's summary, and the payload if in memory.
+    func archiveRow() -> @Sendable () -> TaskStore.Row {
+        let (snap, payload) = state.withLock { s -> (TaskSnapshot, TaskPayload?) in
+            var snap = snapshot(of: s)
+            snap.error = s.error.map(Self.summary)
+            guard case .memory = s.payload else { return (snap, nil) }
+            return (snap, TaskPayload(result: s.result, error: s.error, logs: s.logs.entries, logsDropped: s.logs.dropped))
+        }
+        let finished = Date().timeIntervalSince1970
+        return {
+            var w = JSONWriter(capacity: 320)
+            snap.writeJSON(&w)
+            return TaskStore.Row(id: snap.id, environment: snap.environment, finished: finished, snapshot: w.bytes,
+                                 payload: payload.map(SpillCodec.encode))
+        }
+    }
+
     private static func release(_ s: inout State) {
         s.result = nil
         s.error = s.error.map(summary)
@@ -275,6 +321,8 @@ extension TaskRecord {
             var full = snap
             full.error = payload.error ?? snap.error
             return Self.json(full, result: payload.result)
+        case .archived(let store):
+            return try await ArchivedTask.read(id, from: store, fallback: snap).fullJSON()
         }
     }
 
@@ -288,6 +336,8 @@ extension TaskRecord {
         case .disk(let path):
             let payload = try await readSpill(path, what: "logs")
             return (payload.logs, payload.logsDropped > 0)
+        case .archived(let store):
+            return try await ArchivedTask.read(id, from: store, fallback: snapshot).fullLogs()
         }
     }
 
@@ -366,11 +416,20 @@ public final class TaskRegistry: Sendable {
     /// kept in memory without one (unit tests).
     let results: ResultStore?
 
+    /// Finished tasks on disk (`--task-retention`); nil: none kept past
+    /// the daemon's memory.
+    public let store: TaskStore?
+
     public init(journalDir: String, keepFinished: Int = 10_000, results budget: ResultBudget? = nil,
-                logger: Logger? = nil) {
+                store: TaskStore? = nil, logger: Logger? = nil) {
         journal = TaskJournal(dir: journalDir)
         self.keepFinished = keepFinished
-        results = budget.map { ResultStore(budget: $0, logger: logger) }
+        self.store = store
+        results = budget.map { ResultStore(budget: $0, store: store, logger: logger) }
+        // A task leaves the journal once its record is on disk: a crash
+        // before the commit reports it lost rather than forgetting it.
+        let journal = journal
+        store?.onCommit { journal.remove($0) }
     }
 
     /// Makes the spill directory and empties it (finished tasks do not
@@ -386,11 +445,28 @@ public final class TaskRegistry: Sendable {
 
     func add(_ t: TaskRecord) { state.withLock { $0.tasks[t.id] = t } }
 
+    /// Forgets a task that was never accepted (its id may come again).
+    func withdraw(_ t: TaskRecord) {
+        state.withLock { s in
+            if s.tasks[t.id] === t { s.tasks.removeValue(forKey: t.id) }
+        }
+        journal.remove([t.id])
+    }
+
+    /// Adds `t` unless a task with its id is known; returns that one then.
+    func addIfAbsent(_ t: TaskRecord) -> TaskRecord? {
+        state.withLock { s in
+            if let old = s.tasks[t.id] { return old }
+            s.tasks[t.id] = t
+            return nil
+        }
+    }
+
     public func get(_ id: String) -> TaskRecord? { state.withLock { $0.tasks[id] } }
 
     /// Remembers a finished task for later GETs; evicts the oldest beyond the bound.
     func retire(_ t: TaskRecord) {
-        journal.remove(t.id)
+        if let store { store.enqueue(t.id, t.archiveRow()) } else { journal.remove([t.id]) }
         let evicted: [String] = state.withLock {
             $0.finishedOrder.append(t.id)
             guard $0.finishedOrder.count > keepFinished else { return [] }
@@ -404,10 +480,79 @@ public final class TaskRegistry: Sendable {
         if t.readyForBudget() { results?.admit(t) }
     }
 
+    /// A finished task no longer in memory (evicted, or finished before
+    /// the daemon restarted), from the task store; nil when it has none.
+    public func archived(_ id: String) async throws -> ArchivedTask? {
+        guard let store else { return nil }
+        return try await ArchivedTask.lookup(id, in: store)
+    }
+
+    /// Why a task that is nowhere is not found.
+    public var notFoundRule: String {
+        if let store { return store.retention.recordRule }
+        return "finished tasks are kept in memory for the last \(keepFinished), and none are kept on disk (--task-retention 0)"
+    }
+
     /// A pinned task's waiter has its result: the budget takes it from here.
     public func release(_ t: TaskRecord) {
         // One the registry evicted meanwhile has nobody to fetch it: not admitted.
         if t.unpin(), get(t.id) === t { results?.admit(t) }
+    }
+}
+
+/// A finished task as the task store has it.
+public struct ArchivedTask: Sendable {
+    /// With the error's summary; its result is in `payload`.
+    public let snapshot: TaskSnapshot
+    let payload: TaskPayload?
+    /// Why the payload is gone, when it is.
+    let expired: String?
+
+    /// Blocking work off the caller's thread; nil when the store has no row.
+    static func lookup(_ id: String, in store: TaskStore) async throws -> ArchivedTask? {
+        try await Blocking.run { () throws -> ArchivedTask? in
+            guard let row = try store.row(id) else { return nil }
+            return try ArchivedTask(row)
+        }
+    }
+
+    /// For a task whose payload was released to the store: its row, or,
+    /// if retention removed it meanwhile, the snapshot with that rule.
+    static func read(_ id: String, from store: TaskStore, fallback: TaskSnapshot) async throws -> ArchivedTask {
+        if let a = try await lookup(id, in: store) { return a }
+        return ArchivedTask(snapshot: fallback, payload: nil, expired: store.retention.recordRule)
+    }
+
+    init(snapshot: TaskSnapshot, payload: TaskPayload?, expired: String?) {
+        self.snapshot = snapshot; self.payload = payload; self.expired = expired
+    }
+
+    init(_ row: TaskStore.Row) throws {
+        do {
+            snapshot = try JSONDecoder().decode(TaskSnapshot.self, from: Data(row.snapshot))
+            payload = try row.payload.map(SpillCodec.decode)
+        } catch {
+            throw HearthError(.internal, "task \(row.id)'s record in the task store is unreadable: \(error)")
+        }
+        expired = row.expired ?? (row.payload == nil ? "its result was not stored" : nil)
+    }
+
+    /// The task as the API shows it; throws `ResultExpired` without a payload.
+    public func fullJSON() throws -> [UInt8] {
+        guard let payload else { throw expiredError("result") }
+        var full = snapshot
+        full.error = payload.error ?? snapshot.error
+        return TaskRecord.json(full, result: payload.result)
+    }
+
+    public func fullLogs() throws -> (entries: [LogBuffer.Entry], truncated: Bool) {
+        guard let payload else { throw expiredError("logs") }
+        return (payload.logs, payload.logsDropped > 0)
+    }
+
+    private func expiredError(_ what: String) -> ResultExpired {
+        ResultExpired(message: "the \(what) of task \(snapshot.id) (\(snapshot.state.rawValue)) expired: \(expired ?? "")",
+                      task: snapshot)
     }
 }
 
@@ -454,11 +599,13 @@ public final class TaskJournal: Sendable {
         }
     }
 
-    /// Records a task as ended; nothing for one never added.
-    func remove(_ id: String) {
+    /// Records tasks as ended, in one write; nothing for ids never added.
+    func remove(_ ids: [String]) {
         state.withLock { s in
-            guard s.live.removeValue(forKey: id) != nil else { return }
-            append(&s, "-\(id)\n")
+            var text = ""
+            for id in ids where s.live.removeValue(forKey: id) != nil { text += "-\(id)\n" }
+            guard !text.isEmpty else { return }
+            append(&s, text)
             if s.bytes > Self.compactBytes { compact(&s) }
         }
     }

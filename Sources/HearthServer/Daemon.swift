@@ -5,6 +5,7 @@ import HearthCore
 import HearthEgress
 import HearthImage
 import HearthPool
+import HearthTaskStore
 import HearthRegistry
 import Metrics
 import Prometheus
@@ -48,9 +49,13 @@ public struct DaemonOptions: Sendable {
     /// Bytes of finished tasks' results and logs kept in memory
     /// (`--result-budget`); past it the oldest are spilled to disk.
     public var resultBudget = ResultBudget.defaultMemory
-    /// Bytes of spilled results kept under `<root>/results`
-    /// (`--result-disk-budget`); past it the oldest are dropped. 0: no spilling.
+    /// Bytes of finished tasks' results and logs kept on disk, in the task
+    /// store (or, with records off, as spill files under `<root>/results`)
+    /// (`--result-disk-budget`); past it the oldest are dropped.
     public var resultDiskBudget = ResultBudget.defaultDisk
+    /// How long and how many finished tasks' records are kept on disk, in
+    /// `<root>/tasks/tasks.db` (`--task-retention`).
+    public var taskRetention = TaskRetention.default
     /// Directory holding the `hearth` Python package (the worker).
     public var workerDir: String = "/usr/local/lib/hearth/python"
     /// The memory limit of every replica whose spec sets none (environment
@@ -137,9 +142,10 @@ public enum Daemon {
         let workerDir = try WorkerPackage.prepare(source: options.workerDir, stateRoot: options.stateRoot, logger: logger)
         let code = try CodeStore(stateRoot: options.stateRoot)
         let secrets = try SecretStore(stateRoot: options.stateRoot)
-        let tasks = TaskRegistry(journalDir: options.stateRoot + "/tasks",
-                                 results: ResultBudget(memory: options.resultBudget, disk: options.resultDiskBudget,
-                                                       dir: options.stateRoot + "/results"),
+        let budget = ResultBudget(memory: options.resultBudget, disk: options.resultDiskBudget,
+                                  dir: options.stateRoot + "/results")
+        let taskStore = try Self.openTaskStore(options, budget: budget, logger: logger)
+        let tasks = TaskRegistry(journalDir: options.stateRoot + "/tasks", results: budget, store: taskStore,
                                  logger: logger)
         try tasks.prepareResults()
         // One event loop serves HTTP and reads every replica's result frames,
@@ -290,11 +296,32 @@ public enum Daemon {
         try? await io.shutdownGracefully()
         await egress.shutdown()
         do { try tasks.removeSpilledResults() } catch { logger.warning("removing spilled results: \(error)") }
+        taskStore?.close()
         try? runtime.cleanupStale()
         try? runtime.cgroups.removeSubtree()
         bind.remove()
         ReplicaEvents.shutdown()
         logger.info("hearthd stopped")
+    }
+
+    /// `<root>/tasks/tasks.db`, or nil with `--task-retention 0` (then an
+    /// earlier daemon's records are removed: none are to be kept).
+    static func openTaskStore(_ options: DaemonOptions, budget: ResultBudget, logger: Logger) throws -> TaskStore? {
+        let dir = options.stateRoot + "/tasks"
+        try FS.makeDirectory(dir, mode: 0o700)
+        let path = dir + "/tasks.db"
+        guard !options.taskRetention.isOff else {
+            for suffix in ["", "-wal", "-shm"] where unlink(path + suffix) != 0 && errno != ENOENT {
+                throw SystemError.current("unlink", path + suffix)
+            }
+            return nil
+        }
+        let retention = TaskStore.Retention(maxAge: options.taskRetention.maxAge, maxCount: options.taskRetention.maxCount,
+                                            payloadBudget: budget.disk, payloadRule: budget.rule)
+        let store = try TaskStore(path: path, retention: retention, logger: logger)
+        let usage = store.usage
+        logger.info("task store \(path): \(usage.rows) finished task(s), \(Quantity.formatMemory(Int64(usage.payloadBytes))) of results and logs")
+        return store
     }
 
     static func defaultSubtree(for root: String) -> String {

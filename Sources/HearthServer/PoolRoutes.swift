@@ -79,18 +79,39 @@ struct PoolRoutes: Sendable {
             w.bytes.append(0x5d)
             return jsonBytes(w.bytes)
         }
-        router.get("/v1/tasks/:id") { _, context in
-            return jsonBytes(try await task(context).fullJSON())
+        router.get("/v1/tasks/:id") { request, context in
+            switch try await task(context) {
+            case .live(let t):
+                // ?wait=S: answer when the task ends, or after S seconds as it is then.
+                if let text = request.uri.queryParameters.get("wait") {
+                    guard let s = Double(text), s >= 0, s <= 60 else {
+                        throw HearthError.invalid("wait: \"\(text.prefix(40))\" is not a number of seconds from 0 to 60")
+                    }
+                    await t.waitUntilFinal(timeout: .milliseconds(Int64(s * 1000)))
+                }
+                return jsonBytes(try await t.fullJSON())
+            case .archived(let a): return jsonBytes(try a.fullJSON())
+            }
         }
         router.get("/v1/tasks/:id/logs") { _, context in
-            let t = try task(context)
-            let (logs, truncated) = try await t.fullLogs()
+            let id = context.parameters.get("id") ?? ""
+            let (logs, truncated): ([LogBuffer.Entry], Bool)
+            switch try await task(context) {
+            case .live(let t): (logs, truncated) = try await t.fullLogs()
+            case .archived(let a): (logs, truncated) = try a.fullLogs()
+            }
             let entries = logs.map { TaskLogs.Entry(stream: $0.stream.rawValue, text: String(decoding: $0.bytes, as: UTF8.self)) }
-            return try json(TaskLogs(id: t.id, entries: entries, truncated: truncated))
+            return try json(TaskLogs(id: id, entries: entries, truncated: truncated))
         }
         router.delete("/v1/tasks/:id") { _, context in
-            let t = try await pool.cancel(context.parameters.get("id") ?? "")
-            return jsonBytes(t.jsonBytes, status: .accepted)
+            switch try await task(context) {
+            case .live(let t):
+                let t = try await pool.cancel(t.id)
+                return jsonBytes(t.jsonBytes, status: .accepted)
+            case .archived(let a):
+                // Finished before: nothing to cancel, as for a finished task in memory.
+                return jsonBytes(a.snapshot.jsonBytes, status: .accepted)
+            }
         }
         // Lets a client skip the upload of a bundle the daemon already has.
         router.get("/v1/code/:sha") { _, context in
@@ -160,6 +181,10 @@ struct PoolRoutes: Sendable {
             let req = try parseTaskRequest(body)
             var sub = try submission(req.module, req.function, req.kwargs ?? Array("{}".utf8), req.bundle, req.timeout,
                                      req.identity)
+            if let id = req.id {
+                try Self.checkClientID(id)
+                sub.id = id
+            }
             wait = req.wait == true
             sub.pinned = wait
             task = try pool.submitMany(env, [sub])[0]
@@ -180,12 +205,31 @@ struct PoolRoutes: Sendable {
         }
     }
 
-    private func task(_ context: HearthRequestContext) throws -> TaskRecord {
-        let id = context.parameters.get("id") ?? ""
-        guard let t = pool.tasks.get(id) else {
-            throw HearthError(.notFound, "task \(id) not found (finished tasks are kept for the last 10,000)")
+    /// A client's task id: a safe file name, never one of the daemon's own
+    /// (`t-…`), so the two cannot collide.
+    static func checkClientID(_ id: String) throws {
+        let rule = "give 1 to 128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit and not with \"t-\" (the daemon's own ids)"
+        let u = Array(id.utf8)
+        func ok(_ c: UInt8) -> Bool {
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c == 0x2e || c == 0x5f || c == 0x3a || c == 0x2d
         }
-        return t
+        guard (1...128).contains(u.count), let f = u.first, ok(f), f != 0x2e, f != 0x5f, f != 0x3a, f != 0x2d,
+              u.allSatisfy(ok), !id.hasPrefix("t-") else {
+            throw HearthError.invalid("id: \"\(id.prefix(200))\" is not a task id; \(rule)")
+        }
+    }
+
+    enum FoundTask {
+        case live(TaskRecord)
+        case archived(ArchivedTask)
+    }
+
+    /// The task in memory, or else from the task store.
+    private func task(_ context: HearthRequestContext) async throws -> FoundTask {
+        let id = context.parameters.get("id") ?? ""
+        if let t = pool.tasks.get(id) { return .live(t) }
+        if let a = try await pool.tasks.archived(id) { return .archived(a) }
+        throw HearthError(.notFound, "task \(id) not found (\(pool.tasks.notFoundRule))")
     }
 
     private func submission(_ module: String, _ function: String, _ kwargs: [UInt8], _ bundle: String?,
@@ -281,6 +325,8 @@ struct RawTaskRequest {
     var timeout: Double?
     var wait: Bool?
     var identity: String?
+    /// The client's own id for the task (idempotent resubmission).
+    var id: String?
 }
 
 /// A batch request with each input kept as the client wrote it.
@@ -307,7 +353,7 @@ func parseTaskRequest(_ body: ByteBuffer) throws -> RawTaskRequest {
     let (f, kwargs) = try parseRequest(body, rawKey: "kwargs", what: "task request")
     return RawTaskRequest(module: try f.string("module"), function: try f.string("function"), kwargs: kwargs,
                           bundle: try f.optString("bundle"), timeout: try f.optDouble("timeout"),
-                          wait: try f.optBool("wait"), identity: try f.optString("identity"))
+                          wait: try f.optBool("wait"), identity: try f.optString("identity"), id: try f.optString("id"))
 }
 
 func parseBatchRequest(_ body: ByteBuffer) throws -> RawBatchRequest {

@@ -53,11 +53,14 @@ struct HearthdCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Run replicas in user namespaces by default (root inside is an unprivileged host uid; a spec's user_namespace: false opts out).")
     var userns = false
 
-    @Option(name: .long, help: ArgumentHelp("Bytes of finished tasks' results and logs kept in memory; past it the oldest are spilled to <root>/results (e.g. 256Mi).", valueName: "SIZE"))
+    @Option(name: .long, help: ArgumentHelp("Bytes of finished tasks' results and logs kept in memory; past it the oldest are read back from disk (e.g. 256Mi).", valueName: "SIZE"))
     var resultBudget: String = "256Mi"
 
-    @Option(name: .long, help: ArgumentHelp("Bytes of spilled results kept on disk; past it the oldest are dropped and fetching them gives result_expired (0: no spilling).", valueName: "SIZE"))
+    @Option(name: .long, help: ArgumentHelp("Bytes of finished tasks' results and logs kept on disk, in the task store; past it the oldest are dropped and fetching them gives result_expired (0: none on disk).", valueName: "SIZE"))
     var resultDiskBudget: String = "1Gi"
+
+    @Option(name: .long, help: ArgumentHelp("How long finished tasks' records (state, timings, error, result, last 1 MiB of logs) are kept in <root>/tasks/tasks.db, across restarts, and at most how many (0: none kept on disk).", valueName: "AGE[,COUNT]"))
+    var taskRetention: String = "24h,100000"
     @Option(name: .long, help: ArgumentHelp("Memory limit of every replica whose spec sets none (environments, sandboxes, spares); 0 or none: no limit.", valueName: "SIZE"))
     var defaultMemory: String = "1Gi"
 
@@ -93,8 +96,9 @@ struct HearthdCommand: AsyncParsableCommand {
             throw ValidationError("--spares: \(spares) is out of range; use 0 (off) to 16")
         }
         guard spareTtl > 0 else { throw ValidationError("--spare-ttl: \(spareTtl) must be a positive number of seconds") }
-        let memoryBudget: Int64, diskBudget: Int64
+        let memoryBudget: Int64, diskBudget: Int64, retention: TaskRetention
         do {
+            retention = try TaskRetention.parse(taskRetention)
             memoryBudget = try Quantity.parseMemory(resultBudget, field: "--result-budget")
             diskBudget = resultDiskBudget.trimmingCharacters(in: .whitespaces) == "0"
                 ? 0 : try Quantity.parseMemory(resultDiskBudget, field: "--result-disk-budget")
@@ -134,6 +138,7 @@ struct HearthdCommand: AsyncParsableCommand {
         options.userNamespaces = userns
         options.resultBudget = Int(clamping: memoryBudget)
         options.resultDiskBudget = Int(clamping: diskBudget)
+        options.taskRetention = retention
         options.defaultMemory = memory
         options.egressAllow = egressAllow
         options.scratchDir = scratch.map { ($0 as NSString).standardizingPath }

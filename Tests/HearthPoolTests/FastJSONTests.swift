@@ -117,8 +117,8 @@ final class TaskJournalTests: XCTestCase {
         let first = TaskRegistry(journalDir: dir)
         try first.journal.open()
         first.journal.add([(id: "t-a-1", environment: "e1"), (id: "t-a-2", environment: "e2"), (id: "t-a-3", environment: "e1")])
-        first.journal.remove("t-a-2")
-        first.journal.remove("t-never")  // not added: nothing written
+        first.journal.remove(["t-a-2"])
+        first.journal.remove(["t-never"])  // not added: nothing written
 
         // A second daemon on the same root (the first "crashed").
         let second = TaskRegistry(journalDir: dir)
@@ -147,7 +147,7 @@ final class TaskJournalTests: XCTestCase {
         for round in 0..<(TaskJournal.compactBytes / (batch * 20) + 10) {
             let ids = (0..<batch).map { "t-\(round)-\($0)" }
             reg.journal.add(ids.map { (id: $0, environment: "env") })
-            for id in ids { reg.journal.remove(id) }
+            reg.journal.remove(ids)
         }
         var st = stat()
         XCTAssertEqual(stat(dir + "/journal", &st), 0)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from hearth_bench import burst, floor, peers, pull, spares
 from hearth_bench.client import APIError, Client, LeanClient, histogram, histogram_delta, parse_prometheus
 from hearth_bench.daemon import Daemon, pids_in_cgroup_subtree, rss_bytes
-from hearth_bench.stats import histogram_quantile, summarize
+from hearth_bench.stats import format_seconds, histogram_quantile, summarize
 
 IMAGE = "hearth/python:3.11"
 # The two ways a new environment gets its first replica; the goals and the
@@ -226,6 +226,8 @@ class Runner:
                 self.warm_numpy()
             log("throughput")
             results["throughput"] = [self.throughput(2), self.throughput(1)]
+            log("task records: on against off")
+            results["persistence"] = self.persistence()
             log("burst: scaling against fixed replica counts")
             try:
                 results["burst"] = burst.burst(self.api, self.bundle, 200, 3.0 if self.quick else 10.0, log)
@@ -585,6 +587,72 @@ class Runner:
         api.delete_env(name)
         return {"replicas": replicas, "tasks": n, "seconds": t, "tasks_per_second": n / t}
 
+    def persistence(self) -> Optional[Dict[str, Any]]:
+        """What writing finished tasks to the task store costs: two fresh
+        private daemons alike but for `--task-retention` (the default, and
+        0), warm round trips in alternating blocks and the map form on each
+        in turn, so both see the same machine and the same history."""
+        if not self.daemon.supports("--task-retention"):
+            for key in ("persist-on", "persist-off"):
+                self.unavailable[key] = "this hearthd build has no --task-retention option"
+            return None
+        daemons = {
+            "persist-on": Daemon(self.bin_dir, os.path.join(self.repo, "python"), os.path.join(self.work, "records"),
+                                 extra_args=["--spares", "0"], cgroup_suffix="-records"),
+            "persist-off": Daemon(self.bin_dir, os.path.join(self.repo, "python"), os.path.join(self.work, "no-records"),
+                                  extra_args=["--spares", "0", "--task-retention", "0"], cgroup_suffix="-norecords"),
+        }
+        sides: List[Tuple[str, Client, str]] = []
+        try:
+            for key, d in daemons.items():
+                api = d.start()
+                sides.append((key, api, ""))
+                d.import_image(api, os.path.join(self.repo, "rootfs/out/python-3.11"), IMAGE)
+                sides[-1] = (key, api, api.upload_code({"benchmod.py": BENCHMOD}))
+            for _, api, bundle in sides:
+                api.apply(env_yaml("bench-persist"))
+                for _ in range(50):
+                    api.task("bench-persist", "benchmod", "trivial", bundle)
+            n, block = self.sizes.warm // 2, self.sizes.block
+            for _ in range(max(1, n // block)):
+                for key, api, bundle in sides:
+                    for _ in range(block):
+                        t, _ = timed(lambda: api.task("bench-persist", "benchmod", "trivial", bundle))
+                        self.add(key, t)
+            maps: Dict[str, List[float]] = {key: [] for key in daemons}
+            inputs = [{"x": i} for i in range(self.sizes.throughput)]
+            for _ in range(3 if self.quick else 5):
+                for key, api, bundle in sides:
+                    t, res = timed(lambda: api.batch("bench-persist", "benchmod", "inc", bundle, inputs))
+                    if any(r.get("state") != "succeeded" for r in res):
+                        raise RuntimeError(f"batch on the {key} daemon: a task failed")
+                    maps[key].append(len(inputs) / t)
+            out: Dict[str, Any] = {key: {"map_tasks_per_second": sorted(v)[len(v) // 2],
+                                         "rss": rss_bytes(daemons[key].pid)} for key, v in maps.items()}
+            on_m, off_m = (summarize(self.samples[k]).get("median") if self.samples.get(k) else None
+                           for k in ("persist-on", "persist-off"))
+            if on_m and off_m:
+                out["warm_ratio"] = on_m / off_m
+            out["map_ratio"] = out["persist-on"]["map_tasks_per_second"] / out["persist-off"]["map_tasks_per_second"]
+            self.notes.append(
+                "Task records: two fresh private daemons alike but for `--task-retention` (the default, records "
+                "written; and 0, none), warm round trips (minimal API client, `wait: true`) in alternating blocks: "
+                f"median {format_seconds(on_m)} against {format_seconds(off_m)} "
+                f"({out.get('warm_ratio', float('nan')):.2f}×); the map form ({len(inputs):,} tasks, 1 replica, "
+                f"median of runs): {out['persist-on']['map_tasks_per_second']:,.0f} against "
+                f"{out['persist-off']['map_tasks_per_second']:,.0f} tasks/s ({out['map_ratio']:.2f}×).")
+            return out
+        except Exception as e:
+            for key in daemons:
+                self.samples.pop(key, None)
+                self.unavailable[key] = f"{type(e).__name__}: {str(e)[:300]}"
+            return None
+        finally:
+            for _, api, _ in sides:
+                api.close()
+            for d in daemons.values():
+                d.stop()
+
     def memory(self, idle_rss: Optional[int]) -> List[Dict[str, Any]]:
         api, n = self.api, self.sizes.memory_replicas
         name = "bench-mem"
@@ -680,6 +748,8 @@ class Runner:
         "warm-api-lean": ("warm", "raw API, kept-alive, minimal HTTP/1.1 client (no http.client)"),
         "warm-api-router": ("warm", "raw API, kept-alive, minimal client, through the router (`?via=router`)"),
         "warm-api-fresh": ("warm", "raw API, new connection per task"),
+        "persist-on": ("warm", "raw API, kept-alive, a fresh daemon writing task records (the default); alternating with the next row"),
+        "persist-off": ("warm", "raw API, kept-alive, a fresh daemon with `--task-retention 0` (no records)"),
         "warm-queued": ("warm", "daemon: request in → run frame out (task queuedMicros)"),
         "warm-dispatch": ("warm", "daemon dispatch: run frame out → result in (task runMicros)"),
         "hearth-spare": ("cold", SPARE_LABEL),

@@ -377,6 +377,25 @@ class ActorEnvironment(object):
                 self._reapply_if_stale(c, e, attempt)
         raise AssertionError("unreachable")
 
+    def _post_task(self, c, path, body, what):
+        """``_post`` of one task with an id of its own: if hearthd goes
+        away before it answers, the call waits for it and asks for the task
+        by id (``_client.recover_task``) rather than fail or run it twice."""
+        _client = sys.modules["hearth._client"]
+        body["id"] = _client.task_id()
+        try:
+            return self._post(c, path, body, what)
+        except _client.DaemonUnavailable as e:
+            return _client.recover_task(c, body["id"], e, lambda: self._post(c, path, body, what), what)
+
+    async def _apost_task(self, ac, c, path, body, what):
+        _client = sys.modules["hearth._client"]
+        body["id"] = _client.task_id()
+        try:
+            return await self._apost(ac, c, path, body, what)
+        except _client.DaemonUnavailable as e:
+            return await _client.arecover_task(ac, body["id"], e, lambda: self._apost(ac, c, path, body, what), what)
+
     def _body(self, c, body):
         body["identity"] = self._applied.get(c.path)
         return sys.modules["hearth._client"].compact_json(body)
@@ -486,7 +505,7 @@ class ActorTask(object):
         ac = _async_client_for(self.environment.socket)
         for attempt in range(self.retries + 1):
             t0 = time.perf_counter()
-            snap = await self.environment._apost(ac, c, path, body, "task %s" % self.__qualname__)
+            snap = await self.environment._apost_task(ac, c, path, body, "task %s" % self.__qualname__)
             total = int((time.perf_counter() - t0) * 1e6)
             try:
                 return self._outcome(snap, total)
@@ -522,7 +541,7 @@ class ActorTask(object):
         path = "/v1/environments/%s/tasks" % self.environment.name
         for attempt in range(self.retries + 1):
             t0 = time.perf_counter()
-            snap = self.environment._post(c, path, body, "task %s" % self.__qualname__)
+            snap = self.environment._post_task(c, path, body, "task %s" % self.__qualname__)
             total = int((time.perf_counter() - t0) * 1e6)
             try:
                 value = self._outcome(snap, total)

@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import threading
+import time
 
 from hearth import _protocol
 from hearth._errors import (APIError, DaemonUnavailable, EnvironmentRefused, QueueFull, ResultExpired,
@@ -290,6 +291,99 @@ class Client(object):
 
 _lock = threading.Lock()
 _clients = {}
+
+# Task ids the SDK gives its tasks (`POST … {"id": …}`), so a call whose
+# connection hearthd dropped can ask for its task by id instead of running
+# it again. Random per process (and again in a forked child), then a count.
+_ids = {"prefix": "c-" + os.urandom(8).hex(), "next": 0}
+
+
+def _new_prefix():
+    _ids["prefix"] = "c-" + os.urandom(8).hex()
+    _ids["next"] = 0
+
+
+os.register_at_fork(after_in_child=_new_prefix)
+
+
+def task_id():
+    """A task id of this process, unique among its calls."""
+    with _lock:
+        _ids["next"] += 1
+        return "%s-%d" % (_ids["prefix"], _ids["next"])
+
+
+FINAL_STATES = ("succeeded", "failed", "cancelled", "lost")
+_MISSING = object()
+
+
+def reconnect_timeout():
+    """How long a task call waits for hearthd to come back after it went
+    away mid-call (``HEARTH_RECONNECT_TIMEOUT`` seconds, default 60; 0: no wait)."""
+    text = os.environ.get("HEARTH_RECONNECT_TIMEOUT", "60")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("HEARTH_RECONNECT_TIMEOUT: %r is not a number of seconds" % text) from None
+    if not value >= 0:
+        raise ValueError("HEARTH_RECONNECT_TIMEOUT: %r must be 0 or more seconds" % text)
+    return value
+
+
+def _gave_up(error, tid, waited):
+    return DaemonUnavailable("%s; task %s: waited %.0f s (HEARTH_RECONNECT_TIMEOUT) for hearthd to answer for it "
+                             "again; ask later with `hearth result %s`" % (error, tid, waited, tid))
+
+
+def recover_task(c, tid, error, resubmit, what=None):
+    """hearthd went away while a task call waited (``error``, a
+    DaemonUnavailable): wait for it to come back, within
+    ``reconnect_timeout()``, and ask for the task by id. A task it knows
+    (finished before, or ended while it was down) is answered from there
+    and never run twice; one it never accepted is submitted again by
+    ``resubmit()`` (same id)."""
+    limit = reconnect_timeout()
+    start = time.monotonic()
+    delay = 0.05
+    while True:
+        try:
+            snap = c.call("GET", "/v1/tasks/%s?wait=20" % tid, what=what, not_found=_MISSING)
+            if snap is _MISSING:
+                return resubmit()
+            if snap.get("state") in FINAL_STATES:
+                return snap
+            continue  # still queued or running: wait again
+        except DaemonUnavailable as e:
+            error = e
+        waited = time.monotonic() - start
+        if waited >= limit:
+            raise _gave_up(error, tid, waited) from None
+        time.sleep(min(delay, max(0.0, limit - waited)))
+        delay = min(delay * 2, 1.0)
+
+
+async def arecover_task(ac, tid, error, resubmit, what=None):
+    """``recover_task`` for asyncio code; ``resubmit`` is a coroutine function."""
+    import asyncio
+
+    limit = reconnect_timeout()
+    start = time.monotonic()
+    delay = 0.05
+    while True:
+        try:
+            snap = await ac.call("GET", "/v1/tasks/%s?wait=20" % tid, what=what, not_found=_MISSING)
+            if snap is _MISSING:
+                return await resubmit()
+            if snap.get("state") in FINAL_STATES:
+                return snap
+            continue
+        except DaemonUnavailable as e:
+            error = e
+        waited = time.monotonic() - start
+        if waited >= limit:
+            raise _gave_up(error, tid, waited) from None
+        await asyncio.sleep(min(delay, max(0.0, limit - waited)))
+        delay = min(delay * 2, 1.0)
 
 
 def _connect_error(path, e):

@@ -9,8 +9,9 @@ inside each replica's pid namespace is the same), and the daemon keeps
 serving.
 
 Results: finished tasks' results and logs stay within `--result-budget`
-(memory) and `--result-disk-budget` (spilled to <root>/results); the oldest
-past both answer 410 `result_expired`.
+(memory) and `--result-disk-budget` (on disk: in the task store, or, with
+`--task-retention 0`, spilled to <root>/results); the oldest past both
+answer 410 `result_expired`.
 """
 import json
 import os
@@ -230,6 +231,13 @@ def small():
     yield from running_daemon("hearth-rb", extra_args=["--result-budget", "4Mi", "--result-disk-budget", "8Mi"])
 
 
+@pytest.fixture(scope="module")
+def spilling():
+    # No task records on disk: results past the memory budget are spilled files.
+    yield from running_daemon("hearth-rs", extra_args=["--result-budget", "4Mi", "--result-disk-budget", "8Mi",
+                                                       "--task-retention", "0"])
+
+
 def test_results_past_both_budgets_expire_and_recent_ones_stay(small):
     hd = small
     code = upload(hd)
@@ -306,8 +314,26 @@ def test_control_the_default_budget_keeps_them_all_and_rss_shows_it(hd, code):
     assert status == 200 and body["result"] == blob("k0", 2 * MIB)
 
 
-def test_a_spilled_result_reads_back_intact(small):
+def test_a_result_past_the_memory_budget_reads_back_from_the_task_store(small):
     hd = small
+    code = upload(hd)
+    e = env(hd, "archived")
+    # 5 MiB: past the 4 MiB in memory, within the 8 MiB on disk.
+    ids = [ok(hd, e, code, "blob", tag=f"a{i}", size=MIB + 7)["id"] for i in range(5)]
+    tasks = os.path.join(hd.root, "tasks")
+    assert stat.S_IMODE(os.stat(tasks).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(os.path.join(tasks, "tasks.db")).st_mode) == 0o600
+    # No spill files: the task store is the disk tier.
+    assert os.listdir(os.path.join(hd.root, "results")) == []
+    status, body = api(hd.socket, "GET", f"/v1/tasks/{ids[0]}")
+    assert status == 200, body
+    assert body["state"] == "succeeded" and body["result"] == blob("a0", MIB + 7)
+    status, logs = api(hd.socket, "GET", f"/v1/tasks/{ids[0]}/logs")
+    assert status == 200 and logs["entries"] == [{"stream": "stdout", "text": "log of a0\n"}], logs
+
+
+def test_a_spilled_result_reads_back_intact(spilling):
+    hd = spilling
     code = upload(hd)
     e = env(hd, "spill")
     ids = [ok(hd, e, code, "blob", tag=f"s{i}", size=MIB + 7)["id"] for i in range(8)]
@@ -326,8 +352,8 @@ def test_a_spilled_result_reads_back_intact(small):
     assert status == 200 and logs["entries"] == [{"stream": "stdout", "text": "log of s0\n"}], logs
 
 
-def test_stop_and_start_empty_the_results_directory(small):
-    hd = small
+def test_stop_and_start_empty_the_results_directory(spilling):
+    hd = spilling
     results = os.path.join(hd.root, "results")
     code = upload(hd)
     e = env(hd, "restart")

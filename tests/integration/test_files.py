@@ -252,7 +252,7 @@ def test_a_result_over_the_limit_fails_the_task_or_is_refused_here(daemon, proje
     r = run(daemon, project, tmpdir_env, "big_output", "--n", "1001")
     assert (r.returncode, r.stdout) == (1, "")
     first = r.stderr.splitlines()[0]
-    assert first.startswith("python -m hearth run: task big_output (t-"), first
+    assert first.startswith("python -m hearth run: task big_output (c-"), first  # the SDK names its tasks (docs/sdk.md)
     assert "failed: hearth._files.FileTransferError: result could not be encoded: FlyteFile /" in first, first
     assert first.endswith("/big.bin holds 1001 bytes (0.0 MiB), " + LIMIT), first
     # The caller's limit, on what a replica sends.
