@@ -7,8 +7,10 @@
 #include <spawn.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -176,4 +178,110 @@ int hearth_detached_tree(int fd, int read_only)
         return -1;
     }
     return tree;
+}
+
+int hearth_spawn_keeper(const char *path, int listen_fd, int log_fd, int32_t *pid)
+{
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    sigset_t none, all;
+    pid_t child = 0;
+    char *argv[] = {(char *)"hearth-keeper", (char *)"--keeper", NULL};
+    char *envp[] = {NULL};
+    int rc;
+
+    if ((rc = posix_spawn_file_actions_init(&fa)) != 0)
+        return rc;
+    if ((rc = posix_spawnattr_init(&attr)) != 0) {
+        posix_spawn_file_actions_destroy(&fa);
+        return rc;
+    }
+    rc = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    if (rc == 0) rc = posix_spawn_file_actions_adddup2(&fa, log_fd, 1);
+    if (rc == 0) rc = posix_spawn_file_actions_adddup2(&fa, log_fd, 2);
+    if (rc == 0) rc = posix_spawn_file_actions_adddup2(&fa, listen_fd, 3);
+    if (rc == 0) rc = posix_spawn_file_actions_addclosefrom_np(&fa, 4);
+    if (rc == 0) rc = posix_spawn_file_actions_addchdir_np(&fa, "/");
+    sigemptyset(&none);
+    sigfillset(&all);
+    if (rc == 0) rc = posix_spawnattr_setsigmask(&attr, &none);
+    if (rc == 0) rc = posix_spawnattr_setsigdefault(&attr, &all);
+    if (rc == 0)
+        rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
+    if (rc == 0) rc = posix_spawn(&child, path, &fa, &attr, argv, envp);
+    posix_spawnattr_destroy(&attr);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc == 0) *pid = child;
+    return rc;
+}
+
+ssize_t hearth_send_fds(int sock, const void *buf, size_t len, const int32_t *fds, int nfds)
+{
+    union {
+        char buf[CMSG_SPACE(16 * sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+
+    if (nfds < 0 || nfds > 16) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (nfds > 0) {
+        struct cmsghdr *c;
+        memset(&control, 0, sizeof(control));
+        msg.msg_control = control.buf;
+        msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+        c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+        memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
+    }
+    return sendmsg(sock, &msg, MSG_NOSIGNAL);
+}
+
+ssize_t hearth_recv_fds(int sock, void *buf, size_t cap, int32_t *fds, int max_fds, int *nfds)
+{
+    union {
+        char buf[CMSG_SPACE(16 * sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct iovec iov = {.iov_base = buf, .iov_len = cap};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                         .msg_controllen = sizeof(control.buf)};
+    struct cmsghdr *c;
+    ssize_t n;
+    int got = 0, cut;
+
+    *nfds = 0;
+    do {
+        n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -1;
+    cut = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
+    for (c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *in = (int *)CMSG_DATA(c);
+        for (int i = 0; i < count; i++) {
+            if (got < max_fds && !cut)
+                fds[got++] = in[i];
+            else {
+                close(in[i]);
+                cut = 1;
+            }
+        }
+    }
+    if (cut) {
+        for (int i = 0; i < got; i++)
+            close(fds[i]);
+        errno = EMSGSIZE;
+        return -1;
+    }
+    *nfds = got;
+    return n;
 }

@@ -366,6 +366,7 @@ public final class ImageBuilder: Sendable {
             case .exited(0): return nil
             case .exited(let code): return "exit status \(code)"
             case .signaled(let signal): return "killed by signal \(signal)"
+            case .unknown: return "exit status unknown"
             }
         }
     }

@@ -28,6 +28,9 @@ public struct PoolContext: Sendable {
     public var memory: MemoryLedger?
     /// Whole GPUs for replicas with `gpu: N`; nil: none to give.
     public var gpus: GPUAllocator?
+    /// The keeper and the replicas a previous daemon left; nil: replicas
+    /// die with the daemon (unit tests).
+    public var adoption: ReplicaAdoption?
     /// The daemon's (single) HTTP event loop: replicas' result frames are
     /// read there, next to the responses waiting for them.
     public var resultLoop: any EventLoop
@@ -159,7 +162,81 @@ actor EnvironmentPool {
     /// Starts the TTL loop and, with `prewarm`, the least replicas.
     func start() {
         startTTLLoop()
+        for o in ctx.adoption?.claim(environment: config.name, identity: config.identity) ?? [] { adopt(o) }
         pump()
+    }
+
+    // MARK: replicas that outlived a daemon restart
+
+    /// Takes a replica the previous daemon left: it serves tasks once its
+    /// worker answered the adoption's ping (tasks it still runs are held
+    /// as if sent here).
+    private func adopt(_ o: ReplicaAdoption.Orphan) {
+        guard let adoption = ctx.adoption else { return }
+        let reclaimer = Reclaimer(pool: self, recovery: adoption.recovery)
+        let r = WarmReplica(adopting: o.running.name, running: o.running, toWorker: o.toWorker, fromWorker: o.fromWorker,
+                            maxFrame: o.record.maxFrame, codeView: o.record.codeView, concurrency: config.concurrency,
+                            workerPid: o.record.workerPid, python: o.record.python, tasksRun: o.record.tasksRun,
+                            reclaimer: reclaimer)
+        replicas[r.name] = r
+        changes.notify()
+        watchExit(r)
+        let loop = ctx.resultLoop
+        Task {
+            defer { adoption.recovery.settled() }
+            do {
+                try await r.attach(loop: loop)
+                let pong = try await r.reattach()
+                self.reattached(r, running: pong.running?.count ?? 0)
+            } catch {
+                ctx.logger.warning("environment \(config.name): adopted replica \(r.name) did not answer (\(error)); it is replaced")
+                self.remove(r)
+                self.pump()
+            }
+        }
+    }
+
+    private func reattached(_ r: WarmReplica, running: Int) {
+        ctx.logger.info("environment \(config.name): adopted replica \(r.name) (worker pid \(r.workerPid.map(String.init) ?? "?"), \(running) task\(running == 1 ? "" : "s") still running)")
+        guard replicas[r.name] != nil else { return }
+        let (draining, next): (Bool, [TaskRecord]) = dispatcher.state.withLock { s in
+            if s.draining { return (true, []) }
+            return (false, s.fill(r, maxTasks: config.maxTasksPerReplica))
+        }
+        if draining, r.inFlight == 0 {
+            remove(r)
+            return
+        }
+        for t in next { dispatch(t, on: r, cold: false) }
+        pump()
+    }
+
+    /// Puts every live replica with the keeper again (a new keeper, after
+    /// the last one died).
+    func depositAll() {
+        for r in replicas.values where r.closedReason == nil { ctx.adoption?.deposit(r, config: config) }
+    }
+
+    /// Hands an adopted replica the tasks the previous daemon sent it.
+    struct Reclaimer: TaskReclaiming {
+        let pool: EnvironmentPool
+        let recovery: TaskRecovery
+
+        func claim(_ id: String, on r: WarmReplica, workerPid: Int32?) -> (TaskRecord, WarmReplica.ResultHandler)? {
+            guard let task = recovery.claim(id) else { return nil }
+            _ = task.markRunning(replica: r.name, pid: workerPid, cold: false)
+            let pool = self.pool
+            return (task, { result in
+                switch result {
+                case .success(let msg): pool.completed(task, on: r, msg)
+                case .failure(let error): Task { await pool.lost(task, on: r, error) }
+                }
+            })
+        }
+
+        func abandon(_ task: TaskRecord) {
+            recovery.lose(task, why: "its result was read by the hearthd that stopped before it could record it; the task is lost")
+        }
     }
 
     private func startTTLLoop() {
@@ -324,6 +401,7 @@ actor EnvironmentPool {
         startFailures = 0
         lastError = nil
         replicas[r.name] = r
+        ctx.adoption?.deposit(r, config: config)
         let adopted = r.adoptMicros
         if adopted == nil { PoolMetrics.coldStart.record(duration: ContinuousClock.now - r.started) }
         watchExit(r)
@@ -409,6 +487,8 @@ actor EnvironmentPool {
         // Once per replica, whichever path (exit, loss, TTL, drain) came first.
         guard r.markRemoved() else { return }
         let name = r.name
+        // The keeper lets go first: its copy of fd 3 must not keep the worker.
+        ctx.adoption?.withdraw(name)
         let gpus = ctx.gpus
         teardowns[name] = Task {
             _ = try? await Blocking.run { r.teardown() }
@@ -520,7 +600,7 @@ actor EnvironmentPool {
     /// A result frame, on the thread that read it (the event loop): the
     /// task ends here (its waiter wakes at once) and the replica takes the
     /// next task without a hop.
-    private nonisolated func completed(_ task: TaskRecord, on r: WarmReplica, _ msg: WorkerMessage) {
+    nonisolated func completed(_ task: TaskRecord, on r: WarmReplica, _ msg: WorkerMessage) {
         if let started = task.state.withLock({ $0.coldStart == false ? $0.started : nil }) {
             // Warm dispatch: run frame out → result frame in, on a ready replica.
             PoolMetrics.warmDispatch.record(duration: ContinuousClock.now - started)
@@ -548,7 +628,7 @@ actor EnvironmentPool {
     }
 
     /// The worker died or broke the protocol mid-task.
-    private func lost(_ task: TaskRecord, on r: WarmReplica, _ error: ChannelError) async {
+    func lost(_ task: TaskRecord, on r: WarmReplica, _ error: ChannelError) async {
         r.cancelDeadline(of: task)
         let reason = error
         let status: ExitStatus

@@ -141,6 +141,8 @@ struct WorkerMessage: Sendable {
     /// A `log` frame's stream (`stdout` or `stderr`) and text.
     var stream: String?
     var data: String?
+    /// A `pong`'s tasks the worker still owes a result (adoption's ping).
+    var running: [String]?
     /// The frame's size: what a result costs the result budget.
     var frameBytes = 0
 
@@ -161,5 +163,6 @@ struct WorkerMessage: Sendable {
         if case .int(let d)? = o["duration_us"] { duration_us = d }
         stream = o["stream"]?.stringValue
         data = o["data"]?.stringValue
+        if case .array(let items)? = o["running"] { running = items.compactMap(\.stringValue) }
     }
 }

@@ -208,16 +208,40 @@ public final class Pool: Sendable {
 
     // MARK: the journal of tasks in flight
 
-    /// Tasks a previous daemon accepted and never finished: reported as lost.
-    public func recoverLostTasks() -> [String] {
-        let lost = ctx.tasks.journal.recover()
+    /// Tasks a previous daemon accepted and never finished: with replicas
+    /// adopted from the keeper they wait for those replicas to report them
+    /// (ReplicaAdoption); otherwise, and for environments with no adopted
+    /// replica, they are reported as lost. Returns (waiting, lost).
+    public func recoverTasks() -> (waiting: Int, lost: [String]) {
+        var left = ctx.tasks.journal.recover()
+        var waiting: [TaskRecord] = []
+        if let adoption = ctx.adoption {
+            let envs = adoption.environmentsAdopted
+            let (wait, rest) = (left.filter { envs.contains($0.environment) }, left.filter { !envs.contains($0.environment) })
+            left = rest
+            for (id, env) in wait {
+                let t = TaskRecord(id: id, environment: env, module: "?", function: "?", kwargs: Array("{}".utf8), bundle: nil, timeout: nil)
+                ctx.tasks.add(t)
+                waiting.append(t)
+            }
+            // Journaled again: a second crash before they end still knows them.
+            ctx.tasks.journal.add(wait.map { (id: $0.id, environment: $0.environment) })
+            adoption.recovery.add(waiting)
+        }
+        let lost = left
         for (id, env) in lost {
             let t = TaskRecord(id: id, environment: env, module: "?", function: "?", kwargs: Array("{}".utf8), bundle: nil, timeout: nil)
             t.finish(.lost, error: TaskError(type: "TaskLost", message: "task \(id) was queued or running when hearthd stopped unexpectedly; its result is lost"))
             ctx.tasks.add(t)
             ctx.tasks.retire(t)
         }
-        return lost.map(\.id)
+        return (waiting.count, lost.map(\.id))
+    }
+
+    /// Puts every environment replica with the keeper again (a new keeper).
+    public func depositAll() async {
+        let pools = envs.withLock { $0.values.map(\.pool) }
+        for p in pools { await p.depositAll() }
     }
 
     public func shutdown(deadline: Duration) async {

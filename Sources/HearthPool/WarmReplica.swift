@@ -65,6 +65,10 @@ final class WarmReplica: Sendable {
         /// protocol, or the replica was torn down); nothing more comes from
         /// it. The tasks it held stay until the pool has settled them.
         case closed(ChannelError, [Held])
+        /// Adopted after a daemon restart: the worker owes a `pong` (with
+        /// the tasks it still runs), and may first send results and logs
+        /// of tasks the previous daemon sent; those found so far are held.
+        case reattaching(Waiter?, [Held])
 
         /// For status: starting, ready or busy.
         var name: String {
@@ -73,12 +77,13 @@ final class WarmReplica: Sendable {
             case .idle, .adopting: return "ready"
             case .busy: return "busy"
             case .closed(_, let h): return h.isEmpty ? "ready" : "busy"
+            case .reattaching: return "reattaching"
             }
         }
 
         var held: [Held] {
             switch self {
-            case .busy(let h), .closed(_, let h): return h
+            case .busy(let h), .closed(_, let h), .reattaching(_, let h): return h
             default: return []
             }
         }
@@ -86,7 +91,7 @@ final class WarmReplica: Sendable {
         /// The worker owes a frame: one may arrive.
         var expectsFrame: Bool {
             switch self {
-            case .starting, .adopting: return true
+            case .starting, .adopting, .reattaching: return true
             case .busy(let h): return h.contains { $0.onResult != nil }
             case .idle, .closed: return false
             }
@@ -197,14 +202,88 @@ final class WarmReplica: Sendable {
         self.running = running
         self.toWorker = toWorker
         self.fromWorker = fromWorker
+        self.maxFrame = maxFrame
         var st = State(reader: FrameReader(maxBytes: maxFrame))
         st.capacity = max(1, concurrency)
         state = Mutex(st)
     }
 
+    private let reclaimer = Mutex<(any TaskReclaiming)?>(nil)
+    let maxFrame: Int
+
+    /// A replica a previous daemon started, adopted from the keeper: it
+    /// starts `reattaching` (see `reattach`); `ready` is what its worker
+    /// said at its start, `tasksRun` what it had run by then.
+    init(adopting name: String, running: any ReplicaProcess, toWorker: Int32, fromWorker: Int32, maxFrame: Int,
+         codeView: String, concurrency: Int, workerPid: Int32?, python: String?, tasksRun: Int, reclaimer: any TaskReclaiming) {
+        self.name = name
+        self.codeView = codeView
+        self.running = running
+        self.toWorker = toWorker
+        self.fromWorker = fromWorker
+        self.maxFrame = maxFrame
+        var st = State(reader: FrameReader(maxBytes: maxFrame))
+        st.capacity = max(1, concurrency)
+        st.phase = .reattaching(nil, [])
+        st.tasksRun = tasksRun
+        var frame = "{\"type\":\"ready\""
+        if let workerPid { frame += ",\"pid\":\(workerPid)" }
+        if let python, let q = try? JSONEncoder().encode(python) { frame += ",\"python\":" + String(decoding: q, as: UTF8.self) }
+        st.ready = WorkerMessage(frame: Array((frame + "}").utf8))
+        state = Mutex(st)
+        self.reclaimer.withLock { $0 = reclaimer }
+    }
+
+    /// The task channel's daemon ends (fd 3's write end, fd 4's read end),
+    /// for the keeper; nil once the channel closed.
+    var channelFDs: [Int32]? {
+        let open = fdOwner.withLock { $0 == .ours || $0 == .nio }
+        guard open, closedReason == nil else { return nil }
+        return [toWorker, fromWorker]
+    }
+
+    /// Adoption's handshake: a `ping` the worker answers once it has sent
+    /// every result it owed before it (one task at a time), or at once
+    /// listing the tasks it still runs (several at once). The results that
+    /// come first end their tasks as usual; the tasks still running are
+    /// held as if sent. Returns the `pong`.
+    func reattach() async throws -> WorkerMessage {
+        try await withCheckedThrowingContinuation { cont in
+            let refused: ChannelError? = state.withLock { s in
+                switch s.phase {
+                case .reattaching(nil, let held):
+                    s.phase = .reattaching(cont, held)
+                    return nil
+                case .closed(let c, _): return c
+                default: return .protocolViolation("replica \(name) is \(s.phase.name), not being adopted")
+                }
+            }
+            if let refused { cont.resume(throwing: refused); return }
+            guard let frame = try? Frames.encode(ControlMessage(type: "ping", id: Self.adoptPing)) else { return }
+            writeFrame(frame)
+        }
+    }
+
+    static let adoptPing = "adopt"
+
+    /// A frame with `id` while reattaching: the held task of that id, or
+    /// the one the previous daemon sent (now held here).
+    private func reattachedHandler(_ id: String?, _ s: inout State) -> (TaskRecord, ResultHandler)? {
+        guard case .reattaching(let w, var held) = s.phase, let id else { return nil }
+        if let h = held.first(where: { $0.task.id == id }), let p = h.onResult { return (h.task, p) }
+        guard let found = reclaimer.withLock({ $0 })?.claim(id, on: self, workerPid: s.ready?.pid) else { return nil }
+        var h = Held(task: found.0)
+        h.onResult = found.1
+        held.append(h)
+        s.phase = .reattaching(w, held)
+        return found
+    }
+
     // MARK: what the pool reads and records
 
     var workerPid: Int32? { state.withLock { $0.ready?.pid } }
+    /// What the worker's `ready` said (for the keeper's record).
+    var readyFacts: (pid: Int32?, python: String?) { state.withLock { ($0.ready?.pid, $0.ready?.python) } }
     var tasksRun: Int { state.withLock { $0.tasksRun } }
     var lastUsed: ContinuousClock.Instant { state.withLock { $0.lastUsed } }
     var adoptMicros: Int64? { state.withLock { $0.adoptMicros } }
@@ -418,6 +497,22 @@ final class WarmReplica: Sendable {
         case "result":
             // The task's last output must land before its result.
             running.drainOutput()
+            // Adopted: a result the previous daemon's task owed.
+            let reattached: (TaskRecord, ResultHandler)?? = state.withLock { s in
+                guard case .reattaching = s.phase else { return nil }
+                guard let found = reattachedHandler(msg.id, &s) else { return .some(nil) }
+                if case .reattaching(let w, var held) = s.phase {
+                    held.removeAll { $0.task === found.0 }
+                    s.phase = .reattaching(w, held)
+                }
+                return .some(found)
+            }
+            if let reattached {
+                // A result for a task nobody waits for (it was settled
+                // before the restart): nothing to deliver, nothing broken.
+                reattached?.1(.success(msg))
+                return nil
+            }
             let (pending, current): (ResultHandler?, [String]) = state.withLock { s in
                 guard case .busy(var list) = s.phase,
                       let i = list.firstIndex(where: { $0.task.id == msg.id && $0.onResult != nil }) else {
@@ -437,7 +532,8 @@ final class WarmReplica: Sendable {
         case "log":
             // A running task's output, when the replica runs several at once.
             let task: TaskRecord? = state.withLock { s in
-                s.phase.held.first { $0.task.id == msg.id && $0.onResult != nil }?.task
+                if case .reattaching = s.phase { return reattachedHandler(msg.id, &s)?.0 }
+                return s.phase.held.first { $0.task.id == msg.id && $0.onResult != nil }?.task
             }
             guard let task else {
                 return "the worker sent a \"log\" frame for task \(msg.id ?? "?"), which is not running; a worker sends a task's output before its result"
@@ -452,9 +548,26 @@ final class WarmReplica: Sendable {
         case "error":
             return "the worker reported a channel error: \(msg.message ?? "?")"
         case "pong":
-            // The daemon learns of a worker's death from its exit (pidfd),
-            // never by pinging it: every pong is unsolicited.
-            return "the worker sent a \"pong\" frame, but the daemon never sends \"ping\"; a worker only answers the daemon's requests"
+            // The daemon pings only to adopt a replica (reattach); it
+            // learns of a worker's death from its exit (pidfd).
+            let running = Set(msg.running ?? [])
+            let answered: (Waiter?, [Held])? = state.withLock { s in
+                guard case .reattaching = s.phase, msg.id == Self.adoptPing else { return nil }
+                for id in running.sorted() { _ = reattachedHandler(id, &s) }
+                guard case .reattaching(let w, var held) = s.phase else { return nil }
+                // Held for a log frame, yet neither finished nor running:
+                // its result went to the previous daemon.
+                let stray = held.filter { !running.contains($0.task.id) }
+                held.removeAll { !running.contains($0.task.id) }
+                s.phase = held.isEmpty ? .idle : .busy(held)
+                s.lastUsed = .now
+                return (w, stray)
+            }
+            guard let (waiter, stray) = answered else {
+                return "the worker sent a \"pong\" frame, but the daemon sent no \"ping\"; a worker only answers the daemon's requests"
+            }
+            if let r = reclaimer.withLock({ $0 }) { for h in stray { r.abandon(h.task) } }
+            waiter?.resume(returning: msg)
         default:
             return "the worker sent an unknown message type \(msg.type.debugDescription)"
         }
@@ -483,6 +596,11 @@ final class WarmReplica: Sendable {
                 for i in list.indices { list[i].onResult = nil }
                 s.phase = .closed(reason, list)
                 return (handlers, nil)
+            case .reattaching(let w, var list):
+                let handlers = list.compactMap(\.onResult)
+                for i in list.indices { list[i].onResult = nil }
+                s.phase = .closed(reason, list)
+                return (handlers, w)
             }
         }
         stopReading()
@@ -687,4 +805,15 @@ private final class WorkerChannelReader: ChannelInboundHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         context.close(promise: nil)
     }
+}
+
+/// Where an adopted replica finds the tasks the previous daemon sent it
+/// (ReplicaAdoption's recovery).
+protocol TaskReclaiming: Sendable {
+    /// The task of `id`, if it waits for a result, and where that goes; a
+    /// task is claimed once.
+    /// Called under the replica's lock: it must not call back into the replica.
+    func claim(_ id: String, on replica: WarmReplica, workerPid: Int32?) -> (TaskRecord, WarmReplica.ResultHandler)?
+    /// A claimed task whose result will not come (the previous daemon read it).
+    func abandon(_ task: TaskRecord)
 }

@@ -1,3 +1,5 @@
+import Crypto
+import Foundation
 import Glibc
 import HearthCore
 import HearthOS
@@ -12,25 +14,43 @@ import Logging
 /// Python finds no bytecode of its version and compiles, as before. The
 /// copy also means replicas see the package alone, not whatever lies beside
 /// it in `--worker-dir`, and not edits made to it while the daemon runs.
+///
+/// Each version lives in a directory of its own, named after its content
+/// (`worker/<16 hex of sha256>`): a replica that outlived a restart keeps
+/// the version it mounted, while a new daemon's replicas get the new one.
 public enum WorkerPackage {
-    /// Copies `source`/hearth to `stateRoot`/worker/hearth, compiles it, and
-    /// returns the directory to mount (`stateRoot`/worker).
+    /// Copies `source`/hearth to `stateRoot`/worker/<digest>/hearth,
+    /// compiles it (unless that version is there already), removes versions
+    /// other than it and those in `keeping` (directories adopted replicas
+    /// mount), and returns the directory to mount.
     public static func prepare(source: String, stateRoot: String, logger: Logger,
-                               python: String? = hostPython()) throws -> String {
-        let dest = stateRoot + "/worker", staging = dest + ".new"
+                               python: String? = hostPython(), keeping: Set<String> = []) throws -> String {
+        let base = stateRoot + "/worker", staging = base + "/.new"
+        // The layout before versions: worker/hearth.
+        if access(base + "/hearth", F_OK) == 0 && !keeping.contains(base) { try FS.removeTree(path: base) }
+        try FS.makeDirectory(base, mode: 0o755)
         if access(staging, F_OK) == 0 { try FS.removeTree(path: staging) }
         try FS.makeDirectory(staging, mode: 0o755)
-        try copyTree(source + "/hearth", to: staging + "/hearth")
-        if let python {
-            let t0 = ContinuousClock.now
-            if let why = compile(staging + "/hearth", with: python) {
-                logger.warning("worker bytecode not compiled (\(why)); replicas compile the worker at every start")
-            } else {
-                logger.info("worker bytecode compiled with \(python) in \(Int((ContinuousClock.now - t0).milliseconds)) ms")
+        var hasher = SHA256()
+        try copyTree(source + "/hearth", to: staging + "/hearth", relative: "hearth", hasher: &hasher)
+        let dest = base + "/" + hasher.finalize().map { String(format: "%02x", $0) }.joined().prefix(16)
+        if access(dest, F_OK) == 0 {
+            try FS.removeTree(path: staging)
+        } else {
+            if let python {
+                let t0 = ContinuousClock.now
+                if let why = compile(staging + "/hearth", with: python) {
+                    logger.warning("worker bytecode not compiled (\(why)); replicas compile the worker at every start")
+                } else {
+                    logger.info("worker bytecode compiled with \(python) in \(Int((ContinuousClock.now - t0).milliseconds)) ms")
+                }
             }
+            guard rename(staging, dest) == 0 else { throw SystemError.current("rename to \(dest)", staging) }
         }
-        if access(dest, F_OK) == 0 { try FS.removeTree(path: dest) }
-        guard rename(staging, dest) == 0 else { throw SystemError.current("rename to \(dest)", staging) }
+        for entry in try FS.list(path: base) {
+            let path = base + "/" + String(decoding: entry.name, as: UTF8.self)
+            if path != dest && !keeping.contains(path) { try FS.removeTree(path: path) }
+        }
         return dest
     }
 
@@ -41,21 +61,24 @@ public enum WorkerPackage {
 
     /// Regular files and directories of `source` (bytecode caches and
     /// anything else left out), world-readable.
-    static func copyTree(_ source: String, to dest: String) throws {
+    static func copyTree(_ source: String, to dest: String, relative: String, hasher: inout SHA256) throws {
         try FS.makeDirectory(dest, mode: 0o755)
-        for entry in try FS.list(path: source) {
+        for entry in try FS.list(path: source).sorted(by: { $0.name.lexicographicallyPrecedes($1.name) }) {
             let name = String(decoding: entry.name, as: UTF8.self)
             guard name != "__pycache__" else { continue }
             var st = stat()
             guard lstat(source + "/" + name, &st) == 0 else { throw SystemError.current("lstat", source + "/" + name) }
             switch st.st_mode & S_IFMT {
             case S_IFDIR:
-                try copyTree(source + "/" + name, to: dest + "/" + name)
+                try copyTree(source + "/" + name, to: dest + "/" + name, relative: relative + "/" + name, hasher: &hasher)
             case S_IFREG:
                 guard let bytes = try FS.readFile(source + "/" + name, limit: 16 << 20) else {
                     throw HearthError(.unavailable, "\(source)/\(name): larger than 16 MiB; not a worker file")
                 }
                 try FS.writeFile(dest + "/" + name, bytes, mode: 0o644)
+                // Path, length and bytes: no two trees hash alike.
+                hasher.update(data: Array("\(relative)/\(name)\u{0}\(bytes.count)\u{0}".utf8))
+                hasher.update(data: bytes)
             default:
                 continue
             }

@@ -220,6 +220,48 @@ public final class CgroupManager: Sendable {
         }
     }
 
+    /// The cgroup `create(name:)` made for a replica a previous daemon
+    /// started (it is being adopted), when it still exists in every
+    /// hierarchy and holds `pid`.
+    public func existing(name: String, pid: Int32) -> ReplicaCgroup? {
+        let components = name.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        for component in components {
+            guard (try? Self.validate(component: component, field: "cgroup name")) != nil else { return nil }
+        }
+        let paths = subtreePaths.map { $0 + "/" + name }
+        guard paths.allSatisfy({ CgroupFiles.exists($0) }) else { return nil }
+        let replica = ReplicaCgroup(name: name, version: version, paths: paths,
+                                    controllers: hierarchies.map(\.controllers), subtreeRoots: subtreePaths)
+        guard replica.pids().contains(pid) else { return nil }
+        return replica
+    }
+
+    /// Like `cleanupStale()`, but the replica cgroups named in `keeping`
+    /// (adopted replicas) and their processes stay.
+    public func cleanupStale(keeping: Set<String>) throws {
+        guard !keeping.isEmpty else { return try cleanupStale() }
+        var firstError: (any Error)?
+        let kept = Set(keeping.map { String($0.split(separator: "/").first ?? "") })
+        for root in subtreePaths where CgroupFiles.exists(root) {
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+            for entry in entries where !kept.contains(entry) {
+                let dir = root + "/" + entry
+                var isDir: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else { continue }
+                let all = [dir] + CgroupTeardown.descendants(of: dir)
+                switch version {
+                case .v2: CgroupTeardown.killV2(dir)
+                case .v1: CgroupTeardown.killLoop(all)
+                }
+                do {
+                    try CgroupTeardown.removeDescendants(of: dir)
+                    try CgroupFiles.rmdir(dir)
+                } catch { firstError = firstError ?? error }
+            }
+        }
+        if let firstError { throw firstError }
+    }
+
     /// mkdir of the parents (with controllers enabled on v2) and the leaf.
     /// A concurrent `remove()` of a sibling may prune a parent between its
     /// mkdir and the leaf's (ENOENT from mkdir); the chain is then made

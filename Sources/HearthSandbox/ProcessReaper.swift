@@ -17,7 +17,7 @@ public enum ProcessReaper {
                 var code: Int32 = 0, status: Int32 = 0
                 let rc = Pidfd.wait(pidfd, nohang: true, code: &code, status: &status)
                 if rc == 1 { return .keep }
-                onExit(rc == 0 ? exitStatus(code: code, status: status) : .signaled(SIGKILL))
+                onExit(rc == 0 ? exitStatus(code: code, status: status) : errno == ECHILD ? .unknown : .signaled(SIGKILL))
                 return .remove
             }
         } catch {

@@ -54,6 +54,16 @@ public final class RunningReplica: Sendable {
         ProcessReaper.watch(pidfd: pidfd) { [self] status in exited(status) }
     }
 
+    /// What a keeper's record says of this replica, for a later daemon to
+    /// adopt it (`SandboxRuntime.adopt`).
+    public var facts: ReplicaFacts {
+        ReplicaFacts(name: name, dir: dir, pid: pid, memoryLimit: memoryLimit, cleanupPaths: cleanupPaths,
+                     writableDirs: writableDirs, hostIDBase: hostIDBase)
+    }
+
+    /// The daemon's ends of the output pipes (the keeper holds copies).
+    public var outputFDs: [Int32] { [stdoutFD, stderrFD] }
+
     /// Records the exit (first report wins) and wakes every waiter.
     private func exited(_ status: ExitStatus) {
         let waiters = exitWait.withLock { st -> [CheckedContinuation<ExitStatus, Never>] in
@@ -175,4 +185,16 @@ public final class RunningReplica: Sendable {
         // Its id range is free again only once nothing of it runs or remains.
         onTeardown?()
     }
+}
+
+/// The host-side facts of a running replica, as a keeper keeps them.
+public struct ReplicaFacts: Codable, Sendable, Equatable {
+    public var name: String
+    public var dir: String
+    /// hearth-init's host pid.
+    public var pid: Int32
+    public var memoryLimit: Int64?
+    public var cleanupPaths: [String]
+    public var writableDirs: [String]
+    public var hostIDBase: UInt32?
 }

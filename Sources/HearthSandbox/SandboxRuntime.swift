@@ -271,6 +271,63 @@ public final class SandboxRuntime: Sendable {
         }
     }
 
+    /// Takes over a replica a previous daemon started (its fds came back
+    /// from the keeper): checks that it still runs in its cgroup and that
+    /// its directory is there, reserves its id range, and watches its exit
+    /// through the pidfd (it is no longer our child: `ExitStatus.unknown`).
+    /// Takes ownership of the fds only when it returns.
+    public func adopt(_ facts: ReplicaFacts, pidfd: Int32, stdoutFD: Int32, stderrFD: Int32,
+                      ephemeralStorage: Int64?) throws -> RunningReplica {
+        guard facts.dir == replicasDir + "/" + facts.name, !facts.name.contains("/"), !facts.name.hasPrefix(".") else {
+            throw HearthError.invalid("replica \(facts.name): its directory \(facts.dir) is not under \(replicasDir)")
+        }
+        guard Pidfd.signal(pidfd, 0) == 0 else { throw SystemError.current("signal 0 via the pidfd of replica", facts.name) }
+        guard let cgroup = cgroups.existing(name: facts.name, pid: facts.pid) else {
+            throw HearthError(.notFound, "replica \(facts.name): its cgroup is gone or no longer holds pid \(facts.pid)")
+        }
+        guard FileManager.default.fileExists(atPath: facts.dir + "/rootfs") else {
+            throw HearthError(.notFound, "replica \(facts.name): \(facts.dir)/rootfs is gone")
+        }
+        var release: (@Sendable () -> Void)?
+        if let base = facts.hostIDBase {
+            guard let lease = userNamespaces.reserve(base: base) else {
+                throw HearthError(.conflict, "replica \(facts.name): host ids from \(base) are not a free range")
+            }
+            let namespaces = userNamespaces
+            release = { namespaces.release(lease) }
+        }
+        let replica = RunningReplica(name: facts.name, dir: facts.dir, pid: facts.pid, pidfd: pidfd, cgroup: cgroup,
+                                     stdoutFD: stdoutFD, stderrFD: stderrFD, memoryLimit: facts.memoryLimit,
+                                     startPhases: [], cleanupPaths: facts.cleanupPaths,
+                                     writableDirs: facts.writableDirs, storage: storage,
+                                     hostIDBase: facts.hostIDBase, onTeardown: release)
+        if let ephemeralStorage { replica.limitEphemeralStorage(ephemeralStorage) }
+        return replica
+    }
+
+    /// `cleanupStale()` sparing adopted replicas: their cgroups, their
+    /// directories (and the `NAME.*` beside them), their writable layers.
+    public func cleanupStale(keeping: Set<String>) throws {
+        guard !keeping.isEmpty else { return try cleanupStale() }
+        var cgroupError: (any Error)?
+        do { try cgroups.cleanupStale(keeping: keeping) } catch { cgroupError = error }
+        func kept(_ entry: String) -> Bool {
+            keeping.contains(entry) || keeping.contains { entry.hasPrefix($0 + ".") }
+        }
+        for mount in FS.mountPoints(under: replicasDir).sorted(by: >) {
+            let rel = mount.dropFirst(replicasDir.count + 1)
+            let top = String(rel.split(separator: "/").first ?? "")
+            if kept(top) { continue }
+            _ = umount2(mount, Int32(MNT_DETACH))
+        }
+        for dir in [replicasDir] + (scratchDir.map { [$0] } ?? []) {
+            for entry in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where !kept(entry) {
+                try FS.removeTree(path: dir + "/" + entry)
+            }
+        }
+        if let cgroupError { throw cgroupError }
+    }
+
     private func environment(for spec: ReplicaSpec) -> [String] {
         var order: [String] = []
         var values: [String: String] = [:]

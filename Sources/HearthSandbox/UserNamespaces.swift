@@ -50,6 +50,15 @@ public final class UserNamespaces: Sendable {
         return Lease(slot: slot, base: Self.firstBase + UInt32(slot) * Self.rangeSize)
     }
 
+    /// The lease of an adopted replica (a previous daemon took it): nil
+    /// when `base` is not a range's start or the range is already in use.
+    public func reserve(base: UInt32) -> Lease? {
+        guard base >= Self.firstBase, (base - Self.firstBase) % Self.rangeSize == 0 else { return nil }
+        let slot = Int((base - Self.firstBase) / Self.rangeSize)
+        guard slot < Self.slots, used.withLock({ $0.insert(slot).inserted }) else { return nil }
+        return Lease(slot: slot, base: base)
+    }
+
     public func release(_ lease: Lease) {
         _ = used.withLock { $0.remove(lease.slot) }
     }

@@ -127,7 +127,10 @@ public enum Daemon {
         let runtime = try SandboxRuntime(stateRoot: options.stateRoot, initBinary: options.initBinary,
                                          cgroupSubtree: subtree, scratchDir: options.scratchDir, egress: egress)
         try runtime.prepare()
-        try runtime.cleanupStale()
+        // Replicas a previous hearthd left with the keeper (it crashed or
+        // was killed): adopted below instead of cleaned up.
+        let (keeper, kept) = try ReplicaKeeper.open(stateRoot: options.stateRoot,
+                                                    binary: runtime.runtimeDir + "/hearth-init")
         let images = try ImageStore(root: options.stateRoot)
         let registry = ReplicaRegistry()
         logger.info("state root \(options.stateRoot), cgroup \(runtime.cgroups.version) subtree \(subtree), default memory limit \(options.defaultMemory.map(Quantity.formatMemory) ?? "none"), writable layers under \(options.scratchDir ?? runtime.replicasDir)")
@@ -138,8 +141,6 @@ public enum Daemon {
         guard FileManager.default.fileExists(atPath: options.workerDir + "/hearth/_worker.py") else {
             throw HearthError(.unavailable, "the Hearth worker is missing: \(options.workerDir)/hearth/_worker.py; pass --worker-dir DIR (the repository's python/ directory) or run scripts/setup")
         }
-        // Replicas mount the daemon's own copy, its bytecode compiled once.
-        let workerDir = try WorkerPackage.prepare(source: options.workerDir, stateRoot: options.stateRoot, logger: logger)
         let code = try CodeStore(stateRoot: options.stateRoot)
         let secrets = try SecretStore(stateRoot: options.stateRoot)
         let budget = ResultBudget(memory: options.resultBudget, disk: options.resultDiskBudget,
@@ -148,6 +149,15 @@ public enum Daemon {
         let tasks = TaskRegistry(journalDir: options.stateRoot + "/tasks", results: budget, store: taskStore,
                                  logger: logger)
         try tasks.prepareResults()
+        let adoption = ReplicaAdoption(keeper: keeper, tasks: tasks, logger: logger)
+        let adopted = adoption.take(kept, runtime: runtime)
+        try runtime.cleanupStale(keeping: adopted)
+        // Replicas mount the daemon's own copy, its bytecode compiled once;
+        // adopted replicas keep the version they mount.
+        let workerDir = try WorkerPackage.prepare(source: options.workerDir, stateRoot: options.stateRoot, logger: logger,
+                                                  keeping: adoption.workerDirs)
+        adoption.setWorkerDir(workerDir)
+        if !kept.isEmpty { logger.info("the keeper held \(kept.count) replica(s) of the previous hearthd; \(adopted.count) pass the checks and are adopted") }
         // One event loop serves HTTP and reads every replica's result frames,
         // so a result reaches the response waiting for it on the same thread.
         let io = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -158,12 +168,28 @@ public enum Daemon {
         let ledger = MemoryLedger(capacity: capacity.memoryBytes, spareLimit: options.defaultMemory)
         context.defaultMemory = options.defaultMemory
         context.memory = ledger
+        context.adoption = adoption
         let spares = SparePool(context: context, perKey: options.spares, ttl: options.spareTTL)
         context.spares = spares
         spares.start()
         let pool = try Pool(context: context, stateRoot: options.stateRoot)
-        let lost = pool.recoverLostTasks()
+        let (waiting, lost) = pool.recoverTasks()
         if !lost.isEmpty { logger.warning("\(lost.count) task(s) were in flight when the last hearthd stopped; reported as lost") }
+        if waiting > 0 { logger.info("\(waiting) task(s) were in flight when the last hearthd stopped; waiting for the adopted replicas to report them") }
+        // A keeper that dies while we run is replaced, and every replica put
+        // with the new one (else they would die with this daemon).
+        let keeperLog = logger
+        keeper.onLost {
+            Task {
+                do {
+                    try keeper.restart()
+                    await pool.depositAll()
+                    keeperLog.warning("the replica keeper was lost; a new one holds the replicas again")
+                } catch {
+                    keeperLog.error("the replica keeper was lost and could not be restarted (\(HearthError.wrap(error).message)); replicas will not outlive this hearthd")
+                }
+            }
+        }
         let policy = PrivilegePolicy(allowPrivileged: options.allowPrivileged)
         let puller = try Puller(store: images, configuration: options.registries,
                                 credentialsPath: options.stateRoot + "/registry-auth.json")
@@ -184,6 +210,8 @@ public enum Daemon {
                                          defaultUserNamespace: options.userNamespaces, logger: logger,
                                          capacity: capacity, ledger: ledger, defaultMemory: options.defaultMemory)
         await admission.restore()
+        // Kept replicas no restored environment took are removed.
+        await adoption.finishRestore()
         // Restored environments' keys are known: their first task after a
         // restart adopts a spare instead of building a replica.
         for config in pool.configs() {
@@ -297,6 +325,8 @@ public enum Daemon {
         await egress.shutdown()
         do { try tasks.removeSpilledResults() } catch { logger.warning("removing spilled results: \(error)") }
         taskStore?.close()
+        // Every replica was drained: the keeper has nothing left to keep.
+        keeper.quit()
         try? runtime.cleanupStale()
         try? runtime.cgroups.removeSubtree()
         bind.remove()

@@ -224,6 +224,7 @@ struct ImageAndSandboxRoutes: Sendable {
                 switch status {
                 case .exited(let c): event.exitCode = c
                 case .signaled(let s): event.signal = s; event.exitCode = 128 + s
+                case .unknown: event.exitCode = 255
                 }
                 if let eviction = replica.eviction {
                     event.ephemeralStorageExceeded = true

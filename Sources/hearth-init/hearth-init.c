@@ -1,13 +1,14 @@
 /*
  * hearth-init: PID 1 of a replica. Static, libc only, so it runs in any
  * image. Usage: hearth-init CMD [ARGS...]
+ *          or: hearth-init --keeper   (hearthd's fd keeper, see keeper.c)
  *
  * It starts CMD, forwards termination-type signals to it, reaps every
  * zombie in the PID namespace (orphans are re-parented to PID 1), and exits
  * with CMD's status (128+N when CMD was killed by signal N). When it exits,
  * the kernel kills whatever is left in the namespace.
  *
- * Build: cc -static -O2 -Wall -Wextra -o hearth-init hearth-init.c
+ * Build: cc -static -O2 -Wall -Wextra -o hearth-init hearth-init.c keeper.c
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -24,6 +25,8 @@ static const int forwarded[] = {
     SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH,
 };
 
+int hearth_keeper_main(void);
+
 static int status_code(int st)
 {
     if (WIFEXITED(st))
@@ -38,6 +41,10 @@ int main(int argc, char **argv)
     sigset_t all, orig;
     pid_t child;
     size_t i;
+
+    /* The keeper rides in this static binary: nothing more to install. */
+    if (argc == 2 && strcmp(argv[1], "--keeper") == 0)
+        return hearth_keeper_main();
 
     if (argc < 2) {
         fputs("usage: hearth-init CMD [ARGS...]\n", stderr);

@@ -20,7 +20,10 @@ final class WorkerPackageTests: XCTestCase {
         let logger = Logger(label: "test")
         let python = WorkerPackage.hostPython()
         let dir = try WorkerPackage.prepare(source: base + "/src", stateRoot: base + "/state", logger: logger, python: python)
-        XCTAssertEqual(dir, base + "/state/worker")
+        XCTAssertTrue(dir.hasPrefix(base + "/state/worker/"), dir)
+        XCTAssertEqual(dir.count, (base + "/state/worker/").count + 16)
+        // The same package again: the same version, kept.
+        XCTAssertEqual(try WorkerPackage.prepare(source: base + "/src", stateRoot: base + "/state", logger: logger, python: nil), dir)
         let names = try FS.list(path: dir + "/hearth").map { String(decoding: $0.name, as: UTF8.self) }.sorted()
         XCTAssertEqual(names.filter { $0 != "__pycache__" }, ["__init__.py", "_worker.py"])
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/tests"))
@@ -29,10 +32,17 @@ final class WorkerPackageTests: XCTestCase {
             XCTAssertTrue(cached.contains { $0.hasPrefix("_worker.") && $0.hasSuffix(".pyc") }, "\(cached)")
             XCTAssertFalse(cached.contains("stale.cpython-311.pyc"))
         }
-        // Again: the previous copy is replaced, not added to.
+        // Another version: a directory of its own; the old one stays only
+        // while kept (an adopted replica mounts it).
         try FS.writeFile(base + "/src/hearth/_worker.py", "X = 2\n")
+        let second = try WorkerPackage.prepare(source: base + "/src", stateRoot: base + "/state", logger: logger,
+                                               python: nil, keeping: [dir])
+        XCTAssertNotEqual(second, dir)
+        XCTAssertEqual(try FS.readFile(second + "/hearth/_worker.py", limit: 100).map { String(decoding: $0, as: UTF8.self) }, "X = 2\n")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: second + "/hearth/__pycache__"))
+        XCTAssertEqual(try FS.readFile(dir + "/hearth/_worker.py", limit: 100).map { String(decoding: $0, as: UTF8.self) }, "X = 1\n")
         _ = try WorkerPackage.prepare(source: base + "/src", stateRoot: base + "/state", logger: logger, python: nil)
-        XCTAssertEqual(try FS.readFile(dir + "/hearth/_worker.py", limit: 100).map { String(decoding: $0, as: UTF8.self) }, "X = 2\n")
-        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/hearth/__pycache__"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir), "an unkept version is removed")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: second + "/hearth/_worker.py"))
     }
 }

@@ -110,12 +110,17 @@ belong to the task):
   checked as ``HEARTH_REQUIRE_PACKAGES`` is at start-up. On ``ok: false``
   the daemon tears the replica down.
 
-    {"type":"ping","id":<any>}   ->   {"type":"pong","id":<same>}
+    {"type":"ping","id":<any>}   ->   {"type":"pong","id":<same>,"running":[<id>,...]}
 
-  (hearthd sends no ping: it learns of a worker's death from its exit. To
-  hearthd any frame that answers nothing it asked -- a pong, a second
-  ready, a result for another id, anything while idle -- is a protocol
-  violation: the replica is killed and its task fails with ProtocolError.)
+  ``running``: the tasks whose result is not written yet (always empty
+  when tasks run one at a time: the ping is read after the task before
+  it). hearthd pings only a replica it adopts after a restart (id
+  ``"adopt"``): results written before the pong end the tasks the previous
+  daemon sent; the ids in ``running`` are still to come. hearthd learns of
+  a worker's death from its exit. To hearthd any frame that answers
+  nothing it asked -- a pong it did not ask for, a second ready, a result
+  for another id, anything while idle -- is a protocol violation: the
+  replica is killed and its task fails with ProtocolError.
     {"type":"shutdown"}          ->   exit 0
 
   Messages are handled one at a time, in order: a ping sent while a task runs
@@ -878,6 +883,9 @@ class _Concurrent(object):
         self.running = {}  # tid -> asyncio.Task, or the thread ident once its thread runs it
         self.cancel_early = set()  # thread tasks cancelled before their thread took them
         self.pending = {}  # (tid, stream) -> text not yet sent (no newline yet)
+        # Tasks whose result is not written yet (under self.lock, as results
+        # are): what a pong lists, so none is both answered and "running".
+        self.owed = set()
         self.exit_code = None
 
     # output ------------------------------------------------------------------------
@@ -919,6 +927,7 @@ class _Concurrent(object):
                 if buf:
                     self._log_frame(tid, stream, buf)
             _protocol.write_frame(OUT_FD, body)
+            self.owed.discard(tid)
 
     # tasks ---------------------------------------------------------------------------
 
@@ -930,6 +939,8 @@ class _Concurrent(object):
             raise _Fatal("run message %s: %d tasks are already running, the replica's concurrency"
                          % (tid, len(self.running)))
         t0 = time.perf_counter_ns()
+        with self.lock:
+            self.owed.add(tid)
         env = msg.get("env")
         if env:
             _apply_env(env)
@@ -1036,7 +1047,8 @@ class _Concurrent(object):
                 self._cancel(msg)
             elif kind == "ping":
                 with self.lock:
-                    _protocol.write_frame(OUT_FD, _protocol.dumps_message({"type": "pong", "id": msg.get("id")}))
+                    _protocol.write_frame(OUT_FD, _protocol.dumps_message(
+                        {"type": "pong", "id": msg.get("id"), "running": sorted(self.owed)}))
             elif kind == "shutdown":
                 self._stop(0)
             elif type(kind) is str:
@@ -1193,7 +1205,8 @@ def main():
                 if _concurrency() > 1:
                     return _Concurrent(reader, limit, _concurrency()).serve(stdio)
             elif kind == "ping":
-                _send(_protocol.dumps_message({"type": "pong", "id": msg.get("id")}))
+                # One task at a time: the one before this ping has answered.
+                _send(_protocol.dumps_message({"type": "pong", "id": msg.get("id"), "running": []}))
             elif kind == "shutdown":
                 return 0
             elif type(kind) is str:

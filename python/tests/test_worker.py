@@ -595,9 +595,9 @@ def test_env_in_run_message(worker, bundle):
 
 def test_ping_pong(worker):
     worker.send({"type": "ping", "id": "p-1"})
-    assert worker.recv() == {"type": "pong", "id": "p-1"}
+    assert worker.recv() == {"type": "pong", "id": "p-1", "running": []}
     worker.send({"type": "ping", "id": 7})
-    assert worker.recv() == {"type": "pong", "id": 7}
+    assert worker.recv() == {"type": "pong", "id": 7, "running": []}
 
 
 def test_adopt_applies_env_and_checks_packages(worker, bundle):
@@ -787,7 +787,7 @@ def test_result_too_large(make_worker, bundle):
     # A large incoming frame under the limit is fine.
     assert len(w.call(T, "echo", bundle=bundle, x="z" * (LIMIT - 1000))) == LIMIT - 1000
     w.send({"type": "ping", "id": 1})
-    assert w.recv() == {"type": "pong", "id": 1}
+    assert w.recv() == {"type": "pong", "id": 1, "running": []}
 
 
 def test_large_frames_default_limit(worker, bundle):
@@ -979,7 +979,7 @@ def test_sigint_idle_is_ignored(worker, bundle):
         os.kill(worker.pid, signal.SIGINT)
         time.sleep(0.05)
     worker.send({"type": "ping", "id": "alive"})
-    assert worker.recv() == {"type": "pong", "id": "alive"}
+    assert worker.recv() == {"type": "pong", "id": "alive", "running": []}
     assert worker.call(T, "add", bundle=bundle, a=1, b=2) == 3
 
 
@@ -1210,3 +1210,28 @@ def test_adopt_switches_a_spare_to_concurrent(make_worker, env_dirs):
     results, _ = _collect(w, ids)
     values = [decode_value(results[t]["value"]) for t in ids]
     assert max(v["t0"] for v in values) < min(v["t1"] for v in values), values
+
+
+def test_concurrent_pong_lists_the_tasks_still_owed(concurrent):
+    # The adoption handshake after a daemon restart: a pong names exactly
+    # the tasks whose result is not written yet, so none is both answered
+    # and listed as running.
+    w, b = concurrent
+    w.send(_run_msg("slow", "nap", b, tag="slow", seconds=1.5))
+    w.send(_run_msg("quick", "nap", b, tag="quick", seconds=0.0))
+    results, _ = _collect(w, ["quick"])
+    w.send({"type": "ping", "id": "adopt"})
+    while True:
+        msg = w.recv(10)
+        assert msg is not None, w.drain()
+        if msg["type"] == "pong":
+            break
+        assert msg["type"] == "log", msg
+    assert msg == {"type": "pong", "id": "adopt", "running": ["slow"]}
+    results, _ = _collect(w, ["slow"])
+    assert results["slow"]["ok"] is True
+    w.send({"type": "ping", "id": 2})
+    msg = w.recv(10)
+    while msg["type"] == "log":
+        msg = w.recv(10)
+    assert msg == {"type": "pong", "id": 2, "running": []}

@@ -30,7 +30,8 @@ mkdir -p "$tmp/init" "$tmp/work"
 chmod 755 "$tmp" "$tmp/init" "$tmp/work"
 
 echo "== build"
-"$cc" -static -O2 -Wall -Wextra -Werror -o "$tmp/init/hearth-init" "$repo/Sources/hearth-init/hearth-init.c"
+"$cc" -static -O2 -Wall -Wextra -Werror -o "$tmp/init/hearth-init" "$repo/Sources/hearth-init/hearth-init.c" \
+    "$repo/Sources/hearth-init/keeper.c"
 "$cc" -std=gnu11 -O2 -g -Wall -Wextra -Werror -I"$repo/Sources/CHearth/include" \
     -o "$tmp/spawn_test" "$here/spawn_test.c" "$repo/Sources/CHearth/spawn.c" \
     "$repo/Sources/CHearth/netns.c" "$repo/Sources/CHearth/sys_shims.c" -pthread

@@ -259,6 +259,32 @@ class Daemon:
         return problems
 
 
+def keeper_pid(hd):
+    """The keeper's pid: the process holding the listening socket bound at
+    <root>/keeper.sock (its peer credentials would name the hearthd that
+    made the socket)."""
+    path = os.path.join(hd.root, "keeper.sock")
+    inodes = set()
+    with open("/proc/net/unix") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 8 and parts[7] == path:
+                inodes.add(parts[6])
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            for fd in fds:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    if open(f"/proc/{pid}/comm").read().strip() == "hearth-keeper":
+                        return int(pid)
+        except OSError:
+            continue
+    raise AssertionError(f"no keeper listens on {path}")
+
+
 def running_daemon(prefix, spares=0, extra_args=(), import_image=True):
     """A daemon on a fresh state root with the default image imported
     (unless `import_image` is false); stopped and checked for leftovers

@@ -6,6 +6,7 @@
 #define HEARTH_SYS_H
 
 #include <stdint.h>
+#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -59,6 +60,19 @@ struct hearth_ucred {
     uint32_t gid;
 };
 #define HEARTH_SO_PEERCRED 17
+
+/* The replica keeper (hearth-init --keeper): started with listen_fd as its
+ * fd 3, /dev/null as 0, log_fd as 1 and 2, nothing else open, in a session
+ * of its own (so a terminal's or a service's signals to hearthd's group do
+ * not reach it). 0 and *pid, or an errno. */
+int hearth_spawn_keeper(const char *path, int listen_fd, int log_fd, int32_t *pid);
+/* One SEQPACKET message with up to 16 fds in SCM_RIGHTS. Bytes sent or -1
+ * with errno (MSG_NOSIGNAL: a closed peer is EPIPE, not a signal). */
+ssize_t hearth_send_fds(int sock, const void *buf, size_t len, const int32_t *fds, int nfds);
+/* One message into buf (cap bytes) and up to max_fds fds (close-on-exec)
+ * into fds, their count in *nfds. The length, 0 at EOF, or -1 with errno;
+ * a message or fd list cut short is EMSGSIZE (fds received are closed). */
+ssize_t hearth_recv_fds(int sock, void *buf, size_t cap, int32_t *fds, int max_fds, int *nfds);
 
 #ifdef __cplusplus
 }
