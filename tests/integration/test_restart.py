@@ -154,10 +154,12 @@ def test_idle_replicas_serve_warm_right_after_a_restart(rd):
     code = upload(rd)
     apply(rd, "rs-w")
     ready_envs(rd, ["rs-w"])
-    tokens = {}
-    for _ in range(6):
-        body = post(rd, "rs-w", code, "remember", key="w", value=1)[1]
-        tokens[body["replica"]] = body["result"][1]
+    # Two slow tasks at once land on both replicas (concurrency 1), so
+    # every replica's token is known whichever one serves after the restart.
+    ids = [post(rd, "rs-w", code, "work", wait=False, i=i, seconds=1.0)[1]["id"] for i in range(2)]
+    done = [final(rd, t) for t in ids]
+    tokens = {b["replica"]: b["result"]["token"] for b in done}
+    assert len(tokens) == 2, done
     t0 = time.time()
     rd.stop(signal.SIGKILL)
     rd.start()
@@ -165,7 +167,7 @@ def test_idle_replicas_serve_warm_right_after_a_restart(rd):
     body = post(rd, "rs-w", code, "recall", key="w")[1]
     t_warm = time.time()
     assert body["state"] == "succeeded" and body["coldStart"] is False, body
-    assert tokens.get(body["replica"]) == body["result"][2], (body, tokens)
+    assert tokens[body["replica"]] == body["result"][2], (body, tokens)
     print(f"restart: hearthd answered {t_up - t0:.2f} s after the kill, the first warm task {t_warm - t0:.2f} s after it")
     rd.hearth("rm", "rs-w")
 
