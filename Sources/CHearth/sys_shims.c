@@ -2,6 +2,7 @@
 #include "hearth_sys.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <spawn.h>
@@ -284,4 +285,22 @@ ssize_t hearth_recv_fds(int sock, void *buf, size_t cap, int32_t *fds, int max_f
     }
     *nfds = got;
     return n;
+}
+
+int hearth_reexec(const char *path, char *const argv[], char *const envp[]) {
+    sigset_t all, old;
+    sigemptyset(&all);
+    if (pthread_sigmask(SIG_SETMASK, &all, &old) != 0) return EINVAL;
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+    if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
+        int err = errno;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        return err;
+    }
+    execve(path, argv, envp);
+    int err = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return err;
 }

@@ -24,7 +24,10 @@ public struct VersionInfo: Codable, Sendable {
     public var api: String
     public var cgroup: String
     public var pid: Int32
-    public init(version: String, api: String, cgroup: String, pid: Int32) {
-        self.version = version; self.api = api; self.cgroup = cgroup; self.pid = pid
+    /// When the daemon (this image of its process) started, seconds since
+    /// the epoch: an upgrade keeps the pid and changes this.
+    public var started: Double?
+    public init(version: String, api: String, cgroup: String, pid: Int32, started: Double? = nil) {
+        self.version = version; self.api = api; self.cgroup = cgroup; self.pid = pid; self.started = started
     }
 }

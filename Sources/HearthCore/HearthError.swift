@@ -55,6 +55,9 @@ public struct HearthError: Error, CustomStringConvertible, Sendable, Equatable {
         /// An image build step failed (its exit status and the end of its output).
         case buildFailed = "build_failed"
         case unavailable = "unavailable"
+        /// hearthd is handing over to a new binary (`hearthd --upgrade`):
+        /// the request was not acted on; send it again in a moment (HTTP 503).
+        case upgrading = "upgrading"
         case spawnFailed = "spawn_failed"
         case system = "system"
         case `internal` = "internal"

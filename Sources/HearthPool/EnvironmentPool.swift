@@ -217,6 +217,21 @@ actor EnvironmentPool {
         for r in replicas.values where r.closedReason == nil { ctx.adoption?.deposit(r, config: config) }
     }
 
+    /// What an upgrade's exec would lose now: queued tasks (in no replica
+    /// yet) and tasks in replicas the keeper does not hold; and the
+    /// replicas, whose channels must be quiescent at the exec.
+    func handover() -> (blockers: [String], replicas: [WarmReplica]) {
+        var blockers: [String] = []
+        if queued > 0 { blockers.append("\(queued) task(s) queued in environment \(config.name)") }
+        if !ReplicaAdoption.keeps(config) {
+            let running = replicas.values.reduce(0) { $0 + $1.inFlight }
+            if running > 0 {
+                blockers.append("\(running) task(s) running in environment \(config.name), whose replicas do not outlive hearthd (GPUs or network egress)")
+            }
+        }
+        return (blockers, Array(replicas.values))
+    }
+
     /// Hands an adopted replica the tasks the previous daemon sent it.
     struct Reclaimer: TaskReclaiming {
         let pool: EnvironmentPool

@@ -47,6 +47,9 @@ struct FrameReader {
         buffer.append(contentsOf: bytes)
     }
 
+    /// Bytes read and not yet taken as a frame (part of one).
+    var buffered: Int { buffer.count - start }
+
     /// The length the next frame's header announces, once its 4 bytes are in.
     var announced: Int? {
         guard buffer.count - start >= 4 else { return nil }

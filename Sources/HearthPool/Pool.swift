@@ -6,6 +6,14 @@ import Logging
 import Synchronization
 import HearthOS
 
+/// A replica's channel as an upgrade sees it: quiescent or not.
+public struct HandoverChannel: Sendable {
+    let replica: WarmReplica
+    /// Nothing half-read or half-written; on the daemon's event loop.
+    public func quiescent() -> Bool { replica.quiescent() }
+    public var name: String { replica.name }
+}
+
 public enum ApplyOutcome: String, Codable, Sendable {
     case created, unchanged, replaced
 }
@@ -21,6 +29,9 @@ public final class Pool: Sendable {
         var config: PoolConfig
     }
     private let envs = Mutex<[String: Entry]>([:])
+    /// Set while hearthd hands over to a new binary: why tasks and
+    /// environment changes are refused meanwhile.
+    private let closed = Mutex<String?>(nil)
 
     public init(context: PoolContext, stateRoot: String) throws {
         ctx = context
@@ -130,6 +141,7 @@ public final class Pool: Sendable {
     /// scheduler for the lot (the batch route). Either every task is
     /// accepted, or none is and the error says why.
     public func submitMany(_ env: String, _ subs: [Submission]) throws -> [TaskRecord] {
+        try checkOpen()
         let pool = try pool(env)
         let have = envs.withLock { $0[env]?.config.identity }
         var checked = Set<String>()
@@ -236,6 +248,33 @@ public final class Pool: Sendable {
             ctx.tasks.retire(t)
         }
         return (waiting.count, lost.map(\.id))
+    }
+
+    // MARK: handing over to a new binary (hearthd --upgrade)
+
+    /// Refuses tasks and environment changes (HTTP 503 `upgrading`, which
+    /// clients retry) until `reopen`; `why` is the message they get.
+    public func close(_ why: String) { closed.withLock { $0 = why } }
+    public func reopen() { closed.withLock { $0 = nil } }
+
+    func checkOpen() throws {
+        if let why = closed.withLock({ $0 }) { throw HearthError(.upgrading, why) }
+    }
+
+    /// Tasks queued in every environment (in no replica yet).
+    public var queuedTasks: Int { envs.withLock { $0.values.reduce(0) { $0 + $1.pool.queued } } }
+
+    /// What the exec of an upgrade would lose now (empty: nothing), and
+    /// every environment replica, whose channels must be quiescent then.
+    public func handover() async -> (blockers: [String], replicas: [HandoverChannel]) {
+        let pools = envs.withLock { $0.values.map(\.pool) }
+        var blockers: [String] = [], replicas: [HandoverChannel] = []
+        for p in pools {
+            let (b, r) = await p.handover()
+            blockers += b
+            replicas += r.map(HandoverChannel.init)
+        }
+        return (blockers, replicas)
     }
 
     /// Puts every environment replica with the keeper again (a new keeper).

@@ -128,8 +128,13 @@ public final class ReplicaAdoption: Sendable {
 
     /// Puts a replica with the keeper (environment replicas only; GPUs and
     /// network egress are held by this daemon and die with it).
+    /// Whether an environment's replicas are kept: not those holding GPUs
+    /// (their devices are allocated anew at start) nor those with egress
+    /// (their proxy lives in the daemon).
+    static func keeps(_ config: PoolConfig) -> Bool { config.gpus == 0 && config.network != .egress }
+
     func deposit(_ r: WarmReplica, config: PoolConfig) {
-        guard config.gpus == 0, config.network != .egress, let running = r.running as? RunningReplica,
+        guard Self.keeps(config), let running = r.running as? RunningReplica,
               let channel = r.channelFDs else { return }
         let ready = r.readyFacts
         let record = KeptReplicaRecord(version: KeptReplicaRecord.currentVersion, environment: config.name,

@@ -758,6 +758,16 @@ final class WarmReplica: Sendable {
         }
     }
 
+    /// Nothing half-read from the worker, nothing half-written to it: the
+    /// channel can change hands (an upgrade's exec) without cutting a
+    /// frame. On the channel's event loop, where reads and writes happen.
+    func quiescent() -> Bool {
+        guard state.withLock({ $0.reader.buffered }) == 0 else { return false }
+        guard let ch = channel.withLock({ $0 }) else { return true }
+        let pending = (try? ch.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) ?? 0
+        return pending == 0
+    }
+
     /// Stops the worker (closing fd 3 ends it cleanly), kills what is left
     /// and removes the replica. Blocking.
     func teardown() {

@@ -15,6 +15,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import UnixSignals
 import HearthOS
 
 public struct DaemonOptions: Sendable {
@@ -75,6 +76,13 @@ public struct DaemonOptions: Sendable {
     /// How registries are reached (`--registry-ca`, `--insecure-registry`,
     /// `--registry-mirror`).
     public var registries = RegistryConfiguration()
+    /// The executable and arguments hearthd was started with: what an
+    /// upgrade execs (nil: upgrades are refused).
+    public var executable: String?
+    public var arguments: [String] = []
+    /// How long an upgrade waits for queued tasks and changing requests
+    /// before it is refused (`--upgrade-timeout`).
+    public var upgradeTimeout: Duration = .seconds(60)
 
     public init(initBinary: String) { self.initBinary = initBinary }
 }
@@ -85,6 +93,8 @@ public enum Daemon {
     public static let version = "0.1.0"
 
     public static func run(_ options: DaemonOptions) async throws {
+        let started = Date().timeIntervalSince1970
+        let sinceExec = Upgrader.sinceExec()
         // Checked before anything is created: a bad name leaves nothing behind.
         let spareImages = try Set(options.spareImages.map { name in
             do { return try ImageName.normalize(name) } catch {
@@ -239,6 +249,7 @@ public enum Daemon {
         var api = ImageAndSandboxRoutes(runtime: runtime, images: images, registry: registry, policy: policy, logger: logger,
                       defaultMemory: options.defaultMemory)
         api.defaultUserNamespace = options.userNamespaces
+        api.started = started
         api.beforeImageRemove = { name in await spares.discard(image: name) }
         api.environmentsOnImage = { full in
             var users: [String] = []
@@ -257,6 +268,14 @@ public enum Daemon {
         }
         let router = Router(context: HearthRequestContext.self)
         router.add(middleware: ErrorMiddleware())  // before the routes: it applies to those added after it
+        let gate = UpgradeGate()
+        router.add(middleware: UpgradeGateMiddleware(gate: gate))
+        let upgrader = options.executable.map { exe in
+            Upgrader(plan: .init(binary: exe, argv: options.arguments.isEmpty ? [exe] : options.arguments,
+                                 timeout: options.upgradeTimeout),
+                     pool: pool, gate: gate, sandboxes: registry, loop: io.next(), taskStore: taskStore, logger: logger)
+        }
+        UpgradeRoute(upgrader: upgrader).register(on: router)
         api.register(on: router)
         let poolRoutes = PoolRoutes(pool: pool, admission: admission, code: code, secrets: secrets, logger: logger)
         poolRoutes.register(on: router)
@@ -299,6 +318,9 @@ public enum Daemon {
                 do {
                     try bind.publish()
                     log.info("hearthd \(version) listening on \(socketPath)")
+                    if let sinceExec {
+                        log.notice("upgrade: serving again \(String(format: "%.1f", Double(sinceExec.components.attoseconds) / 1e15 + Double(sinceExec.components.seconds) * 1e3)) ms after the exec")
+                    }
                 } catch {
                     // Nobody can connect: stop rather than run unreachable.
                     log.critical("\(HearthError.wrap(error).message); stopping")
@@ -319,7 +341,19 @@ public enum Daemon {
                 logger: logger
             )
         )
+        let upgradeSignal = Task {
+            guard let upgrader else { return }
+            for await _ in await UnixSignalsSequence(trapping: .sigusr2) {
+                do {
+                    try await upgrader.prepare()
+                    await upgrader.commit()
+                } catch {
+                    log.error("SIGUSR2: \(HearthError.wrap(error).message)")
+                }
+            }
+        }
         try await group.run()
+        upgradeSignal.cancel()
         await puller.shutdown()
         try? await io.shutdownGracefully()
         await egress.shutdown()

@@ -29,12 +29,15 @@ struct ImageAndSandboxRoutes: Sendable {
     var environmentsOnImage: @Sendable (String) async -> [String] = { _ in [] }
     /// Runs after an import: spares of what the name meant before go (their
     /// layers may just have been collected).
+    /// When this hearthd (this image of the process: an upgrade keeps the
+    /// pid) started, in seconds since the epoch.
+    var started: Double = 0
     var afterImageImport: @Sendable (ImageSummary) async -> Void = { _ in }
 
     func register(on router: Router<HearthRequestContext>) {
         router.get("/v1/version") { _, _ in
             try json(VersionInfo(version: Daemon.version, api: HearthDefaults.apiVersion,
-                                 cgroup: "\(runtime.cgroups.version)", pid: getpid()))
+                                 cgroup: "\(runtime.cgroups.version)", pid: getpid(), started: started))
         }
         router.get("/v1/images") { _, _ in
             let list = try await Blocking.run { try images.list() }

@@ -32,7 +32,7 @@ func errorBody(_ error: any Error) -> (HTTPResponse.Status, [UInt8]) {
     case .queueFull: status = .tooManyRequests
     case .resultExpired: status = .gone
     case .buildFailed: status = .unprocessableContent
-    case .unavailable: status = .serviceUnavailable
+    case .unavailable, .upgrading: status = .serviceUnavailable
     case .spawnFailed, .system, .internal: status = .internalServerError
     }
     let body = APIErrorBody(code: e.code.rawValue, message: e.message)

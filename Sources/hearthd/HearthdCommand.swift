@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HearthClient
 import HearthCore
 import HearthServer
 import Logging
@@ -8,7 +9,8 @@ import Logging
 struct HearthdCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hearthd",
-        abstract: "The Hearth daemon: builds isolated replicas and serves the API on a Unix socket."
+        abstract: "The Hearth daemon: builds isolated replicas and serves the API on a Unix socket.",
+        version: Daemon.version
     )
 
     @Option(name: .long, help: "State root (images, layers, replicas).")
@@ -84,10 +86,30 @@ struct HearthdCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Contact HOST[:PORT] for images of REGISTRY (same repository paths), e.g. docker.io=mirror.internal:5000; repeatable.", valueName: "REGISTRY=HOST[:PORT]"))
     var registryMirror: [String] = []
 
+    @Flag(name: .long, help: "Do not start a daemon: have the one on --socket hand its replicas to the binary now at the path it was started from (exec in place; tasks in flight finish), and wait for it to answer again. SIGUSR2 does the same.")
+    var upgrade = false
+
+    @Option(name: .long, help: ArgumentHelp("How long an upgrade waits for queued tasks and imports, pulls, builds or applies in progress before it is refused (work then goes on with the old binary).", valueName: "DURATION"))
+    var upgradeTimeout: String = "60s"
+
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
     func run() async throws {
+        let upgradeWait: Duration
+        do { upgradeWait = try DurationText.parse(upgradeTimeout, field: "--upgrade-timeout") } catch let e as HearthError {
+            throw ValidationError(e.message)
+        }
+        if upgrade {
+            do {
+                let o = try DaemonUpgrade.run(socketPath: socket, timeout: upgradeWait + .seconds(60))
+                print("hearthd (pid \(o.after.pid)) now runs \(o.binary), hearthd \(o.after.version) (was \(o.before.version)); it answered again \(String(format: "%.0f", Double(o.gap.components.seconds) * 1e3 + Double(o.gap.components.attoseconds) / 1e15)) ms after accepting the upgrade")
+                return
+            } catch {
+                FileHandle.standardError.write(Data("hearthd --upgrade: \(HearthError.wrap(error).message)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
         MallocTuning.limitArenas(2)
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("--log-level: \"\(logLevel)\" is not a level; use trace, debug, info, notice, warning, error or critical")
@@ -144,6 +166,10 @@ struct HearthdCommand: AsyncParsableCommand {
         options.scratchDir = scratch.map { ($0 as NSString).standardizingPath }
         options.buildMemory = buildMemoryBytes
         options.buildTimeout = buildTimeoutDuration
+        options.upgradeTimeout = upgradeWait
+        // Resolved now: once the file is replaced, /proc/self/exe names the deleted one.
+        options.executable = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+        options.arguments = CommandLine.arguments
         options.registries.caFiles = registryCa
         options.registries.insecureRegistries = Set(insecureRegistry)
         for mirror in registryMirror {

@@ -65,6 +65,7 @@ _LAZY = {
     "WorkflowExecutionPhase": "hearth._flow",
     "HearthError": "hearth._errors",
     "DaemonUnavailable": "hearth._errors",
+    "DaemonUpgrading": "hearth._errors",
     "SocketPermissionError": "hearth._errors",
     "APIError": "hearth._errors",
     "EnvironmentRefused": "hearth._errors",

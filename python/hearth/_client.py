@@ -18,7 +18,7 @@ import threading
 import time
 
 from hearth import _protocol
-from hearth._errors import (APIError, DaemonUnavailable, EnvironmentRefused, QueueFull, ResultExpired,
+from hearth._errors import (APIError, DaemonUnavailable, DaemonUpgrading, EnvironmentRefused, QueueFull, ResultExpired,
                             SocketPermissionError)
 
 __all__ = ["Client", "AsyncClient", "default_socket", "client", "async_client"]
@@ -204,9 +204,26 @@ class Client(object):
     def call(self, method, path, body=None, what=None, content_type="application/json", timeout=None,
              not_found=None):
         """JSON in, JSON out; an error status raises APIError (or the
-        subclass for the route). ``not_found``: returned for a 404."""
-        status, raw = self.request(method, path, body, content_type=content_type, timeout=timeout)
-        return _answer(status, raw, method, path, what, not_found)
+        subclass for the route). ``not_found``: returned for a 404. A
+        request hearthd did not act on because it is upgrading, or could not
+        take because the daemon that answered before is between binaries
+        (refused), is sent again within ``reconnect_timeout()``."""
+        limit, start, delay = None, None, 0.02
+        while True:
+            try:
+                status, raw = self.request(method, path, body, content_type=content_type, timeout=timeout)
+                self._answered = True
+                return _answer(status, raw, method, path, what, not_found)
+            except DaemonUnavailable as e:
+                if not _unsent(e, getattr(self, "_answered", False)):
+                    raise
+                if limit is None:
+                    limit, start = reconnect_timeout(), time.monotonic()
+                waited = time.monotonic() - start
+                if waited >= limit:
+                    raise
+                time.sleep(min(delay, limit - waited))
+                delay = min(delay * 2, 0.5)
 
 
     def stream(self, method, path, body=None, what=None, timeout=None, accept=None):
@@ -386,6 +403,14 @@ async def arecover_task(ac, tid, error, resubmit, what=None):
         delay = min(delay * 2, 1.0)
 
 
+def _unsent(e, answered_before):
+    """Whether a request that failed with ``e`` was certainly not acted on
+    and hearthd is between binaries: a 503 ``upgrading``, or a refused
+    connect to a daemon that answered this client before (an upgrade's
+    exec, a restart). Such a request is sent again."""
+    return isinstance(e, DaemonUpgrading) or (answered_before and getattr(e, "refused", False))
+
+
 def _connect_error(path, e):
     """The SDK's error for a failed connect to ``path``."""
     if isinstance(e, FileNotFoundError):
@@ -393,9 +418,11 @@ def _connect_error(path, e):
             "hearthd is not running: there is no socket at %s. Start it with `sudo hearthd &` "
             "(or `sudo scripts/demo`), or set HEARTH_SOCKET to the socket it listens on." % path)
     if isinstance(e, ConnectionRefusedError):
-        return DaemonUnavailable(
+        err = DaemonUnavailable(
             "hearthd is not running: nothing listens on %s (a stale socket file). Start it with "
             "`sudo hearthd &`, or set HEARTH_SOCKET to the socket it listens on." % path)
+        err.refused = True
+        return err
     if isinstance(e, PermissionError):
         return SocketPermissionError(
             "permission denied on %s: hearthd's socket is mode 0660, owned by root and group hearth. "
@@ -415,6 +442,13 @@ def _answer(status, raw, method, path, what, not_found=None):
             return json.loads(raw)  # says what is wrong, as before
     if status == 404 and not_found is not None:
         return not_found
+    if status == 503:
+        try:
+            err = json.loads(raw)["error"]
+        except (ValueError, KeyError, TypeError):
+            err = None
+        if isinstance(err, dict) and err.get("code") == "upgrading":
+            raise DaemonUpgrading(err.get("message", "hearthd is upgrading"))
     code, message = "http_%d" % status, raw.decode("utf-8", "replace")[:2000]
     task = None
     try:
@@ -515,8 +549,25 @@ class AsyncClient(object):
         return status, raw, headers.get("connection", "").lower() != "close"
 
     async def call(self, method, path, body=None, what=None, content_type="application/json", not_found=None):
-        status, raw = await self.request(method, path, body, content_type=content_type)
-        return _answer(status, raw, method, path, what, not_found)
+        """``Client.call`` for asyncio code, with the same resending."""
+        import asyncio
+
+        limit, start, delay = None, None, 0.02
+        while True:
+            try:
+                status, raw = await self.request(method, path, body, content_type=content_type)
+                self._answered = True
+                return _answer(status, raw, method, path, what, not_found)
+            except DaemonUnavailable as e:
+                if not _unsent(e, getattr(self, "_answered", False)):
+                    raise
+                if limit is None:
+                    limit, start = reconnect_timeout(), time.monotonic()
+                waited = time.monotonic() - start
+                if waited >= limit:
+                    raise
+                await asyncio.sleep(min(delay, limit - waited))
+                delay = min(delay * 2, 0.5)
 
 
 _async_clients = {}

@@ -32,6 +32,11 @@ class DaemonUnavailable(HearthError, ConnectionError):
     pass
 
 
+class DaemonUpgrading(DaemonUnavailable):
+    """hearthd is handing over to a new binary (HTTP 503 ``upgrading``): the
+    request was not acted on; the SDK sends it again."""
+
+
 class SocketPermissionError(HearthError, PermissionError):
     pass
 

@@ -8,13 +8,14 @@ import pickle
 import socket
 import sys
 import tarfile
+import time
 import typing
 import warnings
 
 import pytest
 
 import hearth
-from hearth import _bundle, _errors, _packages, _protocol, _results, _runner, _spec
+from hearth import _bundle, _client, _errors, _packages, _protocol, _results, _runner, _spec
 from hearth._actor import ActorEnvironment, map_task
 from hearth._results import RestrictedUnpickler as _RestrictedUnpickler
 from hearth._client import Client
@@ -488,6 +489,54 @@ def test_client_keep_alive_and_error_bodies(tmp_path):
     t.join()
     assert e.value.code == "not_found" and "status of zz: no such env" in str(e.value)
     assert accepted == [1]
+
+
+def test_client_sends_again_what_an_upgrading_daemon_refused(tmp_path, monkeypatch):
+    """A 503 `upgrading` (nothing was acted on) is sent again, and so is a
+    request refused at connect by a daemon that answered before (between
+    binaries); a plain stale socket still fails at once."""
+    import threading
+
+    monkeypatch.setenv("HEARTH_RECONNECT_TIMEOUT", "20")
+    path = str(tmp_path / "u.sock")
+    up = b'{"error":{"code":"upgrading","message":"hearthd is handing over"}}'
+    got = []
+
+    def listen():
+        srv = socket.socket(socket.AF_UNIX)
+        srv.bind(path)
+        srv.listen(4)
+        return srv
+
+    def answer(srv, replies):
+        conn, _ = srv.accept()
+        buf = b""
+        for status, body in replies:
+            buf = _read_request(conn, buf)
+            got.append(status)
+            conn.sendall(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body))
+        conn.close()
+
+    srv = listen()
+
+    def first():
+        answer(srv, [(200, b'{"n":1}'), (503, up), (503, up)])
+        srv.close()  # the old binary is gone: connects are refused for a while
+        time.sleep(0.5)
+        os.unlink(path)
+        new = listen()
+        answer(new, [(200, b'{"n":2}')])
+        new.close()
+
+    t = threading.Thread(target=first)
+    t.start()
+    c = Client(path)
+    assert c.call("GET", "/v1/version") == {"n": 1}
+    assert c.call("POST", "/v1/environments/e/tasks", {"id": "c-1"}) == {"n": 2}
+    t.join()
+    assert got == [200, 503, 503, 200]
+    with pytest.raises(_errors.DaemonUpgrading):
+        _client._answer(503, up, "POST", "/v1/x", None)
 
 
 def test_client_reads_every_response_shape(tmp_path):

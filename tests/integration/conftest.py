@@ -123,9 +123,11 @@ def is_spare(name):
 
 
 class Daemon:
-    def __init__(self, root, socket, subtree, log, spares=0, extra_args=()):
+    def __init__(self, root, socket, subtree, log, spares=0, extra_args=(), binary=None):
         """`spares`: hearthd's --spares (0: none, the suite's default);
-        `extra_args`: more hearthd options (e.g. ["--spare-ttl", "3"])."""
+        `extra_args`: more hearthd options (e.g. ["--spare-ttl", "3"]);
+        `binary`: the hearthd to run (default BIN/hearthd)."""
+        self.binary = str(binary or BIN / "hearthd")
         self.root = root
         self.socket = socket
         self.subtree = subtree
@@ -141,7 +143,7 @@ class Daemon:
 
     def start(self):
         self.logf = open(self.log, "ab")
-        cmd = [str(BIN / "hearthd"), "--root", self.root, "--socket", self.socket,
+        cmd = [self.binary, "--root", self.root, "--socket", self.socket,
                "--init", str(BIN / "hearth-init"), "--cgroup-name", self.subtree, "--shutdown-timeout", "3",
                "--worker-dir", str(REPO / "python"), "--spares", str(self.spares),
                # No default memory limit unless a test asks (test_limits.py):
@@ -285,7 +287,7 @@ def keeper_pid(hd):
     raise AssertionError(f"no keeper listens on {path}")
 
 
-def running_daemon(prefix, spares=0, extra_args=(), import_image=True):
+def running_daemon(prefix, spares=0, extra_args=(), import_image=True, binary=None):
     """A daemon on a fresh state root with the default image imported
     (unless `import_image` is false); stopped and checked for leftovers
     (spares included) at the end. `spares` and `extra_args` go to Daemon
@@ -300,7 +302,7 @@ def running_daemon(prefix, spares=0, extra_args=(), import_image=True):
     base = tempfile.mkdtemp(prefix=f"{prefix}-", dir=TMP)
     d = Daemon(root=os.path.join(base, "root"), socket=os.path.join(base, "hearthd.sock"),
                subtree=f"{prefix}-{os.getpid()}", log=os.path.join(base, "hearthd.log"),
-               spares=spares, extra_args=extra_args)
+               spares=spares, extra_args=extra_args, binary=binary)
     d.start()
     if import_image:
         d.hearth("image", "import", str(LAYOUT), "--name", IMAGE, timeout=600)

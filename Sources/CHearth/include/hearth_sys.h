@@ -74,6 +74,13 @@ ssize_t hearth_send_fds(int sock, const void *buf, size_t len, const int32_t *fd
  * a message or fd list cut short is EMSGSIZE (fds received are closed). */
 ssize_t hearth_recv_fds(int sock, void *buf, size_t cap, int32_t *fds, int max_fds, int *nfds);
 
+/* Replaces the process with path (an upgrade): every fd but 0-2 is marked
+ * close-on-exec first, so no replica pipe or pidfd leaks into the new
+ * image (the keeper holds those), and the calling thread's signal mask is
+ * emptied. Returns only on failure: the errno (the mask is restored; fds
+ * stay open, only their close-on-exec flag changed). */
+int hearth_reexec(const char *path, char *const argv[], char *const envp[]);
+
 #ifdef __cplusplus
 }
 #endif
