@@ -208,22 +208,14 @@ class Client(object):
         request hearthd did not act on because it is upgrading, or could not
         take because the daemon that answered before is between binaries
         (refused), is sent again within ``reconnect_timeout()``."""
-        limit, start, delay = None, None, 0.02
+        resend = _Resend(self)
         while True:
             try:
                 status, raw = self.request(method, path, body, content_type=content_type, timeout=timeout)
                 self._answered = True
                 return _answer(status, raw, method, path, what, not_found)
             except DaemonUnavailable as e:
-                if not _unsent(e, getattr(self, "_answered", False)):
-                    raise
-                if limit is None:
-                    limit, start = reconnect_timeout(), time.monotonic()
-                waited = time.monotonic() - start
-                if waited >= limit:
-                    raise
-                time.sleep(min(delay, limit - waited))
-                delay = min(delay * 2, 0.5)
+                time.sleep(resend.pause(e))
 
 
     def stream(self, method, path, body=None, what=None, timeout=None, accept=None):
@@ -411,6 +403,29 @@ def _unsent(e, answered_before):
     return isinstance(e, DaemonUpgrading) or (answered_before and getattr(e, "refused", False))
 
 
+class _Resend(object):
+    """One call's sending again of requests ``_unsent`` names: backing off
+    from 20 ms to 0.5 s, within ``reconnect_timeout()`` of the first."""
+
+    def __init__(self, client):
+        self.client = client
+        self.limit = None
+        self.delay = 0.02
+
+    def pause(self, e):
+        """Seconds to wait before sending again; raises ``e`` when it is not
+        to be sent again, or the time is up."""
+        if not _unsent(e, getattr(self.client, "_answered", False)):
+            raise e
+        if self.limit is None:
+            self.limit, self.start = reconnect_timeout(), time.monotonic()
+        waited = time.monotonic() - self.start
+        if waited >= self.limit:
+            raise e
+        pause, self.delay = min(self.delay, self.limit - waited), min(self.delay * 2, 0.5)
+        return pause
+
+
 def _connect_error(path, e):
     """The SDK's error for a failed connect to ``path``."""
     if isinstance(e, FileNotFoundError):
@@ -552,22 +567,14 @@ class AsyncClient(object):
         """``Client.call`` for asyncio code, with the same resending."""
         import asyncio
 
-        limit, start, delay = None, None, 0.02
+        resend = _Resend(self)
         while True:
             try:
                 status, raw = await self.request(method, path, body, content_type=content_type)
                 self._answered = True
                 return _answer(status, raw, method, path, what, not_found)
             except DaemonUnavailable as e:
-                if not _unsent(e, getattr(self, "_answered", False)):
-                    raise
-                if limit is None:
-                    limit, start = reconnect_timeout(), time.monotonic()
-                waited = time.monotonic() - start
-                if waited >= limit:
-                    raise
-                await asyncio.sleep(min(delay, limit - waited))
-                delay = min(delay * 2, 0.5)
+                await asyncio.sleep(resend.pause(e))
 
 
 _async_clients = {}

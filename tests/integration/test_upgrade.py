@@ -118,6 +118,16 @@ def replica_pids(hd, env):
     return {r["name"]: r["pid"] for r in st["replicas"]}
 
 
+def nap_env(hd, name, seconds):
+    """An environment of one prewarmed replica and a task request that
+    sleeps `seconds` there and returns the worker's pid."""
+    sha, raw = bundle({"slow.py": "import os, time\ndef nap(s):\n    time.sleep(s)\n    return os.getpid()\n"})
+    assert api(hd.socket, "PUT", f"/v1/code/{sha}", raw)[0] in (200, 201)
+    spec = f"name: {name}\nreplicas: {{min: 1, max: 1}}\nprewarm: true\nttl_seconds: 300\n"
+    assert hd.hearth("apply", "-f", "-", input=spec.encode()).returncode == 0
+    return {"module": "slow", "function": "nap", "kwargs": {"s": seconds}, "bundle": sha}
+
+
 def test_an_upgrade_under_a_steady_stream_fails_no_task(ud, tmp_path):
     (tmp_path / "flows.py").write_text(STREAM)
     envv = dict(os.environ, HEARTH_SOCKET=ud.socket, PYTHONPATH=str(REPO / "python"), HEARTH_RECONNECT_TIMEOUT="60")
@@ -166,11 +176,7 @@ def test_an_upgrade_under_a_steady_stream_fails_no_task(ud, tmp_path):
 
 
 def test_sigusr2_upgrades_and_tasks_in_flight_finish(ud):
-    sha, raw = bundle({"slow.py": "import os, time\ndef nap(s):\n    time.sleep(s)\n    return os.getpid()\n"})
-    assert api(ud.socket, "PUT", f"/v1/code/{sha}", raw)[0] in (200, 201)
-    spec = "name: up-sig\nreplicas: {min: 1, max: 1}\nprewarm: true\nttl_seconds: 300\n"
-    assert ud.hearth("apply", "-f", "-", input=spec.encode()).returncode == 0
-    req = {"module": "slow", "function": "nap", "kwargs": {"s": 3}, "bundle": sha}
+    req = nap_env(ud, "up-sig", 3)
     status, t = api(ud.socket, "POST", "/v1/environments/up-sig/tasks", req)
     assert status == 202, t
     deadline = time.time() + 60
@@ -224,11 +230,7 @@ def quick():
 
 
 def test_an_upgrade_with_tasks_still_queued_at_its_timeout_is_refused(quick):
-    sha, raw = bundle({"slow.py": "import os, time\ndef nap(s):\n    time.sleep(s)\n    return os.getpid()\n"})
-    assert api(quick.socket, "PUT", f"/v1/code/{sha}", raw)[0] in (200, 201)
-    spec = "name: up-q\nreplicas: {min: 1, max: 1}\nprewarm: true\nttl_seconds: 300\n"
-    assert quick.hearth("apply", "-f", "-", input=spec.encode()).returncode == 0
-    req = {"module": "slow", "function": "nap", "kwargs": {"s": 4}, "bundle": sha}
+    req = nap_env(quick, "up-q", 4)
     ids = [api(quick.socket, "POST", "/v1/environments/up-q/tasks", req)[1]["id"] for _ in range(3)]
     deadline = time.time() + 60
     while api(quick.socket, "GET", f"/v1/tasks/{ids[0]}")[1]["state"] != "running":
