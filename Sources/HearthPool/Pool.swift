@@ -29,8 +29,8 @@ public final class Pool: Sendable {
         var config: PoolConfig
     }
     private let envs = Mutex<[String: Entry]>([:])
-    /// Set while hearthd hands over to a new binary: why tasks and
-    /// environment changes are refused meanwhile.
+    /// Set while hearthd hands over to a new binary: why tasks are refused
+    /// meanwhile (other changing requests: the server's UpgradeGate).
     private let closed = Mutex<String?>(nil)
 
     public init(context: PoolContext, stateRoot: String) throws {

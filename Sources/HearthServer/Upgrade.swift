@@ -46,12 +46,20 @@ final class UpgradeGate: Sendable {
 /// import or build works while its body is written) and refuses them while
 /// the gate is closed. GETs pass: reads are cheap to repeat, and long polls
 /// (`GET /v1/tasks/{id}?wait`) are what clients use to ride out the exec.
+/// So do single task posts (the pool refuses those itself, and one that
+/// waits for its task rides out the exec by id, not holding it up).
 struct UpgradeGateMiddleware<Context: RequestContext>: RouterMiddleware {
     let gate: UpgradeGate
 
+    static func passes(method: HTTPRequest.Method, path: String) -> Bool {
+        if method == .get || path == "/v1/upgrade" { return true }
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+        return method == .post && parts.count == 5 && parts[1] == "v1" && parts[2] == "environments" && parts[4] == "tasks"
+    }
+
     func handle(_ request: Request, context: Context,
                 next: (Request, Context) async throws -> Response) async throws -> Response {
-        if request.method == .get || request.uri.path == "/v1/upgrade" { return try await next(request, context) }
+        if Self.passes(method: request.method, path: request.uri.path) { return try await next(request, context) }
         let ticket = try gate.enter()
         var response = try await next(request, context)
         let body = response.body

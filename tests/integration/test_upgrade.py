@@ -226,19 +226,32 @@ def test_an_upgrade_that_cannot_finish_is_refused_and_work_goes_on(ud):
 
 @pytest.fixture(scope="module")
 def quick():
-    yield from running_daemon("hearth-upq", extra_args=["--upgrade-timeout", "2s"])
+    yield from running_daemon("hearth-upq", extra_args=["--upgrade-timeout", "4s"])
 
 
 def test_an_upgrade_with_tasks_still_queued_at_its_timeout_is_refused(quick):
-    req = nap_env(quick, "up-q", 4)
+    req = nap_env(quick, "up-q", 6)
     ids = [api(quick.socket, "POST", "/v1/environments/up-q/tasks", req)[1]["id"] for _ in range(3)]
     deadline = time.time() + 60
     while api(quick.socket, "GET", f"/v1/tasks/{ids[0]}")[1]["state"] != "running":
         assert time.time() < deadline
         time.sleep(0.05)
-    r = subprocess.run([quick.binary, "--upgrade", "--socket", quick.socket], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    assert "upgrade refused: after 2 s" in r.stderr and "task(s) queued in environment up-q" in r.stderr, r.stderr
+    up = subprocess.Popen([quick.binary, "--upgrade", "--socket", quick.socket], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while "new tasks and changes wait" not in open(quick.log).read():
+        assert time.time() < deadline and up.poll() is None, up.communicate()
+        time.sleep(0.02)
+    # While it waits: tasks and changes are refused untouched (503
+    # `upgrading`, which clients send again), reads are answered.
+    status, body = api(quick.socket, "POST", "/v1/environments/up-q/tasks", req)
+    assert status == 503 and body["error"]["code"] == "upgrading", body
+    status, body = api(quick.socket, "DELETE", "/v1/environments/up-q")
+    assert status == 503 and body["error"]["code"] == "upgrading", body
+    assert api(quick.socket, "GET", "/v1/environments/up-q")[0] == 200
+    out, err = up.communicate(timeout=60)
+    assert up.returncode == 1, (out, err)
+    assert "upgrade refused: after 4 s" in err and "task(s) queued in environment up-q" in err, err
     # Nothing was lost and work goes on with the old binary.
     for t in ids:
         body = api(quick.socket, "GET", f"/v1/tasks/{t}?wait=30")[1]
