@@ -117,13 +117,20 @@ int hearth_pidfd_open(int pid)
     return (int)syscall(SYS_pidfd_open, pid, 0);
 }
 
-int hearth_spawn_host(const char *path, char *const argv[], char *const envp[], const char *dir,
-                      int stdin_fd, int out_fd, int32_t *pid)
+/* posix_spawn with a clean start: stdin from stdin_fd (/dev/null when
+ * < 0), stdout and stderr on out_fd, keep_fd (when >= 0) as fd 3, every
+ * other fd closed, in dir (NULL: the caller's), with an empty signal mask
+ * and every signal at its default (a daemon thread may block signals, or
+ * ignore some: the program inherits neither). own_session: a session of
+ * its own; else a process group of its own. */
+static int spawn_clean(const char *path, char *const argv[], char *const envp[], const char *dir,
+                       int stdin_fd, int out_fd, int keep_fd, int own_session, int32_t *pid)
 {
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
     sigset_t none, all;
     pid_t child = 0;
+    short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
     int rc;
 
     if ((rc = posix_spawn_file_actions_init(&fa)) != 0)
@@ -138,25 +145,33 @@ int hearth_spawn_host(const char *path, char *const argv[], char *const envp[], 
         rc = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
     if (rc == 0) rc = posix_spawn_file_actions_adddup2(&fa, out_fd, 1);
     if (rc == 0) rc = posix_spawn_file_actions_adddup2(&fa, out_fd, 2);
+    if (rc == 0 && keep_fd >= 0) rc = posix_spawn_file_actions_adddup2(&fa, keep_fd, 3);
     /* The daemon's fds that lack close-on-exec stay out of the program. */
-    if (rc == 0) rc = posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+    if (rc == 0) rc = posix_spawn_file_actions_addclosefrom_np(&fa, keep_fd >= 0 ? 4 : 3);
     if (rc == 0 && dir != NULL) rc = posix_spawn_file_actions_addchdir_np(&fa, dir);
-    /* A daemon thread may block signals (the child would inherit the
-     * mask) or ignore some: the program starts with neither. */
     sigemptyset(&none);
     sigfillset(&all);
     if (rc == 0) rc = posix_spawnattr_setsigmask(&attr, &none);
     if (rc == 0) rc = posix_spawnattr_setsigdefault(&attr, &all);
-    /* Its own process group, so a timeout kills what it started too. */
-    if (rc == 0) rc = posix_spawnattr_setpgroup(&attr, 0);
-    if (rc == 0)
-        rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
-                                                 POSIX_SPAWN_SETPGROUP);
+    if (own_session) {
+        flags |= POSIX_SPAWN_SETSID;
+    } else {
+        flags |= POSIX_SPAWN_SETPGROUP;
+        if (rc == 0) rc = posix_spawnattr_setpgroup(&attr, 0);
+    }
+    if (rc == 0) rc = posix_spawnattr_setflags(&attr, flags);
     if (rc == 0) rc = posix_spawn(&child, path, &fa, &attr, argv, envp);
     posix_spawnattr_destroy(&attr);
     posix_spawn_file_actions_destroy(&fa);
     if (rc == 0) *pid = child;
     return rc;
+}
+
+int hearth_spawn_host(const char *path, char *const argv[], char *const envp[], const char *dir,
+                      int stdin_fd, int out_fd, int32_t *pid)
+{
+    /* Its own process group, so a timeout kills what it started too. */
+    return spawn_clean(path, argv, envp, dir, stdin_fd, out_fd, -1, 0, pid);
 }
 
 /* linux/mount.h's struct mount_attr and flags, spelled out (older headers). */
@@ -183,37 +198,10 @@ int hearth_detached_tree(int fd, int read_only)
 
 int hearth_spawn_keeper(const char *path, int listen_fd, int log_fd, int32_t *pid)
 {
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t attr;
-    sigset_t none, all;
-    pid_t child = 0;
     char *argv[] = {(char *)"hearth-keeper", (char *)"--keeper", NULL};
     char *envp[] = {NULL};
-    int rc;
 
-    if ((rc = posix_spawn_file_actions_init(&fa)) != 0)
-        return rc;
-    if ((rc = posix_spawnattr_init(&attr)) != 0) {
-        posix_spawn_file_actions_destroy(&fa);
-        return rc;
-    }
-    rc = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    if (rc == 0) rc = posix_spawn_file_actions_adddup2(&fa, log_fd, 1);
-    if (rc == 0) rc = posix_spawn_file_actions_adddup2(&fa, log_fd, 2);
-    if (rc == 0) rc = posix_spawn_file_actions_adddup2(&fa, listen_fd, 3);
-    if (rc == 0) rc = posix_spawn_file_actions_addclosefrom_np(&fa, 4);
-    if (rc == 0) rc = posix_spawn_file_actions_addchdir_np(&fa, "/");
-    sigemptyset(&none);
-    sigfillset(&all);
-    if (rc == 0) rc = posix_spawnattr_setsigmask(&attr, &none);
-    if (rc == 0) rc = posix_spawnattr_setsigdefault(&attr, &all);
-    if (rc == 0)
-        rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
-    if (rc == 0) rc = posix_spawn(&child, path, &fa, &attr, argv, envp);
-    posix_spawnattr_destroy(&attr);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc == 0) *pid = child;
-    return rc;
+    return spawn_clean(path, argv, envp, "/", -1, log_fd, listen_fd, 1, pid);
 }
 
 ssize_t hearth_send_fds(int sock, const void *buf, size_t len, const int32_t *fds, int nfds)

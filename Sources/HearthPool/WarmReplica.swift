@@ -214,23 +214,20 @@ final class WarmReplica: Sendable {
     /// A replica a previous daemon started, adopted from the keeper: it
     /// starts `reattaching` (see `reattach`); `ready` is what its worker
     /// said at its start, `tasksRun` what it had run by then.
-    init(adopting name: String, running: any ReplicaProcess, toWorker: Int32, fromWorker: Int32, maxFrame: Int,
-         codeView: String, concurrency: Int, workerPid: Int32?, python: String?, tasksRun: Int, reclaimer: any TaskReclaiming) {
-        self.name = name
-        self.codeView = codeView
-        self.running = running
-        self.toWorker = toWorker
-        self.fromWorker = fromWorker
-        self.maxFrame = maxFrame
-        var st = State(reader: FrameReader(maxBytes: maxFrame))
-        st.capacity = max(1, concurrency)
-        st.phase = .reattaching(nil, [])
-        st.tasksRun = tasksRun
+    convenience init(adopting name: String, running: any ReplicaProcess, toWorker: Int32, fromWorker: Int32, maxFrame: Int,
+                     codeView: String, concurrency: Int, workerPid: Int32?, python: String?, tasksRun: Int,
+                     reclaimer: any TaskReclaiming) {
+        self.init(name: name, running: running, toWorker: toWorker, fromWorker: fromWorker, maxFrame: maxFrame,
+                  codeView: codeView, concurrency: concurrency)
         var frame = "{\"type\":\"ready\""
         if let workerPid { frame += ",\"pid\":\(workerPid)" }
         if let python, let q = try? JSONEncoder().encode(python) { frame += ",\"python\":" + String(decoding: q, as: UTF8.self) }
-        st.ready = WorkerMessage(frame: Array((frame + "}").utf8))
-        state = Mutex(st)
+        let ready = WorkerMessage(frame: Array((frame + "}").utf8))
+        state.withLock { st in
+            st.phase = .reattaching(nil, [])
+            st.tasksRun = tasksRun
+            st.ready = ready
+        }
         self.reclaimer.withLock { $0 = reclaimer }
     }
 

@@ -319,7 +319,7 @@ public enum Daemon {
                     try bind.publish()
                     log.info("hearthd \(version) listening on \(socketPath)")
                     if let sinceExec {
-                        log.notice("upgrade: serving again \(String(format: "%.1f", Double(sinceExec.components.attoseconds) / 1e15 + Double(sinceExec.components.seconds) * 1e3)) ms after the exec")
+                        log.notice("upgrade: serving again \(String(format: "%.1f", sinceExec.milliseconds)) ms after the exec")
                     }
                 } catch {
                     // Nobody can connect: stop rather than run unreachable.

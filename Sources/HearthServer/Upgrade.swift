@@ -208,11 +208,8 @@ final class Upgrader: Sendable {
 
     /// The errno when execve failed.
     private func exec() -> Int32 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        let ns = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
         var env = ProcessInfo.processInfo.environment
-        env[Self.startedVariable] = String(ns)
+        env[Self.startedVariable] = String(Self.monotonicNanoseconds())
         let envp = env.map { "\($0.key)=\($0.value)" }
         logger.notice("upgrade: exec \(plan.binary)")
         let arena = CArena()
@@ -221,8 +218,15 @@ final class Upgrader: Sendable {
     }
 
     static func seconds(_ d: Duration) -> String {
-        let s = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+        let s = d.seconds
         return s == s.rounded() ? "\(Int(s)) s" : String(format: "%.1f s", s)
+    }
+
+    /// CLOCK_MONOTONIC in nanoseconds: it runs on across an exec.
+    private static func monotonicNanoseconds() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
     }
 
     /// In a new image started by an upgrade: how long since the exec (and
@@ -230,10 +234,7 @@ final class Upgrader: Sendable {
     static func sinceExec() -> Duration? {
         guard let text = getenv(startedVariable).map({ String(cString: $0) }), let ns = Int64(text) else { return nil }
         unsetenv(startedVariable)
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        let now = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
-        return .nanoseconds(now - ns)
+        return .nanoseconds(monotonicNanoseconds() - ns)
     }
 }
 

@@ -103,7 +103,7 @@ struct HearthdCommand: AsyncParsableCommand {
         if upgrade {
             do {
                 let o = try DaemonUpgrade.run(socketPath: socket, timeout: upgradeWait + .seconds(60))
-                print("hearthd (pid \(o.after.pid)) now runs \(o.binary), hearthd \(o.after.version) (was \(o.before.version)); it answered again \(String(format: "%.0f", Double(o.gap.components.seconds) * 1e3 + Double(o.gap.components.attoseconds) / 1e15)) ms after accepting the upgrade")
+                print("hearthd (pid \(o.after.pid)) now runs \(o.binary), hearthd \(o.after.version) (was \(o.before.version)); it answered again \(String(format: "%.0f", o.gap.milliseconds)) ms after accepting the upgrade")
                 return
             } catch {
                 FileHandle.standardError.write(Data("hearthd --upgrade: \(HearthError.wrap(error).message)\n".utf8))

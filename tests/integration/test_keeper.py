@@ -82,14 +82,18 @@ def listing(s):
         out.append((name, record, fds))
 
 
-def names(s):
-    """The names an `L` returns, in order; the fds it brought are closed."""
-    out = []
-    for name, _, fds in listing(s):
+def close_listed(recs):
+    """Closes the fds a listing brought."""
+    for _, _, fds in recs:
         for fd in fds:
             os.close(fd)
-        out.append(name)
-    return out
+
+
+def names(s):
+    """The names an `L` returns, in order; the fds it brought are closed."""
+    recs = listing(s)
+    close_listed(recs)
+    return [name for name, _, _ in recs]
 
 
 def pidfd_pid(fd):
@@ -265,9 +269,7 @@ def test_records_outlive_the_client(keeper, sleeper, pipes):
     c2 = keeper.connect()
     recs = listing(c2)
     assert [(n, rec, len(fds)) for n, rec, fds in recs] == [(b"a", b"", 2), (b"b", b"two", 1)]
-    for _, _, fds in recs:
-        for fd in fds:
-            os.close(fd)
+    close_listed(recs)
 
 
 def test_exited_replica_is_dropped_and_a_client_keeps_the_keeper(keeper, sleeper, pipes):
@@ -326,9 +328,7 @@ def test_put_with_a_known_name_replaces_the_record(keeper, sleeper, pipes):
     recs = listing(c)
     # Stored anew: the replacement lists last.
     assert [(n, rec, len(fds)) for n, rec, fds in recs] == [(b"b", b"", 1), (b"a", b"new", 2)]
-    for _, _, fds in recs:
-        for fd in fds:
-            os.close(fd)
+    close_listed(recs)
     assert sees_eof(r1), "the replaced record's fds are still open"
     assert not readable(r2, 0.3)
 
@@ -396,8 +396,7 @@ def test_size_limit(keeper, sleeper):
     put(c, b"too-big", os.urandom(MAX), [sleeper.pidfd])
     recs = listing(c)
     assert [(n, rec == record) for n, rec, _ in recs] == [(b"big", True)]
-    for fd in recs[0][2]:
-        os.close(fd)
+    close_listed(recs)
     assert "refused message: longer than 256 KiB" in keeper.log()
 
 

@@ -94,6 +94,15 @@ def ready_envs(hd, names):
                  and all(r["state"] == "ready" for r in replicas(hd, name).values()))
 
 
+def warm_env(hd, name):
+    """Uploads the tasks, applies `name` (two prewarmed replicas) and waits
+    until both are ready: the bundle and {replica: pid}."""
+    code = upload(hd)
+    apply(hd, name)
+    ready_envs(hd, [name])
+    return code, {n: r["pid"] for n, r in replicas(hd, name).items()}
+
+
 def test_sigkill_keeps_replicas_and_the_tasks_in_them(rd):
     code = upload(rd)
     envs = ["rs-a", "rs-b"]
@@ -151,9 +160,7 @@ def test_sigkill_keeps_replicas_and_the_tasks_in_them(rd):
 
 
 def test_idle_replicas_serve_warm_right_after_a_restart(rd):
-    code = upload(rd)
-    apply(rd, "rs-w")
-    ready_envs(rd, ["rs-w"])
+    code, _ = warm_env(rd, "rs-w")
     # Two slow tasks at once land on both replicas (concurrency 1), so
     # every replica's token is known whichever one serves after the restart.
     ids = [post(rd, "rs-w", code, "work", wait=False, i=i, seconds=1.0)[1]["id"] for i in range(2)]
@@ -173,10 +180,7 @@ def test_idle_replicas_serve_warm_right_after_a_restart(rd):
 
 
 def test_a_lost_keeper_is_replaced_while_hearthd_runs(rd):
-    code = upload(rd)
-    apply(rd, "rs-k")
-    ready_envs(rd, ["rs-k"])
-    pids = {n: r["pid"] for n, r in replicas(rd, "rs-k").items()}
+    code, pids = warm_env(rd, "rs-k")
     os.kill(keeper_pid(rd), signal.SIGKILL)
     # Tasks go on; a new keeper takes the replicas.
     body = post(rd, "rs-k", code, "remember", key="x", value="y")[1]
@@ -189,10 +193,7 @@ def test_a_lost_keeper_is_replaced_while_hearthd_runs(rd):
 
 
 def test_a_keeper_lost_while_hearthd_is_down_fails_tasks_cleanly(rd):
-    code = upload(rd)
-    apply(rd, "rs-d")
-    ready_envs(rd, ["rs-d"])
-    old = set(replicas(rd, "rs-d"))
+    code, old = warm_env(rd, "rs-d")
     status, t = post(rd, "rs-d", code, "work", wait=False, i=1, seconds=30)
     wait_for("running", lambda: api(rd.socket, "GET", f"/v1/tasks/{t['id']}")[1]["state"] == "running")
     rd.stop(signal.SIGKILL)
@@ -207,10 +208,7 @@ def test_a_keeper_lost_while_hearthd_is_down_fails_tasks_cleanly(rd):
 
 
 def test_a_clean_stop_removes_replicas_and_the_keeper(rd):
-    code = upload(rd)
-    apply(rd, "rs-c")
-    ready_envs(rd, ["rs-c"])
-    old = set(replicas(rd, "rs-c"))
+    code, old = warm_env(rd, "rs-c")
     rd.stop()
     # SIGTERM drains: the replicas go, and the keeper with them.
     wait_for("the keeper gone", lambda: not _keeper_alive(rd), timeout=10)
