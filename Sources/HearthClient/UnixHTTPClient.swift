@@ -1,5 +1,6 @@
 import Glibc
 import HearthCore
+import HearthOS
 
 /// A small blocking HTTP/1.1 client over a Unix socket. The CLI makes one
 /// request per run, so a plain socket keeps its start-up cheap (no event
@@ -141,22 +142,11 @@ public struct UnixHTTPClient: Sendable {
     private func connect() throws -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError.current("socket", socketPath) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let pathBytes = Array(socketPath.utf8)
-        guard pathBytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+        guard UnixSocket.address(socketPath) != nil else {
             close(fd)
             throw HearthError.invalid("socket path \(socketPath) is longer than the 107 bytes a Unix socket path may have")
         }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, b) in pathBytes.enumerated() { raw[i] = b }
-        }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        if rc != 0 {
+        if UnixSocket.connect(fd, to: socketPath) != 0 {
             let err = errno
             close(fd)
             switch err {

@@ -147,22 +147,9 @@ public final class ReplicaKeeper: Sendable {
         guard fd >= 0 else { return nil }
         var ok = false
         defer { if !ok { close(fd) } }
-        guard var addr = Self.address(socketPath) else { return nil }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else { return nil }
+        guard UnixSocket.connect(fd, to: socketPath) == 0 else { return nil }
         ok = true
         return fd
-    }
-
-    private static func address(_ path: String) -> sockaddr_un? {
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return nil }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
-        return addr
     }
 
     /// Lists what the keeper holds (bounded: a keeper that stops answering
@@ -213,13 +200,11 @@ public final class ReplicaKeeper: Sendable {
         let listener = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard listener >= 0 else { throw SystemError.current("socket", socketPath) }
         defer { close(listener) }
-        guard var addr = Self.address(socketPath) else {
+        guard UnixSocket.address(socketPath) != nil else {
             throw HearthError.invalid("keeper socket path \(socketPath) is too long for a Unix socket (108 bytes)")
         }
         let old = umask(0o077)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
+        let rc = UnixSocket.bind(listener, to: socketPath)
         umask(old)
         guard rc == 0 else { throw SystemError.current("bind", socketPath) }
         guard listen(listener, 4) == 0 else { throw SystemError.current("listen", socketPath) }

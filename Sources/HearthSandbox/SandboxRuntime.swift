@@ -53,23 +53,6 @@ public final class SandboxRuntime: Sendable {
         try installInit(from: initBinary)
     }
 
-    /// Removes what a crashed predecessor left: replica directories (and any
-    /// mount under them), cgroups and their processes.
-    public func cleanupStale() throws {
-        // Directories go even when a cgroup resists; the error is reported after.
-        var cgroupError: (any Error)?
-        do { try cgroups.cleanupStale() } catch { cgroupError = error }
-        for mount in FS.mountPoints(under: replicasDir).sorted(by: >) {
-            _ = umount2(mount, Int32(MNT_DETACH))
-        }
-        for dir in [replicasDir] + (scratchDir.map { [$0] } ?? []) {
-            for entry in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
-                try FS.removeTree(path: dir + "/" + entry)
-            }
-        }
-        if let cgroupError { throw cgroupError }
-    }
-
     public func prepare() throws {
         try cgroups.prepare()
     }
@@ -305,10 +288,12 @@ public final class SandboxRuntime: Sendable {
         return replica
     }
 
-    /// `cleanupStale()` sparing adopted replicas: their cgroups, their
-    /// directories (and the `NAME.*` beside them), their writable layers.
-    public func cleanupStale(keeping: Set<String>) throws {
-        guard !keeping.isEmpty else { return try cleanupStale() }
+    /// Removes what a crashed predecessor left: replica directories (and any
+    /// mount under them), cgroups and their processes; but not the adopted
+    /// replicas named in `keeping`: their cgroups, their directories (and
+    /// the `NAME.*` beside them), their writable layers.
+    public func cleanupStale(keeping: Set<String> = []) throws {
+        // Directories go even when a cgroup resists; the error is reported after.
         var cgroupError: (any Error)?
         do { try cgroups.cleanupStale(keeping: keeping) } catch { cgroupError = error }
         func kept(_ entry: String) -> Bool {
