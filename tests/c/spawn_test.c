@@ -545,9 +545,12 @@ static void test_signal_forwarding(void)
     struct run r;
     char *const argv[] = {
         "hearth-init", "/usr/bin/python3", "-c",
-        "import signal, sys, time\n"
+        "import os, signal, sys, time\n"
         "def h(s, f):\n"
-        "    print('got=%d' % s, flush=True)\n"
+        /* os.write, not print: the signal may land while print('ready')
+         * is still flushing stdout, and a print here would be a reentrant
+         * call into the same buffered writer (RuntimeError). */
+        "    os.write(1, b'got=%d\\n' % s)\n"
         "    sys.exit(3)\n"
         "signal.signal(signal.SIGTERM, h)\n"
         "print('ready', flush=True)\n"
