@@ -167,17 +167,25 @@ public final class Pool: Sendable {
                 }
             }
         }
-        if subs.count == 1, let id = subs[0].id {
-            let t = TaskRecord(id: id, environment: env, module: subs[0].module, function: subs[0].function,
-                               kwargs: subs[0].kwargs, bundle: subs[0].bundle, timeout: subs[0].timeout)
-            if let old = ctx.tasks.addIfAbsent(t) {
-                guard old.environment == env else {
-                    throw HearthError(.conflict, "task id \(id) is already used by a task of environment \"\(old.environment)\"; give each task an id of its own")
-                }
-                if subs[0].pinned { old.pin() }
-                return [old]
+        // Client ids (a task's, or a batch's ID-0, ID-1, …): a submission
+        // whose ids are all known is those tasks (a client's retry); one
+        // whose ids are partly known is refused, and none is added.
+        if subs.first?.id != nil {
+            var added: [TaskRecord] = [], known: [TaskRecord] = []
+            for s in subs {
+                let t = TaskRecord(id: s.id ?? ctx.tasks.newID(), environment: env, module: s.module, function: s.function,
+                                   kwargs: s.kwargs, bundle: s.bundle, timeout: s.timeout)
+                if let old = ctx.tasks.addIfAbsent(t) { known.append(old) } else { added.append(t) }
             }
-            return try enqueue([t], in: pool, env: env, pinned: subs[0].pinned, clientID: true)
+            let pinned = subs[0].pinned
+            if known.isEmpty { return try enqueue(added, in: pool, env: env, pinned: pinned, clientID: true) }
+            for t in added { ctx.tasks.withdraw(t) }
+            let clash = known.first { $0.environment != env } ?? known[0]
+            guard added.isEmpty, clash.environment == env else {
+                throw HearthError(.conflict, "task id \(clash.id) is already used by a task of environment \"\(clash.environment)\"; give each task an id of its own")
+            }
+            if pinned { for t in known { t.pin() } }
+            return known
         }
         let tasks = subs.map { s in
             TaskRecord(id: ctx.tasks.newID(), environment: env, module: s.module, function: s.function,

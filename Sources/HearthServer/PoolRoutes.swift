@@ -55,6 +55,16 @@ struct PoolRoutes: Sendable {
             let env = context.parameters.get("name") ?? ""
             let body = try await request.body.collect(upTo: Self.maxTaskBytes)
             let req = try parseBatchRequest(body)
+            // A client id names the batch: its tasks are ID-0, ID-1, … so a
+            // client that lost the connection asks for them instead of
+            // sending the batch again (all or none are accepted).
+            if let id = req.id {
+                try Self.checkClientID(id)
+                let last = "\(id)-\(max(0, req.inputs.count - 1))"
+                guard last.utf8.count <= 128 else {
+                    throw HearthError.invalid("id: \"\(id.prefix(200))\" names a batch of \(req.inputs.count) tasks, \(id)-0 … \(last), and \(last) is over 128 characters; give a shorter id")
+                }
+            }
             var subs: [Pool.Submission] = []
             subs.reserveCapacity(req.inputs.count)
             for (i, input) in req.inputs.enumerated() {
@@ -63,6 +73,7 @@ struct PoolRoutes: Sendable {
                 }
                 var sub = try submission(req.module, req.function, input, req.bundle, req.timeout, req.identity)
                 sub.pinned = true
+                if let id = req.id { sub.id = "\(id)-\(i)" }
                 subs.append(sub)
             }
             // All at once: one journal write, one scheduler pass, one wake-up when all are done.
@@ -337,6 +348,8 @@ struct RawBatchRequest {
     var bundle: String?
     var timeout: Double?
     var identity: String?
+    /// The client's id for the batch; its tasks are `id-0`, `id-1`, ….
+    var id: String?
 }
 
 /// The body as one JSON object whose `rawKey` member stays bytes.
@@ -366,7 +379,7 @@ func parseBatchRequest(_ body: ByteBuffer) throws -> RawBatchRequest {
     }
     return RawBatchRequest(module: try f.string("module"), function: try f.string("function"), inputs: inputs,
                            bundle: try f.optString("bundle"), timeout: try f.optDouble("timeout"),
-                           identity: try f.optString("identity"))
+                           identity: try f.optString("identity"), id: try f.optString("id"))
 }
 
 func decodeBody<T: Decodable>(_ type: T.Type, _ body: ByteBuffer, what: String) throws -> T {

@@ -388,6 +388,17 @@ class ActorEnvironment(object):
         except _client.DaemonUnavailable as e:
             return _client.recover_task(c, body["id"], e, lambda: self._post(c, path, body, what), what)
 
+    def _post_batch(self, c, path, body, what):
+        """``_post_task`` for a batch: its tasks are ID-0, ID-1, …, and all
+        or none of them were accepted (``_client.recover_batch``)."""
+        _client = sys.modules["hearth._client"]
+        body["id"] = _client.task_id()
+        try:
+            return self._post(c, path, body, what)
+        except _client.DaemonUnavailable as e:
+            return _client.recover_batch(c, body["id"], len(body["inputs"]), e,
+                                         lambda: self._post(c, path, body, what), what)
+
     async def _apost_task(self, ac, c, path, body, what):
         _client = sys.modules["hearth._client"]
         body["id"] = _client.task_id()
@@ -684,7 +695,7 @@ class MappedTask(object):
         def send(piece):
             b = dict(body, inputs=piece)
             cc = _client_for(env.socket)
-            return env._post(cc, path, b, what)
+            return env._post_batch(cc, path, b, what)
 
         t0 = time.perf_counter()
         if len(pieces) == 1:

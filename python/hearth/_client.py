@@ -371,6 +371,23 @@ def recover_task(c, tid, error, resubmit, what=None):
         delay = min(delay * 2, 1.0)
 
 
+def recover_batch(c, bid, n, error, resubmit, what=None):
+    """``recover_task`` for a batch of ``n`` tasks ``bid``-0 … ``bid``-(n-1):
+    hearthd accepted all of them or none, so the first one says which; the
+    list of their final snapshots, or ``resubmit()``'s."""
+    first = recover_task(c, "%s-0" % bid, error, resubmit, what)
+    if isinstance(first, list):
+        return first  # never accepted: sent again, whole
+
+    def gone(tid):
+        # Accepted with the first, yet unknown now (past retention): lost.
+        return lambda: {"id": tid, "state": "lost", "error": {
+            "type": "TaskLost", "message": "task %s of batch %s is no longer known to hearthd; its result is lost" % (tid, bid)}}
+
+    rest = [recover_task(c, "%s-%d" % (bid, i), error, gone("%s-%d" % (bid, i)), what) for i in range(1, n)]
+    return [first] + rest
+
+
 async def arecover_task(ac, tid, error, resubmit, what=None):
     """``recover_task`` for asyncio code; ``resubmit`` is a coroutine function."""
     import asyncio

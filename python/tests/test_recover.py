@@ -105,3 +105,27 @@ def test_task_ids_are_unique_and_new_in_a_forked_child():
     os.waitpid(pid, 0)
     child = os.read(r, 200).decode()
     assert child.rsplit("-", 1)[0] != a.rsplit("-", 1)[0], "a forked child takes its own prefix"
+
+
+def test_a_batch_the_daemon_accepted_is_answered_task_by_task(monkeypatch):
+    monkeypatch.setenv("HEARTH_RECONNECT_TIMEOUT", "30")
+    fake = FakeDaemon([down(), {"id": "b-0", "state": "succeeded"}, {"id": "b-1", "state": "running"},
+                       {"id": "b-1", "state": "failed"}, {"id": "b-2", "state": "succeeded"}])
+    resubmits = []
+    snaps = _client.recover_batch(fake, "b", 3, down(), lambda: resubmits.append(1))
+    assert [s["id"] for s in snaps] == ["b-0", "b-1", "b-2"] and snaps[1]["state"] == "failed"
+    assert resubmits == [], "an accepted batch is never sent again"
+
+
+def test_a_batch_the_daemon_never_accepted_is_sent_again_whole(monkeypatch):
+    monkeypatch.setenv("HEARTH_RECONNECT_TIMEOUT", "30")
+    fake = FakeDaemon([down(), None])
+    snaps = _client.recover_batch(fake, "b", 3, down(), lambda: [{"id": "b-%d" % i} for i in range(3)])
+    assert [s["id"] for s in snaps] == ["b-0", "b-1", "b-2"]
+    assert fake.paths == ["/v1/tasks/b-0?wait=20"] * 2, "the first task says whether the batch was accepted"
+
+
+def test_a_batch_task_gone_from_the_daemon_is_lost_by_name(monkeypatch):
+    fake = FakeDaemon([{"id": "b-0", "state": "succeeded"}, None])
+    snaps = _client.recover_batch(fake, "b", 2, down(), lambda: None)
+    assert snaps[1]["state"] == "lost" and "task b-1 of batch b is no longer known" in snaps[1]["error"]["message"]

@@ -181,6 +181,28 @@ def test_a_client_id_makes_a_resubmission_the_same_task(sd):
     sd.hearth("rm", other)
 
 
+def test_a_batch_id_makes_a_resent_batch_the_same_tasks(sd):
+    code = upload(sd)
+    e = env(sd, "idempotent-batch")
+    req = {"module": "tasks", "function": "count", "bundle": code, "inputs": [{}, {}], "id": "map-7"}
+    s1, first = api(sd.socket, "POST", f"/v1/environments/{e}/batch", req)
+    s2, again = api(sd.socket, "POST", f"/v1/environments/{e}/batch", req)
+    assert s1 == 200 and s2 == 200 and [t["id"] for t in first] == ["map-7-0", "map-7-1"], first
+    assert again == first
+    # They ran once: the next task of the replica counts 3.
+    assert run(sd, e, code, "count")[1]["result"][1] == 3
+    assert api(sd.socket, "GET", "/v1/tasks/map-7-1")[1]["result"] == first[1]["result"]
+    # Partly known ids (another batch under the same id) add nothing.
+    status, body = api(sd.socket, "POST", f"/v1/environments/{e}/batch", dict(req, inputs=[{}, {}, {}]))
+    assert status == 409 and "task id map-7-0 is already used" in body["error"]["message"], body
+    assert api(sd.socket, "GET", "/v1/tasks/map-7-2")[0] == 404
+    status, body = api(sd.socket, "POST", f"/v1/environments/{e}/batch", dict(req, id="b" * 127))
+    assert status == 400 and "is over 128 characters" in body["error"]["message"], body
+    status, body = api(sd.socket, "POST", f"/v1/environments/{e}/batch", dict(req, id="t-9"))
+    assert status == 400 and "not a task id" in body["error"]["message"], body
+    sd.hearth("rm", e)
+
+
 def test_get_with_wait_answers_when_the_task_ends(sd):
     code = upload(sd)
     e = env(sd, "long-poll")
