@@ -36,9 +36,11 @@ public struct BuildPlan: Sendable, Equatable {
     /// The spec's env as `KEY=value`, sorted by name.
     public var env: [String]
 
-    /// Packages Hearth provides in every replica (the SDK, flytekit's
-    /// names for it): requested, they are satisfied without an install.
-    public static let providedPackages: Set<String> = ["union", "flytekit", "flytekitplugins-pod", "hearth"]
+    /// Packages Hearth provides in every replica (the SDK, union's names
+    /// for it, and the flytekit plugin's replica side): requested, they are
+    /// satisfied without an install. flytekit itself is not: the plugin's
+    /// tasks need the real one in the image.
+    public static let providedPackages: Set<String> = ["union", "flytekitplugins-pod", "flytekitplugins-hearth", "hearth"]
 
     /// Bumped when what a step runs changes, so old cache entries miss.
     static let version = "hearth-build 1"

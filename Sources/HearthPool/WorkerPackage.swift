@@ -5,7 +5,8 @@ import HearthCore
 import HearthOS
 import Logging
 
-/// The `hearth` package every replica's worker runs, as the daemon mounts
+/// The `hearth` package every replica's worker runs (and the flytekit
+/// plugin's replica side, `flytekitplugins/hearth`), as the daemon mounts
 /// it (read-only at /.hearth/worker): a private copy under the state root,
 /// made at start-up, with bytecode compiled by the host's python3 where it
 /// has one. A replica whose Python is the same minor version (the default
@@ -33,13 +34,24 @@ public enum WorkerPackage {
         try FS.makeDirectory(staging, mode: 0o755)
         var hasher = SHA256()
         try copyTree(source + "/hearth", to: staging + "/hearth", relative: "hearth", hasher: &hasher)
+        // The flytekit plugin's replica side (flytekitplugins.hearth), where
+        // the worker directory has it: the repository's python/ keeps it in
+        // its own project, an installed worker directory beside hearth.
+        // `flytekitplugins` stays a namespace package, so an image's other
+        // flytekit plugins import as before.
+        for plugin in [source + "/flytekitplugins-hearth/flytekitplugins/hearth", source + "/flytekitplugins/hearth"]
+        where access(plugin + "/__init__.py", F_OK) == 0 {
+            try FS.makeDirectory(staging + "/flytekitplugins", mode: 0o755)
+            try copyTree(plugin, to: staging + "/flytekitplugins/hearth", relative: "flytekitplugins/hearth", hasher: &hasher)
+            break
+        }
         let dest = base + "/" + hasher.finalize().map { String(format: "%02x", $0) }.joined().prefix(16)
         if access(dest, F_OK) == 0 {
             try FS.removeTree(path: staging)
         } else {
             if let python {
                 let t0 = ContinuousClock.now
-                if let why = compile(staging + "/hearth", with: python) {
+                if let why = compile(staging, with: python) {
                     logger.warning("worker bytecode not compiled (\(why)); replicas compile the worker at every start")
                 } else {
                     logger.info("worker bytecode compiled with \(python) in \(Int((ContinuousClock.now - t0).milliseconds)) ms")

@@ -286,14 +286,15 @@ final class BuildPlanTests: XCTestCase {
     }
 
     func testProvidedPackagesNeedNoStep() {
-        let spec = ImageBuildSpec(packages: ["flytekit>=1.10", "Union", "flytekitplugins_pod", "hearth==0.1"],
-                                  requirements: "# pinned\nflytekit==1.14.0\n\n")
+        let spec = ImageBuildSpec(packages: ["flytekitplugins-hearth>=0.1", "Union", "flytekitplugins_pod", "hearth==0.1"],
+                                  requirements: "# pinned\nFlytekitplugins.Hearth==0.1.0\n\n")
         XCTAssertEqual(BuildPlan(spec: spec, baseID: "x").steps, [])
         let mixed = ImageBuildSpec(packages: ["flytekit", "pandas"], requirements: "union\nnumpy<2\n-i https://x/simple\n")
         guard case .python(let install)? = BuildPlan(spec: mixed, baseID: "x").steps.first?.kind else {
             return XCTFail("no python step")
         }
-        XCTAssertEqual(install.packages, ["pandas"])
+        // flytekit is a real package (the plugin's tasks import it), not Hearth's.
+        XCTAssertEqual(install.packages, ["flytekit", "pandas"])
         XCTAssertEqual(install.requirements, "numpy<2\n-i https://x/simple")
     }
 

@@ -19,8 +19,10 @@ import re
 
 __all__ = ["PROVIDED", "normalize", "parse", "missing", "satisfies"]
 
-# Satisfied by Hearth itself: the SDK stands in for them (see hearth/__init__).
-PROVIDED = frozenset(["hearth", "union", "flytekit", "flytekitplugins-pod"])
+# Satisfied by Hearth itself: the SDK stands in for union's (see hearth/__init__),
+# and the worker package carries the flytekit plugin's replica side. flytekit
+# itself is a real package an image has or not.
+PROVIDED = frozenset(["hearth", "union", "flytekitplugins-pod", "flytekitplugins-hearth"])
 
 _REQ = re.compile(r"^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?:(==|!=|>=|<=|~=|>|<)\s*([A-Za-z0-9.*+!]+))?$")
 

@@ -104,8 +104,8 @@ def secret_keys(requests):
 
 class ImageSpec(str):
     """flytekit's ImageSpec. A spec that asks for nothing its base image
-    lacks (``packages`` Hearth provides: union, flytekit,
-    flytekitplugins-pod, hearth; ``env``; ``registry``) resolves to
+    lacks (``packages`` Hearth provides: union, flytekitplugins-pod,
+    flytekitplugins-hearth, hearth; ``env``; ``registry``) resolves to
     ``base_image`` (a name, or another ImageSpec) or the default image.
     Otherwise (other ``packages``, ``requirements``, ``apt_packages``,
     ``commands``, ``copy``, ``pip_index``/``pip_extra_index_url`` with

@@ -247,7 +247,9 @@ def test_pod_template_host_path_volumes():
 
 
 def test_image_spec_that_needs_nothing_is_its_base():
-    assert _spec.ImageSpec(packages=["union", "flytekit>=1.10"]) == "hearth/python:3.11"
+    assert _spec.ImageSpec(packages=["union", "flytekitplugins-hearth>=0.1"]) == "hearth/python:3.11"
+    # flytekit is a real package (the plugin's tasks import it): asked for, it is built.
+    assert _spec.ImageSpec(packages=["union", "flytekit>=1.10"]) != "hearth/python:3.11"
     assert _spec.ImageSpec(base_image="img:1", env={"A": "1"}) == "img:1"
     assert _spec.image_builds(_spec.ImageSpec(packages=["union"])) == []
 
@@ -377,7 +379,7 @@ def test_version_clauses(installed, op, wanted, ok):
 
 
 def test_missing_packages_messages():
-    assert _packages.missing(["pytest", "union", "flytekit", "hearth"], "img") == []
+    assert _packages.missing(["pytest", "union", "flytekitplugins-pod", "flytekitplugins_hearth", "hearth"], "img") == []
     msgs = _packages.missing(["no-such-dist-xyz", "pytest<1"], "img:1")
     assert "image img:1 does not provide the Python package 'no-such-dist-xyz'" in msgs[0]
     assert "image img:1 has pytest" in msgs[1] and "pytest<1 is required" in msgs[1]

@@ -82,7 +82,7 @@ def store_state(d):
 def pandas_image(daemon_b, tmp_path_factory):
     spec = write_spec(tmp_path_factory.mktemp("pandas"), """
         name: pandas-test
-        packages: [pandas, flytekit]
+        packages: [pandas, union]
         """)
     name, r = cli_build(daemon_b, spec)
     return name, r
@@ -110,8 +110,8 @@ def tools_image(daemon_b, tmp_path_factory):
 def test_pandas_from_pypi_runs_in_a_sandbox_and_a_task(hb, pandas_image, tmp_path):
     name, r = pandas_image
     assert re.fullmatch(r"pandas-test:[A-Za-z0-9_]{22}", name), out(r)
-    # flytekit is Hearth's to provide: the step installs pandas alone.
-    assert "[1/1] uv pip install pandas … " in out(r) and "flytekit" not in out(r)
+    # union is Hearth's to provide: the step installs pandas alone.
+    assert "[1/1] uv pip install pandas … " in out(r) and "union" not in out(r)
     listed = json.loads(out(hb.hearth("image", "ls", "--json")))
     assert name in [i["name"] for i in listed]
     r = hb.sandbox("python3", "-c", "import pandas; print(pandas.__version__)", opts=("--image", name), check=True)
@@ -138,7 +138,7 @@ def test_same_spec_again_is_a_cache_hit(hb, pandas_image, tmp_path):
     before = store_state(hb)
     # The API with only the fields that differ from the defaults: the same
     # spec, so the same name, and every step cached.
-    status, events = api_build(hb, {"name": "pandas-test", "packages": ["pandas", "flytekit"]}, verbose=True)
+    status, events = api_build(hb, {"name": "pandas-test", "packages": ["pandas", "union"]}, verbose=True)
     assert status == 200, events
     kinds = [e["event"] for e in events]
     assert kinds == ["start", "step", "step_done", "done"], events
@@ -147,7 +147,7 @@ def test_same_spec_again_is_a_cache_hit(hb, pandas_image, tmp_path):
     assert events[-1]["cached"] is True and events[-1]["image"]["name"] == name
     assert store_state(hb) == before
     # The CLI says so too.
-    spec = write_spec(tmp_path, "name: pandas-test\npackages: [pandas, flytekit]\n")
+    spec = write_spec(tmp_path, "name: pandas-test\npackages: [pandas, union]\n")
     again, r = cli_build(hb, spec)
     assert again == name and "[1/1] uv pip install pandas … cached" in out(r)
 
@@ -224,7 +224,7 @@ def test_copy_puts_files_under_root(hb, tmp_path):
 
 
 def test_provided_packages_need_no_step(hb, tmp_path):
-    status, events = api_build(hb, {"name": "provided", "packages": ["flytekit>=1.10", "union", "flytekitplugins-pod", "hearth"]})
+    status, events = api_build(hb, {"name": "provided", "packages": ["flytekitplugins-hearth>=0.1", "union", "flytekitplugins-pod", "hearth"]})
     assert status == 200, events
     assert [e["event"] for e in events] == ["start", "done"], events
     assert events[0]["steps"] == 0 and events[-1]["cached"] is True

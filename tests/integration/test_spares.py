@@ -380,12 +380,12 @@ def test_adopted_replica_gets_the_environment_env_and_nothing_else(sd, code):
     ok(sd, "sp-env-a", code, "set_env", key="SP_SET_AT_RUNTIME", value="a-was-here")
     # The next environment adopts the replacement spare: nothing of A's there.
     ready = spare_names(wait_ready(sd, exclude={a["replica"]}), IMAGE)
-    b = first_task(sd, code, "sp-env-b", "environment: {SP_SHARED: from-b}\npackages: [union, flytekit]\n",
+    b = first_task(sd, code, "sp-env-b", "environment: {SP_SHARED: from-b}\npackages: [union, flytekitplugins-pod]\n",
                    fn="environ", keys=keys)
     assert_adopted(b, ready - {a["replica"]})
     seen = b["result"]
     # The daemon keeps packages in the effective spec's (sorted) order.
-    assert sorted((seen.get("HEARTH_REQUIRE_PACKAGES") or "").split()) == ["flytekit", "union"], seen
+    assert sorted((seen.get("HEARTH_REQUIRE_PACKAGES") or "").split()) == ["flytekitplugins-pod", "union"], seen
     seen = dict(seen, HEARTH_REQUIRE_PACKAGES="checked above")
     assert seen == {"SP_ONLY_A": None, "SP_SHARED": "from-b", "SP_SET_AT_RUNTIME": None,
                     "HEARTH_ENVIRONMENT": "sp-env-b", "HEARTH_IMAGE": IMAGE,

@@ -1,0 +1,152 @@
+"""The task: a flytekit ``PythonFunctionTask`` whose execution runs in a
+warm replica of its ActorEnvironment.
+
+flytekit does everything around the call as for any task: the type engine
+turns a workflow's values into the task's input literals, the local cache
+answers a cached call before anything runs, and ``map_task`` maps it.
+Where flytekit would call the function, this task sends the input
+literals (``_literals``) to hearthd as one task of the environment; in the
+replica, ``flytekitplugins.hearth._runtime.run`` imports the task's module,
+lets flytekit's ``dispatch_execute`` turn the literals into Python values
+and call the function, and sends the output literals back. Retries are
+flytekit's ``retries``: a task that fails (its exception, a replica that
+died, a timeout) runs again, up to that many more times.
+"""
+
+import dataclasses
+import sys
+import time
+import typing
+
+from flytekit.core.python_function_task import PythonFunctionTask
+from flytekit.extend import TaskPlugins
+
+__all__ = ["HearthActor", "HearthFunctionTask", "TASK_TYPE"]
+
+TASK_TYPE = "hearth-actor"
+RUNTIME = "flytekitplugins.hearth._runtime"
+
+
+@dataclasses.dataclass
+class HearthActor(object):
+    """A task's config: the ActorEnvironment it runs in."""
+
+    environment: typing.Any = None
+
+
+def _in_replica():
+    w = sys.modules.get("hearth._worker")
+    return w is not None and w.in_worker()
+
+
+class HearthFunctionTask(PythonFunctionTask[HearthActor]):
+    """A flytekit task of an ActorEnvironment (``@env.task``)."""
+
+    _TASK_TYPE = TASK_TYPE
+
+    def __init__(self, task_config, task_function, **kwargs):
+        super().__init__(task_config=task_config, task_function=task_function, task_type=TASK_TYPE, **kwargs)
+        if "<locals>" in task_function.__qualname__:
+            raise TypeError("task %s must be defined at the top level of a module, so a replica can import it"
+                            % task_function.__qualname__)
+
+    @property
+    def environment(self):
+        return self.task_config.environment
+
+    def get_custom(self, settings):
+        """What a Flyte cluster hands the connector: the environment spec and
+        where the function lives (see ``flytekitplugins.hearth.connector``)."""
+        return {"environment": self.environment.spec(), "module": self.task_function.__module__,
+                "function": self.task_function.__name__}
+
+    # -- the two ways flytekit runs a task ------------------------------------------
+
+    def dispatch_execute(self, ctx, input_literal_map):
+        if _in_replica():
+            return super().dispatch_execute(ctx, input_literal_map)
+        return self.run_remote(ctx, input_literal_map)
+
+    def execute(self, **kwargs):
+        # map_task (ArrayNodeMapTask) calls execute with Python values.
+        if _in_replica():
+            return super().execute(**kwargs)
+        from flytekit.core.context_manager import FlyteContextManager
+        from flytekit.core.type_engine import TypeEngine
+        from flytekit.models.literals import LiteralMap
+
+        ctx = FlyteContextManager.current_context()
+        types = self.python_interface.inputs
+        literals = {k: TypeEngine.to_literal(ctx, v, types[k], self.interface.inputs[k].type)
+                    for k, v in kwargs.items()}
+        out = self.run_remote(ctx, LiteralMap(literals=literals))
+        names = list(self.python_interface.outputs)
+        values = TypeEngine.literal_map_to_kwargs(ctx, out, self.python_interface.outputs)
+        if not names:
+            return None
+        if len(names) == 1:
+            return values[names[0]]
+        return tuple(values[n] for n in names)
+
+    # -- the call -----------------------------------------------------------------
+
+    def location(self):
+        """(module the replica imports, its code root), as hearth's tasks find it."""
+        from hearth import _bundle
+
+        fn = self.task_function
+        mod = sys.modules.get(fn.__module__)
+        return _bundle.module_root(fn.__module__, getattr(mod, "__file__", None))
+
+    def run_remote(self, ctx, input_literal_map):
+        """The output LiteralMap of one execution in a replica (retried up
+        to ``metadata.retries`` more times when it fails)."""
+        from hearth import _actor, _bundle, _protocol
+
+        from flytekitplugins.hearth import _literals
+
+        env = self.environment.hearth
+        c = _actor._client_for(env.socket)
+        env._ensure(c)
+        module, root = self.location()
+        bundle = _bundle.bundle_for(root)
+        _bundle.ensure_uploaded(c, bundle)
+        kwargs = {"module": module, "task": self.task_function.__name__,
+                  "inputs": _literals.encode(input_literal_map)}
+        body = {"module": RUNTIME, "function": "run", "bundle": bundle.sha256,
+                "kwargs": {k: _protocol.encode_value(v) for k, v in kwargs.items()}, "wait": True}
+        timeout = self.metadata.timeout  # flytekit's: a timedelta, zero when none
+        seconds = timeout.total_seconds() if hasattr(timeout, "total_seconds") else float(timeout or 0)
+        if seconds > 0:
+            body["timeout"] = seconds
+        path = "/v1/environments/%s/tasks" % env.name
+        retries = self.metadata.retries or 0
+        for attempt in range(retries + 1):
+            t0 = time.perf_counter()
+            snap = env._post_task(c, path, dict(body), "task %s" % self.name)
+            try:
+                return self._outcome(ctx, snap, int((time.perf_counter() - t0) * 1e6))
+            except Exception:
+                if attempt == retries:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _outcome(self, ctx, snap, total_us):
+        from hearth import _actor, _protocol
+
+        from flytekitplugins.hearth import _literals
+
+        state = snap.get("state")
+        _actor.runs.append(_actor.TaskRun(self.name, snap.get("id"), self.environment.name, snap.get("replica"),
+                                          snap.get("pid"), bool(snap.get("coldStart")), state, state, total_us,
+                                          snap.get("queuedMicros"), snap.get("runMicros"), snap.get("workerMicros"),
+                                          "spare_adopt" in (snap.get("coldPhases") or {})))
+        if state != "succeeded":
+            raise _actor.remote_exception(self.name, snap.get("error"), snap.get("id"), snap.get("replica"),
+                                          snap.get("pid"))
+        # Data only: a replica's answer is never unpickled here.
+        value = _protocol.decode_value(snap.get("result"), unpickle=False)
+        return _literals.decode(value, base=ctx.file_access.get_random_local_directory())
+
+
+TaskPlugins.register_pythontask_plugin(HearthActor, HearthFunctionTask)
