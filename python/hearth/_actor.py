@@ -74,6 +74,15 @@ def _in_worker():
     return w is not None and w.in_worker()
 
 
+def record_run(task, environment, snap, shown, total_us):
+    """Appends a remote call's ``TaskRun`` (``shown``: its result or error, cut to 200 characters)."""
+    runs.append(TaskRun(task, snap.get("id"), environment, snap.get("replica"), snap.get("pid"),
+                        bool(snap.get("coldStart")), snap.get("state"),
+                        shown if len(shown) <= 200 else shown[:197] + "...", total_us,
+                        snap.get("queuedMicros"), snap.get("runMicros"), snap.get("workerMicros"),
+                        "spare_adopt" in (snap.get("coldPhases") or {})))
+
+
 class ActorEnvironment(object):
     """An environment of warm replicas, as ``union.actor.ActorEnvironment``.
 
@@ -595,11 +604,7 @@ class ActorTask(object):
         if record:
             shown = repr(value) if ok else "%s: %s" % ((snap.get("error") or {}).get("type"),
                                                       (snap.get("error") or {}).get("message"))
-            runs.append(TaskRun(self.__qualname__, snap.get("id"), self.environment.name, snap.get("replica"),
-                                snap.get("pid"), bool(snap.get("coldStart")), state,
-                                shown if len(shown) <= 200 else shown[:197] + "...", total_us,
-                                snap.get("queuedMicros"), snap.get("runMicros"), snap.get("workerMicros"),
-                                "spare_adopt" in (snap.get("coldPhases") or {})))
+            record_run(self.__qualname__, self.environment.name, snap, shown, total_us)
         if ok:
             return value
         raise remote_exception(self.__qualname__, snap.get("error"), snap.get("id"), snap.get("replica"),

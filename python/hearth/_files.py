@@ -342,6 +342,24 @@ def _write(path, content):
         os.close(fd)
 
 
+def make_tree(root, entries):
+    """Creates directory ``root`` holding ``entries`` (checked by
+    ``check_rebuild_dir``: (relative path, bytes or None for a
+    directory)); returns ``root``."""
+    os.mkdir(root, 0o755)
+    made = {""}
+    for path, content in entries:
+        parts = path.split("/")
+        for i in range(1, len(parts) + (content is None)):
+            sub = "/".join(parts[:i])
+            if sub not in made:
+                os.mkdir(os.path.join(root, sub), 0o755)
+                made.add(sub)
+        if content is not None:
+            _write(os.path.join(root, path), content)
+    return root
+
+
 def _rebuild_file(fmt, name, content):
     """A FlyteFile (of ``fmt``) whose path is a new copy of ``content``."""
     try:
@@ -364,19 +382,7 @@ def _rebuild_dir(fmt, name, entries):
     except Refused as e:
         raise FileTransferError("a FlyteDirectory was sent with %s, which is not allowed: %s" % (e.what, e.rule))
     def make(d):
-        root = os.path.join(d, name)
-        os.mkdir(root, 0o755)
-        made = {""}
-        for path, content in entries:
-            parts = path.split("/")
-            for i in range(1, len(parts) + (content is None)):
-                sub = "/".join(parts[:i])
-                if sub not in made:
-                    os.mkdir(os.path.join(root, sub), 0o755)
-                    made.add(sub)
-            if content is not None:
-                _write(os.path.join(root, path), content)
-        return root
+        return make_tree(os.path.join(d, name), entries)
 
     size = sum(len(c) for _, c in entries if c is not None)
     root = _stored("dir", fmt, name, list(entries), size, make)

@@ -20,6 +20,7 @@ import warnings
 
 import flytekit
 import hearth
+from hearth import _packages
 
 from flytekitplugins.hearth._task import HearthActor
 
@@ -32,10 +33,12 @@ _COPIED = ("name", "python_version", "env", "registry", "requirements", "apt_pac
 
 
 def _project(req):
-    import re
-
-    m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req if isinstance(req, str) else "")
-    return re.sub(r"[-_.]+", "-", m.group(1)).lower() if m else ""
+    """A requirement's PEP 503 name, as hearthd compares them; "" for what is
+    not a requirement (the build refuses it by name)."""
+    try:
+        return _packages.normalize(_packages.parse(req)[0])
+    except ValueError:
+        return ""
 
 
 def hearth_image(image, where="container_image"):

@@ -92,16 +92,6 @@ def _bytes(text, what):
         raise TransferError("%s: not base64" % what)
 
 
-def _write_file(root, rel, content):
-    fd = os.open(os.path.join(root, rel), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-
-
 def _receive(uri, f, base):
     """Writes one sent blob under a new directory in ``base``; its new path."""
     if not isinstance(f, dict):
@@ -111,8 +101,9 @@ def _receive(uri, f, base):
         if "file" in f:
             args = ("file", f["file"], _bytes(f.get("content"), "file %r content" % (uri,)))
             _files.check_rebuild_file(args)
-            _write_file(d, args[1], args[2])
-            return os.path.join(d, args[1])
+            path = os.path.join(d, args[1])
+            _files._write(path, args[2])
+            return path
         entries = f.get("entries")
         if not isinstance(entries, list):
             raise TransferError("file %r: expected \"file\" or \"dir\" with \"entries\"" % (uri,))
@@ -123,17 +114,7 @@ def _receive(uri, f, base):
             decoded.append((e[0], None if e[1] is None else _bytes(e[1], "file %r entries[%d]" % (uri, i))))
         args = ("dir", f.get("dir"), tuple(decoded))
         _files.check_rebuild_dir(args)
-        root = os.path.join(d, args[1])
-        os.mkdir(root, 0o755)
-        for rel, content in args[2]:
-            parts = rel.split("/")
-            for i in range(1, len(parts) + (content is None)):
-                sub = os.path.join(root, *parts[:i])
-                if not os.path.isdir(sub):
-                    os.mkdir(sub, 0o755)
-            if content is not None:
-                _write_file(root, rel, content)
-        return root
+        return _files.make_tree(os.path.join(d, args[1]), args[2])
     except _files.Refused as e:
         raise TransferError("file %r was sent with %s, which is not allowed: %s" % (uri, e.what, e.rule))
 

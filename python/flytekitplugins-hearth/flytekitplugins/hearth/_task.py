@@ -20,6 +20,7 @@ import typing
 
 from flytekit.core.python_function_task import PythonFunctionTask
 from flytekit.extend import TaskPlugins
+from hearth import _actor
 
 __all__ = ["HearthActor", "HearthFunctionTask", "TASK_TYPE"]
 
@@ -32,11 +33,6 @@ class HearthActor(object):
     """A task's config: the ActorEnvironment it runs in."""
 
     environment: typing.Any = None
-
-
-def _in_replica():
-    w = sys.modules.get("hearth._worker")
-    return w is not None and w.in_worker()
 
 
 class HearthFunctionTask(PythonFunctionTask[HearthActor]):
@@ -63,13 +59,13 @@ class HearthFunctionTask(PythonFunctionTask[HearthActor]):
     # -- the two ways flytekit runs a task ------------------------------------------
 
     def dispatch_execute(self, ctx, input_literal_map):
-        if _in_replica():
+        if _actor._in_worker():
             return super().dispatch_execute(ctx, input_literal_map)
         return self.run_remote(ctx, input_literal_map)
 
     def execute(self, **kwargs):
         # map_task (ArrayNodeMapTask) calls execute with Python values.
-        if _in_replica():
+        if _actor._in_worker():
             return super().execute(**kwargs)
         from flytekit.core.context_manager import FlyteContextManager
         from flytekit.core.type_engine import TypeEngine
@@ -101,7 +97,7 @@ class HearthFunctionTask(PythonFunctionTask[HearthActor]):
     def run_remote(self, ctx, input_literal_map):
         """The output LiteralMap of one execution in a replica (retried up
         to ``metadata.retries`` more times when it fails)."""
-        from hearth import _actor, _bundle, _protocol
+        from hearth import _bundle, _protocol
 
         from flytekitplugins.hearth import _literals
 
@@ -132,15 +128,12 @@ class HearthFunctionTask(PythonFunctionTask[HearthActor]):
         raise AssertionError("unreachable")
 
     def _outcome(self, ctx, snap, total_us):
-        from hearth import _actor, _protocol
+        from hearth import _protocol
 
         from flytekitplugins.hearth import _literals
 
         state = snap.get("state")
-        _actor.runs.append(_actor.TaskRun(self.name, snap.get("id"), self.environment.name, snap.get("replica"),
-                                          snap.get("pid"), bool(snap.get("coldStart")), state, state, total_us,
-                                          snap.get("queuedMicros"), snap.get("runMicros"), snap.get("workerMicros"),
-                                          "spare_adopt" in (snap.get("coldPhases") or {})))
+        _actor.record_run(self.name, self.environment.name, snap, state, total_us)
         if state != "succeeded":
             raise _actor.remote_exception(self.name, snap.get("error"), snap.get("id"), snap.get("replica"),
                                           snap.get("pid"))
