@@ -23,6 +23,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
     ],
     targets: [
         // C: the spawn path (clone3 -> execve) and raw syscall shims.
@@ -92,10 +94,24 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        // HTTP API on the Unix socket.
+        // Mutual TLS for remote daemons: the cluster's certificates (`hearth
+        // certs`), the daemon's and a client's TLS files, the CLI's tunnel.
+        .target(name: "HearthTLS", dependencies: [
+            "HearthCore",
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOTLS", package: "swift-nio"),
+        ]),
+        // HTTP API on the Unix socket (and on TCP with mutual TLS).
         .target(name: "HearthServer", dependencies: [
-            "HearthCore", "HearthOS", "HearthImage", "HearthSandbox", "HearthPool", "HearthTaskStore", "HearthBuild", "HearthEgress", "HearthRegistry",
+            "HearthCore", "HearthOS", "HearthImage", "HearthSandbox", "HearthPool", "HearthTaskStore", "HearthBuild", "HearthEgress", "HearthRegistry", "HearthTLS",
             .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOTLS", package: "swift-nio"),
             .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
             .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -107,12 +123,13 @@ let package = Package(
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
-        // Blocking HTTP/1.1 client over the Unix socket, for the CLI.
-        .target(name: "HearthClient", dependencies: ["HearthCore", "HearthOS"]),
+        // Blocking HTTP/1.1 client over the Unix socket (or a TLS tunnel), for the CLI.
+        .target(name: "HearthClient", dependencies: ["HearthCore", "HearthOS", "HearthTLS"]),
 
         .executableTarget(name: "hearthd", dependencies: [
             "HearthServer",
             "HearthClient",
+            "HearthTLS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], linkerSettings: [
@@ -127,7 +144,7 @@ let package = Package(
                           "-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker", "--no-export-dynamic"]),
         ]),
         .executableTarget(name: "hearth", dependencies: [
-            "HearthClient", "HearthCore", "HearthOS",
+            "HearthClient", "HearthCore", "HearthOS", "HearthTLS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], linkerSettings: [
             // Every CLI run pays for dynamic linking; a static Swift runtime
@@ -136,6 +153,7 @@ let package = Package(
         ]),
 
         .testTarget(name: "HearthCoreTests", dependencies: ["HearthCore"]),
+        .testTarget(name: "HearthTLSTests", dependencies: ["HearthTLS", "HearthCore"]),
         .testTarget(name: "HearthOSTests", dependencies: ["HearthOS", "HearthCore"]),
         .testTarget(name: "HearthImageTests", dependencies: ["HearthOS", "HearthImage", "HearthCore"]),
         .testTarget(name: "HearthSandboxTests", dependencies: ["HearthOS", "HearthSandbox", "HearthCore"]),

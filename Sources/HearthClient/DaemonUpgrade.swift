@@ -17,7 +17,7 @@ public enum DaemonUpgrade {
     private struct Accepted: Decodable { var pid: Int32; var binary: String }
 
     public static func run(socketPath: String, timeout: Duration) throws -> Outcome {
-        let client = UnixHTTPClient(socketPath: socketPath)
+        let client = DaemonClient(socketPath: socketPath)
         let before = try version(client)
         let response = try client.request("POST", "/v1/upgrade")
         guard response.status == 202 else {
@@ -38,7 +38,7 @@ public enum DaemonUpgrade {
         throw HearthError(.unavailable, "hearthd (pid \(before.pid)) accepted the upgrade to \(accepted.binary) but did not answer as a new binary within \(timeout); see its log")
     }
 
-    private static func version(_ client: UnixHTTPClient) throws -> VersionInfo {
+    private static func version(_ client: DaemonClient) throws -> VersionInfo {
         let r = try client.request("GET", "/v1/version")
         guard r.status == 200 else { throw HearthError(.unavailable, "GET /v1/version: HTTP \(r.status)") }
         return try JSONDecoder().decode(VersionInfo.self, from: Data(r.body))

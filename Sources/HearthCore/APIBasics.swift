@@ -27,7 +27,11 @@ public struct VersionInfo: Codable, Sendable {
     /// When the daemon (this image of its process) started, seconds since
     /// the epoch: an upgrade keeps the pid and changes this.
     public var started: Double?
-    public init(version: String, api: String, cgroup: String, pid: Int32, started: Double? = nil) {
+    /// Who the daemon takes the caller to be: a TLS client's certificate
+    /// subject (`CN=alice,O=hearth`), or a local peer's uid and pid.
+    public var caller: String?
+    public init(version: String, api: String, cgroup: String, pid: Int32, started: Double? = nil, caller: String? = nil) {
         self.version = version; self.api = api; self.cgroup = cgroup; self.pid = pid; self.started = started
+        self.caller = caller
     }
 }

@@ -83,6 +83,8 @@ public struct DaemonOptions: Sendable {
     /// How long an upgrade waits for queued tasks and changing requests
     /// before it is refused (`--upgrade-timeout`).
     public var upgradeTimeout: Duration = .seconds(60)
+    /// The API on TCP with mutual TLS as well (`--listen tcp://…`, `--tls-*`).
+    public var listen: RemoteListen?
 
     public init(initBinary: String) { self.initBinary = initBinary }
 }
@@ -102,6 +104,7 @@ public enum Daemon {
             }
         })
         let egressPolicy = EgressPolicy(allow: try options.egressAllow.map(EgressPolicy.parseRule))
+        let remoteTLS = try options.listen.map { try RemoteListen.Prepared($0) }
         var logger = Logger(label: "hearthd")
         logger.logLevel = options.logLevel
 
@@ -330,10 +333,14 @@ public enum Daemon {
             eventLoopGroupProvider: .shared(io),
             logger: logger
         )
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: app)]
+        if let remoteTLS {
+            services.append(.init(service: remoteApplication(remoteTLS, router: router, poolRoutes: poolRoutes,
+                                                             io: io, logger: logger)))
+        }
         let group = ServiceGroup(
             configuration: .init(
-                services: [
-                    .init(service: app),
+                services: services + [
                     .init(service: DrainService(registry: registry, pool: pool, deadline: options.shutdownDeadline,
                                                 logger: logger)),
                 ],
@@ -366,6 +373,26 @@ public enum Daemon {
         bind.remove()
         ReplicaEvents.shutdown()
         logger.info("hearthd stopped")
+    }
+
+    /// The API again on `--listen`'s TCP address, behind mutual TLS; the
+    /// same router and fast path as the Unix socket.
+    static func remoteApplication(_ remote: RemoteListen.Prepared, router: Router<HearthRequestContext>,
+                                  poolRoutes: PoolRoutes, io: any EventLoopGroup,
+                                  logger: Logger) -> some Service {
+        let log = logger
+        let listen = remote.listen
+        return Application(
+            router: router,
+            server: .mutualTLSOnEventLoop(context: remote.context, fastPath: { [TaskFastPath(routes: poolRoutes)] }),
+            configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "hearthd"),
+            onServerRunning: { channel in
+                let at = channel.localAddress.map { "\($0)" } ?? "\(listen.host):\(listen.port)"
+                log.info("hearthd listening on \(at) (mutual TLS; certificate \(remote.subject), clients of \(listen.files.ca))")
+            },
+            eventLoopGroupProvider: .shared(io),
+            logger: logger
+        )
     }
 
     /// `<root>/tasks/tasks.db`, or nil with `--task-retention 0` (then an

@@ -1,6 +1,7 @@
 import HummingbirdCore
 import Logging
 import NIOCore
+import NIOSSL
 
 /// Runs a connection's handler task on the connection's own event loop.
 ///
@@ -46,6 +47,15 @@ extension HTTPServerBuilder {
         .init { responder in
             EventLoopHTTP1Channel(inner: HTTP1Channel(responder: responder,
                                                       configuration: .init(additionalChannelHandlers: fastPath())))
+        }
+    }
+
+    /// The same behind mutual TLS (`hearthd --listen`, RemoteListener).
+    static func mutualTLSOnEventLoop(context: NIOSSLContext,
+                                     fastPath: @escaping @Sendable () -> [any RemovableChannelHandler]) -> HTTPServerBuilder {
+        .init { responder in
+            MutualTLSChannel(base: EventLoopHTTP1Channel(inner: HTTP1Channel(
+                responder: responder, configuration: .init(additionalChannelHandlers: fastPath()))), context: context)
         }
     }
 }

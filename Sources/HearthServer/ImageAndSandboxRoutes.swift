@@ -35,9 +35,10 @@ struct ImageAndSandboxRoutes: Sendable {
     var afterImageImport: @Sendable (ImageSummary) async -> Void = { _ in }
 
     func register(on router: Router<HearthRequestContext>) {
-        router.get("/v1/version") { _, _ in
+        router.get("/v1/version") { _, context in
             try json(VersionInfo(version: Daemon.version, api: HearthDefaults.apiVersion,
-                                 cgroup: "\(runtime.cgroups.version)", pid: getpid(), started: started))
+                                 cgroup: "\(runtime.cgroups.version)", pid: getpid(), started: started,
+                                 caller: await context.caller()))
         }
         router.get("/v1/images") { _, _ in
             let list = try await Blocking.run { try images.list() }
@@ -57,7 +58,7 @@ struct ImageAndSandboxRoutes: Sendable {
             // peer that could open it itself.
             let peer = await context.peer()
             guard let peer, peer.uid == 0 else {
-                let who = peer.map { "uid \($0.uid)" } ?? "a peer without credentials"
+                let who = await context.caller()
                 throw HearthError(.forbidden, "image import by path \(req.path.debugDescription): only root may have hearthd open a host path (it reads it as root); you are \(who). Send the archive's bytes instead: `hearth image import PATH` does so for a non-root user (POST /v1/images/import with Content-Type: application/x-tar)")
             }
             return importResponse(path: req.path, name: req.name, spooled: false)

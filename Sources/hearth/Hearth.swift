@@ -12,10 +12,10 @@ struct Hearth: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hearth",
         abstract: "Hearth: warm, isolated Python replicas on one machine.",
-        discussion: "Talks to hearthd over its Unix socket (HEARTH_SOCKET, default \(HearthDefaults.socketPath)).",
+        discussion: "Talks to hearthd over its Unix socket (HEARTH_SOCKET, default \(HearthDefaults.socketPath)), or to a remote one over mutual TLS (HEARTH_HOST=tcp://HOST:PORT with HEARTH_TLS_CERT, HEARTH_TLS_KEY and HEARTH_TLS_CA).",
         subcommands: [Apply.self, EnvList.self, EnvStatus.self, EnvRemove.self, RunTask.self, TaskResult.self, Logs.self,
                       SecretCommand.self, Spares.self, Devices.self, Sandbox.self, ImageCommand.self, Login.self, Logout.self,
-                      Version.self]
+                      Certs.self, Version.self]
     )
 }
 
@@ -23,8 +23,10 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: .long, help: "hearthd's socket (default: $HEARTH_SOCKET or \(HearthDefaults.socketPath)).")
     var socket: String?
 
-    var client: UnixHTTPClient {
-        UnixHTTPClient(socketPath: socket ?? ProcessInfo.processInfo.environment["HEARTH_SOCKET"] ?? HearthDefaults.socketPath)
+    /// `--socket`, else `HEARTH_HOST` (a remote daemon over mutual TLS),
+    /// `HEARTH_SOCKET` or the default socket.
+    var client: DaemonClient {
+        get throws { try DaemonClient.fromEnvironment(socket: socket, ProcessInfo.processInfo.environment) }
     }
 }
 
@@ -55,7 +57,7 @@ func failure(_ error: any Error, code: Int32 = 1) -> ExitCode {
 }
 
 /// Decodes an API error body, or describes the status.
-func apiError(_ response: UnixHTTPClient.Response) -> HearthError {
+func apiError(_ response: DaemonClient.Response) -> HearthError {
     if let body = try? JSONDecoder().decode(APIErrorBody.self, from: Data(response.body)) {
         return HearthError(HearthError.Code(rawValue: body.error.code) ?? .internal, body.error.message)
     }
@@ -72,6 +74,7 @@ struct Version: ParsableCommand {
             guard r.status == 200 else { throw apiError(r) }
             let v = try JSONDecoder().decode(VersionInfo.self, from: Data(r.body))
             print("hearthd \(v.version) (API \(v.api), cgroup \(v.cgroup), pid \(v.pid))")
+            if let caller = v.caller { print("you are \(caller) on \(try global.client.socketPath)") }
         } catch { throw failure(error) }
     }
 }

@@ -23,15 +23,18 @@ struct ImageCommand: ParsableCommand {
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Path of the image.") var path: String
         @Option(help: "NAME:TAG to store it under (default: the name recorded in the image).") var name: String?
-        @Flag(help: "Send the image's bytes even when run as root (a non-root user's import always does; root's default is to let hearthd read the path).")
+        @Flag(help: "Send the image's bytes even when run as root (a non-root user's import, and one to a remote daemon, always does; root's default is to let hearthd read the path).")
         var stream = false
 
         func run() throws {
             let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
             let showProgress = isatty(1) == 1
             // hearthd opens a path only for a root peer (it reads it as
-            // root): everyone else sends the bytes.
-            let byPath = !stream && geteuid() == 0
+            // root): everyone else sends the bytes, and so does anyone
+            // talking to a remote daemon (the path is on this machine).
+            var local = true
+            if case .tcp = try global.client.endpoint { local = false }
+            let byPath = !stream && geteuid() == 0 && local
             do {
                 var pending: [UInt8] = []
                 var result: ImageSummary?
@@ -59,7 +62,7 @@ struct ImageCommand: ParsableCommand {
                     }
                 }
                 let onHead: (Int) -> Void = { status in ok = status == 200 }
-                let r: UnixHTTPClient.Response
+                let r: DaemonClient.Response
                 if byPath {
                     let body = try JSONEncoder().encode(ImageImportRequest(path: normalizePath(absolute), name: name))
                     r = try global.client.stream("POST", "/v1/images/import", body: Array(body), onData: onData, onHead: onHead)

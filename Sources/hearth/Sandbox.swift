@@ -54,7 +54,7 @@ struct Sandbox: ParsableCommand {
     }
 
     /// Streams the replica's output to our stdout/stderr; returns its exit code.
-    static func stream(_ req: SandboxRequest, client: UnixHTTPClient) throws -> Int32 {
+    static func stream(_ req: SandboxRequest, client: DaemonClient) throws -> Int32 {
         let body = try JSONEncoder().encode(req)
         var parser = FrameParser()
         var exitEvent: SandboxEvent?
@@ -75,7 +75,7 @@ struct Sandbox: ParsableCommand {
             parser.failedStatus = status != 200
         }
         if response.status != 200 {
-            throw apiError(UnixHTTPClient.Response(status: response.status, headers: response.headers, body: errorBody))
+            throw apiError(DaemonClient.Response(status: response.status, headers: response.headers, body: errorBody))
         }
         guard let e = exitEvent else {
             throw HearthError(.unavailable, "hearthd ended the sandbox stream without an exit status")

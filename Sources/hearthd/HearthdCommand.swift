@@ -3,6 +3,7 @@ import Foundation
 import HearthClient
 import HearthCore
 import HearthServer
+import HearthTLS
 import Logging
 
 @main
@@ -86,6 +87,18 @@ struct HearthdCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Contact HOST[:PORT] for images of REGISTRY (same repository paths), e.g. docker.io=mirror.internal:5000; repeatable.", valueName: "REGISTRY=HOST[:PORT]"))
     var registryMirror: [String] = []
 
+    @Option(name: .long, help: ArgumentHelp("Serve the API on this TCP address too, for remote clients (HEARTH_HOST), only with mutual TLS: needs --tls-cert, --tls-key and --tls-ca.", valueName: "tcp://ADDR:PORT"))
+    var listen: String?
+
+    @Option(name: .long, help: ArgumentHelp("This node's TLS certificate (PEM; `hearth certs server`).", valueName: "FILE"))
+    var tlsCert: String?
+
+    @Option(name: .long, help: ArgumentHelp("The key of --tls-cert (PEM).", valueName: "FILE"))
+    var tlsKey: String?
+
+    @Option(name: .long, help: ArgumentHelp("The cluster CA (PEM): --listen takes only clients whose certificate it signed; the certificate's subject is the caller's identity.", valueName: "FILE"))
+    var tlsCa: String?
+
     @Flag(name: .long, help: "Do not start a daemon: have the one on --socket hand its replicas to the binary now at the path it was started from (exec in place; tasks in flight finish), and wait for it to answer again. SIGUSR2 does the same.")
     var upgrade = false
 
@@ -142,6 +155,7 @@ struct HearthdCommand: AsyncParsableCommand {
         } catch let e as HearthError {
             throw ValidationError(e.message)
         }
+        let remote = try remoteListen()
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var options = DaemonOptions(initBinary: self.`init` ?? Self.defaultInit())
         options.stateRoot = (root as NSString).standardizingPath
@@ -167,6 +181,7 @@ struct HearthdCommand: AsyncParsableCommand {
         options.buildMemory = buildMemoryBytes
         options.buildTimeout = buildTimeoutDuration
         options.upgradeTimeout = upgradeWait
+        options.listen = remote
         // Resolved now: once the file is replaced, /proc/self/exe names the deleted one.
         options.executable = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
         options.arguments = CommandLine.arguments
@@ -188,6 +203,30 @@ struct HearthdCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("hearthd: \(e.description)\n".utf8))
             throw ExitCode(1)
         }
+    }
+
+    /// `--listen` and its TLS files: all of them or none (TCP is served
+    /// only with mutual TLS).
+    func remoteListen() throws -> RemoteListen? {
+        let files = [("--tls-cert", tlsCert), ("--tls-key", tlsKey), ("--tls-ca", tlsCa)]
+        guard let listen else {
+            if let given = files.first(where: { $0.1 != nil }) {
+                throw ValidationError("\(given.0) is for --listen tcp://ADDR:PORT, which is not given")
+            }
+            return nil
+        }
+        let endpoint: DaemonEndpoint
+        do { endpoint = try DaemonEndpoint.parse(listen, what: "--listen") } catch let e as HearthError {
+            throw ValidationError(e.message)
+        }
+        guard case .tcp(let host, let port) = endpoint else {
+            throw ValidationError("--listen \(listen): only tcp://ADDR:PORT (the Unix socket is --socket)")
+        }
+        let missing = files.filter { $0.1 == nil }.map(\.0)
+        guard missing.isEmpty, let cert = tlsCert, let key = tlsKey, let ca = tlsCa else {
+            throw ValidationError("--listen \(listen) needs \(missing.joined(separator: ", ")): hearthd serves TCP only with mutual TLS (`hearth certs` makes a CA and certificates)")
+        }
+        return RemoteListen(host: host, port: port, files: TLSFiles(certificate: cert, key: key, ca: ca))
     }
 
     /// The repository's python/ when run from a build tree, else the installed copy.

@@ -2,7 +2,12 @@
 
 One persistent connection per thread (keep-alive), so a warm task costs one
 request on an open socket: no connect, no http.client machinery. The
-socket is ``HEARTH_SOCKET`` or ``/run/hearth/hearthd.sock``.
+socket is ``HEARTH_SOCKET`` or ``/run/hearth/hearthd.sock``. A remote daemon
+(``hearthd --listen tcp://…``) is ``HEARTH_HOST=tcp://HOST:PORT``, reached
+only with mutual TLS: ``HEARTH_TLS_CERT``, ``HEARTH_TLS_KEY`` and
+``HEARTH_TLS_CA`` (default ``~/.hearth/tls/{cert,key,ca}.pem``, what
+``hearth certs client`` writes). Code bundles, files and results travel the
+same way on both.
 
 Errors are the SDK's: ``DaemonUnavailable`` names the socket and how to
 start the daemon, ``SocketPermissionError`` says how to get access, and an
@@ -14,6 +19,7 @@ import json
 import os
 import re
 import socket
+import sys
 import threading
 import time
 
@@ -37,7 +43,81 @@ def compact_json(value):
 
 
 def default_socket():
+    """Where the SDK reaches hearthd: ``HEARTH_HOST`` (``tcp://HOST:PORT``
+    or ``unix:///PATH``), else ``HEARTH_SOCKET``, else the default socket."""
+    host = os.environ.get("HEARTH_HOST")
+    if host:
+        return host[len("unix://"):] if host.startswith("unix://") else host
     return os.environ.get("HEARTH_SOCKET") or DEFAULT_SOCKET
+
+
+def _tcp_address(address):
+    """``(host, port)`` of a ``tcp://HOST:PORT`` address, or None for a socket path."""
+    if not address.startswith("tcp://"):
+        return None
+    rest = address[len("tcp://"):].rstrip("/")
+    if rest.startswith("["):
+        host, _, port = rest[1:].partition("]:")
+    else:
+        host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("HEARTH_HOST %r: expected tcp://HOST:PORT (or unix:///PATH)" % address)
+    return host, int(port)
+
+
+def _tls_files():
+    env = os.environ
+    home = os.path.join(os.path.expanduser("~"), ".hearth", "tls")
+    out = []
+    for var, name in (("HEARTH_TLS_CERT", "cert.pem"), ("HEARTH_TLS_KEY", "key.pem"), ("HEARTH_TLS_CA", "ca.pem")):
+        path = env.get(var) or os.path.join(home, name)
+        if not env.get(var) and not os.path.exists(path):
+            raise DaemonUnavailable("HEARTH_HOST names a TCP daemon, which speaks only mutual TLS: set %s (or put "
+                                    "%s in %s); `hearth certs client` makes the files" % (var, name, home))
+        out.append((var, path))
+    return out
+
+
+def _tls_context():
+    """The client's side of mutual TLS: its certificate, and the cluster CA
+    that must have signed the daemon's (whose name or address must match
+    the host dialled)."""
+    import ssl
+
+    (cv, cert), (kv, key), (av, ca) = _tls_files()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_verify_locations(cafile=ca)
+    except (OSError, ssl.SSLError) as e:
+        raise DaemonUnavailable("%s %s: cannot load it as PEM CA certificates (%s)" % (av, ca, e)) from None
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise DaemonUnavailable("%s %s with %s %s: cannot load the certificate and its key (%s)"
+                                % (cv, cert, kv, key, e)) from None
+    return ctx, cert
+
+
+def _tls_error(address, e, cert=None):
+    """The SDK's error for a TLS failure on ``address``: which side refused
+    what. None when ``e`` is not a TLS error."""
+    ssl = sys.modules.get("ssl")
+    if ssl is None or not isinstance(e, ssl.SSLError):
+        return None
+    reason = (getattr(e, "reason", None) or str(e)).upper()
+    if "ALERT" in reason:
+        return DaemonUnavailable(
+            "hearthd at %s refused this client's certificate (%s) at the TLS handshake: %s. It must be a client "
+            "certificate of the daemon's CA (its --tls-ca), within its validity: check HEARTH_TLS_CERT and "
+            "HEARTH_TLS_KEY" % (address, cert or "HEARTH_TLS_CERT", reason.lower().replace("_", " ")))
+    if "CERTIFICATE_VERIFY_FAILED" in reason or isinstance(e, getattr(ssl, "SSLCertVerificationError", ())):
+        return DaemonUnavailable(
+            "this client refused the certificate of hearthd at %s at the TLS handshake: %s (it must be signed by "
+            "HEARTH_TLS_CA and name the host dialled)" % (address, getattr(e, "verify_message", None) or e))
+    if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER" in reason:
+        return DaemonUnavailable("%s does not speak TLS: is it hearthd's --listen address? (%s)" % (address, e))
+    return DaemonUnavailable("TLS with hearthd at %s failed: %s" % (address, e))
 
 
 # The head of a warm task's response, as hearthd writes it, has these two
@@ -68,16 +148,55 @@ class Client(object):
     def __init__(self, path=None):
         self.path = path or default_socket()
         self._local = threading.local()
+        self._tcp = _tcp_address(self.path)
+        self._tls = None  # (context, certificate path), made at the first connect
 
     # -- connection ------------------------------------------------------------
 
     def _connect(self):
+        if self._tcp is not None:
+            return self._connect_tls()
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.connect(self.path)
         except OSError as e:
             s.close()
             raise _connect_error(self.path, e) from None
+        return s
+
+    def _tls_failure(self, sock, e):
+        """The SDK's error for ``e`` on a TLS connection, None otherwise.
+        After a TLS 1.3 handshake a daemon refuses a client's certificate
+        with an alert that follows the handshake: a write may fail first
+        (the daemon closed), while the alert that says why waits unread."""
+        if self._tcp is None:
+            return None
+        cert = self._tls and self._tls[1]
+        if "ALERT" not in str(e).upper():
+            try:
+                sock.settimeout(1)
+                sock.recv(1)
+            except OSError as alert:
+                if "ALERT" in str(alert).upper():
+                    e = alert
+        return _tls_error(self.path, e, cert)
+
+    def _connect_tls(self):
+        if self._tls is None:
+            self._tls = _tls_context()
+        ctx, cert = self._tls
+        host, port = self._tcp
+        try:
+            raw = socket.create_connection((host, port), timeout=30)
+        except OSError as e:
+            raise _connect_error(self.path, e) from None
+        try:
+            s = ctx.wrap_socket(raw, server_hostname=host)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.settimeout(None)
+        except OSError as e:
+            raw.close()
+            raise (_tls_error(self.path, e, cert) or _connect_error(self.path, e)) from None
         return s
 
     def close(self):
@@ -125,7 +244,10 @@ class Client(object):
                 self.close()
                 raise TimeoutError("hearthd at %s did not answer %s %s within %s s" % (self.path, method, path, timeout))
             except OSError as e:
+                tls = self._tls_failure(sock, e)
                 self.close()
+                if tls is not None:
+                    raise tls from None
                 if reused and attempt == 0 and e.errno in (errno.EPIPE, errno.ECONNRESET):
                     continue
                 raise DaemonUnavailable("lost the connection to hearthd at %s during %s %s: %s"
@@ -294,6 +416,11 @@ class Client(object):
                 yield json.loads(pending)
         except socket.timeout:
             raise TimeoutError("hearthd at %s did not answer %s %s within %s s" % (self.path, method, path, timeout))
+        except OSError as e:
+            tls = self._tls_failure(sock, e)
+            if tls is None:
+                raise
+            raise tls from None
         finally:
             sock.close()
 
@@ -445,6 +572,11 @@ class _Resend(object):
 
 def _connect_error(path, e):
     """The SDK's error for a failed connect to ``path``."""
+    if path.startswith("tcp://"):
+        err = DaemonUnavailable("cannot connect to hearthd at %s: %s. Is `hearthd --listen %s` running there "
+                                "(HEARTH_HOST)?" % (path, os.strerror(e.errno) if e.errno else e, path))
+        err.refused = isinstance(e, ConnectionRefusedError)
+        return err
     if isinstance(e, FileNotFoundError):
         return DaemonUnavailable(
             "hearthd is not running: there is no socket at %s. Start it with `sudo hearthd &` "
@@ -511,6 +643,21 @@ class AsyncClient(object):
 
         # event loop -> [(reader, writer)]: a connection belongs to its loop
         self._idle = weakref.WeakKeyDictionary()
+        self._tcp = _tcp_address(self.path)
+        self._tls = None
+
+    async def _open(self):
+        import asyncio
+
+        try:
+            if self._tcp is None:
+                return await asyncio.open_unix_connection(self.path)
+            if self._tls is None:
+                self._tls = _tls_context()
+            host, port = self._tcp
+            return await asyncio.open_connection(host, port, ssl=self._tls[0], server_hostname=host)
+        except OSError as e:
+            raise (_tls_error(self.path, e, self._tls and self._tls[1]) or _connect_error(self.path, e)) from None
 
     async def request(self, method, path, body=None, content_type="application/json"):
         import asyncio
@@ -526,17 +673,17 @@ class AsyncClient(object):
             conn = idle.pop() if idle else None
             reused = conn is not None
             if conn is None:
-                try:
-                    conn = await asyncio.open_unix_connection(self.path)
-                except OSError as e:
-                    raise _connect_error(self.path, e) from None
+                conn = await self._open()
             reader, writer = conn
             try:
                 writer.write(head + data)
                 await writer.drain()
                 status, raw, keep = await self._response(reader)
-            except (_Closed, ConnectionError, asyncio.IncompleteReadError) as e:
+            except (_Closed, ConnectionError, asyncio.IncompleteReadError, OSError) as e:
                 writer.close()
+                tls = _tls_error(self.path, e, self._tls and self._tls[1])
+                if tls is not None:
+                    raise tls from None
                 if reused and attempt == 0 and not isinstance(e, asyncio.IncompleteReadError):
                     continue  # the daemon closed an idle connection: one fresh try
                 raise DaemonUnavailable("lost the connection to hearthd at %s during %s %s"

@@ -197,6 +197,7 @@ class Daemon:
 
     def hearth(self, *args, check=True, timeout=120, input=None):
         env = dict(os.environ, HEARTH_SOCKET=self.socket)
+        env.pop("HEARTH_HOST", None)  # it would win over HEARTH_SOCKET
         r = subprocess.run([str(BIN / "hearth"), *args], capture_output=True, env=env, timeout=timeout, input=input)
         if check and r.returncode != 0:
             raise AssertionError(f"hearth {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout.decode(errors='replace')}\nstderr: {r.stderr.decode(errors='replace')}")

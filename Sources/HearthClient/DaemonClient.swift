@@ -1,15 +1,52 @@
 import Glibc
 import HearthCore
 import HearthOS
+import HearthTLS
 
-/// A small blocking HTTP/1.1 client over a Unix socket. The CLI makes one
-/// request per run, so a plain socket keeps its start-up cheap (no event
-/// loop, no threads) and lets it stream a response as it arrives.
-public struct UnixHTTPClient: Sendable {
-    public let socketPath: String
+/// A small blocking HTTP/1.1 client of hearthd. The CLI makes one request
+/// per run, so a plain socket keeps its start-up cheap (no event loop, no
+/// threads) and lets it stream a response as it arrives. A remote daemon
+/// (`HEARTH_HOST=tcp://…`) is reached through a `TLSTunnel`, whose local
+/// end this client reads and writes like the Unix socket.
+public struct DaemonClient: Sendable {
+    public let endpoint: DaemonEndpoint
+    /// The client's certificate, key and CA, for a TCP endpoint.
+    public let tls: TLSFiles?
+    /// The daemon's address, as messages name it.
+    public var socketPath: String { endpoint.description }
 
     public init(socketPath: String) {
-        self.socketPath = socketPath
+        endpoint = .unix(path: socketPath)
+        tls = nil
+    }
+
+    public init(endpoint: DaemonEndpoint, tls: TLSFiles?) {
+        self.endpoint = endpoint
+        self.tls = tls
+    }
+
+    /// `HEARTH_HOST` (tcp://HOST:PORT or unix:///PATH, with `HEARTH_TLS_*`
+    /// for TCP), else `--socket`, `HEARTH_SOCKET` or the default socket.
+    public static func fromEnvironment(socket: String?, _ env: [String: String]) throws -> DaemonClient {
+        if socket == nil, let host = env["HEARTH_HOST"], !host.isEmpty {
+            let endpoint = try DaemonEndpoint.parse(host, what: "HEARTH_HOST")
+            if case .unix = endpoint { return DaemonClient(endpoint: endpoint, tls: nil) }
+            return DaemonClient(endpoint: endpoint, tls: try TLSFiles.fromEnvironment(env))
+        }
+        return DaemonClient(socketPath: socket ?? env["HEARTH_SOCKET"] ?? HearthDefaults.socketPath)
+    }
+
+    /// One connection: a Unix socket, or the local end of a TLS tunnel.
+    private struct Connection {
+        let fd: Int32
+        let tunnel: TLSTunnel?
+        func close() { if let tunnel { tunnel.close() } else { Glibc.close(fd) } }
+
+        /// A connection the tunnel ended: TLS's reason, not just "closed".
+        func explain(_ error: any Error) -> any Error {
+            guard let reason = tunnel?.failure else { return error }
+            return HearthError(.unavailable, reason)
+        }
     }
 
     public struct Response: Sendable {
@@ -40,8 +77,9 @@ public struct UnixHTTPClient: Sendable {
                        contentType: String = "application/json", headers: [(String, String)] = [],
                        onData: ([UInt8]) throws -> Void,
                        onHead: (Int) -> Void = { _ in }) throws -> Response {
-        let fd = try connect()
-        defer { close(fd) }
+        let conn = try connect()
+        defer { conn.close() }
+        let fd = conn.fd
         var request = "\(method) \(path) HTTP/1.1\r\nHost: hearthd\r\nConnection: close\r\n"
         for (name, value) in headers { request += "\(name): \(value)\r\n" }
         if let body {
@@ -52,8 +90,12 @@ public struct UnixHTTPClient: Sendable {
         request += "\r\n"
         var bytes = Array(request.utf8)
         if let body { bytes.append(contentsOf: body) }
-        try writeAll(fd, bytes)
-        return try readResponse(fd, method: method, onData: onData, onHead: onHead)
+        do {
+            try writeAll(fd, bytes)
+            return try readResponse(fd, method: method, onData: onData, onHead: onHead)
+        } catch {
+            throw conn.explain(error)
+        }
     }
 
     /// Sends a body of unknown length with chunked transfer coding:
@@ -63,11 +105,12 @@ public struct UnixHTTPClient: Sendable {
                        produce: (_ emit: ([UInt8]) throws -> Void) throws -> Void,
                        onData: ([UInt8]) throws -> Void,
                        onHead: (Int) -> Void = { _ in }) throws -> Response {
-        let fd = try connect()
-        defer { close(fd) }
+        let conn = try connect()
+        defer { conn.close() }
+        let fd = conn.fd
         let head = "\(method) \(path) HTTP/1.1\r\nHost: hearthd\r\nConnection: close\r\n"
             + "Content-Type: \(contentType)\r\nTransfer-Encoding: chunked\r\n\r\n"
-        try writeAll(fd, Array(head.utf8))
+        do { try writeAll(fd, Array(head.utf8)) } catch { throw conn.explain(error) }
         do {
             try produce { piece in
                 guard !piece.isEmpty else { return }
@@ -77,7 +120,9 @@ public struct UnixHTTPClient: Sendable {
         } catch let e as SystemError where e.errno == EPIPE || e.errno == ECONNRESET {
             // hearthd stopped reading: its answer says why.
         }
-        return try readResponse(fd, method: method, onData: onData, onHead: onHead)
+        do { return try readResponse(fd, method: method, onData: onData, onHead: onHead) } catch {
+            throw conn.explain(error)
+        }
     }
 
     private func readResponse(_ fd: Int32, method: String, onData: ([UInt8]) throws -> Void,
@@ -139,7 +184,20 @@ public struct UnixHTTPClient: Sendable {
         return response
     }
 
-    private func connect() throws -> Int32 {
+    private func connect() throws -> Connection {
+        switch endpoint {
+        case .unix(let path):
+            return Connection(fd: try connectUnix(path), tunnel: nil)
+        case .tcp(let host, let port):
+            guard let tls else {
+                throw HearthError.invalid("\(endpoint) is a TCP daemon, which speaks only mutual TLS: set HEARTH_TLS_CERT, HEARTH_TLS_KEY and HEARTH_TLS_CA")
+            }
+            let tunnel = try TLSTunnel.open(host: host, port: port, files: tls)
+            return Connection(fd: tunnel.fd, tunnel: tunnel)
+        }
+    }
+
+    private func connectUnix(_ socketPath: String) throws -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError.current("socket", socketPath) }
         guard UnixSocket.address(socketPath) != nil else {
