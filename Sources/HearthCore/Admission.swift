@@ -111,12 +111,12 @@ public enum Admission {
     }
 
     // Saturating: a sum past Int64 exceeds any machine, which is the answer.
-    static func times(_ a: Int64, _ b: Int64) -> Int64 {
+    public static func times(_ a: Int64, _ b: Int64) -> Int64 {
         let (r, overflow) = a.multipliedReportingOverflow(by: b)
         return overflow ? .max : r
     }
 
-    static func plus(_ a: Int64, _ b: Int64) -> Int64 {
+    public static func plus(_ a: Int64, _ b: Int64) -> Int64 {
         let (r, overflow) = a.addingReportingOverflow(b)
         return overflow ? .max : r
     }
@@ -148,5 +148,44 @@ public enum Admission {
         fraction = String(repeating: "0", count: places - fraction.count) + fraction
         while fraction.hasSuffix("0") { fraction.removeLast() }
         return fraction.isEmpty ? "\(whole)" : "\(whole).\(fraction)"
+    }
+}
+
+/// `GET /v1/info`: what a node can still take, for a scheduler that places
+/// environments on many daemons (the connector). Reservations are
+/// admission's: an environment holds all its replicas at their memory
+/// limits and cpu requests, whether they run or not.
+public struct NodeInfo: Codable, Sendable {
+    public struct Amounts: Codable, Sendable, Equatable {
+        public var cpuMilli: Int64
+        public var memoryBytes: Int64
+        public var gpus: Int64
+        public init(cpuMilli: Int64, memoryBytes: Int64, gpus: Int64) {
+            self.cpuMilli = cpuMilli; self.memoryBytes = memoryBytes; self.gpus = gpus
+        }
+    }
+    public var hostname: String
+    public var version: String
+    public var pid: Int32
+    public var cgroup: String
+    /// What admission hands out: every CPU, memory less a reserve, the GPUs found.
+    public var capacity: Amounts
+    /// Held by admitted environments (all replicas) and by spare replicas (memory).
+    public var admitted: Amounts
+    /// capacity − admitted, never below 0.
+    public var free: Amounts
+    public var environments: Int
+    /// Replicas admitted environments may run (their replica counts, or maxima).
+    public var replicas: Int
+    public var caller: String?
+
+    public init(hostname: String, version: String, pid: Int32, cgroup: String, capacity: Amounts, admitted: Amounts,
+                environments: Int, replicas: Int, caller: String?) {
+        self.hostname = hostname; self.version = version; self.pid = pid; self.cgroup = cgroup
+        self.capacity = capacity; self.admitted = admitted
+        self.free = Amounts(cpuMilli: max(0, capacity.cpuMilli - admitted.cpuMilli),
+                            memoryBytes: max(0, capacity.memoryBytes - admitted.memoryBytes),
+                            gpus: max(0, capacity.gpus - admitted.gpus))
+        self.environments = environments; self.replicas = replicas; self.caller = caller
     }
 }

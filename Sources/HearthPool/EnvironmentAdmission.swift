@@ -67,6 +67,19 @@ public actor EnvironmentAdmission {
 
     public func setPull(_ pull: @escaping Pull) { self.pull = pull }
 
+    /// Capacity and what admitted environments and spares hold of it, as
+    /// admission counts them (`GET /v1/info`).
+    public func usage() -> (capacity: NodeInfo.Amounts, admitted: NodeInfo.Amounts, environments: Int, replicas: Int) {
+        let gpuCount = gpus.map { Int64($0.gpus().names.count) } ?? capacity.gpus
+        let envs = Array(admitted.values)
+        let memory = envs.reduce(Int64(0)) { Admission.plus($0, Admission.memoryReservation($1, defaultMemory: defaultMemory)) }
+        let cpu = envs.reduce(Int64(0)) { Admission.plus($0, Admission.cpuReservation($1)) }
+        let gpuHeld = envs.reduce(Int64(0)) { Admission.plus($0, Admission.times(Int64($1.replicaCount), $1.gpus ?? 0)) }
+        return (NodeInfo.Amounts(cpuMilli: capacity.cpuMilli, memoryBytes: capacity.memoryBytes, gpus: gpuCount),
+                NodeInfo.Amounts(cpuMilli: cpu, memoryBytes: Admission.plus(memory, ledger.spares.bytes), gpus: gpuHeld),
+                envs.count, envs.reduce(0) { $0 + $1.replicaCount })
+    }
+
     /// The CDI devices now: the allocator's view (GPUs generated where no
     /// spec has them) when there is one.
     private nonisolated func cdiRegistry() -> CDIRegistry {

@@ -280,7 +280,9 @@ public enum Daemon {
         }
         UpgradeRoute(upgrader: upgrader).register(on: router)
         api.register(on: router)
-        let poolRoutes = PoolRoutes(pool: pool, admission: admission, code: code, secrets: secrets, logger: logger)
+        var routes = PoolRoutes(pool: pool, admission: admission, code: code, secrets: secrets, logger: logger)
+        routes.cgroupVersion = "\(runtime.cgroups.version)"
+        let poolRoutes = routes
         poolRoutes.register(on: router)
         MetricsRoute(registry: metricsRegistry, pool: pool).register(on: router)
         var buildOptions = BuildOptions()

@@ -14,6 +14,8 @@ struct PoolRoutes: Sendable {
     let code: CodeStore
     let secrets: SecretStore
     let logger: Logger
+    /// "v1" or "v2", for `GET /v1/info`.
+    var cgroupVersion = ""
 
     static let maxSpecBytes = 1 << 20
     static let maxTaskBytes = 64 << 20
@@ -135,6 +137,15 @@ struct PoolRoutes: Sendable {
             let bytes = Array(buffer: body)
             let bundle = try await Blocking.run { try code.store(sha256: sha, tarball: bytes) }
             return try json(bundle, status: .created)
+        }
+        router.get("/v1/info") { _, context in
+            let u = await admission.usage()
+            var host = [CChar](repeating: 0, count: 256)
+            let hostname = gethostname(&host, host.count) == 0
+                ? String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
+            return try json(NodeInfo(hostname: hostname, version: Daemon.version, pid: getpid(), cgroup: cgroupVersion,
+                                     capacity: u.capacity, admitted: u.admitted, environments: u.environments,
+                                     replicas: u.replicas, caller: await context.caller()))
         }
         router.get("/v1/devices") { _, _ in
             let status = try await Blocking.run { admission.devices() }

@@ -115,7 +115,8 @@ def test_a_client_of_the_cluster_ca_runs_tasks(node, pki, tmp_path):
         second = remote_flow.double(n=1)
         async def who():
             return await _client.async_client().call("GET", "/v1/version")
-        print(json.dumps({"first": first, "second": second, "caller": asyncio.run(who())["caller"]}))
+        info = _client.client().call("GET", "/v1/info")
+        print(json.dumps({"first": first, "second": second, "caller": asyncio.run(who())["caller"], "info": info}))
     '''), tmp_path)
     assert r.returncode == 0, (r.stdout, r.stderr, open(node.log).read()[-2000:])
     out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -125,6 +126,12 @@ def test_a_client_of_the_cluster_ca_runs_tasks(node, pki, tmp_path):
     assert len({t["pid"] for t in out["first"] + [out["second"]]}) == 1
     assert out["second"]["seen"] == 3
     assert out["caller"] == "CN=alice,O=hearth"
+    # What a scheduler places by: the node's capacity and what is admitted.
+    info = out["info"]
+    assert info["caller"] == "CN=alice,O=hearth" and info["environments"] == 1 and info["replicas"] == 1
+    assert info["capacity"]["cpuMilli"] == os.cpu_count() * 1000
+    assert 0 < info["free"]["memoryBytes"] <= info["capacity"]["memoryBytes"]
+    assert info["free"]["cpuMilli"] == info["capacity"]["cpuMilli"] - info["admitted"]["cpuMilli"]
 
     # The CLI lists what the SDK applied, over the same TLS.
     ls = remote_hearth(node, pki, "ls")
