@@ -54,9 +54,13 @@ def run(module, task, inputs):
         try:
             out = t.dispatch_execute(ctx, literal_map)
         except Exception as e:
-            # flytekit wraps the user's exception: raise the user's own.
+            # flytekit wraps the user's exception, or rewrites its message in local execution: raise the user's own.
             cause = e.__cause__
-            raise (cause if isinstance(cause, Exception) else e)
+            if isinstance(cause, Exception):
+                raise cause
+            if getattr(e, "_hearth_args", None) is not None:
+                e.args = e._hearth_args
+            raise
         if not hasattr(out, "to_flyte_idl"):  # a VoidPromise: no outputs
             from flytekit.models.literals import LiteralMap
 

@@ -22,7 +22,7 @@ from flytekit.core.python_function_task import PythonFunctionTask
 from flytekit.extend import TaskPlugins
 from hearth import _actor
 
-__all__ = ["HearthActor", "HearthFunctionTask", "TASK_TYPE"]
+__all__ = ["HearthActor", "HearthFunctionTask", "TASK_TYPE", "task_request", "task_outputs", "image_builds"]
 
 TASK_TYPE = "hearth-actor"
 RUNTIME = "flytekitplugins.hearth._runtime"
@@ -47,14 +47,22 @@ class HearthFunctionTask(PythonFunctionTask[HearthActor]):
                             % task_function.__qualname__)
 
     @property
-    def environment(self):
+    def actor_environment(self):
+        """The task's ActorEnvironment (``environment`` is flytekit's: the
+        container's variables, which serializing a task reads)."""
         return self.task_config.environment
 
     def get_custom(self, settings):
-        """What a Flyte cluster hands the connector: the environment spec and
-        where the function lives (see ``flytekitplugins.hearth.connector``)."""
-        return {"environment": self.environment.spec(), "module": self.task_function.__module__,
-                "function": self.task_function.__name__}
+        """What a Flyte cluster hands the connector: the environment spec, the
+        image builds it names (a node's hearthd may never have seen them),
+        and where the function lives, named as flytekit's own resolver names
+        it in the container's args (``flytekitplugins.hearth.connector``)."""
+        from flytekit.core.tracker import extract_task_module
+
+        _, module, function, _ = extract_task_module(self)
+        env = self.actor_environment
+        return {"environment": env.spec(), "images": image_builds(env.hearth),
+                "module": module, "function": function}
 
     # -- the two ways flytekit runs a task ------------------------------------------
 
@@ -66,7 +74,16 @@ class HearthFunctionTask(PythonFunctionTask[HearthActor]):
     def execute(self, **kwargs):
         # map_task (ArrayNodeMapTask) calls execute with Python values.
         if _actor._in_worker():
-            return super().execute(**kwargs)
+            try:
+                return super().execute(**kwargs)
+            except Exception as e:
+                # flytekit's local execution then rewrites e.args ("Error encountered while executing ...");
+                # _runtime puts the user's back.
+                try:
+                    e._hearth_args = e.args
+                except AttributeError:
+                    pass
+                raise
         from flytekit.core.context_manager import FlyteContextManager
         from flytekit.core.type_engine import TypeEngine
         from flytekit.models.literals import LiteralMap
@@ -97,24 +114,17 @@ class HearthFunctionTask(PythonFunctionTask[HearthActor]):
     def run_remote(self, ctx, input_literal_map):
         """The output LiteralMap of one execution in a replica (retried up
         to ``metadata.retries`` more times when it fails)."""
-        from hearth import _bundle, _protocol
+        from hearth import _bundle
 
-        from flytekitplugins.hearth import _literals
-
-        env = self.environment.hearth
+        env = self.actor_environment.hearth
         c = _actor._client_for(env.socket)
         env._ensure(c)
         module, root = self.location()
         bundle = _bundle.bundle_for(root)
         _bundle.ensure_uploaded(c, bundle)
-        kwargs = {"module": module, "task": self.task_function.__name__,
-                  "inputs": _literals.encode(input_literal_map)}
-        body = {"module": RUNTIME, "function": "run", "bundle": bundle.sha256,
-                "kwargs": {k: _protocol.encode_value(v) for k, v in kwargs.items()}, "wait": True}
-        timeout = self.metadata.timeout  # flytekit's: a timedelta, zero when none
-        seconds = timeout.total_seconds() if hasattr(timeout, "total_seconds") else float(timeout or 0)
-        if seconds > 0:
-            body["timeout"] = seconds
+        body = task_request(module, self.task_function.__name__, input_literal_map, bundle.sha256,
+                            self.metadata.timeout)
+        body["wait"] = True
         path = "/v1/environments/%s/tasks" % env.name
         retries = self.metadata.retries or 0
         for attempt in range(retries + 1):
@@ -128,18 +138,67 @@ class HearthFunctionTask(PythonFunctionTask[HearthActor]):
         raise AssertionError("unreachable")
 
     def _outcome(self, ctx, snap, total_us):
-        from hearth import _protocol
-
-        from flytekitplugins.hearth import _literals
-
         state = snap.get("state")
-        _actor.record_run(self.name, self.environment.name, snap, state, total_us)
+        _actor.record_run(self.name, self.actor_environment.name, snap, state, total_us)
         if state != "succeeded":
             raise _actor.remote_exception(self.name, snap.get("error"), snap.get("id"), snap.get("replica"),
                                           snap.get("pid"))
-        # Data only: a replica's answer is never unpickled here.
-        value = _protocol.decode_value(snap.get("result"), unpickle=False)
-        return _literals.decode(value, base=ctx.file_access.get_random_local_directory())
+        return task_outputs(snap, ctx.file_access.get_random_local_directory())
+
+
+def task_request(module, function, input_literal_map, bundle=None, timeout=None):
+    """The body of ``POST /v1/environments/{e}/tasks`` that runs one
+    execution of ``module.function`` on ``input_literal_map`` in a replica
+    (``_runtime.run``); ``bundle``: the code bundle's sha256 (None: the
+    module is in the image); ``timeout``: flytekit's (a timedelta, zero
+    when none). The caller's side and the connector send the same."""
+    from hearth import _protocol
+
+    from flytekitplugins.hearth import _literals
+
+    kwargs = {"module": module, "task": function, "inputs": _literals.encode(input_literal_map)}
+    body = {"module": RUNTIME, "function": "run", "kwargs": {k: _protocol.encode_value(v) for k, v in kwargs.items()}}
+    if bundle is not None:
+        body["bundle"] = bundle
+    seconds = timeout.total_seconds() if hasattr(timeout, "total_seconds") else float(timeout or 0)
+    if seconds > 0:
+        body["timeout"] = seconds
+    return body
+
+
+def task_outputs(snap, base):
+    """The output LiteralMap of a succeeded task (its hearthd snapshot),
+    files written under ``base``."""
+    from hearth import _protocol
+
+    from flytekitplugins.hearth import _literals
+
+    # Data only: a replica's answer is never unpickled here.
+    return _literals.decode(_protocol.decode_value(snap.get("result"), unpickle=False), base=base)
+
+
+def image_builds(env):
+    """The images hearthd must build for a ``hearth.ActorEnvironment``'s
+    spec, bases first: ``[{"name": image reference, "spec": build request}]``
+    (JSON, for a task template's custom)."""
+    from hearth import _spec
+
+    images = [env.container_image]
+    if env.pod_template is not None:
+        images += _spec.pod_template_images(env.pod_template)
+    out = []
+    for image in images:
+        for spec in _spec.image_builds(image):
+            chain = []
+            while getattr(spec, "_hearth_build", None) is not None and len(chain) < 16:
+                chain.append(spec)
+                spec = getattr(spec, "base_image", None)
+            for s in reversed(chain):
+                build, _, name = s._hearth_build
+                entry = {"name": name, "spec": build}
+                if entry not in out:
+                    out.append(entry)
+    return out
 
 
 TaskPlugins.register_pythontask_plugin(HearthActor, HearthFunctionTask)

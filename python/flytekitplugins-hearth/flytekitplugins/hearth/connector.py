@@ -1,0 +1,377 @@
+"""The Flyte connector for ``hearth-actor`` tasks: a Flyte cluster's
+executions of ``@env.task`` run in the warm replicas of a node's hearthd.
+
+flytepropeller hands a connector service (``hearth-connector``, or
+``pyflyte serve connector`` with this plugin installed) the task's template
+and input literals; ``HearthConnector``:
+
+``create``
+    builds the images the template's ``custom`` names (``images``, once per
+    process), applies its ``environment`` spec (the SDK's apply: once per
+    process, again when hearthd lost or replaced it), ships the code and
+    posts one task running ``flytekitplugins.hearth._runtime.run`` on the
+    input literals, as the caller's side does (``_task.task_request``). The
+    code: when the container's args carry flytekit's fast-registration
+    distribution (``pyflyte-fast-execute --additional-distribution URL`` or
+    ``--dynamic-addl-distro URL``), it is downloaded with flytekit's file
+    access (``file://``, ``s3://``, … as the container would), unpacked and
+    uploaded to hearthd as the task's code bundle; otherwise the module must
+    be importable in the image. The task id is derived from Flyte's task
+    execution id when there is one, so a create that propeller sends again
+    is the same hearthd task, not a second run.
+``get``
+    maps the task's state to a phase (``PHASES``); a succeeded task's
+    outputs are its LiteralMap, files sent back by the replica written
+    locally and, when the output prefix is remote, uploaded under it.
+``delete``
+    cancels the task (``DELETE /v1/tasks/{id}``; one hearthd no longer
+    knows is already gone).
+
+hearthd is reached through the SDK's client (``hearth._client.client()``:
+``HEARTH_SOCKET``, default ``/run/hearth/hearthd.sock``, or ``HEARTH_HOST``).
+"""
+
+import asyncio
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import types
+import typing
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from flyteidl.core.execution_pb2 import TaskExecution
+from flytekit.extend.backend.base_connector import AsyncConnectorBase, ConnectorRegistry, Resource, ResourceMeta
+from hearth import _actor, _bundle, _images
+from hearth._errors import BundleError, DaemonUnavailable, ResultExpired, SocketPermissionError
+
+from flytekitplugins.hearth import _literals
+from flytekitplugins.hearth._task import TASK_TYPE, task_outputs, task_request
+
+__all__ = ["HearthConnector", "HearthMetadata", "HearthUnreachable", "PHASES", "code_distribution", "phase"]
+
+# hearthd's task states (docs/protocol.md, 2.6) as Flyte's phases.
+PHASES = {
+    "queued": TaskExecution.RUNNING,
+    "running": TaskExecution.RUNNING,
+    "succeeded": TaskExecution.SUCCEEDED,
+    "failed": TaskExecution.FAILED,
+    "lost": TaskExecution.FAILED,
+    "cancelled": TaskExecution.FAILED,
+}
+
+_DISTRIBUTION_FLAGS = ("--additional-distribution", "--dynamic-addl-distro")
+_PICKLED = "pkl.gz"  # flytekit's PICKLE_FILE_PATH: an interactive session's pickled task, not code
+
+
+class HearthUnreachable(ConnectionError):
+    """hearthd does not answer on the connector's socket."""
+
+
+@dataclass
+class HearthMetadata(ResourceMeta):
+    """What ``create`` hands propeller back: the hearthd task and where its code came from."""
+
+    task_id: str
+    environment: str
+    task: str = ""  # module.function, for messages
+    code: str = "image"  # "distribution": the fast-registration tarball as the task's bundle
+    distribution: typing.Optional[str] = None
+    bundle: typing.Optional[str] = None
+    output_prefix: typing.Optional[str] = None
+
+
+def phase(state):
+    """Flyte's phase for a hearthd task state."""
+    try:
+        return PHASES[state]
+    except KeyError:
+        raise ValueError("hearthd task state %r is not one of %s" % (state, ", ".join(PHASES))) from None
+
+
+def code_distribution(args):
+    """The fast-registration distribution a container's ``args`` name
+    (``--additional-distribution URL``, ``--dynamic-addl-distro URL``, or
+    ``=URL``), or None. A placeholder flytectl did not fill in, a pickled
+    task and anything but a ``.tar.gz`` are refused by name."""
+    url = None
+    args = list(args or [])
+    for i, arg in enumerate(args):
+        for flag in _DISTRIBUTION_FLAGS:
+            if arg == flag:
+                if i + 1 >= len(args):
+                    raise ValueError("container args: %s has no value" % flag)
+                value = args[i + 1]
+            elif arg.startswith(flag + "="):
+                value = arg[len(flag) + 1:]
+            else:
+                continue
+            if "{{" in value:
+                raise ValueError("container args: %s %s is a placeholder, not a location; register the task with "
+                                 "fast registration (pyflyte register) so it names the uploaded code" % (flag, value))
+            if os.path.basename(value) == _PICKLED:
+                raise ValueError("container args: %s %s is a pickled task (an interactive session's); a hearth "
+                                 "replica imports its task's module, so register it from a module" % (flag, value))
+            if not value.endswith(".tar.gz"):
+                raise ValueError("container args: %s %s is not a fast-registration tarball (.tar.gz)" % (flag, value))
+            if url is not None and value != url:
+                raise ValueError("container args name two distributions, %s and %s" % (url, value))
+            url = value
+    return url
+
+
+def task_id_for(task_execution_metadata):
+    """hearthd's task id for one Flyte task execution (a retry is another),
+    so a create propeller repeats finds the task the first one made; a
+    fresh id of the SDK's when there is no execution id (local runs)."""
+    from hearth import _client
+
+    ident = getattr(task_execution_metadata, "task_execution_id", None)
+    if ident is None:
+        return _client.task_id()
+    raw = ident.to_flyte_idl().SerializeToString(deterministic=True)
+    if not raw:
+        return _client.task_id()
+    return "flyte-" + hashlib.sha256(raw).hexdigest()[:40]
+
+
+def _custom(task_template):
+    """(environment spec, images, module, function) of a template's custom, checked."""
+    where = "task %s: template custom" % getattr(getattr(task_template, "id", None), "name", "?")
+    custom = task_template.custom or {}
+    env = custom.get("environment")
+    if not isinstance(env, dict) or not isinstance(env.get("name"), str) or not env.get("name"):
+        raise ValueError("%s: \"environment\" must be an environment spec with a name (HearthFunctionTask.get_custom "
+                         "writes it), got %r" % (where, env))
+    for field in ("module", "function"):
+        if not isinstance(custom.get(field), str) or not custom.get(field):
+            raise ValueError("%s: %r must be a non-empty string, got %r" % (where, field, custom.get(field)))
+    images = custom.get("images") or []
+    if not isinstance(images, list) or not all(isinstance(i, dict) and isinstance(i.get("name"), str)
+                                               and isinstance(i.get("spec"), dict) for i in images):
+        raise ValueError("%s: \"images\" must be a list of {\"name\", \"spec\"} build requests, got %r"
+                         % (where, images))
+    return env, images, custom["module"], custom["function"]
+
+
+class _SpecEnvironment(_actor.ActorEnvironment):
+    """An environment known by its spec alone (a template's custom), with
+    the SDK's apply, identity and re-apply-when-stale rules."""
+
+    def __init__(self, spec, images):
+        super().__init__(spec["name"])
+        self._spec = spec
+        self._images = images
+
+    def spec(self):
+        return dict(self._spec)
+
+    def apply(self, client=None):
+        c = client or _actor._client_for(None)
+        for image in self._images:
+            copy = (image["spec"].get("copy") or {}).get("bundle")
+            if copy and c.call("GET", "/v1/code/" + copy, what="code bundle", not_found=False) is False:
+                raise ValueError("image %s: its ImageSpec.copy files (code bundle %s) are not on hearthd at %s; "
+                                 "apply the environment once from where those files are, or build the image there"
+                                 % (image["name"], copy, c.path))
+            # The SDK's build (once per process, its progress and errors), of a plan read from the template.
+            _images.ensure_built(types.SimpleNamespace(_hearth_build=(image["spec"], None, image["name"]),
+                                                       base_image=None), c)
+        return super().apply(c)
+
+
+class HearthConnector(AsyncConnectorBase):
+    """flytekit's async connector for task type ``hearth-actor``."""
+
+    name = "Hearth Connector"
+
+    def __init__(self):
+        super().__init__(task_type_name=TASK_TYPE, metadata_type=HearthMetadata)
+        self._lock = threading.Lock()
+        self._environments = OrderedDict()  # spec and images (JSON) -> _SpecEnvironment, newest last
+        self._distributions = OrderedDict()  # distribution URL -> bundle sha256 uploaded from it
+
+    # -- flytekit's interface: blocking work off the server's event loop ----------
+
+    async def create(self, task_template, output_prefix, inputs=None, task_execution_metadata=None, **kwargs):
+        return await _off_loop(self._create, task_template, output_prefix, inputs, task_execution_metadata)
+
+    async def get(self, resource_meta, **kwargs):
+        return await _off_loop(self._get, resource_meta)
+
+    async def delete(self, resource_meta, **kwargs):
+        return await _off_loop(self._delete, resource_meta)
+
+    # -- the work -------------------------------------------------------------------
+
+    def _create(self, task_template, output_prefix, inputs, task_execution_metadata):
+        from flytekit.models.literals import LiteralMap
+
+        spec, images, module, function = _custom(task_template)
+        container = getattr(task_template, "container", None)
+        url = code_distribution(container.args if container is not None else [])
+        tid = task_id_for(task_execution_metadata)
+        what = "task %s.%s (hearthd task %s)" % (module, function, tid)
+        with _reaching(what) as c:
+            env = self._environment(spec, images)
+            env._ensure(c)
+            bundle = self._bundle(c, url) if url else None
+            timeout = getattr(getattr(task_template, "metadata", None), "timeout", None)
+            body = task_request(module, function, inputs if inputs is not None else LiteralMap(literals={}),
+                                bundle, timeout)
+            body["id"] = tid
+            snap = env._post(c, "/v1/environments/%s/tasks" % env.name, body, what)
+        return HearthMetadata(task_id=snap.get("id") or tid, environment=env.name, task="%s.%s" % (module, function),
+                              code="distribution" if url else "image", distribution=url, bundle=bundle,
+                              output_prefix=output_prefix)
+
+    def _get(self, meta):
+        from flytekit.core.context_manager import FlyteContextManager
+
+        what = "status of hearthd task %s" % meta.task_id
+        with _reaching(what) as c:
+            try:
+                snap = c.call("GET", "/v1/tasks/" + meta.task_id, what=what, not_found=False)
+            except ResultExpired as e:
+                return Resource(phase=TaskExecution.FAILED, message="hearthd task %s of %s: %s" % (
+                    meta.task_id, meta.task or meta.environment, e))
+        if snap is False:
+            return Resource(phase=TaskExecution.FAILED, message=(
+                "hearthd task %s of %s (environment %s) is not known to hearthd at %s: it was never accepted, or "
+                "finished longer ago than hearthd keeps tasks" % (meta.task_id, meta.task, meta.environment, c.path)))
+        state = snap.get("state")
+        p = phase(state)
+        info = {k: snap.get(k) for k in ("id", "state", "replica", "pid", "coldStart") if snap.get(k) is not None}
+        info.update(environment=meta.environment, code=meta.code)
+        if p == TaskExecution.RUNNING:
+            where = "replica %s (pid %s)" % (snap.get("replica"), snap.get("pid")) if state == "running" else \
+                "the queue of environment %s" % meta.environment
+            return Resource(phase=p, message="hearthd task %s: %s in %s" % (meta.task_id, state, where),
+                            custom_info=info)
+        if p != TaskExecution.SUCCEEDED:
+            err = _actor.remote_exception(meta.task or meta.environment, snap.get("error"), meta.task_id,
+                                          snap.get("replica"), snap.get("pid"))
+            return Resource(phase=p, message="%s (hearthd state %s)" % (err, state), custom_info=info)
+        ctx = FlyteContextManager.current_context()
+        base = ctx.file_access.get_random_local_directory()
+        outputs = task_outputs(snap, base)
+        if meta.output_prefix and ctx.file_access.is_remote(meta.output_prefix):
+            outputs = publish(outputs, ctx.file_access, "%s/hearth/%s" % (meta.output_prefix.rstrip("/"), meta.task_id))
+            shutil.rmtree(base, ignore_errors=True)  # uploaded: a long-running service keeps no copies
+        return Resource(phase=p, message="hearthd task %s succeeded in replica %s (pid %s)" % (
+            meta.task_id, snap.get("replica"), snap.get("pid")), outputs=outputs, custom_info=info)
+
+    def _delete(self, meta):
+        what = "cancel hearthd task %s" % meta.task_id
+        with _reaching(what) as c:
+            # A task hearthd no longer knows has nothing left to cancel.
+            c.call("DELETE", "/v1/tasks/" + meta.task_id, what=what, not_found=False)
+
+    # -- pieces -------------------------------------------------------------------
+
+    def _environment(self, spec, images):
+        key = json.dumps([spec, images], sort_keys=True)
+        with self._lock:
+            env = self._environments.get(key)
+            if env is None:
+                env = self._environments[key] = _SpecEnvironment(spec, images)
+                while len(self._environments) > 64:
+                    self._environments.popitem(last=False)
+            self._environments.move_to_end(key)
+        return env
+
+    def _bundle(self, c, url):
+        """The sha256 of the code bundle made from distribution ``url``,
+        uploaded to ``c``'s hearthd (fast registration names its tarball
+        after its content, so a URL is unpacked once per process)."""
+        with self._lock:
+            sha = self._distributions.get(url)
+        # One look-up per task: a hearthd that lost the bundle (a new state root) gets it again.
+        if sha is not None and c.call("GET", "/v1/code/" + sha, what="code bundle", not_found=False) is not False:
+            return sha
+        if sha is not None:
+            _bundle._uploaded.discard(sha)  # uploaded before, gone now: ensure_uploaded must send it again
+        b = distribution_bundle(url)
+        _bundle.ensure_uploaded(c, b)
+        with self._lock:
+            self._distributions[url] = b.sha256
+            while len(self._distributions) > 256:
+                self._distributions.popitem(last=False)
+        return b.sha256
+
+
+def distribution_bundle(url):
+    """The code bundle (``hearth._bundle.Bundle``) of a fast-registration
+    tarball: downloaded with flytekit's file access and unpacked as
+    ``pyflyte-fast-execute`` does, then tarred as the SDK tars a project."""
+    from flytekit.tools.fast_registration import download_distribution
+
+    d = tempfile.mkdtemp(prefix="hearth-distribution-")
+    try:
+        root = os.path.join(d, "code")
+        os.mkdir(root)
+        try:
+            download_distribution(url, root)
+        except Exception as e:
+            raise RuntimeError("code distribution %s (the task's --additional-distribution) could not be fetched and "
+                               "unpacked: %s" % (url, e)) from e
+        os.remove(os.path.join(root, os.path.basename(url)))  # the tarball itself, beside what it unpacked
+        # Not bundle_for: its per-root cache would keep every unpacked copy for the life of the server.
+        try:
+            return _bundle._tar(root, _bundle._scan(root))
+        except BundleError as e:
+            raise BundleError("code distribution %s: %s" % (url, e)) from None
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def publish(literal_map, file_access, prefix):
+    """``literal_map`` with its local blobs (the files a replica sent back)
+    uploaded under ``prefix`` (a remote output location) and their URIs
+    rewritten: Flyte reads outputs from its blob store, not from this host."""
+    from flytekit.models.literals import LiteralMap
+
+    pb = literal_map.to_flyte_idl()
+    done = {}
+    for lit in pb.literals.values():
+        for holder in _literals._blobs(lit, []):
+            path = _literals._local(holder.uri)
+            if path is None or not os.path.exists(path):
+                continue
+            if holder.uri not in done:
+                remote = "%s/%d-%s" % (prefix.rstrip("/"), len(done), os.path.basename(path.rstrip("/")))
+                done[holder.uri] = file_access.put_data(path, remote, is_multipart=os.path.isdir(path))
+            holder.uri = done[holder.uri]
+    return LiteralMap.from_flyte_idl(pb)
+
+
+class _reaching(object):
+    """The SDK's client for the connector's hearthd; an unreachable one
+    raises ``HearthUnreachable`` naming the socket and what was being done."""
+
+    def __init__(self, what):
+        self.what = what
+
+    def __enter__(self):
+        self.client = _actor._client_for(None)
+        return self.client
+
+    def __exit__(self, kind, e, tb):
+        if isinstance(e, (DaemonUnavailable, SocketPermissionError)):
+            # Which setting named the address: the SDK's client takes HEARTH_HOST over HEARTH_SOCKET.
+            setting = "HEARTH_HOST" if os.environ.get("HEARTH_HOST") else "HEARTH_SOCKET"
+            raise HearthUnreachable("hearth connector: cannot reach hearthd at %s (%s) for %s: %s"
+                                    % (self.client.path, setting, self.what, e)) from e
+        return False
+
+
+async def _off_loop(fn, *args):
+    # The gRPC server is one event loop: hearthd calls, downloads and builds block, so they run in its executor.
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+
+
+ConnectorRegistry.register(HearthConnector(), override=True)
