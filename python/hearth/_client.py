@@ -42,13 +42,15 @@ def compact_json(value):
     return _compact(value).encode()
 
 
-def default_socket():
+def default_socket(env=None):
     """Where the SDK reaches hearthd: ``HEARTH_HOST`` (``tcp://HOST:PORT``
-    or ``unix:///PATH``), else ``HEARTH_SOCKET``, else the default socket."""
-    host = os.environ.get("HEARTH_HOST")
+    or ``unix:///PATH``), else ``HEARTH_SOCKET``, else the default socket
+    (of ``env``, default the process's environment)."""
+    env = os.environ if env is None else env
+    host = env.get("HEARTH_HOST")
     if host:
         return host[len("unix://"):] if host.startswith("unix://") else host
-    return os.environ.get("HEARTH_SOCKET") or DEFAULT_SOCKET
+    return env.get("HEARTH_SOCKET") or DEFAULT_SOCKET
 
 
 def _tcp_address(address):

@@ -86,7 +86,7 @@ def test_a_task_runs_to_succeeded_in_a_warm_replica_with_code_from_the_distribut
 
 def test_a_task_whose_function_raises_fails_with_its_message(fd, work):
     got = driver(fd, work, "fail")
-    assert got["phase"] == "FAILED", got
+    assert got["phase"] == "RETRYABLE_FAILED", got  # the task's retries apply
     tid = got["meta"]["task_id"]
     assert "task cfmod.boom (%s, replica " % tid in got["message"], got
     # The user's exception as it was raised (not flytekit's "Error encountered while executing" rewording).
@@ -106,7 +106,7 @@ def test_delete_cancels_a_running_task(fd, work):
 def test_without_a_distribution_the_module_is_the_images_and_is_not_there(fd, work):
     got = driver(fd, work, "image")
     assert got["meta"]["code"] == "image" and got["meta"]["bundle"] is None, got
-    assert got["phase"] == "FAILED", got
+    assert got["phase"] == "RETRYABLE_FAILED", got
     assert "No module named 'cfmod'" in got["message"] and got["meta"]["task_id"] in got["message"], got
 
 

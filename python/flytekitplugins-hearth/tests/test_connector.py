@@ -35,7 +35,8 @@ def test_the_connector_is_registered_for_hearth_actor_tasks():
 
 @pytest.mark.parametrize("state, phase", [
     ("queued", TaskExecution.RUNNING), ("running", TaskExecution.RUNNING), ("succeeded", TaskExecution.SUCCEEDED),
-    ("failed", TaskExecution.FAILED), ("lost", TaskExecution.FAILED), ("cancelled", TaskExecution.FAILED)])
+    ("failed", TaskExecution.RETRYABLE_FAILED), ("lost", TaskExecution.RETRYABLE_FAILED),
+    ("cancelled", TaskExecution.FAILED)])
 def test_every_hearthd_state_has_a_phase(state, phase):
     assert connector.phase(state) == phase
 
@@ -168,17 +169,19 @@ def test_a_failed_task_names_its_id_and_cause(fake):
     fake({("GET", "/v1/tasks/c-1"): {"id": "c-1", "state": "failed", "replica": "e-0", "pid": 42, "error": {
         "type": "KeyError", "message": "no such key 7", "traceback": "Traceback ...\nKeyError: 'no such key 7'"}}})
     r = run(HearthConnector().get(META))
-    assert r.phase == TaskExecution.FAILED
+    # Retryable: the task's `retries` apply, as to any Flyte task.
+    assert r.phase == TaskExecution.RETRYABLE_FAILED
     assert "task mod.fn (c-1, replica e-0, pid 42) failed: KeyError: no such key 7" in r.message, r.message
     assert "Remote traceback" in r.message and "hearthd state failed" in r.message
 
 
 def test_cancelled_and_lost_fail_with_their_state(fake):
-    for state in ("cancelled", "lost"):
+    # A replica lost mid-task is retried; a cancelled task is not.
+    for state, want in (("cancelled", TaskExecution.FAILED), ("lost", TaskExecution.RETRYABLE_FAILED)):
         fake({("GET", "/v1/tasks/c-1"): {"id": "c-1", "state": state, "error": {"type": "TaskCancelled",
                                                                                "message": "cancelled by a client"}}})
         r = run(HearthConnector().get(META))
-        assert r.phase == TaskExecution.FAILED and "c-1" in r.message and "hearthd state %s" % state in r.message
+        assert r.phase == want and "c-1" in r.message and "hearthd state %s" % state in r.message
 
 
 def test_a_task_hearthd_does_not_know_fails_naming_it_and_the_socket(fake):
@@ -326,3 +329,97 @@ def test_the_task_request_is_the_callers(tmp_path):
     assert kwargs["module"] == "mod" and kwargs["task"] == "fn"
     assert _literals.decode(kwargs["inputs"]).literals["x"].scalar.primitive.integer == 3
     assert "bundle" not in task_request("mod", "fn", lm) and "timeout" not in task_request("mod", "fn", lm)
+
+
+# -- many nodes: placement (Nodes) with stand-in daemons ---------------------------------
+
+class NodeClient(object):
+    """A node's daemon: its GET /v1/info, or unreachable."""
+
+    def __init__(self, address, free_memory, environments=0):
+        self.path = address
+        self.info = {"free": {"memoryBytes": free_memory, "cpuMilli": 2000, "gpus": 0},
+                     "environments": environments}
+        self.up = True
+        self.asked = 0
+
+    def call(self, method, path, **kw):
+        from hearth._errors import DaemonUnavailable
+
+        self.asked += 1
+        if not self.up:
+            raise DaemonUnavailable("cannot connect to hearthd at %s: Connection refused" % self.path)
+        assert (method, path) == ("GET", "/v1/info")
+        return self.info
+
+
+def cluster(monkeypatch, *nodes):
+    by = {n.path: n for n in nodes}
+    monkeypatch.setattr(connector._actor, "_client_for", lambda path: by[path])
+    return connector.Nodes([n.path for n in nodes])
+
+
+def test_an_environment_goes_to_the_node_with_most_free_memory_then_fewest_environments(monkeypatch):
+    a, b, c = (NodeClient("tcp://a:1", 4 << 30, 3), NodeClient("tcp://b:1", 8 << 30, 5),
+               NodeClient("tcp://c:1", 8 << 30, 1))
+    nodes = cluster(monkeypatch, a, b, c)
+    assert nodes.candidates("e") == ["tcp://c:1", "tcp://b:1", "tcp://a:1"]
+    nodes.placed("e", "tcp://b:1")
+    # Placed: it stays where its warm replicas are, without asking anyone.
+    asked = a.asked + b.asked + c.asked
+    assert nodes.candidates("e") == ["tcp://b:1"] and a.asked + b.asked + c.asked == asked
+    assert nodes.moves == 0 and [ev[1] for ev in nodes.log] == ["placed"]
+
+
+def test_a_lost_node_is_skipped_its_environments_move_and_it_is_tried_again_later(monkeypatch):
+    a, b = NodeClient("tcp://a:1", 8 << 30), NodeClient("tcp://b:1", 4 << 30)
+    nodes = cluster(monkeypatch, a, b)
+    nodes.placed("e", "tcp://a:1")
+    a.up = False
+    nodes.mark_down("tcp://a:1", "connection refused")
+    assert nodes.is_down("tcp://a:1")
+    assert nodes.candidates("e") == ["tcp://b:1"]  # a is not even asked while it is down
+    nodes.placed("e", "tcp://b:1")
+    assert nodes.moves == 1 and nodes.where("e") == "tcp://b:1"
+    assert [ev[1] for ev in nodes.log] == ["placed", "down", "moved"]
+    # Back after RETRY_DOWN_SECONDS: asked again, and up once it answers.
+    a.up = True
+    monkeypatch.setattr(connector.Nodes, "RETRY_DOWN_SECONDS", 0.0)
+    assert nodes.candidates("other") == ["tcp://a:1", "tcp://b:1"] and not nodes.is_down("tcp://a:1")
+    assert nodes.where("e") == "tcp://b:1"  # a moved environment stays where it is now
+
+
+def test_a_node_that_does_not_answer_info_is_marked_down(monkeypatch):
+    a, b = NodeClient("tcp://a:1", 8 << 30), NodeClient("tcp://b:1", 4 << 30)
+    a.up = False
+    nodes = cluster(monkeypatch, a, b)
+    assert nodes.candidates("e") == ["tcp://b:1"] and nodes.is_down("tcp://a:1")
+
+
+def test_nodes_come_from_hearth_nodes_and_a_bad_address_is_named():
+    n = connector.Nodes.from_environment({"HEARTH_NODES": "tcp://10.0.0.1:7443, tcp://10.0.0.2:7443,"})
+    assert n.addresses == ["tcp://10.0.0.1:7443", "tcp://10.0.0.2:7443"]
+    assert connector.Nodes.from_environment({"HEARTH_SOCKET": "/run/x.sock"}).addresses == ["/run/x.sock"]
+    with pytest.raises(ValueError) as e:
+        connector.Nodes.from_environment({"HEARTH_NODES": "tcp://10.0.0.1"})
+    assert "tcp://10.0.0.1" in str(e.value)
+
+
+def test_a_task_on_a_lost_node_is_retryable_and_names_the_node(monkeypatch):
+    from hearth._errors import DaemonUnavailable
+
+    class Dead(object):
+        path = "tcp://a:1"
+
+        def call(self, *a, **k):
+            raise DaemonUnavailable("cannot connect to hearthd at tcp://a:1: Connection refused")
+
+    monkeypatch.setattr(connector._actor, "_client_for", lambda path: Dead())
+    nodes = connector.Nodes(["tcp://a:1", "tcp://b:1"])
+    meta = HearthMetadata(task_id="c-1", environment="e", task="mod.fn", node="tcp://a:1")
+    r = run(HearthConnector(nodes=nodes).get(meta))
+    assert r.phase == TaskExecution.RETRYABLE_FAILED
+    assert r.message.startswith("node tcp://a:1 lost: hearthd task c-1 of mod.fn (environment e)"), r.message
+    assert nodes.is_down("tcp://a:1")
+    # Cancelling a task of a lost node does not wait for it.
+    run(HearthConnector(nodes=nodes).delete(meta))

@@ -29,6 +29,16 @@ and input literals; ``HearthConnector``:
 
 hearthd is reached through the SDK's client (``hearth._client.client()``:
 ``HEARTH_SOCKET``, default ``/run/hearth/hearthd.sock``, or ``HEARTH_HOST``).
+
+Many nodes (``HEARTH_NODES=tcp://a:7443,tcp://b:7443,…``, each with the
+same ``HEARTH_TLS_*`` client certificate): an environment is placed on one
+node (``Nodes``: the one with the most free memory in ``GET /v1/info``,
+then the fewest environments, skipping nodes whose admission refuses it)
+and stays there while the node answers, so its tasks find its warm
+replicas. A node that does not answer (a connect refused or reset for
+longer than ``HEARTH_RECONNECT_TIMEOUT``) is marked down: ``get`` reports
+its tasks ``RETRYABLE_FAILED``, flytepropeller retries them, and the retry's
+``create`` places the environment on another node (docs/multi-node.md).
 """
 
 import asyncio
@@ -39,6 +49,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import types
 import typing
 from collections import OrderedDict
@@ -47,20 +58,22 @@ from dataclasses import dataclass
 from flyteidl.core.execution_pb2 import TaskExecution
 from flytekit.extend.backend.base_connector import AsyncConnectorBase, ConnectorRegistry, Resource, ResourceMeta
 from hearth import _actor, _bundle, _images
-from hearth._errors import BundleError, DaemonUnavailable, ResultExpired, SocketPermissionError
+from hearth._errors import BundleError, DaemonUnavailable, EnvironmentRefused, ResultExpired, SocketPermissionError
 
 from flytekitplugins.hearth import _literals
 from flytekitplugins.hearth._task import TASK_TYPE, task_outputs, task_request
 
-__all__ = ["HearthConnector", "HearthMetadata", "HearthUnreachable", "PHASES", "code_distribution", "phase"]
+__all__ = ["HearthConnector", "HearthMetadata", "HearthUnreachable", "Nodes", "PHASES", "code_distribution", "phase"]
 
-# hearthd's task states (docs/protocol.md, 2.6) as Flyte's phases.
+# hearthd's task states (docs/protocol.md, 2.6) as Flyte's phases. A
+# function's exception and a replica lost mid-task are retryable: the task's
+# `retries` apply, as to any Flyte task (FAILED would end the execution).
 PHASES = {
     "queued": TaskExecution.RUNNING,
     "running": TaskExecution.RUNNING,
     "succeeded": TaskExecution.SUCCEEDED,
-    "failed": TaskExecution.FAILED,
-    "lost": TaskExecution.FAILED,
+    "failed": TaskExecution.RETRYABLE_FAILED,
+    "lost": TaskExecution.RETRYABLE_FAILED,
     "cancelled": TaskExecution.FAILED,
 }
 
@@ -83,6 +96,97 @@ class HearthMetadata(ResourceMeta):
     distribution: typing.Optional[str] = None
     bundle: typing.Optional[str] = None
     output_prefix: typing.Optional[str] = None
+    node: str = ""  # the hearthd the task was posted to ("": the default one)
+
+
+class Nodes(object):
+    """The hearthd daemons a connector places environments on, and where
+    each environment is. One node (the SDK's default daemon) unless
+    ``HEARTH_NODES`` lists several."""
+
+    # A node marked down is tried again after this long (it may be back).
+    RETRY_DOWN_SECONDS = 30.0
+
+    def __init__(self, addresses):
+        self.addresses = [a for a in addresses if a]
+        if not self.addresses:
+            raise ValueError("HEARTH_NODES: no node address in it (tcp://HOST:PORT or a socket path, comma-separated)")
+        self._lock = threading.Lock()
+        self._placed = {}  # environment name -> address
+        self._down = {}  # address -> (time.monotonic() when marked, why)
+        self.moves = 0  # environments placed again after their node was lost
+        self.log = []  # (time.time(), event, environment or None, address, detail)
+
+    @classmethod
+    def from_environment(cls, env=None):
+        from hearth import _client
+
+        env = os.environ if env is None else env
+        raw = env.get("HEARTH_NODES", "")
+        if not raw.strip():
+            return cls([_client.default_socket(env)])
+        nodes = [a.strip() for a in raw.split(",") if a.strip()]
+        for a in nodes:
+            _client._tcp_address(a)  # a malformed address is named now, not at the first task
+        return cls(nodes)
+
+    def client(self, address):
+        return _actor._client_for(address)
+
+    def where(self, environment):
+        with self._lock:
+            return self._placed.get(environment)
+
+    def candidates(self, environment):
+        """Addresses to try for ``environment``, best first: where it is
+        placed (while that node is up), else the nodes that answer
+        ``GET /v1/info``, by free memory (most first), then environments
+        (fewest first)."""
+        with self._lock:
+            placed = self._placed.get(environment)
+            down = dict(self._down)
+        if placed is not None and placed not in down:
+            return [placed]
+        if len(self.addresses) == 1:
+            return list(self.addresses)
+        now = time.monotonic()
+        ranked = []
+        for address in self.addresses:
+            marked = down.get(address)
+            if marked is not None and now - marked[0] < self.RETRY_DOWN_SECONDS:
+                continue
+            try:
+                info = self.client(address).call("GET", "/v1/info", what="capacity of node %s" % address, timeout=10)
+            except (DaemonUnavailable, SocketPermissionError, OSError) as e:
+                self.mark_down(address, e)
+                continue
+            with self._lock:
+                self._down.pop(address, None)
+            free = info.get("free") or {}
+            ranked.append((-int(free.get("memoryBytes", 0)), int(info.get("environments", 0)), address))
+        return [a for _, _, a in sorted(ranked)]
+
+    def placed(self, environment, address):
+        with self._lock:
+            before = self._placed.get(environment)
+            self._placed[environment] = address
+            if before is not None and before != address:
+                self.moves += 1
+                self.log.append((time.time(), "moved", environment, address, "from " + before))
+            elif before is None:
+                self.log.append((time.time(), "placed", environment, address, ""))
+
+    def mark_down(self, address, why):
+        """``address`` did not answer: its environments are to be placed
+        again (they keep their old address until then, so a move is counted)."""
+        with self._lock:
+            if address not in self._down:
+                self.log.append((time.time(), "down", None, address, str(why)[:300]))
+            self._down[address] = (time.monotonic(), str(why))
+
+    def is_down(self, address):
+        with self._lock:
+            return address in self._down
 
 
 def phase(state):
@@ -189,8 +293,9 @@ class HearthConnector(AsyncConnectorBase):
 
     name = "Hearth Connector"
 
-    def __init__(self):
+    def __init__(self, nodes=None):
         super().__init__(task_type_name=TASK_TYPE, metadata_type=HearthMetadata)
+        self.nodes = nodes if nodes is not None else Nodes.from_environment()
         self._lock = threading.Lock()
         self._environments = OrderedDict()  # spec and images (JSON) -> _SpecEnvironment, newest last
         self._distributions = OrderedDict()  # distribution URL -> bundle sha256 uploaded from it
@@ -216,29 +321,60 @@ class HearthConnector(AsyncConnectorBase):
         url = code_distribution(container.args if container is not None else [])
         tid = task_id_for(task_execution_metadata)
         what = "task %s.%s (hearthd task %s)" % (module, function, tid)
-        with _reaching(what) as c:
-            env = self._environment(spec, images)
-            env._ensure(c)
-            bundle = self._bundle(c, url) if url else None
-            timeout = getattr(getattr(task_template, "metadata", None), "timeout", None)
-            body = task_request(module, function, inputs if inputs is not None else LiteralMap(literals={}),
-                                bundle, timeout)
-            body["id"] = tid
-            snap = env._post(c, "/v1/environments/%s/tasks" % env.name, body, what)
-        return HearthMetadata(task_id=snap.get("id") or tid, environment=env.name, task="%s.%s" % (module, function),
-                              code="distribution" if url else "image", distribution=url, bundle=bundle,
-                              output_prefix=output_prefix)
+        env = self._environment(spec, images)
+        timeout = getattr(getattr(task_template, "metadata", None), "timeout", None)
+        many = len(self.nodes.addresses) > 1
+        refusals = []
+        for address in self.nodes.candidates(env.name):
+            try:
+                with _reaching(what, address if many else None, self.nodes if many else None) as c:
+                    env._ensure(c)
+                    bundle = self._bundle(c, url) if url else None
+                    body = task_request(module, function, inputs if inputs is not None else LiteralMap(literals={}),
+                                        bundle, timeout)
+                    body["id"] = tid
+                    snap = env._post(c, "/v1/environments/%s/tasks" % env.name, body, what)
+            except HearthUnreachable as e:
+                if not many:
+                    raise
+                refusals.append("%s: down (%s)" % (address, e.__cause__ or e))
+                continue
+            except EnvironmentRefused as e:
+                # Admission on that node found no room (another client took
+                # it since GET /v1/info): the next node may have it.
+                if not many or e.code != "conflict":
+                    raise
+                refusals.append("%s: %s" % (address, e.message))
+                continue
+            self.nodes.placed(env.name, address)
+            return HearthMetadata(task_id=snap.get("id") or tid, environment=env.name,
+                                  task="%s.%s" % (module, function), code="distribution" if url else "image",
+                                  distribution=url, bundle=bundle, output_prefix=output_prefix,
+                                  node=address if many else "")
+        raise HearthUnreachable("hearth connector: no node could take environment %s for %s: %s" % (
+            env.name, what, "; ".join(refusals) or "every node (%s) is down" % ", ".join(self.nodes.addresses)))
 
     def _get(self, meta):
         from flytekit.core.context_manager import FlyteContextManager
 
         what = "status of hearthd task %s" % meta.task_id
-        with _reaching(what) as c:
-            try:
-                snap = c.call("GET", "/v1/tasks/" + meta.task_id, what=what, not_found=False)
-            except ResultExpired as e:
-                return Resource(phase=TaskExecution.FAILED, message="hearthd task %s of %s: %s" % (
-                    meta.task_id, meta.task or meta.environment, e))
+        node = getattr(meta, "node", "") or None
+        try:
+            with _reaching(what, node, self.nodes if node else None) as c:
+                try:
+                    snap = c.call("GET", "/v1/tasks/" + meta.task_id, what=what, not_found=False)
+                except ResultExpired as e:
+                    return Resource(phase=TaskExecution.FAILED, message="hearthd task %s of %s: %s" % (
+                        meta.task_id, meta.task or meta.environment, e))
+        except HearthUnreachable as e:
+            if node is None:
+                raise
+            # The node is lost, and the task with it: Flyte's retry places
+            # the environment on another node.
+            return Resource(phase=TaskExecution.RETRYABLE_FAILED, message=(
+                "node %s lost: hearthd task %s of %s (environment %s) did not finish there (%s); a retry places "
+                "the environment on another node" % (node, meta.task_id, meta.task, meta.environment,
+                                                     e.__cause__ or e)))
         if snap is False:
             return Resource(phase=TaskExecution.FAILED, message=(
                 "hearthd task %s of %s (environment %s) is not known to hearthd at %s: it was never accepted, or "
@@ -267,7 +403,10 @@ class HearthConnector(AsyncConnectorBase):
 
     def _delete(self, meta):
         what = "cancel hearthd task %s" % meta.task_id
-        with _reaching(what) as c:
+        node = getattr(meta, "node", "") or None
+        if node is not None and self.nodes.is_down(node):
+            return  # a lost node's tasks went with it
+        with _reaching(what, node) as c:
             # A task hearthd no longer knows has nothing left to cancel.
             c.call("DELETE", "/v1/tasks/" + meta.task_id, what=what, not_found=False)
 
@@ -350,20 +489,26 @@ def publish(literal_map, file_access, prefix):
 
 
 class _reaching(object):
-    """The SDK's client for the connector's hearthd; an unreachable one
-    raises ``HearthUnreachable`` naming the socket and what was being done."""
+    """The SDK's client for a node's hearthd (``address``; None: the
+    default one); an unreachable one raises ``HearthUnreachable`` naming the
+    address and what was being done, and is marked down in ``nodes``."""
 
-    def __init__(self, what):
+    def __init__(self, what, address=None, nodes=None):
         self.what = what
+        self.address = address
+        self.nodes = nodes
 
     def __enter__(self):
-        self.client = _actor._client_for(None)
+        self.client = _actor._client_for(self.address)
         return self.client
 
     def __exit__(self, kind, e, tb):
         if isinstance(e, (DaemonUnavailable, SocketPermissionError)):
+            if self.nodes is not None:
+                self.nodes.mark_down(self.client.path, e)
             # Which setting named the address: the SDK's client takes HEARTH_HOST over HEARTH_SOCKET.
-            setting = "HEARTH_HOST" if os.environ.get("HEARTH_HOST") else "HEARTH_SOCKET"
+            setting = "HEARTH_NODES" if self.address else "HEARTH_HOST" if os.environ.get("HEARTH_HOST") \
+                else "HEARTH_SOCKET"
             raise HearthUnreachable("hearth connector: cannot reach hearthd at %s (%s) for %s: %s"
                                     % (self.client.path, setting, self.what, e)) from e
         return False
