@@ -575,8 +575,8 @@ class _Resend(object):
 def _connect_error(path, e):
     """The SDK's error for a failed connect to ``path``."""
     if path.startswith("tcp://"):
-        err = DaemonUnavailable("cannot connect to hearthd at %s: %s. Is `hearthd --listen %s` running there "
-                                "(HEARTH_HOST)?" % (path, os.strerror(e.errno) if e.errno else e, path))
+        err = DaemonUnavailable("cannot connect to hearthd at %s: %s. Is `hearthd --listen %s` running there?"
+                                % (path, os.strerror(e.errno) if e.errno else e, path))
         err.refused = isinstance(e, ConnectionRefusedError)
         return err
     if isinstance(e, FileNotFoundError):

@@ -117,6 +117,21 @@ def api(sock, method, path, body=None):
         return status, rest
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 nothing listens on now (a daemon's --listen)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def certs(*args, check=True):
+    """`hearth certs ARGS` (a CA, node or client certificate for --listen)."""
+    r = subprocess.run([str(BIN / "hearth"), "certs", *args], capture_output=True, text=True, timeout=60)
+    if check:
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r
+
+
 def is_spare(name):
     """Whether a replica name (directory, cgroup leaf) is a pre-started spare's."""
     return name.startswith(SPARE_PREFIX)

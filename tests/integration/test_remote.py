@@ -8,7 +8,6 @@ the TLS handshake, each with a message that says which side refused what.
 The socket's policy applies to TCP callers: they are never root peers."""
 import json
 import os
-import pathlib
 import socket
 import ssl
 import subprocess
@@ -18,20 +17,7 @@ import threading
 
 import pytest
 
-from conftest import BIN, LAYOUT, REPO, running_daemon
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def certs(*args, check=True):
-    r = subprocess.run([str(BIN / "hearth"), "certs", *args], capture_output=True, text=True, timeout=60)
-    if check:
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r
+from conftest import BIN, LAYOUT, REPO, certs, free_port, running_daemon
 
 
 @pytest.fixture(scope="module")

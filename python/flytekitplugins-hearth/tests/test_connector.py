@@ -389,6 +389,37 @@ def test_a_lost_node_is_skipped_its_environments_move_and_it_is_tried_again_late
     assert nodes.where("e") == "tcp://b:1"  # a moved environment stays where it is now
 
 
+def test_placements_under_way_count_so_creates_at_once_spread(monkeypatch):
+    # Six creates at once see the same GET /v1/info; none is admitted yet.
+    a, b, c = (NodeClient("tcp://a:1", 8 << 30), NodeClient("tcp://b:1", 8 << 30), NodeClient("tcp://c:1", 8 << 30))
+    nodes = cluster(monkeypatch, a, b, c)
+    gib = {"memoryBytes": 1 << 30}
+    firsts = [nodes.candidates("e%d" % i, gib)[0] for i in range(6)]
+    assert sorted(firsts) == ["tcp://a:1"] * 2 + ["tcp://b:1"] * 2 + ["tcp://c:1"] * 2, firsts
+    # A second create of an environment under way goes where the first went.
+    assert nodes.candidates("e0", gib) == [firsts[0]]
+    nodes.placed("e0", firsts[0])
+    for i in range(1, 6):
+        nodes.release("e%d" % i)
+    # Nothing under way any more: the stand-ins' equal answers rank by address alone.
+    assert nodes.candidates("new", gib) == ["tcp://a:1", "tcp://b:1", "tcp://c:1"]
+    r = connector.reservation
+    assert r({"name": "x", "replica_count": 2, "limits": {"mem": "1Gi"}})["memoryBytes"] == 2 << 30
+    assert r({"name": "x", "replicas": {"min": 0, "max": 3}, "requests": {"memory": "100M", "cpu": "250m"}}) \
+        == {"memoryBytes": 300 * 10 ** 6, "cpuMilli": 750, "gpus": 0}
+    assert r({"name": "x", "requests": {"cpu": "2", "gpu": "1"}}) == {"memoryBytes": 0, "cpuMilli": 2000, "gpus": 1}
+    assert r({"name": "x"}) == {"memoryBytes": 0, "cpuMilli": 0, "gpus": 0}
+
+
+def test_a_node_that_cannot_hold_the_reservation_comes_last(monkeypatch):
+    # b has more free memory, but no GPU: a GPU environment goes to a first.
+    a, b = NodeClient("tcp://a:1", 4 << 30), NodeClient("tcp://b:1", 16 << 30)
+    a.info["free"]["gpus"] = 1
+    nodes = cluster(monkeypatch, a, b)
+    assert nodes.candidates("gpu-env", {"gpus": 1, "memoryBytes": 1 << 30}) == ["tcp://a:1", "tcp://b:1"]
+    assert nodes.candidates("cpu-env", {"cpuMilli": 500}) == ["tcp://b:1", "tcp://a:1"]
+
+
 def test_a_node_that_does_not_answer_info_is_marked_down(monkeypatch):
     a, b = NodeClient("tcp://a:1", 8 << 30), NodeClient("tcp://b:1", 4 << 30)
     a.up = False

@@ -32,8 +32,9 @@ hearthd is reached through the SDK's client (``hearth._client.client()``:
 
 Many nodes (``HEARTH_NODES=tcp://a:7443,tcp://b:7443,…``, each with the
 same ``HEARTH_TLS_*`` client certificate): an environment is placed on one
-node (``Nodes``: the one with the most free memory in ``GET /v1/info``,
-then the fewest environments, skipping nodes whose admission refuses it)
+node (``Nodes``: among the nodes whose free cpu, memory and GPUs in
+``GET /v1/info`` cover its reservation, the one with the most free memory,
+then the fewest environments; the next one when admission refuses it)
 and stays there while the node answers, so its tasks find its warm
 replicas. A node that does not answer (a connect refused or reset for
 longer than ``HEARTH_RECONNECT_TIMEOUT``) is marked down: ``get`` reports
@@ -46,6 +47,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -113,6 +115,9 @@ class Nodes(object):
             raise ValueError("HEARTH_NODES: no node address in it (tcp://HOST:PORT or a socket path, comma-separated)")
         self._lock = threading.Lock()
         self._placed = {}  # environment name -> address
+        # environment name -> (address, bytes it will hold): placements whose
+        # create is under way, not yet in that node's GET /v1/info
+        self._pending = {}
         self._down = {}  # address -> (time.monotonic() when marked, why)
         self.moves = 0  # environments placed again after their node was lost
         self.log = []  # (time.time(), event, environment or None, address, detail)
@@ -137,20 +142,29 @@ class Nodes(object):
         with self._lock:
             return self._placed.get(environment)
 
-    def candidates(self, environment):
+    def candidates(self, environment, need=None):
         """Addresses to try for ``environment``, best first: where it is
         placed (while that node is up), else the nodes that answer
-        ``GET /v1/info``, by free memory (most first), then environments
-        (fewest first)."""
+        ``GET /v1/info``: those whose free cpu, memory and GPUs cover
+        ``need`` (``reservation``'s) before those that do not (their
+        admission will say why), then by free memory (most first), then
+        environments (fewest first). Placements under way count as if
+        admitted, so that creates at once spread instead of all taking the
+        node that was emptiest before any of them; the first address is
+        recorded as this one's, until ``placed`` or ``release``."""
+        need = need or {}
         with self._lock:
             placed = self._placed.get(environment)
             down = dict(self._down)
+            pending = self._pending.get(environment)
         if placed is not None and placed not in down:
             return [placed]
+        if pending is not None and pending[0] not in down:
+            return [pending[0]]  # another create is placing it there: one node per environment
         if len(self.addresses) == 1:
             return list(self.addresses)
         now = time.monotonic()
-        ranked = []
+        answers = []
         for address in self.addresses:
             marked = down.get(address)
             if marked is not None and now - marked[0] < self.RETRY_DOWN_SECONDS:
@@ -163,11 +177,36 @@ class Nodes(object):
             with self._lock:
                 self._down.pop(address, None)
             free = info.get("free") or {}
-            ranked.append((-int(free.get("memoryBytes", 0)), int(info.get("environments", 0)), address))
-        return [a for _, _, a in sorted(ranked)]
+            answers.append((address, {k: int(free.get(k, 0)) for k in RESOURCES}, int(info.get("environments", 0))))
+        with self._lock:
+            pending = self._pending.get(environment)
+            if pending is not None and pending[0] in [a for a, _, _ in answers]:
+                return [pending[0]]
+            ranked = []
+            for address, free, count in answers:
+                others = [n for e, (a, n) in self._pending.items() if a == address and e != environment]
+                left = {k: free[k] - sum(n.get(k, 0) for n in others) for k in RESOURCES}
+                fits = all(left[k] >= need.get(k, 0) for k in RESOURCES)
+                ranked.append((0 if fits else 1, -left["memoryBytes"], count + len(others), address))
+            order = [a for _, _, _, a in sorted(ranked)]
+            if order:
+                self._pending[environment] = (order[0], need)
+        return order
+
+    def placing(self, environment, address, need=None):
+        """A create tries ``address`` for ``environment`` (the next
+        candidate after the first refused it)."""
+        with self._lock:
+            self._pending[environment] = (address, need or {})
+
+    def release(self, environment):
+        """A create ended without placing ``environment``."""
+        with self._lock:
+            self._pending.pop(environment, None)
 
     def placed(self, environment, address):
         with self._lock:
+            self._pending.pop(environment, None)
             before = self._placed.get(environment)
             self._placed[environment] = address
             if before is not None and before != address:
@@ -262,6 +301,58 @@ def _custom(task_template):
     return env, images, custom["module"], custom["function"]
 
 
+_build_locks = {}  # (node, image name) -> threading.Lock
+_build_locks_lock = threading.Lock()
+
+
+def _build_lock(address, image):
+    with _build_locks_lock:
+        return _build_locks.setdefault((address, image), threading.Lock())
+
+
+_UNITS = {"": 1, "k": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9, "T": 10 ** 12,
+          "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+
+
+# What GET /v1/info counts, and what a placement needs of each.
+RESOURCES = ("cpuMilli", "memoryBytes", "gpus")
+
+
+def reservation(spec):
+    """What admission holds for an environment spec, as GET /v1/info counts
+    it: every replica at its memory limit (its request without one), its
+    cpu request and its GPUs. An amount the spec does not name (or this
+    estimate cannot read) is 0: the node's admission has the last word."""
+    def amount(section, keys, scale):
+        r = spec.get(section) or {}
+        value = next((r[k] for k in keys if r.get(k) is not None), None)
+        if value is None:
+            return None
+        m = re.match(r"^\s*([0-9.]+)\s*(m|[kMGT]i?)?\s*$", str(value))
+        if not m:
+            return None
+        try:
+            return int(float(m.group(1)) * scale(m.group(2) or ""))
+        except (ValueError, KeyError):
+            return None
+
+    memory_unit = lambda u: _UNITS[u]  # noqa: E731
+    cpu_unit = lambda u: {"": 1000, "m": 1}[u]  # noqa: E731
+    memory = amount("limits", ("memory", "mem"), memory_unit)
+    if memory is None:
+        memory = amount("requests", ("memory", "mem"), memory_unit) or 0
+    cpu = amount("requests", ("cpu",), cpu_unit) or 0
+    gpus = (amount("requests", ("gpu", "gpus"), lambda u: {"": 1}[u]) or
+            amount("limits", ("gpu", "gpus"), lambda u: {"": 1}[u]) or 0)
+    replicas = spec.get("replicas")
+    count = replicas.get("max", 1) if isinstance(replicas, dict) else spec.get("replica_count", 1)
+    try:
+        count = int(count)
+    except (TypeError, ValueError):
+        count = 1
+    return {"cpuMilli": cpu * count, "memoryBytes": memory * count, "gpus": gpus * count}
+
+
 class _SpecEnvironment(_actor.ActorEnvironment):
     """An environment known by its spec alone (a template's custom), with
     the SDK's apply, identity and re-apply-when-stale rules."""
@@ -282,9 +373,11 @@ class _SpecEnvironment(_actor.ActorEnvironment):
                 raise ValueError("image %s: its ImageSpec.copy files (code bundle %s) are not on hearthd at %s; "
                                  "apply the environment once from where those files are, or build the image there"
                                  % (image["name"], copy, c.path))
-            # The SDK's build (once per process, its progress and errors), of a plan read from the template.
-            _images.ensure_built(types.SimpleNamespace(_hearth_build=(image["spec"], None, image["name"]),
-                                                       base_image=None), c)
+            # The SDK's build (once per process, its progress and errors), of a plan read from the template;
+            # one at a time per node and image, so environments created at once sharing it build it once.
+            with _build_lock(c.path, image["name"]):
+                _images.ensure_built(types.SimpleNamespace(_hearth_build=(image["spec"], None, image["name"]),
+                                                           base_image=None), c)
         return super().apply(c)
 
 
@@ -314,8 +407,6 @@ class HearthConnector(AsyncConnectorBase):
     # -- the work -------------------------------------------------------------------
 
     def _create(self, task_template, output_prefix, inputs, task_execution_metadata):
-        from flytekit.models.literals import LiteralMap
-
         spec, images, module, function = _custom(task_template)
         container = getattr(task_template, "container", None)
         url = code_distribution(container.args if container is not None else [])
@@ -323,9 +414,20 @@ class HearthConnector(AsyncConnectorBase):
         what = "task %s.%s (hearthd task %s)" % (module, function, tid)
         env = self._environment(spec, images)
         timeout = getattr(getattr(task_template, "metadata", None), "timeout", None)
+        try:
+            return self._place(env, url, tid, what, module, function, inputs, timeout, output_prefix)
+        finally:
+            self.nodes.release(env.name)  # placed, or no node took it: no longer under way
+
+    def _place(self, env, url, tid, what, module, function, inputs, timeout, output_prefix):
+        """Posts the task on the environment's node, placing it first when it has none (up)."""
+        from flytekit.models.literals import LiteralMap
+
         many = len(self.nodes.addresses) > 1
         refusals = []
-        for address in self.nodes.candidates(env.name):
+        need = reservation(env.spec())
+        for address in self.nodes.candidates(env.name, need):
+            self.nodes.placing(env.name, address, need)
             try:
                 with _reaching(what, address if many else None, self.nodes if many else None) as c:
                     env._ensure(c)
@@ -432,10 +534,12 @@ class HearthConnector(AsyncConnectorBase):
         # One look-up per task: a hearthd that lost the bundle (a new state root) gets it again.
         if sha is not None and c.call("GET", "/v1/code/" + sha, what="code bundle", not_found=False) is not False:
             return sha
-        if sha is not None:
-            _bundle._uploaded.discard(sha)  # uploaded before, gone now: ensure_uploaded must send it again
         b = distribution_bundle(url)
-        _bundle.ensure_uploaded(c, b)
+        # Asked of this node, not of the SDK's once-per-process set: another
+        # thread's upload of the same bundle to another node would answer for it.
+        if c.call("GET", "/v1/code/" + b.sha256, what="code bundle", not_found=False) is False:
+            c.call("PUT", "/v1/code/" + b.sha256, b.data, what="upload of code distribution %s" % url,
+                   content_type="application/x-tar", timeout=300)
         with self._lock:
             self._distributions[url] = b.sha256
             while len(self._distributions) > 256:
