@@ -89,15 +89,17 @@ let package = Package(
         ]),
         // The filtering HTTP(S) forward proxy of replicas with network egress.
         .target(name: "HearthEgress", dependencies: [
-            "HearthCore", "HearthSandbox",
+            "HearthCore", "HearthSandbox", "HearthRelay",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // A byte relay between two NIO channels (the egress proxy's tunnels, the CLI's TLS tunnel).
+        .target(name: "HearthRelay", dependencies: [.product(name: "NIOCore", package: "swift-nio")]),
         // Mutual TLS for remote daemons: the cluster's certificates (`hearth
         // certs`), the daemon's and a client's TLS files, the CLI's tunnel.
         .target(name: "HearthTLS", dependencies: [
-            "HearthCore",
+            "HearthCore", "HearthRelay",
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "SwiftASN1", package: "swift-asn1"),
             .product(name: "Crypto", package: "swift-crypto"),

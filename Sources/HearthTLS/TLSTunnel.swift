@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import HearthCore
+import HearthRelay
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -62,7 +63,9 @@ public final class TLSTunnel: @unchecked Sendable {
             }
             let local = try ClientBootstrap(group: group).withConnectedSocket(pair[1]).wait()
             pair[1] = -1
-            let (a, b) = Glue.pair(tunnel: tunnel, subject: material.subject)
+            // HandshakeWatcher stays ahead of the relay: it keeps the TLS
+            // error that ends the connection for the socketpair's reader.
+            let (a, b) = GlueHandler.matchedPair()
             do {
                 try remote.pipeline.addHandler(a).wait()
                 try local.pipeline.addHandler(b).wait()
@@ -168,68 +171,6 @@ private final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHan
     func channelInactive(context: ChannelHandlerContext) {
         if !done { done = true; promise.fail(NIOSSLError.uncleanShutdown) }
         context.fireChannelInactive()
-    }
-}
-
-/// Two handlers, one on each channel, that pass bytes across and close
-/// the other side when one ends (recording a TLS error first, so the
-/// reader of the socketpair finds the reason when it sees EOF).
-private final class Glue: ChannelDuplexHandler, @unchecked Sendable {
-    // @unchecked: both channels run on the tunnel's one event loop.
-    typealias InboundIn = NIOAny
-    typealias OutboundIn = NIOAny
-    typealias OutboundOut = NIOAny
-
-    private var partner: Glue?
-    private var context: ChannelHandlerContext?
-    private var pendingRead = false
-    private let tunnel: TLSTunnel
-    private let subject: String
-    private let isRemote: Bool
-
-    private init(tunnel: TLSTunnel, subject: String, isRemote: Bool) {
-        self.tunnel = tunnel; self.subject = subject; self.isRemote = isRemote
-    }
-
-    static func pair(tunnel: TLSTunnel, subject: String) -> (Glue, Glue) {
-        let remote = Glue(tunnel: tunnel, subject: subject, isRemote: true)
-        let local = Glue(tunnel: tunnel, subject: subject, isRemote: false)
-        remote.partner = local
-        local.partner = remote
-        return (remote, local)
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil; partner = nil }
-
-    private func partnerWrite(_ data: NIOAny) { context?.writeAndFlush(data, promise: nil) }
-    private func partnerClose() { context?.close(promise: nil) }
-    private var partnerWritable: Bool { context?.channel.isWritable ?? false }
-    private func partnerBecameWritable() {
-        if pendingRead { pendingRead = false; context?.read() }
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) { partner?.partnerWrite(data) }
-
-    func channelInactive(context: ChannelHandlerContext) { partner?.partnerClose() }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if isRemote { tunnel.record(error, subject: subject) }
-        context.close(promise: nil)
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let e = event as? ChannelEvent, case .inputClosed = e { partner?.partnerClose() }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { partner?.partnerBecameWritable() }
-    }
-
-    // Back-pressure: read only while the other side can take the bytes.
-    func read(context: ChannelHandlerContext) {
-        if let partner, partner.partnerWritable { context.read() } else { pendingRead = true }
     }
 }
 
