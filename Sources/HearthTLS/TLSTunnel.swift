@@ -65,10 +65,15 @@ public final class TLSTunnel: @unchecked Sendable {
             pair[1] = -1
             // HandshakeWatcher stays ahead of the relay: it keeps the TLS
             // error that ends the connection for the socketpair's reader.
-            let (a, b) = GlueHandler.matchedPair()
             do {
-                try remote.pipeline.addHandler(a).wait()
-                try local.pipeline.addHandler(b).wait()
+                // Both channels are on the tunnel's one event loop.
+                try remote.eventLoop.submit {
+                    // Closed already: no channelInactive would reach the relay.
+                    guard remote.isActive else { throw ChannelError.ioOnClosedChannel }
+                    let (a, b) = GlueHandler.matchedPair()
+                    try remote.pipeline.syncOperations.addHandler(a)
+                    try local.pipeline.syncOperations.addHandler(b)
+                }.wait()
             } catch {
                 // After a TLS 1.3 handshake the daemon's refusal of our
                 // certificate arrives as the first record: it may close
