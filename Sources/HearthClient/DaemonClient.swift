@@ -77,9 +77,6 @@ public struct DaemonClient: Sendable {
                        contentType: String = "application/json", headers: [(String, String)] = [],
                        onData: ([UInt8]) throws -> Void,
                        onHead: (Int) -> Void = { _ in }) throws -> Response {
-        let conn = try connect()
-        defer { conn.close() }
-        let fd = conn.fd
         var request = "\(method) \(path) HTTP/1.1\r\nHost: hearthd\r\nConnection: close\r\n"
         for (name, value) in headers { request += "\(name): \(value)\r\n" }
         if let body {
@@ -90,11 +87,9 @@ public struct DaemonClient: Sendable {
         request += "\r\n"
         var bytes = Array(request.utf8)
         if let body { bytes.append(contentsOf: body) }
-        do {
+        return try exchange { fd in
             try writeAll(fd, bytes)
             return try readResponse(fd, method: method, onData: onData, onHead: onHead)
-        } catch {
-            throw conn.explain(error)
         }
     }
 
@@ -105,24 +100,29 @@ public struct DaemonClient: Sendable {
                        produce: (_ emit: ([UInt8]) throws -> Void) throws -> Void,
                        onData: ([UInt8]) throws -> Void,
                        onHead: (Int) -> Void = { _ in }) throws -> Response {
-        let conn = try connect()
-        defer { conn.close() }
-        let fd = conn.fd
         let head = "\(method) \(path) HTTP/1.1\r\nHost: hearthd\r\nConnection: close\r\n"
             + "Content-Type: \(contentType)\r\nTransfer-Encoding: chunked\r\n\r\n"
-        do { try writeAll(fd, Array(head.utf8)) } catch { throw conn.explain(error) }
-        do {
-            try produce { piece in
-                guard !piece.isEmpty else { return }
-                try writeAll(fd, Array((String(piece.count, radix: 16) + "\r\n").utf8) + piece + [13, 10])
+        return try exchange { fd in
+            try writeAll(fd, Array(head.utf8))
+            do {
+                try produce { piece in
+                    guard !piece.isEmpty else { return }
+                    try writeAll(fd, Array((String(piece.count, radix: 16) + "\r\n").utf8) + piece + [13, 10])
+                }
+                try writeAll(fd, Array("0\r\n\r\n".utf8))
+            } catch let e as SystemError where e.errno == EPIPE || e.errno == ECONNRESET {
+                // hearthd stopped reading: its answer says why.
             }
-            try writeAll(fd, Array("0\r\n\r\n".utf8))
-        } catch let e as SystemError where e.errno == EPIPE || e.errno == ECONNRESET {
-            // hearthd stopped reading: its answer says why.
+            return try readResponse(fd, method: method, onData: onData, onHead: onHead)
         }
-        do { return try readResponse(fd, method: method, onData: onData, onHead: onHead) } catch {
-            throw conn.explain(error)
-        }
+    }
+
+    /// One request on a connection of its own: `body` writes and reads on
+    /// its fd; an error there is the tunnel's TLS reason when TLS ended it.
+    private func exchange(_ body: (Int32) throws -> Response) throws -> Response {
+        let conn = try connect()
+        defer { conn.close() }
+        do { return try body(conn.fd) } catch { throw conn.explain(error) }
     }
 
     private func readResponse(_ fd: Int32, method: String, onData: ([UInt8]) throws -> Void,

@@ -117,6 +117,17 @@ def api(sock, method, path, body=None):
         return status, rest
 
 
+# flytekit and the plugin, installed by scripts/setup (flytekit from PyPI):
+# the flytekit modules run their programs from here.
+FLYTE_VENV = REPO / ".venv-flyte"
+
+
+def needs_flyte_venv(program):
+    """The module mark of a module that runs `program` from FLYTE_VENV."""
+    return pytest.mark.skipif(not program.exists(), reason="no %s: scripts/setup makes it (flytekit from PyPI)"
+                              % program)
+
+
 def free_port():
     """A TCP port on 127.0.0.1 nothing listens on now (a daemon's --listen)."""
     with socket.socket() as s:

@@ -11,23 +11,20 @@ the replicas' image is the ImageSpec build the plugin asks for (flytekit
 from PyPI on the default image), made once by this module's daemon."""
 import json
 import os
-import pathlib
 import re
 import shutil
 import subprocess
 
 import pytest
 
-from conftest import REPO, api, running_daemon
+from conftest import FLYTE_VENV, REPO, api, needs_flyte_venv, running_daemon
 
-VENV = REPO / ".venv-flyte"
-PYFLYTE = VENV / "bin" / "pyflyte"
+PYFLYTE = FLYTE_VENV / "bin" / "pyflyte"
 EXAMPLES = REPO / "examples" / "flytekit"
 SEED = REPO.parent / "shared" / "seed" / "actors.md"
 RUN_TIMEOUT = 900  # the first run builds the image (flytekit from PyPI)
 
-pytestmark = pytest.mark.skipif(not PYFLYTE.exists(), reason="no %s: scripts/setup makes it (flytekit from PyPI)"
-                                % PYFLYTE)
+pytestmark = needs_flyte_venv(PYFLYTE)
 
 
 @pytest.fixture(scope="module")

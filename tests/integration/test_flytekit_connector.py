@@ -19,14 +19,12 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, api, running_daemon
+from conftest import FLYTE_VENV, api, needs_flyte_venv, running_daemon
 
-VENV = REPO / ".venv-flyte"
-PYTHON = VENV / "bin" / "python"
+PYTHON = FLYTE_VENV / "bin" / "python"
 RUN_TIMEOUT = 900  # the first case builds the image (flytekit from PyPI)
 
-pytestmark = pytest.mark.skipif(not PYTHON.exists(), reason="no %s: scripts/setup makes it (flytekit from PyPI)"
-                                % PYTHON)
+pytestmark = needs_flyte_venv(PYTHON)
 
 
 @pytest.fixture(scope="module")

@@ -26,10 +26,9 @@ import time
 
 import pytest
 
-from conftest import REPO, TMP, api, certs, free_port, keeper_pid, running_daemon
+from conftest import FLYTE_VENV, TMP, api, certs, free_port, keeper_pid, needs_flyte_venv, running_daemon
 
-VENV = REPO / ".venv-flyte"
-PYTHON = VENV / "bin" / "python"
+PYTHON = FLYTE_VENV / "bin" / "python"
 ENVS = 6
 ROUNDS = 5
 KILL_ROUND = 3  # rounds 1-2 before the kill (cold, then warm), 4-5 after it
@@ -39,8 +38,7 @@ RUN_TIMEOUT = 900  # the first round builds the image on every node (flytekit fr
 FIGURES = os.path.join(TMP, "hearth-multinode.json")
 T0 = time.time()
 
-pytestmark = pytest.mark.skipif(not PYTHON.exists(), reason="no %s: scripts/setup makes it (flytekit from PyPI)"
-                                % PYTHON)
+pytestmark = needs_flyte_venv(PYTHON)
 
 
 @pytest.fixture(scope="module")
